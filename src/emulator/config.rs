@@ -1,0 +1,172 @@
+//! The emulator's settings: what the service accepts (the catalogue), its window and quota, and
+//! how strictly it checks signatures. Read from a TOML file; the catalogue can also be replaced at
+//! runtime through `PUT /_emulator/catalogue`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Everything `meterd emulator --config FILE` reads. Every field has a default, so an empty file
+/// (or none) gives an emulator that accepts any product, dimension and customer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmulatorConfig {
+    /// The region requests must be signed for (`<date>/<region>/aws-marketplace/aws4_request`).
+    pub region: String,
+    /// How far in the past a usage timestamp may lie (AWS: 6 hours for MeterUsage).
+    #[serde(with = "crate::duration::serde")]
+    pub window: Duration,
+    /// How far in the future a usage timestamp may lie before it is refused (clock skew).
+    #[serde(with = "crate::duration::serde")]
+    pub future_tolerance: Duration,
+    /// Requests per second per access key before `ThrottlingException`.
+    pub requests_per_second: f64,
+    /// Requests an idle access key may send at once (token bucket size).
+    pub burst: u32,
+    /// Largest request body accepted, in bytes (AWS: under 1 MiB); larger is HTTP 413.
+    pub max_body_bytes: usize,
+    /// Keys whose signatures are verified; when empty only the credential scope is checked.
+    pub credentials: Vec<Credential>,
+    /// What the service knows about products, customers and callers.
+    pub catalogue: Catalogue,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".into(),
+            window: Duration::from_secs(6 * 3600),
+            future_tolerance: Duration::from_secs(5 * 60),
+            requests_per_second: 10.0,
+            burst: 10,
+            max_body_bytes: 1024 * 1024 - 1,
+            credentials: Vec::new(),
+            catalogue: Catalogue::default(),
+        }
+    }
+}
+
+/// An access key whose SigV4 signatures the emulator verifies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+/// The service's view of the seller's listings. In every `Option<Vec<_>>` field, absent (or
+/// `null` in JSON) means "accept any"; a list, even an empty one, accepts only what it names.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Catalogue {
+    /// Known product codes; anything else is `InvalidProductCodeException`.
+    pub product_codes: Option<Vec<String>>,
+    /// Known license ARNs and the product each belongs to; anything else is
+    /// `InvalidLicenseException`. Absent: any well-formed ARN, each its own product.
+    pub licenses: Option<BTreeMap<String, String>>,
+    /// Known dimensions (across products); anything else is `InvalidUsageDimensionException`.
+    pub dimensions: Option<Vec<String>>,
+    /// Customers (AWS account ids or legacy customer identifiers) with an active subscription;
+    /// records for anyone else get `CustomerNotSubscribed`.
+    pub subscribed_customers: Option<Vec<String>>,
+    /// Access key ids allowed to call the API at all (IAM); others get `AccessDeniedException`,
+    /// or `UnauthorizedException` for a MeterUsage `DryRun`.
+    pub authorized_callers: Option<Vec<String>>,
+    /// Access key ids of buyers entitled to the product (MeterUsage and RegisterUsage); others
+    /// get `CustomerNotEntitledException`.
+    pub entitled_callers: Option<Vec<String>>,
+    /// Operations answered with `DisabledApiException`, e.g. `["BatchMeterUsage"]`.
+    pub disabled_operations: Vec<String>,
+    /// The newest public key version RegisterUsage accepts; higher is `InvalidPublicKeyVersionException`.
+    pub public_key_version: i32,
+    /// Public key versions below this one are answered with a `PublicKeyRotationTimestamp`.
+    pub rotated_below_version: Option<i32>,
+    /// Whether RegisterUsage runs on this platform; `false` gives `PlatformNotSupportedException`.
+    pub platform_supported: bool,
+    /// Regions RegisterUsage is offered in; a request signed for another gets `InvalidRegionException`.
+    pub register_regions: Option<Vec<String>>,
+    /// Registration tokens ResolveCustomer knows.
+    pub registration_tokens: BTreeMap<String, RegistrationToken>,
+}
+
+impl Default for Catalogue {
+    /// Accepts any product, license, dimension, customer and caller.
+    fn default() -> Self {
+        Self {
+            product_codes: None,
+            licenses: None,
+            dimensions: None,
+            subscribed_customers: None,
+            authorized_callers: None,
+            entitled_callers: None,
+            disabled_operations: Vec::new(),
+            public_key_version: 1,
+            rotated_below_version: None,
+            platform_supported: true,
+            register_regions: None,
+            registration_tokens: BTreeMap::new(),
+        }
+    }
+}
+
+/// What ResolveCustomer answers for one registration token.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrationToken {
+    pub customer_aws_account_id: String,
+    pub product_code: String,
+    pub license_arn: Option<String>,
+    pub customer_identifier: Option<String>,
+    pub agreement_id: Option<String>,
+    /// An expired token gets `ExpiredTokenException`.
+    pub expired: bool,
+}
+
+/// Why the emulator's configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read emulator config {path}: {source}")]
+    Read { path: String, source: Box<figment::Error> },
+    #[error("invalid emulator config: {0}")]
+    Invalid(String),
+}
+
+impl EmulatorConfig {
+    /// Reads a TOML file over the defaults and checks the values.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(figment::providers::Serialized::defaults(Self::default()));
+        if let Some(path) = path {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Self = figment.extract().map_err(|source| ConfigError::Read {
+            path: path.map(|p| p.display().to_string()).unwrap_or_default(),
+            source: Box::new(source),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.region.is_empty() {
+            problems.push("region must not be empty".to_string());
+        }
+        if !(self.requests_per_second > 0.0 && self.requests_per_second.is_finite()) {
+            problems.push(format!(
+                "requests_per_second must be a positive number, got {}",
+                self.requests_per_second
+            ));
+        }
+        if self.burst == 0 {
+            problems.push("burst must be at least 1".to_string());
+        }
+        if self.catalogue.public_key_version < 1 {
+            problems.push("catalogue.public_key_version must be at least 1".to_string());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems.join("; "))) }
+    }
+}

@@ -1,0 +1,866 @@
+//! The service's behaviour behind the wire: the catalogue checks, the time window, deduplication of
+//! accepted records, the per-caller quota and injected faults. Everything here is synchronous and
+//! guarded by one mutex that is never held across an `.await`.
+//!
+//! | operation        | dedup key                                   | same quantity again | other quantity          |
+//! |------------------|---------------------------------------------|---------------------|-------------------------|
+//! | BatchMeterUsage  | product code or license ARN, customer, dimension, hour | `Success`, same id | `DuplicateRecord` |
+//! | MeterUsage       | caller (access key), product, dimension, hour | same id            | `DuplicateRequestException` |
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use sha2::Sha256;
+
+use super::config::{Catalogue, EmulatorConfig};
+use super::sigv4::Caller;
+use super::wire::{self, Allocation, ApiError, Quantity};
+
+/// How many requests the inspection log keeps (the oldest are forgotten first).
+const REQUEST_LOG_CAPACITY: usize = 100_000;
+
+/// The four operations, by their `X-Amz-Target` suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    BatchMeterUsage,
+    MeterUsage,
+    RegisterUsage,
+    ResolveCustomer,
+}
+
+impl Operation {
+    pub const TARGET_PREFIX: &'static str = "AWSMPMeteringService.";
+
+    pub fn from_target(target: &str) -> Option<Self> {
+        match target.strip_prefix(Self::TARGET_PREFIX)? {
+            "BatchMeterUsage" => Some(Self::BatchMeterUsage),
+            "MeterUsage" => Some(Self::MeterUsage),
+            "RegisterUsage" => Some(Self::RegisterUsage),
+            "ResolveCustomer" => Some(Self::ResolveCustomer),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BatchMeterUsage => "BatchMeterUsage",
+            Self::MeterUsage => "MeterUsage",
+            Self::RegisterUsage => "RegisterUsage",
+            Self::ResolveCustomer => "ResolveCustomer",
+        }
+    }
+}
+
+/// Faults to inject into the next API requests, set through `POST /_emulator/faults`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// The next N requests get `ThrottlingException` (HTTP 400).
+    pub throttle: u32,
+    /// The next N requests get `InternalServiceErrorException` (HTTP 500).
+    pub http_500: u32,
+    /// The next N requests are applied, then the connection is closed without an answer.
+    pub drop_after_apply: u32,
+    /// This share (0.0..=1.0) of the records of each BatchMeterUsage call comes back in
+    /// `UnprocessedRecords`, not applied; spread evenly and deterministically.
+    pub unprocessed_share: f64,
+    /// Added to every API request before it is answered.
+    pub latency_ms: u64,
+    /// The next `count` requests get this error.
+    pub error: Option<InjectedError>,
+}
+
+/// An arbitrary error to answer with, e.g. `DisabledApiException` or `InvalidEndpointRegionException`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InjectedError {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default = "default_injected_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default = "default_injected_count")]
+    pub count: u32,
+}
+
+fn default_injected_status() -> u16 {
+    400
+}
+
+fn default_injected_count() -> u32 {
+    1
+}
+
+/// A partial update of [`Faults`]: only the fields present change.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultsUpdate {
+    throttle: Option<u32>,
+    http_500: Option<u32>,
+    drop_after_apply: Option<u32>,
+    unprocessed_share: Option<f64>,
+    latency_ms: Option<u64>,
+    error: Option<Option<InjectedError>>,
+}
+
+/// One accepted metering record, as `GET /_emulator/records` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AcceptedRecord {
+    pub metering_record_id: String,
+    pub operation: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub license_arn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_aws_account_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_identifier: Option<String>,
+    /// The access key id that sent it.
+    pub caller: String,
+    pub dimension: String,
+    /// Start of the UTC hour it bills, epoch seconds.
+    pub hour: i64,
+    /// The `Timestamp` as first sent, epoch seconds.
+    pub timestamp: i64,
+    pub quantity: Value,
+    pub allocations: Vec<Value>,
+    /// When the emulator accepted it, epoch seconds on the emulator's clock.
+    pub accepted_at: i64,
+    #[serde(skip)]
+    exact_quantity: Quantity,
+}
+
+/// One API request and how it was answered, as `GET /_emulator/requests` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestLog {
+    pub seq: u64,
+    pub at: i64,
+    pub operation: Option<&'static str>,
+    pub caller: Option<String>,
+    pub status: u16,
+    /// `"ok"`, the error's name, or `"dropped"` when the connection was closed after applying.
+    pub outcome: String,
+    pub records: usize,
+    /// Per-record statuses of a BatchMeterUsage call, plus `Unprocessed`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub statuses: BTreeMap<&'static str, usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RecordKey {
+    Batch { scope: String, customer: String, dimension: String, hour: i64 },
+    Meter { caller: String, product: String, dimension: String, hour: i64 },
+}
+
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+struct State {
+    catalogue: Catalogue,
+    faults: Faults,
+    unprocessed_credit: f64,
+    records: Vec<AcceptedRecord>,
+    index: HashMap<RecordKey, usize>,
+    registrations: HashSet<(String, String)>,
+    requests: VecDeque<RequestLog>,
+    next_seq: u64,
+    buckets: HashMap<String, Bucket>,
+    clock_offset_secs: i64,
+}
+
+/// What an API call comes to: an answer, or an answer that must never reach the client.
+pub enum Answer {
+    Reply(Result<Value, ApiError>),
+    /// Apply-then-drop: the request took effect; close the connection without a response.
+    Drop,
+}
+
+/// The emulated service.
+pub struct Service {
+    config: EmulatorConfig,
+    state: Mutex<State>,
+}
+
+fn hour_of(timestamp: i64) -> i64 {
+    timestamp.div_euclid(3600) * 3600
+}
+
+impl Service {
+    pub fn new(config: EmulatorConfig) -> Self {
+        let state = State {
+            catalogue: config.catalogue.clone(),
+            faults: Faults::default(),
+            unprocessed_credit: 0.0,
+            records: Vec::new(),
+            index: HashMap::new(),
+            registrations: HashSet::new(),
+            requests: VecDeque::new(),
+            next_seq: 1,
+            buckets: HashMap::new(),
+            clock_offset_secs: 0,
+        };
+        Self { config, state: Mutex::new(state) }
+    }
+
+    pub fn config(&self) -> &EmulatorConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The emulator's clock: the host's, shifted by the offset set through `/_emulator/clock`.
+    pub fn now(&self) -> SystemTime {
+        let offset = self.lock().clock_offset_secs;
+        shift(SystemTime::now(), offset)
+    }
+
+    /// The delay to add before answering, from the `latency_ms` fault.
+    pub fn latency(&self) -> Duration {
+        Duration::from_millis(self.lock().faults.latency_ms)
+    }
+
+    /// Runs one authenticated API call through faults, quota and the operation itself.
+    pub fn call(&self, operation: Operation, caller: &Caller, body: &Map<String, Value>) -> Answer {
+        let mut state = self.lock();
+        let now = epoch(shift(SystemTime::now(), state.clock_offset_secs));
+        if let Some(err) = state.take_injected_error() {
+            return Answer::Reply(Err(err));
+        }
+        if !state.admit(&caller.access_key_id, &self.config) {
+            return Answer::Reply(Err(ApiError::throttling()));
+        }
+        let result = state.operation(&self.config, operation, caller, body, now);
+        if result.is_ok() && state.faults.drop_after_apply > 0 {
+            state.faults.drop_after_apply -= 1;
+            return Answer::Drop;
+        }
+        Answer::Reply(result)
+    }
+
+    /// Records a request in the inspection log.
+    pub fn log(&self, operation: Option<Operation>, caller: Option<&Caller>, status: u16, outcome: String, body: Option<&Value>, records: usize) {
+        let mut state = self.lock();
+        let now = epoch(shift(SystemTime::now(), state.clock_offset_secs));
+        let mut statuses = BTreeMap::new();
+        if let Some(body) = body {
+            for result in body.get("Results").and_then(Value::as_array).into_iter().flatten() {
+                let status = match result.get("Status").and_then(Value::as_str) {
+                    Some("Success") => "Success",
+                    Some("CustomerNotSubscribed") => "CustomerNotSubscribed",
+                    Some("DuplicateRecord") => "DuplicateRecord",
+                    _ => "Unknown",
+                };
+                *statuses.entry(status).or_default() += 1;
+            }
+            if let Some(unprocessed) = body.get("UnprocessedRecords").and_then(Value::as_array) {
+                if !unprocessed.is_empty() {
+                    statuses.insert("Unprocessed", unprocessed.len());
+                }
+            }
+        }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        if state.requests.len() == REQUEST_LOG_CAPACITY {
+            state.requests.pop_front();
+        }
+        state.requests.push_back(RequestLog {
+            seq,
+            at: now,
+            operation: operation.map(Operation::name),
+            caller: caller.map(|c| c.access_key_id.clone()),
+            status,
+            outcome,
+            records,
+            statuses,
+        });
+    }
+
+    pub fn records(&self) -> Vec<AcceptedRecord> {
+        self.lock().records.clone()
+    }
+
+    pub fn requests(&self) -> Vec<RequestLog> {
+        self.lock().requests.iter().cloned().collect()
+    }
+
+    /// Forgets accepted records, the request log, faults, quota and registrations; keeps the
+    /// catalogue and the clock.
+    pub fn reset(&self) {
+        let mut state = self.lock();
+        state.records.clear();
+        state.index.clear();
+        state.registrations.clear();
+        state.requests.clear();
+        state.buckets.clear();
+        state.faults = Faults::default();
+        state.unprocessed_credit = 0.0;
+    }
+
+    pub fn catalogue(&self) -> Catalogue {
+        self.lock().catalogue.clone()
+    }
+
+    pub fn set_catalogue(&self, catalogue: Catalogue) {
+        self.lock().catalogue = catalogue;
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.lock().faults.clone()
+    }
+
+    pub fn update_faults(&self, update: FaultsUpdate) -> Result<Faults, String> {
+        if let Some(share) = update.unprocessed_share {
+            if !(0.0..=1.0).contains(&share) {
+                return Err(format!("unprocessed_share must be between 0 and 1, got {share}"));
+            }
+        }
+        let mut state = self.lock();
+        let faults = &mut state.faults;
+        if let Some(v) = update.throttle {
+            faults.throttle = v;
+        }
+        if let Some(v) = update.http_500 {
+            faults.http_500 = v;
+        }
+        if let Some(v) = update.drop_after_apply {
+            faults.drop_after_apply = v;
+        }
+        if let Some(v) = update.unprocessed_share {
+            faults.unprocessed_share = v;
+        }
+        if let Some(v) = update.latency_ms {
+            faults.latency_ms = v;
+        }
+        if let Some(v) = update.error {
+            faults.error = v;
+        }
+        Ok(faults.clone())
+    }
+
+    pub fn clear_faults(&self) {
+        let mut state = self.lock();
+        state.faults = Faults::default();
+        state.unprocessed_credit = 0.0;
+    }
+
+    pub fn clock_offset(&self) -> i64 {
+        self.lock().clock_offset_secs
+    }
+
+    pub fn set_clock_offset(&self, offset_secs: i64) {
+        self.lock().clock_offset_secs = offset_secs;
+    }
+}
+
+fn shift(time: SystemTime, offset_secs: i64) -> SystemTime {
+    let delta = Duration::from_secs(offset_secs.unsigned_abs());
+    if offset_secs >= 0 { time + delta } else { time - delta }
+}
+
+fn epoch(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+fn contains(list: &Option<Vec<String>>, item: &str) -> bool {
+    list.as_ref().is_none_or(|l| l.iter().any(|x| x == item))
+}
+
+impl State {
+    fn take_injected_error(&mut self) -> Option<ApiError> {
+        let faults = &mut self.faults;
+        if let Some(injected) = &mut faults.error {
+            if injected.count > 0 {
+                injected.count -= 1;
+                let message = injected.message.clone().unwrap_or_else(|| format!("injected {}", injected.kind));
+                let err = ApiError::new(injected.status, injected.kind.clone(), message);
+                if injected.count == 0 {
+                    faults.error = None;
+                }
+                return Some(err);
+            }
+        }
+        if faults.throttle > 0 {
+            faults.throttle -= 1;
+            return Some(ApiError::throttling());
+        }
+        if faults.http_500 > 0 {
+            faults.http_500 -= 1;
+            return Some(ApiError::internal());
+        }
+        None
+    }
+
+    /// Takes a token from the caller's bucket; `false` means throttled.
+    fn admit(&mut self, access_key_id: &str, config: &EmulatorConfig) -> bool {
+        let now = Instant::now();
+        let burst = f64::from(config.burst);
+        let bucket = self
+            .buckets
+            .entry(access_key_id.to_string())
+            .or_insert(Bucket { tokens: burst, refilled: now });
+        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * config.requests_per_second).min(burst);
+        bucket.refilled = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn operation(
+        &mut self,
+        config: &EmulatorConfig,
+        operation: Operation,
+        caller: &Caller,
+        body: &Map<String, Value>,
+        now: i64,
+    ) -> Result<Value, ApiError> {
+        if self.catalogue.disabled_operations.iter().any(|o| o == operation.name()) {
+            return Err(ApiError::client("DisabledApiException", format!("The {} API is disabled", operation.name())));
+        }
+        let dry_run = operation == Operation::MeterUsage && body.get("DryRun") == Some(&Value::Bool(true));
+        if !dry_run && !contains(&self.catalogue.authorized_callers, &caller.access_key_id) {
+            return Err(ApiError::client(
+                "AccessDeniedException",
+                format!("User: {} is not authorized to perform: aws-marketplace:{}", caller.access_key_id, operation.name()),
+            ));
+        }
+        match operation {
+            Operation::BatchMeterUsage => self.batch_meter_usage(config, caller, wire::batch_meter_usage(body)?, now),
+            Operation::MeterUsage => self.meter_usage(config, caller, wire::meter_usage(body)?, now),
+            Operation::RegisterUsage => self.register_usage(caller, wire::register_usage(body)?, now),
+            Operation::ResolveCustomer => self.resolve_customer(wire::resolve_customer(body)?),
+        }
+    }
+
+    fn check_product(&self, code: &str) -> Result<(), ApiError> {
+        if contains(&self.catalogue.product_codes, code) {
+            Ok(())
+        } else {
+            Err(ApiError::client("InvalidProductCodeException", format!("Product code {code} is invalid")))
+        }
+    }
+
+    fn check_dimension(&self, dimension: &str, product: &str) -> Result<(), ApiError> {
+        if contains(&self.catalogue.dimensions, dimension) {
+            Ok(())
+        } else {
+            Err(ApiError::client(
+                "InvalidUsageDimensionException",
+                format!("Dimension {dimension} is not valid for product {product}"),
+            ))
+        }
+    }
+
+    fn check_window(config: &EmulatorConfig, timestamp: i64, now: i64) -> Result<(), ApiError> {
+        let earliest = now - config.window.as_secs() as i64;
+        let latest = now + config.future_tolerance.as_secs() as i64;
+        if timestamp < earliest || timestamp > latest {
+            return Err(ApiError::client(
+                "TimestampOutOfBoundsException",
+                format!("Timestamp {timestamp} is outside the accepted window [{earliest}, {latest}]"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Which product (or license) a BatchMeterUsage call is for; all its records must agree.
+    /// Returns whether the records name licenses, and the product they belong to.
+    fn batch_scope(&self, input: &wire::BatchMeterUsageInput) -> Result<(bool, String), ApiError> {
+        let licensed = input.records.iter().filter(|r| r.license_arn.is_some()).count();
+        if licensed == 0 {
+            let Some(code) = &input.product_code else {
+                return Err(ApiError::client(
+                    "InvalidProductCodeException",
+                    "ProductCode is required when the usage records do not specify a LicenseArn",
+                ));
+            };
+            self.check_product(code)?;
+            return Ok((false, code.clone()));
+        }
+        if licensed != input.records.len() {
+            return Err(ApiError::validation(&[
+                "either every usage record of a call specifies a LicenseArn or none does".to_string(),
+            ]));
+        }
+        if input.product_code.is_some() {
+            return Err(ApiError::validation(&[
+                "ProductCode must not be specified when the usage records specify a LicenseArn".to_string(),
+            ]));
+        }
+        let mut product: Option<String> = None;
+        for record in &input.records {
+            let arn = record.license_arn.as_deref().unwrap_or_default();
+            let owner = match &self.catalogue.licenses {
+                None => arn.to_string(),
+                Some(known) => known.get(arn).cloned().ok_or_else(|| {
+                    ApiError::client("InvalidLicenseException", format!("License {arn} is not valid"))
+                })?,
+            };
+            if record.customer_identifier.is_some() {
+                return Err(ApiError::client(
+                    "InvalidCustomerIdentifierException",
+                    "CustomerIdentifier is not supported with LicenseArn; use CustomerAWSAccountId",
+                ));
+            }
+            match &product {
+                Some(p) if *p != owner => {
+                    return Err(ApiError::client(
+                        "InvalidLicenseException",
+                        "All usage records of one call must belong to one product",
+                    ));
+                }
+                _ => product = Some(owner),
+            }
+        }
+        Ok((true, product.unwrap_or_default()))
+    }
+
+    fn batch_meter_usage(
+        &mut self,
+        config: &EmulatorConfig,
+        caller: &Caller,
+        input: wire::BatchMeterUsageInput,
+        now: i64,
+    ) -> Result<Value, ApiError> {
+        let (licensed, product) = if input.records.is_empty() {
+            if let Some(code) = &input.product_code {
+                self.check_product(code)?;
+            }
+            (false, input.product_code.clone().unwrap_or_default())
+        } else {
+            self.batch_scope(&input)?
+        };
+        for record in &input.records {
+            match (&record.customer_identifier, &record.customer_aws_account_id) {
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::client(
+                        "InvalidCustomerIdentifierException",
+                        "A usage record can specify CustomerIdentifier or CustomerAWSAccountId, not both",
+                    ));
+                }
+                (None, None) => {
+                    return Err(ApiError::client(
+                        "InvalidCustomerIdentifierException",
+                        "A usage record must specify CustomerIdentifier or CustomerAWSAccountId",
+                    ));
+                }
+                _ => {}
+            }
+            self.check_dimension(&record.dimension, &product)?;
+            check_allocations(record.quantity, record.decimal, record.allocations.as_deref())?;
+        }
+        for record in &input.records {
+            Self::check_window(config, record.timestamp, now)?;
+        }
+
+        let mut results = Vec::new();
+        let mut unprocessed = Vec::new();
+        for record in input.records {
+            self.unprocessed_credit += self.faults.unprocessed_share;
+            if self.unprocessed_credit >= 1.0 - 1e-9 {
+                self.unprocessed_credit -= 1.0;
+                unprocessed.push(record.raw);
+                continue;
+            }
+            let customer = record.customer().unwrap_or_default().to_string();
+            if !contains(&self.catalogue.subscribed_customers, &customer) {
+                results.push(json!({"UsageRecord": record.raw, "Status": "CustomerNotSubscribed"}));
+                continue;
+            }
+            let scope = match &record.license_arn {
+                Some(arn) => format!("license:{arn}"),
+                None => format!("product:{product}"),
+            };
+            let customer_key = match &record.customer_aws_account_id {
+                Some(acct) => format!("account:{acct}"),
+                None => format!("identifier:{customer}"),
+            };
+            let key = RecordKey::Batch { scope, customer: customer_key, dimension: record.dimension.clone(), hour: hour_of(record.timestamp) };
+            let accepted = AcceptedRecord {
+                metering_record_id: String::new(),
+                operation: Operation::BatchMeterUsage.name(),
+                product_code: (!licensed).then(|| product.clone()),
+                license_arn: record.license_arn.clone(),
+                customer_aws_account_id: record.customer_aws_account_id.clone(),
+                customer_identifier: record.customer_identifier.clone(),
+                caller: caller.access_key_id.clone(),
+                dimension: record.dimension.clone(),
+                hour: hour_of(record.timestamp),
+                timestamp: record.timestamp,
+                quantity: record.quantity.to_json(),
+                allocations: allocations_json(record.allocations.as_deref()),
+                accepted_at: now,
+                exact_quantity: record.quantity,
+            };
+            match self.accept(key, accepted) {
+                Ok(id) => results.push(json!({"UsageRecord": record.raw, "MeteringRecordId": id, "Status": "Success"})),
+                Err(_) => results.push(json!({"UsageRecord": record.raw, "Status": "DuplicateRecord"})),
+            }
+        }
+        Ok(json!({"Results": results, "UnprocessedRecords": unprocessed}))
+    }
+
+    /// Stores a record under its key, or compares it with the one already there. `Ok(id)` for a
+    /// new record or the same quantity again; `Err(())` for a different quantity.
+    fn accept(&mut self, key: RecordKey, mut record: AcceptedRecord) -> Result<String, ()> {
+        if let Some(&at) = self.index.get(&key) {
+            let existing = &self.records[at];
+            return if existing.exact_quantity == record.exact_quantity {
+                Ok(existing.metering_record_id.clone())
+            } else {
+                Err(())
+            };
+        }
+        record.metering_record_id = uuid::Uuid::new_v4().to_string();
+        let id = record.metering_record_id.clone();
+        self.index.insert(key, self.records.len());
+        self.records.push(record);
+        Ok(id)
+    }
+
+    fn meter_usage(
+        &mut self,
+        config: &EmulatorConfig,
+        caller: &Caller,
+        input: wire::MeterUsageInput,
+        now: i64,
+    ) -> Result<Value, ApiError> {
+        if input.dry_run {
+            return Err(if contains(&self.catalogue.authorized_callers, &caller.access_key_id) {
+                ApiError::new(412, "DryRunOperation", "Request would have succeeded, but the DryRun parameter was set.")
+            } else {
+                ApiError::new(
+                    403,
+                    "UnauthorizedException",
+                    format!("User: {} is not authorized to perform: aws-marketplace:MeterUsage", caller.access_key_id),
+                )
+            });
+        }
+        self.check_product(&input.product_code)?;
+        self.check_dimension(&input.dimension, &input.product_code)?;
+        check_allocations(input.quantity, input.decimal, input.allocations.as_deref())?;
+        if !contains(&self.catalogue.entitled_callers, &caller.access_key_id) {
+            return Err(ApiError::client(
+                "CustomerNotEntitledException",
+                "Exception thrown when the customer does not have a valid subscription for the product",
+            ));
+        }
+        Self::check_window(config, input.timestamp, now)?;
+        let hour = hour_of(input.timestamp);
+        let key = RecordKey::Meter {
+            caller: caller.access_key_id.clone(),
+            product: input.product_code.clone(),
+            dimension: input.dimension.clone(),
+            hour,
+        };
+        let record = AcceptedRecord {
+            metering_record_id: String::new(),
+            operation: Operation::MeterUsage.name(),
+            product_code: Some(input.product_code.clone()),
+            license_arn: None,
+            customer_aws_account_id: None,
+            customer_identifier: None,
+            caller: caller.access_key_id.clone(),
+            dimension: input.dimension.clone(),
+            hour,
+            timestamp: input.timestamp,
+            quantity: input.quantity.to_json(),
+            allocations: allocations_json(input.allocations.as_deref()),
+            accepted_at: now,
+            exact_quantity: input.quantity,
+        };
+        match self.accept(key, record) {
+            Ok(id) => Ok(json!({"MeteringRecordId": id})),
+            Err(()) => Err(ApiError::client(
+                "DuplicateRequestException",
+                format!(
+                    "A metering record for dimension {} and hour {hour} was already recorded with a different quantity",
+                    input.dimension
+                ),
+            )),
+        }
+    }
+
+    fn register_usage(&mut self, caller: &Caller, input: wire::RegisterUsageInput, now: i64) -> Result<Value, ApiError> {
+        self.check_product(&input.product_code)?;
+        if !contains(&self.catalogue.register_regions, &caller.region) {
+            return Err(ApiError::client(
+                "InvalidRegionException",
+                format!("RegisterUsage is not available in region {}", caller.region),
+            ));
+        }
+        if !self.catalogue.platform_supported {
+            return Err(ApiError::client(
+                "PlatformNotSupportedException",
+                "RegisterUsage must be called from Amazon ECS or Amazon EKS",
+            ));
+        }
+        if input.public_key_version > i64::from(self.catalogue.public_key_version) {
+            return Err(ApiError::client(
+                "InvalidPublicKeyVersionException",
+                format!("Public key version {} is invalid", input.public_key_version),
+            ));
+        }
+        // AWS checks entitlement only on a task's first call; later calls succeed regardless.
+        let registration = (caller.access_key_id.clone(), input.product_code.clone());
+        if !self.registrations.contains(&registration) && !contains(&self.catalogue.entitled_callers, &caller.access_key_id) {
+            return Err(ApiError::client(
+                "CustomerNotEntitledException",
+                "Exception thrown when the customer does not have a valid subscription for the product",
+            ));
+        }
+        self.registrations.insert(registration);
+        let signature = registration_signature(&input, &caller.access_key_id, now);
+        let mut answer = json!({ "Signature": signature });
+        if self.catalogue.rotated_below_version.is_some_and(|v| input.public_key_version < i64::from(v)) {
+            answer["PublicKeyRotationTimestamp"] = json!(now);
+        }
+        Ok(answer)
+    }
+
+    fn resolve_customer(&self, input: wire::ResolveCustomerInput) -> Result<Value, ApiError> {
+        let Some(token) = self.catalogue.registration_tokens.get(&input.registration_token) else {
+            return Err(ApiError::client("InvalidTokenException", "Registration token is invalid"));
+        };
+        if token.expired {
+            return Err(ApiError::client("ExpiredTokenException", "Registration token has expired"));
+        }
+        let mut answer = json!({
+            "CustomerAWSAccountId": token.customer_aws_account_id,
+            "ProductCode": token.product_code,
+        });
+        if let Some(arn) = &token.license_arn {
+            answer["LicenseArn"] = json!(arn);
+        }
+        if let Some(id) = &token.customer_identifier {
+            answer["CustomerIdentifier"] = json!(id);
+        }
+        if let Some(agreement) = &token.agreement_id {
+            answer["Metadata"] = json!({ "AgreementId": agreement });
+        }
+        Ok(answer)
+    }
+}
+
+/// The service's own allocation rules (beyond shape constraints): same quantity type as the
+/// record, quantities summing to the record's, unique tag sets, at most one untagged bucket, no
+/// key twice within a tag set.
+fn check_allocations(total: Quantity, decimal: bool, allocations: Option<&[Allocation]>) -> Result<(), ApiError> {
+    let Some(allocations) = allocations else { return Ok(()) };
+    let invalid = |message: String| Err(ApiError::client("InvalidUsageAllocationsException", message));
+    let mut sum: u64 = 0;
+    let mut seen: HashSet<Vec<(String, String)>> = HashSet::new();
+    for allocation in allocations {
+        if allocation.decimal != decimal {
+            return invalid("Allocations must use the same type of quantity as the usage record".into());
+        }
+        let mut keys: Vec<&str> = allocation.tags.iter().map(|(k, _)| k.as_str()).collect();
+        keys.sort_unstable();
+        if keys.windows(2).any(|w| w[0] == w[1]) {
+            return Err(ApiError::client("InvalidTagException", "A tag key appears twice in one usage allocation"));
+        }
+        let mut tag_set = allocation.tags.clone();
+        tag_set.sort();
+        if !seen.insert(tag_set) {
+            return invalid(if allocation.tags.is_empty() {
+                "At most one usage allocation may have no tags".into()
+            } else {
+                "Each usage allocation must have a unique set of tags".into()
+            });
+        }
+        sum = sum.saturating_add(allocation.quantity.0);
+    }
+    if sum != total.0 {
+        return invalid(format!(
+            "The sum of allocated quantities ({}) does not equal the usage quantity ({})",
+            Quantity(sum).to_json(),
+            total.to_json()
+        ));
+    }
+    Ok(())
+}
+
+fn allocations_json(allocations: Option<&[Allocation]>) -> Vec<Value> {
+    allocations
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            let tags: BTreeMap<&str, &str> = a.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            json!({"tags": tags, "quantity": a.quantity.to_json()})
+        })
+        .collect()
+}
+
+/// A JWT in the shape RegisterUsage returns. The real one is signed with AWS's private key; the
+/// emulator signs with HS256 and a fixed key, which is enough to check that a caller stores and
+/// reports it, not to test signature verification.
+fn registration_signature(input: &wire::RegisterUsageInput, caller: &str, now: i64) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let payload = b64.encode(
+        json!({
+            "productCode": input.product_code,
+            "publicKeyVersion": input.public_key_version,
+            "nonce": input.nonce,
+            "customerIdentifier": caller,
+            "timestamp": now,
+        })
+        .to_string(),
+    );
+    let mut mac = Hmac::<Sha256>::new_from_slice(b"meterd-emulator").expect("HMAC takes a key of any length");
+    mac.update(format!("{header}.{payload}").as_bytes());
+    format!("{header}.{payload}.{}", b64.encode(mac.finalize().into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allocation(quantity: u64, tags: &[(&str, &str)]) -> Allocation {
+        Allocation {
+            quantity: Quantity::from_units(quantity),
+            decimal: false,
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn allocations_must_sum_and_be_unique() {
+        let total = Quantity::from_units(10);
+        assert!(check_allocations(total, false, Some(&[allocation(4, &[("t", "a")]), allocation(6, &[])])).is_ok());
+        let err = check_allocations(total, false, Some(&[allocation(4, &[("t", "a")])])).unwrap_err();
+        assert_eq!(err.kind, "InvalidUsageAllocationsException");
+        assert!(err.message.contains("(4) does not equal the usage quantity (10)"));
+        let err = check_allocations(total, false, Some(&[allocation(5, &[("t", "a"), ("u", "b")]), allocation(5, &[("u", "b"), ("t", "a")])])).unwrap_err();
+        assert_eq!(err.message, "Each usage allocation must have a unique set of tags");
+        let err = check_allocations(total, false, Some(&[allocation(5, &[]), allocation(5, &[])])).unwrap_err();
+        assert_eq!(err.message, "At most one usage allocation may have no tags");
+        let err = check_allocations(total, false, Some(&[allocation(10, &[("t", "a"), ("t", "b")])])).unwrap_err();
+        assert_eq!(err.kind, "InvalidTagException");
+    }
+
+    #[test]
+    fn hours_round_down_including_before_the_epoch() {
+        assert_eq!(hour_of(7199), 3600);
+        assert_eq!(hour_of(7200), 7200);
+        assert_eq!(hour_of(-1), -3600);
+    }
+}
