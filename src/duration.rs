@@ -5,8 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use ::serde::de::{self, Deserializer, Visitor};
 use ::serde::Serializer;
+use ::serde::de::{self, Deserializer, Visitor};
 
 /// Parses `"1h30m"`-style text: one or more `<digits><unit>` parts, units `ms`, `s`, `m`, `h`, `d`.
 pub fn parse(text: &str) -> Result<Duration, String> {
@@ -21,9 +21,8 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         if digits == 0 {
             return Err(format!("invalid duration {text:?}: expected a number at {rest:?}"));
         }
-        let value: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}: number too large"))?;
+        let value: u64 =
+            rest[..digits].parse().map_err(|_| format!("invalid duration {text:?}: number too large"))?;
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = &rest[..unit_len];

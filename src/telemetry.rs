@@ -11,7 +11,7 @@ pub fn init_stderr() {
 
 /// Completes on the first SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail");
     tokio::select! {
         _ = term.recv() => {}

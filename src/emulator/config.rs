@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use figment::providers::{Format, Toml};
 use figment::Figment;
+use figment::providers::{Format, Toml};
 use serde::{Deserialize, Serialize};
 
 /// Everything `meterd emulator --config FILE` reads. Every field has a default, so an empty file

@@ -3,11 +3,11 @@
 
 use hyper::{Method, Response, StatusCode};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::config::Catalogue;
 use super::service::{FaultsUpdate, Service};
-use super::{json_response, Body};
+use super::{Body, json_response};
 
 const ENDPOINTS: &[&str] = &[
     "GET /_emulator/records",
@@ -25,15 +25,14 @@ struct ClockUpdate {
     now: Option<i64>,
 }
 
-fn ok(body: Value) -> Response<Body> {
-    json_response(StatusCode::OK, "application/json", &body, None)
+/// A refused control call: its status and JSON body.
+type Refusal = (StatusCode, Value);
+
+fn bad_request(message: String) -> Refusal {
+    (StatusCode::BAD_REQUEST, json!({ "error": message }))
 }
 
-fn bad_request(message: String) -> Response<Body> {
-    json_response(StatusCode::BAD_REQUEST, "application/json", &json!({ "error": message }), None)
-}
-
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Response<Body>> {
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Refusal> {
     serde_json::from_slice(body).map_err(|err| bad_request(format!("invalid JSON body: {err}")))
 }
 
@@ -43,28 +42,37 @@ fn clock(service: &Service) -> Value {
 }
 
 pub(super) fn handle(service: &Service, method: &Method, path: &str, body: &[u8]) -> Response<Body> {
-    let result = match (method, path.trim_end_matches('/')) {
-        (&Method::GET, "/_emulator/records") => Ok(ok(json!({ "records": service.records() }))),
-        (&Method::GET, "/_emulator/requests") => Ok(ok(json!({ "requests": service.requests() }))),
+    match route(service, method, path, body) {
+        Ok(value) => json_response(StatusCode::OK, "application/json", &value, None),
+        Err((status, value)) => json_response(status, "application/json", &value, None),
+    }
+}
+
+fn route(service: &Service, method: &Method, path: &str, body: &[u8]) -> Result<Value, Refusal> {
+    match (method, path.trim_end_matches('/')) {
+        (&Method::GET, "/_emulator/records") => Ok(json!({ "records": service.records() })),
+        (&Method::GET, "/_emulator/requests") => Ok(json!({ "requests": service.requests() })),
         (&Method::POST, "/_emulator/reset") => {
             service.reset();
-            Ok(ok(json!({ "reset": true })))
+            Ok(json!({ "reset": true }))
         }
-        (&Method::GET, "/_emulator/catalogue") => Ok(ok(json!(service.catalogue()))),
-        (&Method::PUT, "/_emulator/catalogue") => parse::<Catalogue>(body).map(|catalogue| {
-            service.set_catalogue(catalogue);
-            ok(json!(service.catalogue()))
-        }),
-        (&Method::GET, "/_emulator/faults") => Ok(ok(json!(service.faults()))),
-        (&Method::POST, "/_emulator/faults") => parse::<FaultsUpdate>(body)
-            .and_then(|update| service.update_faults(update).map_err(bad_request))
-            .map(|faults| ok(json!(faults))),
+        (&Method::GET, "/_emulator/catalogue") => Ok(json!(service.catalogue())),
+        (&Method::PUT, "/_emulator/catalogue") => {
+            service.set_catalogue(parse::<Catalogue>(body)?);
+            Ok(json!(service.catalogue()))
+        }
+        (&Method::GET, "/_emulator/faults") => Ok(json!(service.faults())),
+        (&Method::POST, "/_emulator/faults") => {
+            let faults = service.update_faults(parse::<FaultsUpdate>(body)?).map_err(bad_request)?;
+            Ok(json!(faults))
+        }
         (&Method::DELETE, "/_emulator/faults") => {
             service.clear_faults();
-            Ok(ok(json!(service.faults())))
+            Ok(json!(service.faults()))
         }
-        (&Method::GET, "/_emulator/clock") => Ok(ok(clock(service))),
-        (&Method::POST, "/_emulator/clock") => parse::<ClockUpdate>(body).and_then(|update| {
+        (&Method::GET, "/_emulator/clock") => Ok(clock(service)),
+        (&Method::POST, "/_emulator/clock") => {
+            let update = parse::<ClockUpdate>(body)?;
             let offset = match (update.offset_seconds, update.now) {
                 (Some(offset), None) => offset,
                 (None, Some(now)) => {
@@ -76,14 +84,11 @@ pub(super) fn handle(service: &Service, method: &Method, path: &str, body: &[u8]
                 _ => return Err(bad_request("give exactly one of offset_seconds and now".into())),
             };
             service.set_clock_offset(offset);
-            Ok(ok(clock(service)))
-        }),
-        _ => Err(json_response(
+            Ok(clock(service))
+        }
+        _ => Err((
             StatusCode::NOT_FOUND,
-            "application/json",
-            &json!({ "error": format!("no endpoint {method} {path}"), "endpoints": ENDPOINTS }),
-            None,
+            json!({ "error": format!("no endpoint {method} {path}"), "endpoints": ENDPOINTS }),
         )),
-    };
-    result.unwrap_or_else(|response| response)
+    }
 }

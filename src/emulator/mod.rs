@@ -97,7 +97,8 @@ impl Emulator {
             let service = Arc::clone(&self.service);
             tokio::spawn(async move {
                 let handler = service_fn(move |request| handle(Arc::clone(&service), request));
-                if let Err(err) = http1::Builder::new().serve_connection(TokioIo::new(stream), handler).await {
+                if let Err(err) = http1::Builder::new().serve_connection(TokioIo::new(stream), handler).await
+                {
                     debug!(error = %err, "emulator connection ended");
                 }
             });
@@ -160,7 +161,13 @@ async fn handle(service: Arc<Service>, request: Request<Incoming>) -> Result<Res
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let too_large = || ApiError::new(413, "ValidationException", format!("Request body must be smaller than {} bytes", limit + 1));
+    let too_large = || {
+        ApiError::new(
+            413,
+            "ValidationException",
+            format!("Request body must be smaller than {} bytes", limit + 1),
+        )
+    };
     if declared.is_some_and(|len| len > limit as u64) {
         service.log(None, None, 413, "ValidationException".into(), None, 0);
         return Ok(api_error_response(&too_large()));
@@ -181,16 +188,22 @@ async fn handle(service: Arc<Service>, request: Request<Incoming>) -> Result<Res
     api(&service, &parts, &body).await
 }
 
-async fn api(service: &Service, parts: &hyper::http::request::Parts, body: &[u8]) -> Result<Response<Body>, DropConnection> {
+async fn api(
+    service: &Service,
+    parts: &hyper::http::request::Parts,
+    body: &[u8],
+) -> Result<Response<Body>, DropConnection> {
     let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let operation = match (parts.method == Method::POST && parts.uri.path() == "/", Operation::from_target(target)) {
-        (true, Some(operation)) => operation,
-        _ => {
-            let err = ApiError::client("UnknownOperationException", format!("Unknown operation {target:?}"));
-            service.log(None, None, err.status, err.kind.to_string(), None, 0);
-            return Ok(api_error_response(&err));
-        }
-    };
+    let operation =
+        match (parts.method == Method::POST && parts.uri.path() == "/", Operation::from_target(target)) {
+            (true, Some(operation)) => operation,
+            _ => {
+                let err =
+                    ApiError::client("UnknownOperationException", format!("Unknown operation {target:?}"));
+                service.log(None, None, err.status, err.kind.to_string(), None, 0);
+                return Ok(api_error_response(&err));
+            }
+        };
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let caller = match sigv4::authenticate(
         parts.method.as_str(),
@@ -239,7 +252,12 @@ fn api_error_response(err: &ApiError) -> Response<Body> {
     json_response(status, "application/x-amz-json-1.1", &err.body(), Some(&err.kind))
 }
 
-fn json_response(status: StatusCode, content_type: &str, body: &Value, error_type: Option<&str>) -> Response<Body> {
+fn json_response(
+    status: StatusCode,
+    content_type: &str,
+    body: &Value,
+    error_type: Option<&str>,
+) -> Response<Body> {
     let mut builder = Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -247,7 +265,5 @@ fn json_response(status: StatusCode, content_type: &str, body: &Value, error_typ
     if let Some(kind) = error_type {
         builder = builder.header("x-amzn-errortype", kind);
     }
-    builder
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("static headers are valid")
+    builder.body(Full::new(Bytes::from(body.to_string()))).expect("static headers are valid")
 }

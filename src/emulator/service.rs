@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
 use super::config::{Catalogue, EmulatorConfig};
@@ -250,7 +250,15 @@ impl Service {
     }
 
     /// Records a request in the inspection log.
-    pub fn log(&self, operation: Option<Operation>, caller: Option<&Caller>, status: u16, outcome: String, body: Option<&Value>, records: usize) {
+    pub fn log(
+        &self,
+        operation: Option<Operation>,
+        caller: Option<&Caller>,
+        status: u16,
+        outcome: String,
+        body: Option<&Value>,
+        records: usize,
+    ) {
         let mut state = self.lock();
         let now = epoch(shift(SystemTime::now(), state.clock_offset_secs));
         let mut statuses = BTreeMap::new();
@@ -264,10 +272,9 @@ impl Service {
                 };
                 *statuses.entry(status).or_default() += 1;
             }
-            if let Some(unprocessed) = body.get("UnprocessedRecords").and_then(Value::as_array) {
-                if !unprocessed.is_empty() {
-                    statuses.insert("Unprocessed", unprocessed.len());
-                }
+            let unprocessed = body.get("UnprocessedRecords").and_then(Value::as_array).map_or(0, Vec::len);
+            if unprocessed > 0 {
+                statuses.insert("Unprocessed", unprocessed);
             }
         }
         let seq = state.next_seq;
@@ -321,10 +328,8 @@ impl Service {
     }
 
     pub fn update_faults(&self, update: FaultsUpdate) -> Result<Faults, String> {
-        if let Some(share) = update.unprocessed_share {
-            if !(0.0..=1.0).contains(&share) {
-                return Err(format!("unprocessed_share must be between 0 and 1, got {share}"));
-            }
+        if let Some(share) = update.unprocessed_share.filter(|share| !(0.0..=1.0).contains(share)) {
+            return Err(format!("unprocessed_share must be between 0 and 1, got {share}"));
         }
         let mut state = self.lock();
         let faults = &mut state.faults;
@@ -383,16 +388,14 @@ fn contains(list: &Option<Vec<String>>, item: &str) -> bool {
 impl State {
     fn take_injected_error(&mut self) -> Option<ApiError> {
         let faults = &mut self.faults;
-        if let Some(injected) = &mut faults.error {
-            if injected.count > 0 {
-                injected.count -= 1;
-                let message = injected.message.clone().unwrap_or_else(|| format!("injected {}", injected.kind));
-                let err = ApiError::new(injected.status, injected.kind.clone(), message);
-                if injected.count == 0 {
-                    faults.error = None;
-                }
-                return Some(err);
+        if let Some(injected) = faults.error.as_mut().filter(|e| e.count > 0) {
+            injected.count -= 1;
+            let message = injected.message.clone().unwrap_or_else(|| format!("injected {}", injected.kind));
+            let err = ApiError::new(injected.status, injected.kind.clone(), message);
+            if injected.count == 0 {
+                faults.error = None;
             }
+            return Some(err);
         }
         if faults.throttle > 0 {
             faults.throttle -= 1;
@@ -409,10 +412,8 @@ impl State {
     fn admit(&mut self, access_key_id: &str, config: &EmulatorConfig) -> bool {
         let now = Instant::now();
         let burst = f64::from(config.burst);
-        let bucket = self
-            .buckets
-            .entry(access_key_id.to_string())
-            .or_insert(Bucket { tokens: burst, refilled: now });
+        let bucket =
+            self.buckets.entry(access_key_id.to_string()).or_insert(Bucket { tokens: burst, refilled: now });
         let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * config.requests_per_second).min(burst);
         bucket.refilled = now;
@@ -433,17 +434,26 @@ impl State {
         now: i64,
     ) -> Result<Value, ApiError> {
         if self.catalogue.disabled_operations.iter().any(|o| o == operation.name()) {
-            return Err(ApiError::client("DisabledApiException", format!("The {} API is disabled", operation.name())));
+            return Err(ApiError::client(
+                "DisabledApiException",
+                format!("The {} API is disabled", operation.name()),
+            ));
         }
         let dry_run = operation == Operation::MeterUsage && body.get("DryRun") == Some(&Value::Bool(true));
         if !dry_run && !contains(&self.catalogue.authorized_callers, &caller.access_key_id) {
             return Err(ApiError::client(
                 "AccessDeniedException",
-                format!("User: {} is not authorized to perform: aws-marketplace:{}", caller.access_key_id, operation.name()),
+                format!(
+                    "User: {} is not authorized to perform: aws-marketplace:{}",
+                    caller.access_key_id,
+                    operation.name()
+                ),
             ));
         }
         match operation {
-            Operation::BatchMeterUsage => self.batch_meter_usage(config, caller, wire::batch_meter_usage(body)?, now),
+            Operation::BatchMeterUsage => {
+                self.batch_meter_usage(config, caller, wire::batch_meter_usage(body)?, now)
+            }
             Operation::MeterUsage => self.meter_usage(config, caller, wire::meter_usage(body)?, now),
             Operation::RegisterUsage => self.register_usage(caller, wire::register_usage(body)?, now),
             Operation::ResolveCustomer => self.resolve_customer(wire::resolve_customer(body)?),
@@ -593,7 +603,12 @@ impl State {
                 Some(acct) => format!("account:{acct}"),
                 None => format!("identifier:{customer}"),
             };
-            let key = RecordKey::Batch { scope, customer: customer_key, dimension: record.dimension.clone(), hour: hour_of(record.timestamp) };
+            let key = RecordKey::Batch {
+                scope,
+                customer: customer_key,
+                dimension: record.dimension.clone(),
+                hour: hour_of(record.timestamp),
+            };
             let accepted = AcceptedRecord {
                 metering_record_id: String::new(),
                 operation: Operation::BatchMeterUsage.name(),
@@ -611,7 +626,8 @@ impl State {
                 exact_quantity: record.quantity,
             };
             match self.accept(key, accepted) {
-                Ok(id) => results.push(json!({"UsageRecord": record.raw, "MeteringRecordId": id, "Status": "Success"})),
+                Ok(id) => results
+                    .push(json!({"UsageRecord": record.raw, "MeteringRecordId": id, "Status": "Success"})),
                 Err(_) => results.push(json!({"UsageRecord": record.raw, "Status": "DuplicateRecord"})),
             }
         }
@@ -645,12 +661,19 @@ impl State {
     ) -> Result<Value, ApiError> {
         if input.dry_run {
             return Err(if contains(&self.catalogue.authorized_callers, &caller.access_key_id) {
-                ApiError::new(412, "DryRunOperation", "Request would have succeeded, but the DryRun parameter was set.")
+                ApiError::new(
+                    412,
+                    "DryRunOperation",
+                    "Request would have succeeded, but the DryRun parameter was set.",
+                )
             } else {
                 ApiError::new(
                     403,
                     "UnauthorizedException",
-                    format!("User: {} is not authorized to perform: aws-marketplace:MeterUsage", caller.access_key_id),
+                    format!(
+                        "User: {} is not authorized to perform: aws-marketplace:MeterUsage",
+                        caller.access_key_id
+                    ),
                 )
             });
         }
@@ -699,7 +722,12 @@ impl State {
         }
     }
 
-    fn register_usage(&mut self, caller: &Caller, input: wire::RegisterUsageInput, now: i64) -> Result<Value, ApiError> {
+    fn register_usage(
+        &mut self,
+        caller: &Caller,
+        input: wire::RegisterUsageInput,
+        now: i64,
+    ) -> Result<Value, ApiError> {
         self.check_product(&input.product_code)?;
         if !contains(&self.catalogue.register_regions, &caller.region) {
             return Err(ApiError::client(
@@ -721,7 +749,9 @@ impl State {
         }
         // AWS checks entitlement only on a task's first call; later calls succeed regardless.
         let registration = (caller.access_key_id.clone(), input.product_code.clone());
-        if !self.registrations.contains(&registration) && !contains(&self.catalogue.entitled_callers, &caller.access_key_id) {
+        if !self.registrations.contains(&registration)
+            && !contains(&self.catalogue.entitled_callers, &caller.access_key_id)
+        {
             return Err(ApiError::client(
                 "CustomerNotEntitledException",
                 "Exception thrown when the customer does not have a valid subscription for the product",
@@ -763,7 +793,11 @@ impl State {
 /// The service's own allocation rules (beyond shape constraints): same quantity type as the
 /// record, quantities summing to the record's, unique tag sets, at most one untagged bucket, no
 /// key twice within a tag set.
-fn check_allocations(total: Quantity, decimal: bool, allocations: Option<&[Allocation]>) -> Result<(), ApiError> {
+fn check_allocations(
+    total: Quantity,
+    decimal: bool,
+    allocations: Option<&[Allocation]>,
+) -> Result<(), ApiError> {
     let Some(allocations) = allocations else { return Ok(()) };
     let invalid = |message: String| Err(ApiError::client("InvalidUsageAllocationsException", message));
     let mut sum: u64 = 0;
@@ -775,7 +809,10 @@ fn check_allocations(total: Quantity, decimal: bool, allocations: Option<&[Alloc
         let mut keys: Vec<&str> = allocation.tags.iter().map(|(k, _)| k.as_str()).collect();
         keys.sort_unstable();
         if keys.windows(2).any(|w| w[0] == w[1]) {
-            return Err(ApiError::client("InvalidTagException", "A tag key appears twice in one usage allocation"));
+            return Err(ApiError::client(
+                "InvalidTagException",
+                "A tag key appears twice in one usage allocation",
+            ));
         }
         let mut tag_set = allocation.tags.clone();
         tag_set.sort();
@@ -845,15 +882,25 @@ mod tests {
     #[test]
     fn allocations_must_sum_and_be_unique() {
         let total = Quantity::from_units(10);
-        assert!(check_allocations(total, false, Some(&[allocation(4, &[("t", "a")]), allocation(6, &[])])).is_ok());
+        assert!(
+            check_allocations(total, false, Some(&[allocation(4, &[("t", "a")]), allocation(6, &[])]))
+                .is_ok()
+        );
         let err = check_allocations(total, false, Some(&[allocation(4, &[("t", "a")])])).unwrap_err();
         assert_eq!(err.kind, "InvalidUsageAllocationsException");
         assert!(err.message.contains("(4) does not equal the usage quantity (10)"));
-        let err = check_allocations(total, false, Some(&[allocation(5, &[("t", "a"), ("u", "b")]), allocation(5, &[("u", "b"), ("t", "a")])])).unwrap_err();
+        let err = check_allocations(
+            total,
+            false,
+            Some(&[allocation(5, &[("t", "a"), ("u", "b")]), allocation(5, &[("u", "b"), ("t", "a")])]),
+        )
+        .unwrap_err();
         assert_eq!(err.message, "Each usage allocation must have a unique set of tags");
-        let err = check_allocations(total, false, Some(&[allocation(5, &[]), allocation(5, &[])])).unwrap_err();
+        let err =
+            check_allocations(total, false, Some(&[allocation(5, &[]), allocation(5, &[])])).unwrap_err();
         assert_eq!(err.message, "At most one usage allocation may have no tags");
-        let err = check_allocations(total, false, Some(&[allocation(10, &[("t", "a"), ("t", "b")])])).unwrap_err();
+        let err =
+            check_allocations(total, false, Some(&[allocation(10, &[("t", "a"), ("t", "b")])])).unwrap_err();
         assert_eq!(err.kind, "InvalidTagException");
     }
 

@@ -68,13 +68,17 @@ fn parse_authorization(header: &str) -> Result<Authorization<'_>, ApiError> {
     let [access_key_id, date, region, service, terminator] = scope[..] else {
         return Err(auth_error(
             "IncompleteSignatureException",
-            format!("Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, got '{credential}'"),
+            format!(
+                "Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, got '{credential}'"
+            ),
         ));
     };
     if terminator != "aws4_request" {
         return Err(auth_error(
             "InvalidSignatureException",
-            format!("Credential should be scoped with a valid terminator: 'aws4_request', not '{terminator}'."),
+            format!(
+                "Credential should be scoped with a valid terminator: 'aws4_request', not '{terminator}'."
+            ),
         ));
     }
     Ok(Authorization {
@@ -121,7 +125,10 @@ pub fn authenticate(
         return Ok(caller);
     }
     let Some(credential) = credentials.iter().find(|c| c.access_key_id == auth.access_key_id) else {
-        return Err(auth_error("UnrecognizedClientException", "The security token included in the request is invalid."));
+        return Err(auth_error(
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.",
+        ));
     };
     verify_signature(method, path_and_query, headers, body, &auth, &credential.secret_access_key, now)?;
     Ok(caller)
@@ -136,12 +143,17 @@ fn verify_signature(
     secret: &str,
     now: SystemTime,
 ) -> Result<(), ApiError> {
-    let amz_date = headers
-        .get("x-amz-date")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| auth_error("IncompleteSignatureException", "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header."))?;
+    let amz_date = headers.get("x-amz-date").and_then(|v| v.to_str().ok()).ok_or_else(|| {
+        auth_error(
+            "IncompleteSignatureException",
+            "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.",
+        )
+    })?;
     let signed_at = parse_amz_date(amz_date).ok_or_else(|| {
-        auth_error("IncompleteSignatureException", format!("Date must be in ISO-8601 'basic format', got '{amz_date}'."))
+        auth_error(
+            "IncompleteSignatureException",
+            format!("Date must be in ISO-8601 'basic format', got '{amz_date}'."),
+        )
     })?;
     let skew = now.duration_since(signed_at).unwrap_or_else(|e| e.duration());
     if skew > MAX_SKEW {
@@ -153,11 +165,18 @@ fn verify_signature(
     if !amz_date.starts_with(auth.date) {
         return Err(auth_error(
             "InvalidSignatureException",
-            format!("Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{}' != '{}'", auth.date, &amz_date[..8.min(amz_date.len())]),
+            format!(
+                "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{}' != '{}'",
+                auth.date,
+                &amz_date[..8.min(amz_date.len())]
+            ),
         ));
     }
     if !auth.signed_headers.contains(&"host") {
-        return Err(auth_error("InvalidSignatureException", "'Host' must be a 'SignedHeader' in the AWS Authorization."));
+        return Err(auth_error(
+            "InvalidSignatureException",
+            "'Host' must be a 'SignedHeader' in the AWS Authorization.",
+        ));
     }
 
     let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
@@ -179,8 +198,10 @@ fn verify_signature(
     canonical.push_str(&format!("\n{}\n{payload_hash}", auth.signed_headers.join(";")));
 
     let scope = format!("{}/{}/{}/aws4_request", auth.date, auth.region, auth.service);
-    let string_to_sign =
-        format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex::encode(Sha256::digest(canonical.as_bytes())));
+    let string_to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    );
     let mut key = hmac(format!("AWS4{secret}").as_bytes(), auth.date.as_bytes());
     for part in [auth.region, auth.service, "aws4_request"] {
         key = hmac(&key, part.as_bytes());
@@ -189,7 +210,9 @@ fn verify_signature(
     if expected != auth.signature {
         return Err(auth_error(
             "InvalidSignatureException",
-            format!("The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.\n\nThe Canonical String for this request should have been\n'{canonical}'\n\nThe String-to-Sign should have been\n'{string_to_sign}'\n"),
+            format!(
+                "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.\n\nThe Canonical String for this request should have been\n'{canonical}'\n\nThe String-to-Sign should have been\n'{string_to_sign}'\n"
+            ),
         ));
     }
     Ok(())
@@ -240,15 +263,27 @@ mod tests {
             now,
         )
         .unwrap();
-        let wrong = verify_signature("GET", "/?Action=ListUsers&Version=2010-05-08", &headers, b"", &auth, "other", now)
-            .unwrap_err();
+        let wrong = verify_signature(
+            "GET",
+            "/?Action=ListUsers&Version=2010-05-08",
+            &headers,
+            b"",
+            &auth,
+            "other",
+            now,
+        )
+        .unwrap_err();
         assert_eq!(wrong.kind, "InvalidSignatureException");
     }
 
     #[test]
     fn scope_must_name_the_service_and_region() {
         let mut headers = HeaderMap::new();
-        let sign = |scope: &str| format!("AWS4-HMAC-SHA256 Credential=AKID/20261122/{scope}/aws4_request, SignedHeaders=host, Signature=00");
+        let sign = |scope: &str| {
+            format!(
+                "AWS4-HMAC-SHA256 Credential=AKID/20261122/{scope}/aws4_request, SignedHeaders=host, Signature=00"
+            )
+        };
         let now = SystemTime::now();
         let run = |headers: &HeaderMap| authenticate("POST", "/", headers, b"{}", "us-east-1", &[], now);
         assert_eq!(run(&headers).unwrap_err().kind, "MissingAuthenticationTokenException");
@@ -257,7 +292,10 @@ mod tests {
         headers.insert("authorization", sign("eu-west-1/aws-marketplace").parse().unwrap());
         assert!(run(&headers).unwrap_err().message.contains("valid region, not 'eu-west-1'"));
         headers.insert("authorization", sign("us-east-1/aws-marketplace").parse().unwrap());
-        assert_eq!(run(&headers).unwrap(), Caller { access_key_id: "AKID".into(), region: "us-east-1".into() });
+        assert_eq!(
+            run(&headers).unwrap(),
+            Caller { access_key_id: "AKID".into(), region: "us-east-1".into() }
+        );
         headers.insert("authorization", "Bearer token".parse().unwrap());
         assert_eq!(run(&headers).unwrap_err().kind, "IncompleteSignatureException");
     }

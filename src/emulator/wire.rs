@@ -74,7 +74,7 @@ impl Quantity {
 
     /// The quantity as JSON: an integer when whole, else a decimal number.
     pub fn to_json(self) -> Value {
-        if self.0 % Self::SCALE == 0 {
+        if self.0.is_multiple_of(Self::SCALE) {
             Value::from(self.0 / Self::SCALE)
         } else {
             Value::from(self.0 as f64 / Self::SCALE as f64)
@@ -92,9 +92,8 @@ impl Quantity {
                 && whole.len() <= 10
                 && !whole.starts_with('0')
                 && whole.bytes().all(|b| b.is_ascii_digit()));
-        let frac_ok = frac.is_none_or(|f| {
-            (1..=6).contains(&f.len()) && f.bytes().all(|b| b.is_ascii_digit())
-        });
+        let frac_ok =
+            frac.is_none_or(|f| (1..=6).contains(&f.len()) && f.bytes().all(|b| b.is_ascii_digit()));
         if !whole_ok || !frac_ok || text.len() > 17 {
             return None;
         }
@@ -188,9 +187,8 @@ struct Checker {
 
 impl Checker {
     fn violation(&mut self, path: &str, value: impl std::fmt::Display, constraint: &str) {
-        self.violations.push(format!(
-            "Value '{value}' at '{path}' failed to satisfy constraint: {constraint}"
-        ));
+        self.violations
+            .push(format!("Value '{value}' at '{path}' failed to satisfy constraint: {constraint}"));
     }
 
     fn length(&mut self, path: &str, text: &str, min: usize, max: usize) {
@@ -217,7 +215,8 @@ impl Checker {
     }
 
     fn required(&mut self, path: &str) {
-        self.violations.push(format!("Value null at '{path}' failed to satisfy constraint: Member must not be null"));
+        self.violations
+            .push(format!("Value null at '{path}' failed to satisfy constraint: Member must not be null"));
     }
 
     fn finish<T>(self, value: T) -> Result<T, ApiError> {
@@ -252,7 +251,9 @@ fn is_license_arn(text: &str) -> bool {
     };
     parts.len() == 6
         && parts[0] == "arn"
-        && parts[1].strip_prefix("aws").is_some_and(|r| r.chars().all(|c| c.is_ascii_alphabetic() || c == '-'))
+        && parts[1]
+            .strip_prefix("aws")
+            .is_some_and(|r| r.chars().all(|c| c.is_ascii_alphabetic() || c == '-'))
         && head_then(parts[2], "_/.-", 62)
         && parts[3].len() <= 63
         && class(parts[3], "_/.-")
@@ -470,7 +471,11 @@ pub fn batch_meter_usage(body: &Map<String, Value>) -> Result<BatchMeterUsageInp
         if timestamp.is_none() {
             check.required(&format!("{path}Timestamp"));
         }
-        let dim = dimension(&mut check, &format!("{path}Dimension"), rec.string("Dimension", &format!("{path}Dimension"))?);
+        let dim = dimension(
+            &mut check,
+            &format!("{path}Dimension"),
+            rec.string("Dimension", &format!("{path}Dimension"))?,
+        );
         let (quantity, decimal) = quantity(&rec, &mut check, "Quantity", "QuantityAsDecimal", &path)?;
         let ci_path = format!("{path}CustomerIdentifier");
         let customer_identifier = rec.string("CustomerIdentifier", &ci_path)?;
@@ -636,7 +641,9 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.kind, "ValidationException");
         assert!(err.message.starts_with("4 validation errors detected: "), "{}", err.message);
-        assert!(err.message.contains("'ProductCode' failed to satisfy constraint: Member must satisfy regular expression pattern"));
+        assert!(err.message.contains(
+            "'ProductCode' failed to satisfy constraint: Member must satisfy regular expression pattern"
+        ));
         assert!(err.message.contains("'UsageRecords.1.member.Dimension' failed to satisfy constraint: Member must have length greater than or equal to 1"));
         assert!(err.message.contains("Value '-1' at 'UsageRecords.1.member.Quantity'"));
         assert!(err.message.contains("'UsageRecords.1.member.CustomerAWSAccountId' failed to satisfy constraint: Member must satisfy regular expression pattern: ^[0-9]+$"));
@@ -644,7 +651,8 @@ mod tests {
 
     #[test]
     fn wrong_json_types_are_serialization_errors() {
-        let err = batch_meter_usage(&body(json!({"UsageRecords": [{"Timestamp": "now", "Dimension": "d"}]}))).unwrap_err();
+        let err = batch_meter_usage(&body(json!({"UsageRecords": [{"Timestamp": "now", "Dimension": "d"}]})))
+            .unwrap_err();
         assert_eq!(err.kind, "SerializationException");
         assert_eq!(parse_body(b"[1]").unwrap_err().kind, "SerializationException");
         assert_eq!(parse_body(b"{").unwrap_err().kind, "SerializationException");
@@ -667,8 +675,11 @@ mod tests {
     #[test]
     fn quantity_and_decimal_are_exclusive() {
         let err = meter_usage(&body(json!({"ProductCode": "p", "Timestamp": 0, "UsageDimension": "d",
-            "UsageQuantity": 1, "UsageQuantityAsDecimal": "1"}))).unwrap_err();
+            "UsageQuantity": 1, "UsageQuantityAsDecimal": "1"})))
+        .unwrap_err();
         assert_eq!(err.kind, "ValidationException");
-        assert!(err.message.contains("'UsageQuantity' and 'UsageQuantityAsDecimal' cannot both be specified"));
+        assert!(
+            err.message.contains("'UsageQuantity' and 'UsageQuantityAsDecimal' cannot both be specified")
+        );
     }
 }
