@@ -5,6 +5,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod aggregate;
 pub mod duration;
 pub mod emulator;
+pub mod submit;
 pub mod telemetry;

@@ -1,0 +1,58 @@
+//! The sealed hourly record: one (product or license, customer, dimension, UTC hour) with its
+//! frozen total and allocations. Once sealed it never changes, so every attempt to submit it sends
+//! the same content; it is self-contained so that fleet mode can ship it instead of submitting it.
+
+use serde::{Deserialize, Serialize};
+
+/// The largest quantity the service accepts in a record or an allocation (a signed 32-bit integer).
+pub const MAX_QUANTITY: u32 = i32::MAX as u32;
+
+/// What a record is billed against: a product code (legacy SaaS) or a license ARN (concurrent
+/// agreements, no product code in the call).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Scope {
+    ProductCode(String),
+    LicenseArn(String),
+}
+
+/// Who is billed: the customer's AWS account id, or the legacy customer identifier.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Customer {
+    AwsAccountId(String),
+    Identifier(String),
+}
+
+/// The identity of a record: the service keeps one quantity per key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RecordKey {
+    pub scope: Scope,
+    pub customer: Customer,
+    pub dimension: String,
+    /// Start of the UTC hour, epoch seconds; sent as the record's `Timestamp`.
+    pub hour: i64,
+}
+
+/// A tag set, sorted by key; empty for untagged usage.
+pub type TagSet = Vec<(String, String)>;
+
+/// The usage of one tag set within a record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub tags: TagSet,
+    pub quantity: u32,
+}
+
+/// A frozen hourly record. Its allocations are sorted by tag set and sum to `quantity`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedRecord {
+    pub key: RecordKey,
+    pub quantity: u32,
+    pub allocations: Vec<Allocation>,
+}
+
+impl SealedRecord {
+    /// Whether the record must be sent with `UsageAllocations`: only when some usage was tagged.
+    pub fn has_tags(&self) -> bool {
+        self.allocations.iter().any(|a| !a.tags.is_empty())
+    }
+}

@@ -1,0 +1,295 @@
+//! The Metering Service as the submitter sees it: a [`MeteringApi`] trait, its implementation on
+//! the AWS SDK, and [`classify`], the one place that decides what a failed call means.
+//!
+//! meterd turns the SDK's own retries off and retries in its submit loop instead, so that every
+//! request passes its rate limiter and every attempt is visible in its metrics.
+
+use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_marketplacemetering as metering;
+use metering::config::http::HttpResponse;
+use metering::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use metering::types::{Tag, UsageAllocation, UsageRecord, UsageRecordResult, UsageRecordResultStatus};
+
+use crate::aggregate::{Customer, Scope, SealedRecord};
+
+/// How one record of a BatchMeterUsage call came back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// Billed; the id is the receipt.
+    Accepted {
+        metering_record_id: String,
+    },
+    CustomerNotSubscribed,
+    /// Another quantity was billed for this key before.
+    DuplicateRecord,
+    /// In `UnprocessedRecords`, or absent from the answer: send it again unchanged.
+    Unprocessed,
+}
+
+/// Why a call failed as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The service answered with an error.
+    Service { status: u16, code: String },
+    /// No answer in time.
+    Timeout,
+    /// The connection failed or closed before a whole answer arrived.
+    Connection,
+    /// The request could not be built or signed (e.g. no credentials).
+    Local,
+}
+
+/// A failed call: what kind of failure, and the SDK's full description of it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiFailure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl ApiFailure {
+    /// The service's error name, if the service answered.
+    pub fn code(&self) -> Option<&str> {
+        match &self.kind {
+            FailureKind::Service { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// What the submitter does with the records of a failed call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Transient: resend the same records unchanged after a backoff.
+    Retry,
+    /// One record spoils the batch: split it until the bad records stand alone, dead-letter those.
+    Isolate,
+    /// A record can never be accepted (a single-record call): dead-letter it.
+    DeadLetter,
+    /// The configuration or credentials are wrong: stop submitting, keep everything, alert.
+    Pause,
+}
+
+/// Decides what a failed call means for its records.
+pub fn classify(failure: &ApiFailure) -> Disposition {
+    let (status, code) = match &failure.kind {
+        FailureKind::Timeout | FailureKind::Connection => return Disposition::Retry,
+        FailureKind::Local => return Disposition::Pause,
+        FailureKind::Service { status, code } => (*status, code.as_str()),
+    };
+    match code {
+        "ThrottlingException"
+        | "InternalServiceErrorException"
+        | "ServiceUnavailableException"
+        | "RequestTimeoutException" => Disposition::Retry,
+        "TimestampOutOfBoundsException"
+        | "InvalidUsageDimensionException"
+        | "InvalidTagException"
+        | "InvalidUsageAllocationsException"
+        | "InvalidCustomerIdentifierException"
+        | "InvalidLicenseException"
+        | "ValidationException"
+        | "SerializationException" => Disposition::Isolate,
+        "DuplicateRequestException" | "CustomerNotEntitledException" => Disposition::DeadLetter,
+        _ if status >= 500 || status == 429 => Disposition::Retry,
+        // InvalidProductCodeException, DisabledApiException, InvalidEndpointRegionException,
+        // AccessDeniedException, signature and credential errors, and anything unknown: a person
+        // must look, and nothing may be thrown away meanwhile.
+        _ => Disposition::Pause,
+    }
+}
+
+/// The calls the submitter makes.
+pub trait MeteringApi: Send + Sync {
+    /// Sends up to 25 records of one product in one BatchMeterUsage call. `product_code` is `None`
+    /// when the records name license ARNs. The outcomes are in the order of `records`.
+    fn batch_meter_usage(
+        &self,
+        product_code: Option<&str>,
+        records: &[SealedRecord],
+    ) -> impl Future<Output = Result<Vec<RecordOutcome>, ApiFailure>> + Send;
+}
+
+/// [`MeteringApi`] on `aws-sdk-marketplacemetering`.
+#[derive(Clone, Debug)]
+pub struct SdkMeteringApi {
+    client: metering::Client,
+}
+
+impl SdkMeteringApi {
+    pub fn new(client: metering::Client) -> Self {
+        Self { client }
+    }
+
+    /// A client with aws-config's default credential chain (environment, profile, EC2 IMDSv2, ECS
+    /// task role, EKS IRSA), SDK retries off and `attempt_timeout` per request.
+    pub async fn from_default_chain(
+        region: &str,
+        endpoint_url: Option<&str>,
+        attempt_timeout: Duration,
+    ) -> Self {
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_string()))
+            .load()
+            .await;
+        let mut builder = metering::config::Builder::from(&shared)
+            .retry_config(metering::config::retry::RetryConfig::disabled())
+            .timeout_config(
+                metering::config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(attempt_timeout)
+                    .build(),
+            );
+        if let Some(url) = endpoint_url {
+            builder = builder.endpoint_url(url);
+        }
+        Self::new(metering::Client::from_conf(builder.build()))
+    }
+}
+
+fn failure<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    err: SdkError<E, HttpResponse>,
+) -> ApiFailure {
+    let kind = match &err {
+        SdkError::TimeoutError(_) => FailureKind::Timeout,
+        SdkError::DispatchFailure(dispatch) if dispatch.is_timeout() => FailureKind::Timeout,
+        SdkError::DispatchFailure(dispatch) if dispatch.is_user() => FailureKind::Local,
+        SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => FailureKind::Connection,
+        SdkError::ServiceError(service) => FailureKind::Service {
+            status: service.raw().status().as_u16(),
+            code: err.code().unwrap_or("Unknown").to_string(),
+        },
+        _ => FailureKind::Local,
+    };
+    ApiFailure { kind, message: DisplayErrorContext(&err).to_string() }
+}
+
+fn local(message: String) -> ApiFailure {
+    ApiFailure { kind: FailureKind::Local, message }
+}
+
+/// The wire form of a sealed record: `Timestamp` is the hour start, allocations only when some
+/// usage was tagged (an untagged-only record is sent without them).
+fn usage_record(record: &SealedRecord) -> Result<UsageRecord, ApiFailure> {
+    let key = &record.key;
+    let mut builder = UsageRecord::builder()
+        .timestamp(metering::primitives::DateTime::from_secs(key.hour))
+        .dimension(&key.dimension)
+        .quantity(record.quantity as i32);
+    builder = match &key.customer {
+        Customer::AwsAccountId(id) => builder.customer_aws_account_id(id),
+        Customer::Identifier(id) => builder.customer_identifier(id),
+    };
+    if let Scope::LicenseArn(arn) = &key.scope {
+        builder = builder.license_arn(arn);
+    }
+    if record.has_tags() {
+        for allocation in &record.allocations {
+            let mut alloc = UsageAllocation::builder().allocated_usage_quantity(allocation.quantity as i32);
+            for (k, v) in &allocation.tags {
+                let tag = Tag::builder().key(k).value(v).build().map_err(|e| local(e.to_string()))?;
+                alloc = alloc.tags(tag);
+            }
+            builder = builder.usage_allocations(alloc.build().map_err(|e| local(e.to_string()))?);
+        }
+    }
+    builder.build().map_err(|e| local(e.to_string()))
+}
+
+/// Finds which of `records` an echoed usage record is (the service does not promise order).
+fn position(records: &[SealedRecord], echoed: &UsageRecord) -> Option<usize> {
+    let customer = match (echoed.customer_aws_account_id(), echoed.customer_identifier()) {
+        (Some(id), _) => Customer::AwsAccountId(id.to_string()),
+        (None, id) if !id.is_empty() => Customer::Identifier(id.to_string()),
+        _ => return None,
+    };
+    let hour = echoed.timestamp().secs().div_euclid(3600) * 3600;
+    records.iter().position(|r| {
+        r.key.customer == customer
+            && r.key.dimension == echoed.dimension()
+            && r.key.hour == hour
+            && match &r.key.scope {
+                Scope::LicenseArn(arn) => echoed.license_arn() == Some(arn.as_str()),
+                Scope::ProductCode(_) => echoed.license_arn().is_none(),
+            }
+    })
+}
+
+fn outcome(result: &UsageRecordResult) -> RecordOutcome {
+    match (result.status(), result.metering_record_id()) {
+        (Some(UsageRecordResultStatus::Success), Some(id)) => {
+            RecordOutcome::Accepted { metering_record_id: id.to_string() }
+        }
+        (Some(UsageRecordResultStatus::CustomerNotSubscribed), _) => RecordOutcome::CustomerNotSubscribed,
+        (Some(UsageRecordResultStatus::DuplicateRecord), _) => RecordOutcome::DuplicateRecord,
+        // A status this version does not know, or a success without a receipt: ask again.
+        _ => RecordOutcome::Unprocessed,
+    }
+}
+
+impl MeteringApi for SdkMeteringApi {
+    async fn batch_meter_usage(
+        &self,
+        product_code: Option<&str>,
+        records: &[SealedRecord],
+    ) -> Result<Vec<RecordOutcome>, ApiFailure> {
+        let usage = records.iter().map(usage_record).collect::<Result<Vec<_>, _>>()?;
+        let answer = self
+            .client
+            .batch_meter_usage()
+            .set_product_code(product_code.map(str::to_string))
+            .set_usage_records(Some(usage))
+            .send()
+            .await
+            .map_err(failure)?;
+        let mut outcomes = vec![RecordOutcome::Unprocessed; records.len()];
+        for result in answer.results() {
+            if let Some(at) = result.usage_record().and_then(|echoed| position(records, echoed)) {
+                outcomes[at] = outcome(result);
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(status: u16, code: &str) -> ApiFailure {
+        ApiFailure { kind: FailureKind::Service { status, code: code.into() }, message: String::new() }
+    }
+
+    #[test]
+    fn classification_follows_the_service_rules() {
+        use Disposition::*;
+        let cases = [
+            (service(400, "ThrottlingException"), Retry),
+            (service(500, "InternalServiceErrorException"), Retry),
+            (service(503, "SomethingNew"), Retry),
+            (service(429, "TooManyRequests"), Retry),
+            (service(400, "TimestampOutOfBoundsException"), Isolate),
+            (service(400, "InvalidUsageDimensionException"), Isolate),
+            (service(400, "InvalidTagException"), Isolate),
+            (service(400, "InvalidUsageAllocationsException"), Isolate),
+            (service(400, "InvalidCustomerIdentifierException"), Isolate),
+            (service(400, "InvalidLicenseException"), Isolate),
+            (service(413, "ValidationException"), Isolate),
+            (service(400, "DuplicateRequestException"), DeadLetter),
+            (service(400, "CustomerNotEntitledException"), DeadLetter),
+            (service(400, "InvalidProductCodeException"), Pause),
+            (service(400, "DisabledApiException"), Pause),
+            (service(400, "InvalidEndpointRegionException"), Pause),
+            (service(400, "AccessDeniedException"), Pause),
+            (service(403, "InvalidSignatureException"), Pause),
+            (service(400, "SomethingNew"), Pause),
+            (ApiFailure { kind: FailureKind::Timeout, message: String::new() }, Retry),
+            (ApiFailure { kind: FailureKind::Connection, message: String::new() }, Retry),
+            (ApiFailure { kind: FailureKind::Local, message: String::new() }, Pause),
+        ];
+        for (failure, expected) in cases {
+            assert_eq!(classify(&failure), expected, "{:?}", failure.kind);
+        }
+    }
+}
