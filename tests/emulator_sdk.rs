@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_marketplacemetering::config::retry::RetryConfig;
-use aws_sdk_marketplacemetering::config::timeout::TimeoutConfig;
 use aws_sdk_marketplacemetering::error::ProvideErrorMetadata;
 use aws_sdk_marketplacemetering::primitives::DateTime;
 use aws_sdk_marketplacemetering::types::{Tag, UsageAllocation, UsageRecord, UsageRecordResultStatus};
@@ -57,6 +56,14 @@ macro_rules! expect_error {
     }};
 }
 
+/// A BatchMeterUsage call for [`PRODUCT`] with `record`; chain `.usage_records(…)` for more.
+fn one(
+    client: &aws_sdk_marketplacemetering::Client,
+    record: UsageRecord,
+) -> aws_sdk_marketplacemetering::operation::batch_meter_usage::builders::BatchMeterUsageFluentBuilder {
+    client.batch_meter_usage().product_code(PRODUCT).usage_records(record)
+}
+
 fn statuses(
     output: &aws_sdk_marketplacemetering::operation::batch_meter_usage::BatchMeterUsageOutput,
 ) -> Vec<UsageRecordResultStatus> {
@@ -93,13 +100,7 @@ async fn batch_meter_usage_accepts_and_retries_idempotently() {
         .unwrap();
     let again_ids: Vec<&str> = again.results().iter().map(|r| r.metering_record_id().unwrap()).collect();
     assert_eq!(again_ids, ids);
-    let subset = client
-        .batch_meter_usage()
-        .product_code(PRODUCT)
-        .usage_records(batch[1].clone())
-        .send()
-        .await
-        .unwrap();
+    let subset = one(&client, batch[1].clone()).send().await.unwrap();
     assert_eq!(subset.results()[0].metering_record_id(), Some(ids[1]));
 
     let stored = records(emulator.addr()).await;
@@ -120,18 +121,9 @@ async fn a_changed_quantity_for_the_same_hour_is_a_duplicate_record() {
     let emulator = start(EmulatorConfig::default()).await;
     let client = client(&emulator.endpoint_url(), "AKIDDUP");
     let hour = hour_start(2);
-    client
-        .batch_meter_usage()
-        .product_code(PRODUCT)
-        .usage_records(record("111122223333", "gb", 10, hour))
-        .send()
-        .await
-        .unwrap();
+    one(&client, record("111122223333", "gb", 10, hour)).send().await.unwrap();
     // Another timestamp in the same hour with another quantity: the first quantity wins.
-    let out = client
-        .batch_meter_usage()
-        .product_code(PRODUCT)
-        .usage_records(record("111122223333", "gb", 11, hour + 1800))
+    let out = one(&client, record("111122223333", "gb", 11, hour + 1800))
         .usage_records(record("111122223333", "gb", 11, hour + 3600))
         .send()
         .await
@@ -153,13 +145,7 @@ async fn customer_fields_treat_empty_identifier_as_absent() {
     let client = client(&emulator.endpoint_url(), "AKIDCUST");
     let hour = hour_start(1);
     // The Rust SDK sends "CustomerIdentifier": "" next to the account id; that must be accepted.
-    let ok = client
-        .batch_meter_usage()
-        .product_code(PRODUCT)
-        .usage_records(record("111122223333", "d", 1, hour))
-        .send()
-        .await
-        .unwrap();
+    let ok = one(&client, record("111122223333", "d", 1, hour)).send().await.unwrap();
     assert_eq!(statuses(&ok), vec![UsageRecordResultStatus::Success]);
     let both = UsageRecord::builder()
         .customer_identifier("legacy-customer")
@@ -169,11 +155,7 @@ async fn customer_fields_treat_empty_identifier_as_absent() {
         .timestamp(DateTime::from_secs(hour))
         .build()
         .unwrap();
-    let message = expect_error!(
-        client.batch_meter_usage().product_code(PRODUCT).usage_records(both).send(),
-        "InvalidCustomerIdentifierException",
-        400
-    );
+    let message = expect_error!(one(&client, both).send(), "InvalidCustomerIdentifierException", 400);
     assert_eq!(message, "A usage record can specify CustomerIdentifier or CustomerAWSAccountId, not both");
     let neither = UsageRecord::builder()
         .dimension("d")
@@ -181,11 +163,7 @@ async fn customer_fields_treat_empty_identifier_as_absent() {
         .timestamp(DateTime::from_secs(hour))
         .build()
         .unwrap();
-    let message = expect_error!(
-        client.batch_meter_usage().product_code(PRODUCT).usage_records(neither).send(),
-        "InvalidCustomerIdentifierException",
-        400
-    );
+    let message = expect_error!(one(&client, neither).send(), "InvalidCustomerIdentifierException", 400);
     assert_eq!(message, "A usage record must specify CustomerIdentifier or CustomerAWSAccountId");
     let legacy = UsageRecord::builder()
         .customer_identifier("legacy-customer")
@@ -194,7 +172,7 @@ async fn customer_fields_treat_empty_identifier_as_absent() {
         .timestamp(DateTime::from_secs(hour))
         .build()
         .unwrap();
-    let out = client.batch_meter_usage().product_code(PRODUCT).usage_records(legacy).send().await.unwrap();
+    let out = one(&client, legacy).send().await.unwrap();
     assert_eq!(statuses(&out), vec![UsageRecordResultStatus::Success]);
     let stored = records(emulator.addr()).await;
     assert_eq!(stored.len(), 2);
@@ -229,11 +207,7 @@ async fn license_arn_records_belong_to_one_product_and_need_no_product_code() {
     assert_eq!(stored[0]["license_arn"], LICENSE);
     assert!(stored[0].get("product_code").is_none());
 
-    let message = expect_error!(
-        client.batch_meter_usage().product_code(PRODUCT).usage_records(licensed(LICENSE, 4)).send(),
-        "ValidationException",
-        400
-    );
+    let message = expect_error!(one(&client, licensed(LICENSE, 4)).send(), "ValidationException", 400);
     assert!(message.contains("ProductCode must not be specified"), "{message}");
     let message = expect_error!(
         client
@@ -284,27 +258,13 @@ async fn shape_constraints_are_validation_errors() {
     );
 
     let long_dimension = "x".repeat(256);
-    let message = expect_error!(
-        client
-            .batch_meter_usage()
-            .product_code(PRODUCT)
-            .usage_records(record("1", &long_dimension, 1, hour))
-            .send(),
-        "ValidationException",
-        400
-    );
+    let message =
+        expect_error!(one(&client, record("1", &long_dimension, 1, hour)).send(), "ValidationException", 400);
     assert!(message.contains("'UsageRecords.1.member.Dimension' failed to satisfy constraint: Member must have length less than or equal to 255"), "{message}");
-    let message = expect_error!(
-        client.batch_meter_usage().product_code(PRODUCT).usage_records(record("12-34", "d", 1, hour)).send(),
-        "ValidationException",
-        400
-    );
+    let message =
+        expect_error!(one(&client, record("12-34", "d", 1, hour)).send(), "ValidationException", 400);
     assert!(message.contains("^[0-9]+$"), "{message}");
-    let message = expect_error!(
-        client.batch_meter_usage().product_code(PRODUCT).usage_records(record("1", "d", -5, hour)).send(),
-        "ValidationException",
-        400
-    );
+    let message = expect_error!(one(&client, record("1", "d", -5, hour)).send(), "ValidationException", 400);
     assert!(message.contains("Member must have value greater than or equal to 0"), "{message}");
     expect_error!(
         client.batch_meter_usage().product_code("bad code").usage_records(record("1", "d", 1, hour)).send(),
@@ -317,11 +277,7 @@ async fn shape_constraints_are_validation_errors() {
     let six: Vec<(&str, &str)> = six.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut tagged = record("1", "d", 5, hour);
     tagged.usage_allocations = Some(vec![allocation(5, &six)]);
-    let message = expect_error!(
-        client.batch_meter_usage().product_code(PRODUCT).usage_records(tagged).send(),
-        "ValidationException",
-        400
-    );
+    let message = expect_error!(one(&client, tagged).send(), "ValidationException", 400);
     assert!(
         message
             .contains("Tags' failed to satisfy constraint: Member must have length less than or equal to 5"),
@@ -329,11 +285,7 @@ async fn shape_constraints_are_validation_errors() {
     );
     let mut braces = record("1", "d", 5, hour);
     braces.usage_allocations = Some(vec![allocation(5, &[("team", "{a}")])]);
-    expect_error!(
-        client.batch_meter_usage().product_code(PRODUCT).usage_records(braces).send(),
-        "ValidationException",
-        400
-    );
+    expect_error!(one(&client, braces).send(), "ValidationException", 400);
     assert!(records(emulator.addr()).await.is_empty());
 }
 
@@ -359,11 +311,7 @@ async fn a_body_of_a_megabyte_or_more_is_refused() {
         .collect();
     let mut big = record("1", "d", 1, hour);
     big.usage_allocations = Some(allocations);
-    let message = expect_error!(
-        client.batch_meter_usage().product_code(PRODUCT).usage_records(big).send(),
-        "ValidationException",
-        413
-    );
+    let message = expect_error!(one(&client, big).send(), "ValidationException", 413);
     assert_eq!(message, "Request body must be smaller than 1048576 bytes");
     assert!(records(emulator.addr()).await.is_empty());
 }
@@ -375,7 +323,7 @@ async fn allocations_split_a_record_by_tags() {
     let hour = hour_start(1);
     let mut good = record("111122223333", "d", 10, hour);
     good.usage_allocations = Some(vec![allocation(6, &[("team", "a"), ("env", "prod")]), allocation(4, &[])]);
-    let out = client.batch_meter_usage().product_code(PRODUCT).usage_records(good).send().await.unwrap();
+    let out = one(&client, good).send().await.unwrap();
     assert_eq!(statuses(&out), vec![UsageRecordResultStatus::Success]);
     let stored = records(emulator.addr()).await;
     assert_eq!(
@@ -385,27 +333,15 @@ async fn allocations_split_a_record_by_tags() {
 
     let mut short = record("111122223333", "e", 10, hour);
     short.usage_allocations = Some(vec![allocation(6, &[("team", "a")])]);
-    let message = expect_error!(
-        client.batch_meter_usage().product_code(PRODUCT).usage_records(short).send(),
-        "InvalidUsageAllocationsException",
-        400
-    );
+    let message = expect_error!(one(&client, short).send(), "InvalidUsageAllocationsException", 400);
     assert_eq!(message, "The sum of allocated quantities (6) does not equal the usage quantity (10)");
     let mut twice = record("111122223333", "e", 10, hour);
     twice.usage_allocations = Some(vec![allocation(5, &[("team", "a")]), allocation(5, &[("team", "a")])]);
-    let message = expect_error!(
-        client.batch_meter_usage().product_code(PRODUCT).usage_records(twice).send(),
-        "InvalidUsageAllocationsException",
-        400
-    );
+    let message = expect_error!(one(&client, twice).send(), "InvalidUsageAllocationsException", 400);
     assert_eq!(message, "Each usage allocation must have a unique set of tags");
     let mut repeated_key = record("111122223333", "e", 10, hour);
     repeated_key.usage_allocations = Some(vec![allocation(10, &[("team", "a"), ("team", "b")])]);
-    expect_error!(
-        client.batch_meter_usage().product_code(PRODUCT).usage_records(repeated_key).send(),
-        "InvalidTagException",
-        400
-    );
+    expect_error!(one(&client, repeated_key).send(), "InvalidTagException", 400);
 }
 
 #[tokio::test]
@@ -414,10 +350,7 @@ async fn timestamps_outside_the_window_fail_the_whole_batch() {
     let client = client(&emulator.endpoint_url(), "AKIDWINDOW");
     let now = now_secs();
     let message = expect_error!(
-        client
-            .batch_meter_usage()
-            .product_code(PRODUCT)
-            .usage_records(record("1", "d", 1, now - 60))
+        one(&client, record("1", "d", 1, now - 60))
             .usage_records(record("2", "d", 1, now - 6 * 3600 - 60))
             .send(),
         "TimestampOutOfBoundsException",
@@ -425,23 +358,13 @@ async fn timestamps_outside_the_window_fail_the_whole_batch() {
     );
     assert!(message.contains("outside the accepted window"), "{message}");
     expect_error!(
-        client
-            .batch_meter_usage()
-            .product_code(PRODUCT)
-            .usage_records(record("1", "d", 1, now + 6 * 60))
-            .send(),
+        one(&client, record("1", "d", 1, now + 6 * 60)).send(),
         "TimestampOutOfBoundsException",
         400
     );
     assert!(records(emulator.addr()).await.is_empty(), "no record of a refused batch is stored");
     // Up to five minutes ahead is clock skew, and accepted.
-    client
-        .batch_meter_usage()
-        .product_code(PRODUCT)
-        .usage_records(record("1", "d", 1, now + 4 * 60))
-        .send()
-        .await
-        .unwrap();
+    one(&client, record("1", "d", 1, now + 4 * 60)).send().await.unwrap();
     assert_eq!(records(emulator.addr()).await.len(), 1);
 }
 
@@ -451,33 +374,13 @@ async fn the_window_and_clock_are_configurable() {
     let emulator = start(config).await;
     let client = client(&emulator.endpoint_url(), "AKIDCLOCK");
     let now = now_secs();
-    client
-        .batch_meter_usage()
-        .product_code(PRODUCT)
-        .usage_records(record("1", "d", 1, now - 20 * 3600))
-        .send()
-        .await
-        .unwrap();
+    one(&client, record("1", "d", 1, now - 20 * 3600)).send().await.unwrap();
     // Move the emulator's clock two days ahead: the same kind of record is now too old.
     let clock =
         control(emulator.addr(), "POST", "/_emulator/clock", json!({"offset_seconds": 2 * 86_400})).await;
     assert_eq!(clock["offset_seconds"], 2 * 86_400);
-    expect_error!(
-        client
-            .batch_meter_usage()
-            .product_code(PRODUCT)
-            .usage_records(record("1", "d", 1, now - 3600))
-            .send(),
-        "TimestampOutOfBoundsException",
-        400
-    );
-    client
-        .batch_meter_usage()
-        .product_code(PRODUCT)
-        .usage_records(record("1", "d", 1, now + 2 * 86_400 - 60))
-        .send()
-        .await
-        .unwrap();
+    expect_error!(one(&client, record("1", "d", 1, now - 3600)).send(), "TimestampOutOfBoundsException", 400);
+    one(&client, record("1", "d", 1, now + 2 * 86_400 - 60)).send().await.unwrap();
 }
 
 #[tokio::test]
@@ -510,10 +413,7 @@ async fn the_catalogue_decides_products_dimensions_and_subscriptions() {
     );
     assert_eq!(message, format!("Dimension cpu is not valid for product {PRODUCT}"));
     // An unsubscribed customer fails only its own record.
-    let out = client
-        .batch_meter_usage()
-        .product_code(PRODUCT)
-        .usage_records(record("111122223333", "gb", 5, hour))
+    let out = one(&client, record("111122223333", "gb", 5, hour))
         .usage_records(record("999999999999", "gb", 5, hour))
         .send()
         .await
@@ -531,34 +431,16 @@ async fn the_catalogue_decides_products_dimensions_and_subscriptions() {
             .unwrap();
     catalogue.subscribed_customers = None;
     control(emulator.addr(), "PUT", "/_emulator/catalogue", serde_json::to_value(&catalogue).unwrap()).await;
-    let out = client
-        .batch_meter_usage()
-        .product_code(PRODUCT)
-        .usage_records(record("999999999999", "gb", 5, hour))
-        .send()
-        .await
-        .unwrap();
+    let out = one(&client, record("999999999999", "gb", 5, hour)).send().await.unwrap();
     assert_eq!(statuses(&out), vec![UsageRecordResultStatus::Success]);
     catalogue.disabled_operations = vec!["BatchMeterUsage".into()];
     control(emulator.addr(), "PUT", "/_emulator/catalogue", serde_json::to_value(&catalogue).unwrap()).await;
-    expect_error!(
-        client
-            .batch_meter_usage()
-            .product_code(PRODUCT)
-            .usage_records(record("111122223333", "gb", 5, hour))
-            .send(),
-        "DisabledApiException",
-        400
-    );
+    expect_error!(one(&client, record("111122223333", "gb", 5, hour)).send(), "DisabledApiException", 400);
     catalogue.disabled_operations.clear();
     catalogue.authorized_callers = Some(vec!["AKIDSOMEONEELSE".into()]);
     control(emulator.addr(), "PUT", "/_emulator/catalogue", serde_json::to_value(&catalogue).unwrap()).await;
     let message = expect_error!(
-        client
-            .batch_meter_usage()
-            .product_code(PRODUCT)
-            .usage_records(record("111122223333", "gb", 5, hour))
-            .send(),
+        one(&client, record("111122223333", "gb", 5, hour)).send(),
         "AccessDeniedException",
         400
     );
@@ -779,18 +661,9 @@ async fn each_access_key_has_its_own_quota() {
     let hour = hour_start(1);
     let busy = client(&url, "AKIDBUSY");
     for _ in 0..3 {
-        busy.batch_meter_usage()
-            .product_code(PRODUCT)
-            .usage_records(record("1", "d", 1, hour))
-            .send()
-            .await
-            .unwrap();
+        one(&busy, record("1", "d", 1, hour)).send().await.unwrap();
     }
-    let message = expect_error!(
-        busy.batch_meter_usage().product_code(PRODUCT).usage_records(record("1", "d", 1, hour)).send(),
-        "ThrottlingException",
-        400
-    );
+    let message = expect_error!(one(&busy, record("1", "d", 1, hour)).send(), "ThrottlingException", 400);
     assert_eq!(message, "Rate exceeded");
     client(&url, "AKIDQUIET")
         .batch_meter_usage()
@@ -811,7 +684,7 @@ async fn signatures_are_checked_for_scope_and_for_configured_keys() {
     let url = emulator.endpoint_url();
     let hour = hour_start(1);
     let send = |client: aws_sdk_marketplacemetering::Client| async move {
-        client.batch_meter_usage().product_code(PRODUCT).usage_records(record("1", "d", 1, hour)).send().await
+        one(&client, record("1", "d", 1, hour)).send().await
     };
     send(client(&url, "AKIDKNOWN")).await.unwrap();
     let err = send(client_with(&url, "AKIDKNOWN", "wrong-secret", REGION, RetryConfig::disabled()))
@@ -935,7 +808,7 @@ async fn injected_throttling_and_server_errors() {
     let emulator = start(EmulatorConfig::default()).await;
     let client = client(&emulator.endpoint_url(), "AKIDFAULT");
     let hour = hour_start(1);
-    let batch = || client.batch_meter_usage().product_code(PRODUCT).usage_records(record("1", "d", 1, hour));
+    let batch = || one(&client, record("1", "d", 1, hour));
     let faults =
         control(emulator.addr(), "POST", "/_emulator/faults", json!({"throttle": 2, "http_500": 1})).await;
     assert_eq!((faults["throttle"].as_u64(), faults["http_500"].as_u64()), (Some(2), Some(1)));
@@ -971,13 +844,7 @@ async fn injected_throttling_and_server_errors() {
         REGION,
         RetryConfig::standard().with_max_attempts(3),
     );
-    let out = retrying
-        .batch_meter_usage()
-        .product_code(PRODUCT)
-        .usage_records(record("2", "d", 1, hour))
-        .send()
-        .await
-        .unwrap();
+    let out = one(&retrying, record("2", "d", 1, hour)).send().await.unwrap();
     assert_eq!(statuses(&out), vec![UsageRecordResultStatus::Success]);
     let log = requests(emulator.addr()).await;
     let outcomes: Vec<(&str, u64)> =
@@ -1039,24 +906,12 @@ async fn apply_then_drop_the_connection() {
     let client = client(&emulator.endpoint_url(), "AKIDDROP");
     let hour = hour_start(1);
     control(emulator.addr(), "POST", "/_emulator/faults", json!({"drop_after_apply": 1})).await;
-    let err = client
-        .batch_meter_usage()
-        .product_code(PRODUCT)
-        .usage_records(record("1", "d", 9, hour))
-        .send()
-        .await
-        .unwrap_err();
+    let err = one(&client, record("1", "d", 9, hour)).send().await.unwrap_err();
     assert!(err.raw_response().is_none(), "the client never saw an answer: {err:?}");
     let stored = records(emulator.addr()).await;
     assert_eq!(stored.len(), 1, "the record was applied");
     // The unchanged resend gets the receipt of the record that was applied.
-    let out = client
-        .batch_meter_usage()
-        .product_code(PRODUCT)
-        .usage_records(record("1", "d", 9, hour))
-        .send()
-        .await
-        .unwrap();
+    let out = one(&client, record("1", "d", 9, hour)).send().await.unwrap();
     assert_eq!(out.results()[0].metering_record_id(), stored[0]["metering_record_id"].as_str());
     let log = requests(emulator.addr()).await;
     assert_eq!(log[0]["outcome"], "dropped");
@@ -1067,60 +922,25 @@ async fn apply_then_drop_the_connection() {
 async fn added_latency_delays_every_answer() {
     let emulator = start(EmulatorConfig::default()).await;
     control(emulator.addr(), "POST", "/_emulator/faults", json!({"latency_ms": 3000})).await;
-    let config = aws_sdk_marketplacemetering::Config::builder()
-        .behavior_version(aws_sdk_marketplacemetering::config::BehaviorVersion::latest())
-        .region(aws_sdk_marketplacemetering::config::Region::new(REGION))
-        .endpoint_url(emulator.endpoint_url())
-        .credentials_provider(aws_sdk_marketplacemetering::config::Credentials::new(
-            "AKIDSLOW", SECRET, None, None, "test",
-        ))
-        .retry_config(RetryConfig::disabled())
-        .timeout_config(
-            TimeoutConfig::builder().operation_attempt_timeout(Duration::from_millis(300)).build(),
-        )
-        .build();
-    let slow = aws_sdk_marketplacemetering::Client::from_conf(config);
-    let err = slow
-        .batch_meter_usage()
-        .product_code(PRODUCT)
-        .usage_records(record("1", "d", 1, hour_start(1)))
-        .send()
-        .await
-        .unwrap_err();
+    let slow = client_with_timeout(&emulator.endpoint_url(), "AKIDSLOW", Duration::from_millis(300));
+    let err = one(&slow, record("1", "d", 1, hour_start(1))).send().await.unwrap_err();
     assert!(matches!(err, aws_sdk_marketplacemetering::error::SdkError::TimeoutError(_)), "{err:?}");
     control(emulator.addr(), "POST", "/_emulator/faults", json!({"latency_ms": 0})).await;
-    slow.batch_meter_usage()
-        .product_code(PRODUCT)
-        .usage_records(record("1", "d", 1, hour_start(1)))
-        .send()
-        .await
-        .unwrap();
+    one(&slow, record("1", "d", 1, hour_start(1))).send().await.unwrap();
 }
 
 #[tokio::test]
 async fn reset_forgets_records_requests_and_faults() {
     let emulator = start(EmulatorConfig::default()).await;
     let client = client(&emulator.endpoint_url(), "AKIDRESET");
-    client
-        .batch_meter_usage()
-        .product_code(PRODUCT)
-        .usage_records(record("1", "d", 1, hour_start(1)))
-        .send()
-        .await
-        .unwrap();
+    one(&client, record("1", "d", 1, hour_start(1))).send().await.unwrap();
     control(emulator.addr(), "POST", "/_emulator/faults", json!({"throttle": 5})).await;
     control(emulator.addr(), "POST", "/_emulator/reset", Value::Null).await;
     assert!(records(emulator.addr()).await.is_empty());
     assert!(requests(emulator.addr()).await.is_empty());
     assert_eq!(control(emulator.addr(), "GET", "/_emulator/faults", Value::Null).await["throttle"], 0);
     // After a reset the same key may be billed with another quantity.
-    client
-        .batch_meter_usage()
-        .product_code(PRODUCT)
-        .usage_records(record("1", "d", 2, hour_start(1)))
-        .send()
-        .await
-        .unwrap();
+    one(&client, record("1", "d", 2, hour_start(1))).send().await.unwrap();
     assert_eq!(records(emulator.addr()).await[0]["quantity"], 2);
     let (status, body) = http(emulator.addr(), "GET", "/_emulator/nothing", &[], b"").await;
     assert_eq!(status, 404);

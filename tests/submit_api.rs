@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use aws_sdk_marketplacemetering::config::retry::RetryConfig;
-use aws_sdk_marketplacemetering::config::timeout::TimeoutConfig;
 use common::*;
 use meterd::aggregate::{Allocation, Customer, RecordKey, Scope, SealedRecord};
 use meterd::emulator::EmulatorConfig;
@@ -185,19 +184,11 @@ async fn failures_are_classified() {
 async fn a_slow_answer_is_a_timeout_to_retry() {
     let emulator = start(EmulatorConfig::default()).await;
     control(emulator.addr(), "POST", "/_emulator/faults", json!({"latency_ms": 2000})).await;
-    let config = aws_sdk_marketplacemetering::Config::builder()
-        .behavior_version(aws_sdk_marketplacemetering::config::BehaviorVersion::latest())
-        .region(aws_sdk_marketplacemetering::config::Region::new(REGION))
-        .endpoint_url(emulator.endpoint_url())
-        .credentials_provider(aws_sdk_marketplacemetering::config::Credentials::new(
-            "AKIDSLOW", SECRET, None, None, "t",
-        ))
-        .retry_config(RetryConfig::disabled())
-        .timeout_config(
-            TimeoutConfig::builder().operation_attempt_timeout(Duration::from_millis(200)).build(),
-        )
-        .build();
-    let api = SdkMeteringApi::new(aws_sdk_marketplacemetering::Client::from_conf(config));
+    let api = SdkMeteringApi::new(client_with_timeout(
+        &emulator.endpoint_url(),
+        "AKIDSLOW",
+        Duration::from_millis(200),
+    ));
     let records = vec![sealed("1", "d", hour_start(1), &[(&[], 1)])];
     assert_eq!(failure_of(&api, &records).await, (FailureKind::Timeout, Disposition::Retry));
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_marketplacemetering::Client;
 use aws_sdk_marketplacemetering::config::retry::RetryConfig;
+use aws_sdk_marketplacemetering::config::timeout::TimeoutConfig;
 use aws_sdk_marketplacemetering::config::{BehaviorVersion, Credentials, Region};
 use meterd::emulator::{Emulator, EmulatorConfig, RunningEmulator};
 use serde_json::Value;
@@ -29,14 +30,30 @@ pub fn client(url: &str, access_key: &str) -> Client {
 }
 
 pub fn client_with(url: &str, access_key: &str, secret: &str, region: &str, retry: RetryConfig) -> Client {
-    let config = aws_sdk_marketplacemetering::Config::builder()
+    Client::from_conf(config_builder(url, access_key, secret, region).retry_config(retry).build())
+}
+
+/// Like [`client`], giving up on each attempt after `attempt_timeout`.
+pub fn client_with_timeout(url: &str, access_key: &str, attempt_timeout: Duration) -> Client {
+    let timeouts = TimeoutConfig::builder().operation_attempt_timeout(attempt_timeout).build();
+    let config = config_builder(url, access_key, SECRET, REGION)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(timeouts)
+        .build();
+    Client::from_conf(config)
+}
+
+fn config_builder(
+    url: &str,
+    access_key: &str,
+    secret: &str,
+    region: &str,
+) -> aws_sdk_marketplacemetering::config::Builder {
+    aws_sdk_marketplacemetering::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(region.to_string()))
         .endpoint_url(url)
         .credentials_provider(Credentials::new(access_key, secret, None, None, "test"))
-        .retry_config(retry)
-        .build();
-    Client::from_conf(config)
 }
 
 pub fn now_secs() -> i64 {
