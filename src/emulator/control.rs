@@ -6,7 +6,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::config::Catalogue;
-use super::service::{FaultsUpdate, Service};
+use super::faults::FaultsUpdate;
+use super::service::Service;
 use super::{Body, json_response};
 
 const ENDPOINTS: &[&str] = &[

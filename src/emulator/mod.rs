@@ -23,6 +23,7 @@
 
 pub mod config;
 mod control;
+mod faults;
 mod service;
 mod sigv4;
 mod wire;
@@ -46,7 +47,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 pub use config::{Catalogue, ConfigError, Credential, EmulatorConfig, RegistrationToken};
-pub use service::{AcceptedRecord, Faults, InjectedError, RequestLog};
+pub use faults::{Faults, InjectedError};
+pub use service::{AcceptedRecord, RequestLog};
 pub use sigv4::SERVICE as SIGNING_NAME;
 
 use service::{Answer, Operation, Service};

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
 use super::config::{Catalogue, EmulatorConfig};
+use super::faults::{Faults, FaultsUpdate};
 use super::sigv4::Caller;
 use super::wire::{self, Allocation, ApiError, Quantity};
 
@@ -54,59 +55,6 @@ impl Operation {
             Self::ResolveCustomer => "ResolveCustomer",
         }
     }
-}
-
-/// Faults to inject into the next API requests, set through `POST /_emulator/faults`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct Faults {
-    /// The next N requests get `ThrottlingException` (HTTP 400).
-    pub throttle: u32,
-    /// The next N requests get `InternalServiceErrorException` (HTTP 500).
-    pub http_500: u32,
-    /// The next N requests are applied, then the connection is closed without an answer.
-    pub drop_after_apply: u32,
-    /// This share (0.0..=1.0) of the records of each BatchMeterUsage call comes back in
-    /// `UnprocessedRecords`, not applied; spread evenly and deterministically.
-    pub unprocessed_share: f64,
-    /// Added to every API request before it is answered.
-    pub latency_ms: u64,
-    /// The next `count` requests get this error.
-    pub error: Option<InjectedError>,
-}
-
-/// An arbitrary error to answer with, e.g. `DisabledApiException` or `InvalidEndpointRegionException`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct InjectedError {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default = "default_injected_status")]
-    pub status: u16,
-    #[serde(default)]
-    pub message: Option<String>,
-    #[serde(default = "default_injected_count")]
-    pub count: u32,
-}
-
-fn default_injected_status() -> u16 {
-    400
-}
-
-fn default_injected_count() -> u32 {
-    1
-}
-
-/// A partial update of [`Faults`]: only the fields present change.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FaultsUpdate {
-    throttle: Option<u32>,
-    http_500: Option<u32>,
-    drop_after_apply: Option<u32>,
-    unprocessed_share: Option<f64>,
-    latency_ms: Option<u64>,
-    error: Option<Option<InjectedError>>,
 }
 
 /// One accepted metering record, as `GET /_emulator/records` lists it.
@@ -167,7 +115,6 @@ struct Bucket {
 struct State {
     catalogue: Catalogue,
     faults: Faults,
-    unprocessed_credit: f64,
     records: Vec<AcceptedRecord>,
     index: HashMap<RecordKey, usize>,
     registrations: HashSet<(String, String)>,
@@ -199,7 +146,6 @@ impl Service {
         let state = State {
             catalogue: config.catalogue.clone(),
             faults: Faults::default(),
-            unprocessed_credit: 0.0,
             records: Vec::new(),
             index: HashMap::new(),
             registrations: HashSet::new(),
@@ -235,15 +181,14 @@ impl Service {
     pub fn call(&self, operation: Operation, caller: &Caller, body: &Map<String, Value>) -> Answer {
         let mut state = self.lock();
         let now = epoch(shift(SystemTime::now(), state.clock_offset_secs));
-        if let Some(err) = state.take_injected_error() {
+        if let Some(err) = state.faults.take_error() {
             return Answer::Reply(Err(err));
         }
         if !state.admit(&caller.access_key_id, &self.config) {
             return Answer::Reply(Err(ApiError::throttling()));
         }
         let result = state.operation(&self.config, operation, caller, body, now);
-        if result.is_ok() && state.faults.drop_after_apply > 0 {
-            state.faults.drop_after_apply -= 1;
+        if result.is_ok() && state.faults.take_drop() {
             return Answer::Drop;
         }
         Answer::Reply(result)
@@ -312,7 +257,6 @@ impl Service {
         state.requests.clear();
         state.buckets.clear();
         state.faults = Faults::default();
-        state.unprocessed_credit = 0.0;
     }
 
     pub fn catalogue(&self) -> Catalogue {
@@ -328,36 +272,14 @@ impl Service {
     }
 
     pub fn update_faults(&self, update: FaultsUpdate) -> Result<Faults, String> {
-        if let Some(share) = update.unprocessed_share.filter(|share| !(0.0..=1.0).contains(share)) {
-            return Err(format!("unprocessed_share must be between 0 and 1, got {share}"));
-        }
         let mut state = self.lock();
-        let faults = &mut state.faults;
-        if let Some(v) = update.throttle {
-            faults.throttle = v;
-        }
-        if let Some(v) = update.http_500 {
-            faults.http_500 = v;
-        }
-        if let Some(v) = update.drop_after_apply {
-            faults.drop_after_apply = v;
-        }
-        if let Some(v) = update.unprocessed_share {
-            faults.unprocessed_share = v;
-        }
-        if let Some(v) = update.latency_ms {
-            faults.latency_ms = v;
-        }
-        if let Some(v) = update.error {
-            faults.error = v;
-        }
-        Ok(faults.clone())
+        state.faults.update(update)?;
+        Ok(state.faults.clone())
     }
 
     pub fn clear_faults(&self) {
         let mut state = self.lock();
         state.faults = Faults::default();
-        state.unprocessed_credit = 0.0;
     }
 
     pub fn clock_offset(&self) -> i64 {
@@ -386,28 +308,6 @@ fn contains(list: &Option<Vec<String>>, item: &str) -> bool {
 }
 
 impl State {
-    fn take_injected_error(&mut self) -> Option<ApiError> {
-        let faults = &mut self.faults;
-        if let Some(injected) = faults.error.as_mut().filter(|e| e.count > 0) {
-            injected.count -= 1;
-            let message = injected.message.clone().unwrap_or_else(|| format!("injected {}", injected.kind));
-            let err = ApiError::new(injected.status, injected.kind.clone(), message);
-            if injected.count == 0 {
-                faults.error = None;
-            }
-            return Some(err);
-        }
-        if faults.throttle > 0 {
-            faults.throttle -= 1;
-            return Some(ApiError::throttling());
-        }
-        if faults.http_500 > 0 {
-            faults.http_500 -= 1;
-            return Some(ApiError::internal());
-        }
-        None
-    }
-
     /// Takes a token from the caller's bucket; `false` means throttled.
     fn admit(&mut self, access_key_id: &str, config: &EmulatorConfig) -> bool {
         let now = Instant::now();
@@ -584,9 +484,7 @@ impl State {
         let mut results = Vec::new();
         let mut unprocessed = Vec::new();
         for record in input.records {
-            self.unprocessed_credit += self.faults.unprocessed_share;
-            if self.unprocessed_credit >= 1.0 - 1e-9 {
-                self.unprocessed_credit -= 1.0;
+            if self.faults.take_unprocessed() {
                 unprocessed.push(record.raw);
                 continue;
             }
