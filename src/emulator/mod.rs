@@ -43,13 +43,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 pub use config::{Catalogue, ConfigError, Credential, EmulatorConfig, RegistrationToken};
 pub use faults::{Faults, InjectedError};
 pub use service::{AcceptedRecord, RequestLog};
-pub use sigv4::SERVICE as SIGNING_NAME;
 
 use service::{Answer, Operation, Service};
 use wire::ApiError;
@@ -112,21 +110,24 @@ impl Emulator {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            self.serve(listener, async {
-                let _ = stopped.await;
-            })
-            .await
+        tokio::spawn(async move {
+            if let Err(err) = self
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+            {
+                warn!(error = %err, "emulator stopped serving");
+            }
         });
-        Ok(RunningEmulator { addr, stop: Some(stop), task })
+        Ok(RunningEmulator { addr, stop: Some(stop) })
     }
 }
 
-/// An emulator serving in the background; stops when dropped or on [`RunningEmulator::stop`].
+/// An emulator serving in the background; stops accepting when dropped.
 pub struct RunningEmulator {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<io::Result<()>>,
 }
 
 impl RunningEmulator {
@@ -137,13 +138,6 @@ impl RunningEmulator {
     /// The URL to give an SDK as its endpoint.
     pub fn endpoint_url(&self) -> String {
         format!("http://{}", self.addr)
-    }
-
-    pub async fn stop(mut self) -> io::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task).await.unwrap_or_else(|err| Err(io::Error::other(err)))
     }
 }
 
