@@ -1,12 +1,22 @@
 //! meterd: a durable metering agent for AWS Marketplace sellers.
 //!
-//! The binary in `main.rs` only parses the command line and calls into the modules here, so that
-//! tests can drive every piece directly.
+//! Events flow one way through the stages: [`ingest`] (socket, framing, validation) → [`commit`]
+//! (group commit into the [`outbox`], counting into [`aggregate`]'s open hours, sealing) →
+//! [`submit`] (batches, retries, dead letters). [`daemon`] wires them together; `main.rs` only
+//! parses the command line.
 
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
+pub mod cli;
+pub mod clock;
+pub mod commit;
+pub mod config;
+pub mod daemon;
 pub mod duration;
 pub mod emulator;
+pub mod ingest;
+pub mod model;
+pub mod outbox;
 pub mod submit;
 pub mod telemetry;

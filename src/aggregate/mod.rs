@@ -1,6 +1,8 @@
 //! Aggregation of usage events into hourly records per (product or license, customer, dimension,
-//! UTC hour). So far this holds the sealed record, the unit every later stage works on.
+//! UTC hour): the open hours in [`Aggregator`], and the [`SealedRecord`] every later stage works on.
 
+mod hours;
 mod record;
 
+pub use hours::{Admission, Admitted, Aggregator, Bucket, Delta, ID_TTL_SECS, Rules};
 pub use record::{Allocation, Customer, MAX_QUANTITY, RecordKey, Scope, SealedRecord, TagSet};

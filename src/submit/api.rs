@@ -148,6 +148,33 @@ impl SdkMeteringApi {
     }
 }
 
+impl SdkMeteringApi {
+    /// A client with fixed credentials (the sandbox's emulator keys), SDK retries off.
+    pub fn with_static_credentials(
+        region: &str,
+        endpoint_url: &str,
+        access_key_id: &str,
+        secret_access_key: &str,
+        attempt_timeout: Duration,
+    ) -> Self {
+        let credentials =
+            metering::config::Credentials::new(access_key_id, secret_access_key, None, None, "meterd-static");
+        let config = metering::Config::builder()
+            .behavior_version(metering::config::BehaviorVersion::latest())
+            .region(metering::config::Region::new(region.to_string()))
+            .credentials_provider(credentials)
+            .endpoint_url(endpoint_url)
+            .retry_config(metering::config::retry::RetryConfig::disabled())
+            .timeout_config(
+                metering::config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(attempt_timeout)
+                    .build(),
+            )
+            .build();
+        Self::new(metering::Client::from_conf(config))
+    }
+}
+
 fn failure<E: ProvideErrorMetadata + std::error::Error + 'static>(
     err: SdkError<E, HttpResponse>,
 ) -> ApiFailure {

@@ -1,5 +1,7 @@
-//! Submission of sealed records to the Metering Service.
+//! Submission of sealed records to the Metering Service: the [`MeteringApi`] seam and the submit loop.
 
 pub mod api;
+mod submitter;
 
 pub use api::{ApiFailure, Disposition, MeteringApi, RecordOutcome, SdkMeteringApi, classify};
+pub use submitter::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, Settings, Submitter};

@@ -1,0 +1,277 @@
+//! The open hours: one bucket per record key with its total and one allocation per tag set, the
+//! client ids seen in the last 25 hours, and the rule that decides when an hour is sealed.
+//!
+//! Everything here is plain data driven by explicit `now` arguments, so the property test can run
+//! days of hours in microseconds. The aggregator never does I/O: the commit stage logs what
+//! [`Aggregator::admit`] returns before anyone is told, and checkpoints [`Aggregator::take_delta`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::record::{Allocation, MAX_QUANTITY, RecordKey, SealedRecord, TagSet};
+use crate::clock::hour_of;
+use crate::config::LateEvents;
+use crate::ingest::{ErrorCode, Event, Rejection};
+use crate::model::MAX_ALLOCATIONS;
+
+/// How long a client id is remembered after its event was accepted.
+pub const ID_TTL_SECS: i64 = 25 * 3600;
+
+/// The time rules, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    pub seal_delay: i64,
+    pub deadline: i64,
+    pub future_tolerance: i64,
+    pub late_events: LateEvents,
+}
+
+/// The running total of one open record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub quantity: u32,
+    pub allocations: BTreeMap<TagSet, u32>,
+    /// Changed since the last checkpoint.
+    #[serde(skip)]
+    dirty: bool,
+}
+
+impl Bucket {
+    fn seal(self, key: RecordKey) -> SealedRecord {
+        let allocations =
+            self.allocations.into_iter().map(|(tags, quantity)| Allocation { tags, quantity }).collect();
+        SealedRecord { key, quantity: self.quantity, allocations }
+    }
+}
+
+/// An accepted event as the log keeps it: everything replay needs to count it again, with the
+/// hour already decided (a carried-forward event names the hour it was counted in).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admitted {
+    pub key: RecordKey,
+    pub tags: TagSet,
+    pub quantity: u32,
+    pub id: Option<String>,
+    /// When it was accepted, epoch seconds; its id is remembered from then on.
+    pub at: i64,
+}
+
+/// What [`Aggregator::admit`] did with an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Counted; log it before acknowledging. `carried` is set when it was moved to the open hour.
+    Counted { admitted: Admitted, carried: bool },
+    /// Its id was accepted before: not counted again.
+    Duplicate { id: String },
+}
+
+/// What changed since the last checkpoint.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    pub changed: Vec<(RecordKey, Bucket)>,
+    pub sealed: Vec<SealedRecord>,
+    pub new_ids: Vec<(String, i64)>,
+    pub expired_ids: Vec<String>,
+    pub sealed_through: Option<i64>,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty()
+            && self.sealed.is_empty()
+            && self.new_ids.is_empty()
+            && self.expired_ids.is_empty()
+    }
+}
+
+/// The open hours and remembered ids.
+#[derive(Debug)]
+pub struct Aggregator {
+    rules: Rules,
+    buckets: HashMap<RecordKey, Bucket>,
+    ids: HashMap<String, i64>,
+    new_ids: Vec<(String, i64)>,
+    expired_ids: Vec<String>,
+    sealed: Vec<SealedRecord>,
+    /// Start of the last sealed hour; no event is counted at or before it.
+    sealed_through: Option<i64>,
+    sealed_through_changed: bool,
+    pub late_carried: u64,
+    pub late_rejected: u64,
+}
+
+impl Aggregator {
+    pub fn new(rules: Rules) -> Self {
+        Self {
+            rules,
+            buckets: HashMap::new(),
+            ids: HashMap::new(),
+            new_ids: Vec::new(),
+            expired_ids: Vec::new(),
+            sealed: Vec::new(),
+            sealed_through: None,
+            sealed_through_changed: false,
+            late_carried: 0,
+            late_rejected: 0,
+        }
+    }
+
+    /// Rebuilds the state a checkpoint saved; replay then re-applies the log after it.
+    pub fn restore(
+        rules: Rules,
+        buckets: Vec<(RecordKey, Bucket)>,
+        ids: Vec<(String, i64)>,
+        sealed_through: Option<i64>,
+    ) -> Self {
+        let mut this = Self::new(rules);
+        this.buckets = buckets.into_iter().collect();
+        this.ids = ids.into_iter().collect();
+        this.sealed_through = sealed_through;
+        this
+    }
+
+    pub fn open_records(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn sealed_through(&self) -> Option<i64> {
+        self.sealed_through
+    }
+
+    fn is_sealed(&self, hour: i64, now: i64) -> bool {
+        self.sealed_through.is_some_and(|through| hour <= through)
+            || hour + 3600 + self.rules.seal_delay <= now
+    }
+
+    /// Checks an event against time, earlier ids and the key's total, and counts it.
+    pub fn admit(&mut self, event: Event, now: i64) -> Result<Admission, Rejection> {
+        if let Some(id) = &event.id
+            && self.ids.contains_key(id)
+        {
+            return Ok(Admission::Duplicate { id: event.id.unwrap_or_default() });
+        }
+        let at = event.timestamp.unwrap_or(now);
+        if at > now + self.rules.future_tolerance {
+            return Err(Rejection::new(
+                ErrorCode::FutureTimestamp,
+                format!("timestamp {at} is {}s ahead of meterd's clock", at - now),
+            ));
+        }
+        let mut hour = hour_of(at);
+        if hour + self.rules.deadline <= now {
+            return Err(Rejection::new(
+                ErrorCode::OutOfWindow,
+                format!(
+                    "timestamp {at} is in an hour past the submit deadline ({}s after its start); the service would refuse it",
+                    self.rules.deadline
+                ),
+            ));
+        }
+        let mut carried = false;
+        if self.is_sealed(hour, now) {
+            match self.rules.late_events {
+                LateEvents::Reject => {
+                    self.late_rejected += 1;
+                    return Err(Rejection::new(
+                        ErrorCode::OutOfWindow,
+                        format!("the hour starting {hour} is already sealed (late_events = reject)"),
+                    ));
+                }
+                LateEvents::CarryForward => {
+                    hour = hour_of(now);
+                    carried = true;
+                }
+            }
+        }
+        let Event { scope, customer, dimension, quantity, tags, id, .. } = event;
+        let key = RecordKey { scope, customer, dimension, hour };
+        let bucket = self.buckets.get(&key);
+        let total = u64::from(bucket.map_or(0, |b| b.quantity)) + u64::from(quantity);
+        if total > u64::from(MAX_QUANTITY) {
+            return Err(Rejection::new(
+                ErrorCode::QuantityOverflow,
+                format!(
+                    "the hour's total for this customer and dimension would reach {total}, above 2147483647"
+                ),
+            ));
+        }
+        if bucket
+            .is_some_and(|b| b.allocations.len() >= MAX_ALLOCATIONS && !b.allocations.contains_key(&tags))
+        {
+            return Err(Rejection::new(
+                ErrorCode::InvalidField,
+                "the hour's record for this customer and dimension already has 2500 tag sets, the service's limit",
+            ));
+        }
+        if carried {
+            self.late_carried += 1;
+        }
+        let admitted = Admitted { key, tags, quantity, id, at: now };
+        self.apply(&admitted);
+        Ok(Admission::Counted { admitted, carried })
+    }
+
+    /// Counts an admitted event: from [`Aggregator::admit`], or from the log during replay.
+    pub fn apply(&mut self, admitted: &Admitted) {
+        let bucket = match self.buckets.get_mut(&admitted.key) {
+            Some(bucket) => bucket,
+            None => self.buckets.entry(admitted.key.clone()).or_default(),
+        };
+        bucket.quantity += admitted.quantity;
+        match bucket.allocations.get_mut(&admitted.tags) {
+            Some(q) => *q += admitted.quantity,
+            None => {
+                bucket.allocations.insert(admitted.tags.clone(), admitted.quantity);
+            }
+        }
+        bucket.dirty = true;
+        if let Some(id) = &admitted.id {
+            let expiry = admitted.at + ID_TTL_SECS;
+            self.ids.insert(id.clone(), expiry);
+            self.new_ids.push((id.clone(), expiry));
+        }
+    }
+
+    /// Seals every hour that ended `seal_delay` ago or earlier, and forgets expired ids.
+    pub fn seal_due(&mut self, now: i64) {
+        let through = hour_of(now - self.rules.seal_delay) - 3600;
+        if self.sealed_through.is_none_or(|old| through > old) {
+            self.sealed_through = Some(through);
+            self.sealed_through_changed = true;
+        }
+        let due: Vec<RecordKey> =
+            self.buckets.keys().filter(|k| self.is_sealed(k.hour, now)).cloned().collect();
+        for key in due {
+            let bucket = self.buckets.remove(&key).expect("key was just listed");
+            self.sealed.push(bucket.seal(key));
+        }
+        let expired: Vec<String> =
+            self.ids.iter().filter(|(_, expiry)| **expiry <= now).map(|(id, _)| id.clone()).collect();
+        for id in &expired {
+            self.ids.remove(id);
+        }
+        self.expired_ids.extend(expired);
+    }
+
+    /// Hands over everything changed since the last call, for one checkpoint.
+    pub fn take_delta(&mut self) -> Delta {
+        let mut changed = Vec::new();
+        for (key, bucket) in &mut self.buckets {
+            if bucket.dirty {
+                bucket.dirty = false;
+                changed.push((key.clone(), bucket.clone()));
+            }
+        }
+        let mut sealed = std::mem::take(&mut self.sealed);
+        sealed.sort_by(|a, b| a.key.cmp(&b.key));
+        let sealed_through = self.sealed_through.filter(|_| std::mem::take(&mut self.sealed_through_changed));
+        Delta {
+            changed,
+            sealed,
+            new_ids: std::mem::take(&mut self.new_ids),
+            expired_ids: std::mem::take(&mut self.expired_ids),
+            sealed_through,
+        }
+    }
+}

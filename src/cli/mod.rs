@@ -1,0 +1,8 @@
+//! The `meterd` subcommands beyond the emulator: `run` (the daemon, or its sandbox) and `send`
+//! (a client of the ingest socket).
+
+pub mod run;
+pub mod send;
+
+/// Exit code for a configuration error (sysexits' EX_USAGE).
+pub const EXIT_CONFIG: u8 = 64;

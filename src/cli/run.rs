@@ -1,0 +1,118 @@
+//! `meterd run [--config FILE] [--sandbox]`.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::clock::{Clock, OFFSET_ENV};
+use crate::config::Config;
+use crate::emulator::{Credential, Emulator, EmulatorConfig};
+use crate::submit::SdkMeteringApi;
+
+/// The sandbox's emulator keys (also in config/emulator.toml).
+pub const SANDBOX_ACCESS_KEY: &str = "AKIDMETERDSANDBOX";
+pub const SANDBOX_SECRET_KEY: &str = "meterd-sandbox-secret";
+
+/// Defaults of `--sandbox`: everything under `./meterd-sandbox`, metrics on loopback.
+pub fn sandbox_defaults() -> Config {
+    let mut config = Config::default();
+    config.aws.product_code = "prod-sandbox".into();
+    config.ingest.socket = "meterd-sandbox/meterd.sock".into();
+    config.storage.data_dir = "meterd-sandbox/data".into();
+    config.metrics.listen = "127.0.0.1:9464".parse().expect("a valid address");
+    config
+}
+
+/// Loads the configuration and runs the daemon; returns the process's exit code.
+pub fn run(file: Option<&Path>, sandbox: bool) -> ExitCode {
+    let base = if sandbox { sandbox_defaults() } else { Config::default() };
+    let config = match Config::load_over(base, file) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("meterd: {err}");
+            return ExitCode::from(super::EXIT_CONFIG);
+        }
+    };
+    let clock = match Clock::from_env() {
+        Ok(clock) => clock,
+        Err(err) => {
+            eprintln!("meterd: {err}");
+            return ExitCode::from(super::EXIT_CONFIG);
+        }
+    };
+    crate::telemetry::init(config.log.format, &config.log.level);
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), sandbox, "meterd starting");
+    if clock.offset_secs() != 0 {
+        tracing::warn!(
+            offset_secs = clock.offset_secs(),
+            "{OFFSET_ENV} is set: meterd's clock is shifted (tests only)"
+        );
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("meterd: failed to start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config, clock, sandbox)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("meterd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(mut config: Config, clock: Clock, sandbox: bool) -> anyhow::Result<()> {
+    let shutdown = crate::telemetry::shutdown_signal();
+    if !sandbox {
+        let endpoint = (!config.aws.endpoint_url.is_empty()).then_some(config.aws.endpoint_url.as_str());
+        let api =
+            SdkMeteringApi::from_default_chain(&config.aws.region, endpoint, config.submit.request_timeout)
+                .await;
+        return crate::daemon::run(config, clock, api, shutdown, |_| {}).await;
+    }
+    let emulator_config = EmulatorConfig {
+        region: config.aws.region.clone(),
+        window: config.submit.deadline,
+        credentials: vec![Credential {
+            access_key_id: SANDBOX_ACCESS_KEY.into(),
+            secret_access_key: SANDBOX_SECRET_KEY.into(),
+        }],
+        ..EmulatorConfig::default()
+    };
+    let emulator = Emulator::new(emulator_config).start("127.0.0.1:0".parse()?).await?;
+    config.aws.endpoint_url = emulator.endpoint_url();
+    let api = SdkMeteringApi::with_static_credentials(
+        &config.aws.region,
+        &config.aws.endpoint_url,
+        SANDBOX_ACCESS_KEY,
+        SANDBOX_SECRET_KEY,
+        config.submit.request_timeout,
+    );
+    let url = emulator.endpoint_url();
+    crate::daemon::run(config, clock, api, shutdown, |endpoints| print_sandbox(endpoints, &url)).await
+}
+
+fn print_sandbox(endpoints: &crate::daemon::Endpoints, emulator_url: &str) {
+    let socket = endpoints.socket.display();
+    let socket_flag = if endpoints.socket == Path::new("meterd-sandbox/meterd.sock") {
+        " --sandbox".to_string()
+    } else {
+        format!(" --socket {socket}")
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "meterd sandbox is running (Ctrl-C stops it)\n\
+         \x20 ingest socket:  {socket}\n\
+         \x20 metrics:        http://{metrics}/metrics\n\
+         \x20 emulator:       {emulator_url}  (records: {emulator_url}/_emulator/records)\n\
+         send an event:\n\
+         \x20 cargo run -- send{socket_flag} --customer-aws-account-id 111122223333 --dimension requests --quantity 5",
+        metrics = endpoints.metrics,
+    );
+    let _ = out.flush();
+}

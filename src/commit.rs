@@ -1,0 +1,262 @@
+//! The commit stage: one thread that owns the open hours. It takes every submission waiting in its
+//! queue (from any number of connections), checks and counts their events, logs the counted ones
+//! as one group commit behind one fdatasync, and only then answers them. At each checkpoint tick it
+//! seals the hours that are due, writes the changed state and trims the log, and hands newly sealed
+//! records to the submit stage once they are durable.
+//!
+//! On a storage failure nothing more can be promised: the events of the failed group are answered
+//! `storage_error`, every later one too, and the process stops so that a restart replays the truth
+//! from disk (the in-memory hours may hold events that were never made durable).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregate::{Admission, Aggregator, Rules};
+use crate::clock::Clock;
+use crate::ingest::{AckId, ErrorCode, Event, Reply};
+use crate::outbox::{Outbox, OutboxError, RecordState, Recovered, StoredRecord};
+use crate::telemetry::metrics::Metrics;
+
+/// Most events taken into one group commit.
+const MAX_GROUP_EVENTS: usize = 16 * 1024;
+
+/// The well-formed events of one read from one connection.
+pub struct Submission {
+    pub events: Vec<Event>,
+    pub received: Instant,
+    /// One reply per event, in order.
+    pub reply: oneshot::Sender<Vec<Reply>>,
+}
+
+pub enum Command {
+    Submit(Submission),
+    /// Time to seal what is due and checkpoint.
+    Tick,
+}
+
+pub struct Committer {
+    outbox: Arc<Outbox>,
+    aggregator: Aggregator,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    sealed_tx: mpsc::UnboundedSender<Vec<StoredRecord>>,
+    /// Sequence of the last group commit.
+    seq: u64,
+    checkpointed_seq: u64,
+    failed: bool,
+    fatal: CancellationToken,
+    late_seen: (u64, u64),
+}
+
+impl Committer {
+    /// Rebuilds the open hours from the checkpoint and the log after it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn recover(
+        outbox: Arc<Outbox>,
+        recovered: &mut Recovered,
+        rules: Rules,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+        sealed_tx: mpsc::UnboundedSender<Vec<StoredRecord>>,
+        fatal: CancellationToken,
+    ) -> Self {
+        let mut aggregator = Aggregator::restore(
+            rules,
+            std::mem::take(&mut recovered.buckets),
+            std::mem::take(&mut recovered.ids),
+            recovered.meta.sealed_through,
+        );
+        for admitted in &recovered.log {
+            aggregator.apply(admitted);
+        }
+        tracing::info!(
+            open_records = aggregator.open_records(),
+            replayed_events = recovered.log.len(),
+            "open hours restored"
+        );
+        recovered.log = Vec::new();
+        Self {
+            outbox,
+            aggregator,
+            clock,
+            metrics,
+            sealed_tx,
+            seq: recovered.last_seq,
+            checkpointed_seq: recovered.meta.log_seq,
+            failed: false,
+            fatal,
+            late_seen: (0, 0),
+        }
+    }
+
+    /// Runs until every sender of `commands` is gone, then writes a last checkpoint.
+    pub fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<(), OutboxError> {
+        self.checkpoint()?;
+        let mut group: Vec<Submission> = Vec::new();
+        while let Some(first) = commands.blocking_recv() {
+            let mut tick = false;
+            let mut events = 0;
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Tick => tick = true,
+                    Command::Submit(submission) => {
+                        events += submission.events.len();
+                        group.push(submission);
+                    }
+                }
+                if events < MAX_GROUP_EVENTS {
+                    next = commands.try_recv().ok();
+                }
+            }
+            if !group.is_empty() {
+                self.commit(&mut group);
+            }
+            if tick && !self.failed {
+                self.checkpoint()?;
+            }
+        }
+        if self.failed {
+            return Ok(());
+        }
+        self.checkpoint()
+    }
+
+    fn commit(&mut self, group: &mut Vec<Submission>) {
+        if self.failed {
+            for submission in group.drain(..) {
+                let replies = submission.events.iter().map(|e| storage_error(e.id.clone())).collect();
+                let _ = submission.reply.send(replies);
+            }
+            return;
+        }
+        let now = self.clock.now();
+        let seq = self.seq + 1;
+        let mut logged = Vec::new();
+        let mut replies: Vec<Vec<Reply>> = Vec::with_capacity(group.len());
+        let (mut accepted, mut duplicates) = (0u64, 0u64);
+        for submission in group.iter_mut() {
+            let mut out = Vec::with_capacity(submission.events.len());
+            for event in submission.events.drain(..) {
+                let client_id = event.id.clone();
+                let reply = match self.aggregator.admit(event, now) {
+                    Ok(Admission::Counted { admitted, .. }) => {
+                        let id = match client_id {
+                            Some(id) => AckId::Client(id),
+                            None => AckId::Generated { commit: seq, index: logged.len() as u32 },
+                        };
+                        logged.push(admitted);
+                        accepted += 1;
+                        Reply::Ok { id, duplicate: false }
+                    }
+                    Ok(Admission::Duplicate { id }) => {
+                        duplicates += 1;
+                        Reply::Ok { id: AckId::Client(id), duplicate: true }
+                    }
+                    Err(rejection) => {
+                        self.metrics.events_rejected.with_label_values(&[rejection.code.as_str()]).inc();
+                        Reply::Err(crate::ingest::LineError { id: client_id, rejection })
+                    }
+                };
+                out.push(reply);
+            }
+            replies.push(out);
+        }
+        if !logged.is_empty() {
+            if let Err(err) = self.outbox.append(seq, &logged) {
+                tracing::error!(%err, "outbox write failed; refusing everything from now on and stopping");
+                self.failed = true;
+                self.fatal.cancel();
+                for reply in replies.iter_mut().flatten() {
+                    if let Reply::Ok { id, duplicate: false } = reply {
+                        let id = match id {
+                            AckId::Client(id) => Some(id.clone()),
+                            AckId::Generated { .. } => None,
+                        };
+                        *reply = storage_error(id);
+                    }
+                }
+                accepted = 0;
+            } else {
+                self.seq = seq;
+            }
+        }
+        self.metrics.events_accepted.inc_by(accepted);
+        self.metrics.events_duplicate.inc_by(duplicates);
+        self.record_late_metrics();
+        for (submission, replies) in group.drain(..).zip(replies) {
+            let latency = submission.received.elapsed().as_secs_f64();
+            for reply in &replies {
+                if matches!(reply, Reply::Ok { .. }) {
+                    self.metrics.ack_latency.observe(latency);
+                }
+            }
+            let _ = submission.reply.send(replies);
+        }
+        self.metrics.records.with_label_values(&["open"]).set(self.aggregator.open_records() as i64);
+    }
+
+    fn record_late_metrics(&mut self) {
+        let (carried, rejected) = (self.aggregator.late_carried, self.aggregator.late_rejected);
+        let late = &self.metrics.late_events;
+        late.with_label_values(&["carry_forward"]).inc_by(carried - self.late_seen.0);
+        late.with_label_values(&["reject"]).inc_by(rejected - self.late_seen.1);
+        self.late_seen = (carried, rejected);
+    }
+
+    /// Seals what is due, writes the changes, trims the log, and passes sealed records on.
+    fn checkpoint(&mut self) -> Result<(), OutboxError> {
+        let now = self.clock.now();
+        self.aggregator.seal_due(now);
+        let delta = self.aggregator.take_delta();
+        if delta.is_empty() && delta.sealed_through.is_none() && self.seq == self.checkpointed_seq {
+            return Ok(());
+        }
+        let sealing = !delta.sealed.is_empty();
+        if let Err(err) = self.outbox.checkpoint(self.seq, &delta, now, sealing) {
+            tracing::error!(%err, "outbox checkpoint failed; stopping");
+            self.failed = true;
+            self.fatal.cancel();
+            return Err(err);
+        }
+        self.checkpointed_seq = self.seq;
+        self.metrics.records.with_label_values(&["open"]).set(self.aggregator.open_records() as i64);
+        if sealing {
+            tracing::info!(records = delta.sealed.len(), "sealed hourly records");
+            let stored = delta
+                .sealed
+                .into_iter()
+                .map(|record| StoredRecord { record, sealed_at: now, state: RecordState::Pending })
+                .collect();
+            let _ = self.sealed_tx.send(stored);
+        }
+        Ok(())
+    }
+}
+
+fn storage_error(id: Option<String>) -> Reply {
+    Reply::rejected(
+        id,
+        ErrorCode::StorageError,
+        "the outbox could not make the event durable; it was not counted",
+    )
+}
+
+/// Sends [`Command::Tick`] every `every` until `cancel`.
+pub async fn tick(commands: mpsc::Sender<Command>, every: Duration, cancel: CancellationToken) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                if commands.send(Command::Tick).await.is_err() {
+                    return;
+                }
+            }
+            _ = cancel.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! meterd's settings: built-in defaults ← a TOML file ← `METERD_<SECTION>__<KEY>` environment
+//! variables (figment). Every key is read on its own, so that one run reports every invalid value,
+//! unknown key and inconsistent combination at once; `main` turns that list into exit code 64.
+//!
+//! `config/meterd.toml` documents every key.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use figment::{Figment, Provider};
+use serde::{Deserialize, Serialize};
+
+use crate::model;
+
+/// What happens to an event for an hour that is already sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LateEvents {
+    /// Count it into the hour that is open now.
+    CarryForward,
+    /// Refuse it with `out_of_window`.
+    Reject,
+}
+
+impl LateEvents {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LateEvents::CarryForward => "carry_forward",
+            LateEvents::Reject => "reject",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AwsConfig {
+    /// Product code sent with records of events that name no license ARN; empty = none.
+    pub product_code: String,
+    pub region: String,
+    /// Endpoint override (the sandbox, a VPC endpoint); empty = the SDK's default endpoint.
+    pub endpoint_url: String,
+    /// Dimensions events may name; empty = any.
+    pub dimensions: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IngestConfig {
+    pub socket: PathBuf,
+    /// Permission bits of the socket file, as octal text ("0660").
+    pub socket_mode: String,
+    pub max_line_bytes: usize,
+    #[serde(with = "crate::duration::serde")]
+    pub future_tolerance: Duration,
+    /// How long a connection waits for room in the commit queue before answering `overloaded`.
+    #[serde(with = "crate::duration::serde")]
+    pub overload_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    /// How often the in-memory hours and ids are written to the outbox so the log can be trimmed.
+    #[serde(with = "crate::duration::serde")]
+    pub checkpoint_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SubmitConfig {
+    #[serde(with = "crate::duration::serde")]
+    pub seal_delay: Duration,
+    /// A record not accepted this long after its hour start becomes an `expired` dead letter.
+    #[serde(with = "crate::duration::serde")]
+    pub deadline: Duration,
+    pub max_requests_per_second: f64,
+    pub late_events: LateEvents,
+    #[serde(with = "crate::duration::serde")]
+    pub request_timeout: Duration,
+    #[serde(with = "crate::duration::serde")]
+    pub backoff_base: Duration,
+    #[serde(with = "crate::duration::serde")]
+    pub backoff_max: Duration,
+    /// How long submission stays paused after a configuration error before it tries again.
+    #[serde(with = "crate::duration::serde")]
+    pub pause: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `meterd=debug`); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShutdownConfig {
+    #[serde(with = "crate::duration::serde")]
+    pub grace: Duration,
+}
+
+/// Every setting of `meterd run`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub aws: AwsConfig,
+    pub ingest: IngestConfig,
+    pub storage: StorageConfig,
+    pub submit: SubmitConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            aws: AwsConfig {
+                product_code: String::new(),
+                region: "us-east-1".into(),
+                endpoint_url: String::new(),
+                dimensions: Vec::new(),
+            },
+            ingest: IngestConfig {
+                socket: "/run/meterd/meterd.sock".into(),
+                socket_mode: "0660".into(),
+                max_line_bytes: 64 * 1024,
+                future_tolerance: Duration::from_secs(5 * 60),
+                overload_timeout: Duration::from_secs(5),
+            },
+            storage: StorageConfig {
+                data_dir: "/var/lib/meterd".into(),
+                checkpoint_interval: Duration::from_secs(1),
+            },
+            submit: SubmitConfig {
+                seal_delay: Duration::from_secs(5 * 60),
+                deadline: Duration::from_secs(6 * 3600),
+                max_requests_per_second: 5.0,
+                late_events: LateEvents::CarryForward,
+                request_timeout: Duration::from_secs(10),
+                backoff_base: Duration::from_secs(1),
+                backoff_max: Duration::from_secs(5 * 60),
+                pause: Duration::from_secs(60),
+            },
+            metrics: MetricsConfig { listen: "0.0.0.0:9464".parse().expect("a valid address") },
+            log: LogConfig { format: LogFormat::Text, level: "info".into() },
+            shutdown: ShutdownConfig { grace: Duration::from_secs(10) },
+        }
+    }
+}
+
+/// Every problem found in one load, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .problems.join("\n  "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+/// A duration in a config value ("5m", "6h", or whole seconds).
+struct Human(Duration);
+
+impl<'de> Deserialize<'de> for Human {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        crate::duration::serde::deserialize(deserializer).map(Human)
+    }
+}
+
+impl Config {
+    /// Loads defaults ← `file` ← the environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_over(Self::default(), file)
+    }
+
+    /// Like [`Config::load`], starting from `base` instead of the built-in defaults (the sandbox
+    /// uses this for its own defaults).
+    pub fn load_over(base: Config, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(base));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        // Only `SECTION__KEY` variables are settings; other METERD_* variables are not ours to judge.
+        figment =
+            figment.merge(Env::prefixed("METERD_").filter(|key| key.as_str().contains("__")).split("__"));
+        Self::extract(&figment)
+    }
+
+    fn extract(figment: &Figment) -> Result<Self, ConfigError> {
+        let mut problems = unknown_keys(figment);
+        let mut config = Config::default();
+        macro_rules! read {
+            ($($section:ident . $key:ident),* $(,)?) => {$(
+                match figment.extract_inner(concat!(stringify!($section), ".", stringify!($key))) {
+                    Ok(value) => config.$section.$key = value,
+                    Err(err) => problems.push(err.to_string()),
+                }
+            )*};
+        }
+        macro_rules! read_duration {
+            ($($section:ident . $key:ident),* $(,)?) => {$(
+                match figment.extract_inner::<Human>(concat!(stringify!($section), ".", stringify!($key))) {
+                    Ok(Human(value)) => config.$section.$key = value,
+                    Err(err) => problems.push(err.to_string()),
+                }
+            )*};
+        }
+        read!(aws.product_code, aws.region, aws.endpoint_url, aws.dimensions);
+        read!(ingest.socket, ingest.socket_mode, ingest.max_line_bytes);
+        read!(storage.data_dir, submit.max_requests_per_second, submit.late_events);
+        read!(metrics.listen, log.format, log.level);
+        read_duration!(ingest.future_tolerance, ingest.overload_timeout, storage.checkpoint_interval);
+        read_duration!(submit.seal_delay, submit.deadline, submit.request_timeout);
+        read_duration!(submit.backoff_base, submit.backoff_max, submit.pause, shutdown.grace);
+        problems.extend(config.problems());
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
+    }
+
+    /// The socket file's permission bits.
+    pub fn socket_mode(&self) -> u32 {
+        u32::from_str_radix(&self.ingest.socket_mode, 8).unwrap_or(0o660)
+    }
+
+    /// Problems in values that parsed but cannot work, alone or together.
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let aws = &self.aws;
+        if aws.product_code.chars().count() > model::MAX_NAME_CHARS
+            || !model::is_product_code(&aws.product_code)
+        {
+            out.push(format!(
+                "aws.product_code {:?} does not match {} (at most 255 characters)",
+                aws.product_code,
+                model::PRODUCT_CODE_PATTERN
+            ));
+        }
+        if aws.region.is_empty() {
+            out.push("aws.region must not be empty".into());
+        }
+        let url = &aws.endpoint_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            out.push(format!("aws.endpoint_url {:?} must start with http:// or https://", aws.endpoint_url));
+        }
+        for dimension in &aws.dimensions {
+            if dimension.is_empty() || dimension.chars().count() > model::MAX_NAME_CHARS {
+                out.push(format!("aws.dimensions: {dimension:?} must be 1 to 255 characters"));
+            }
+        }
+        if self.ingest.socket.as_os_str().is_empty() {
+            out.push("ingest.socket must not be empty".into());
+        }
+        match u32::from_str_radix(&self.ingest.socket_mode, 8) {
+            Ok(mode) if mode <= 0o777 => {}
+            _ => out.push(format!(
+                "ingest.socket_mode {:?} must be octal permission bits such as \"0660\"",
+                self.ingest.socket_mode
+            )),
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.ingest.max_line_bytes) {
+            out.push(format!(
+                "ingest.max_line_bytes {} must be between 1024 and 16777216",
+                self.ingest.max_line_bytes
+            ));
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            out.push("storage.data_dir must not be empty".into());
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&self.storage.checkpoint_interval)
+        {
+            out.push("storage.checkpoint_interval must be between 10ms and 60s".into());
+        }
+        let submit = &self.submit;
+        if submit.deadline > Duration::from_secs(24 * 3600) {
+            out.push("submit.deadline must be at most 24h, the longest window the service allows".into());
+        }
+        if submit.seal_delay + Duration::from_secs(3600) >= submit.deadline {
+            out.push(format!(
+                "submit.deadline ({}) must be longer than one hour plus submit.seal_delay ({}), or no record could be sent in time",
+                crate::duration::format(submit.deadline),
+                crate::duration::format(submit.seal_delay)
+            ));
+        }
+        if !(submit.max_requests_per_second > 0.0 && submit.max_requests_per_second <= 10.0) {
+            out.push(format!(
+                "submit.max_requests_per_second {} must be above 0 and at most 10 (the service's quota per account)",
+                submit.max_requests_per_second
+            ));
+        }
+        if submit.request_timeout.is_zero() {
+            out.push("submit.request_timeout must be above 0".into());
+        }
+        if submit.backoff_base.is_zero() || submit.backoff_base > submit.backoff_max {
+            out.push("submit.backoff_base must be above 0 and at most submit.backoff_max".into());
+        }
+        if submit.pause.is_zero() {
+            out.push("submit.pause must be above 0".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            out.push(format!("log.level {:?} is not a valid filter", self.log.level));
+        }
+        if self.shutdown.grace < Duration::from_secs(1) {
+            out.push("shutdown.grace must be at least 1s".into());
+        }
+        out
+    }
+}
+
+const KEYS: &[(&str, &[&str])] = &[
+    ("aws", &["product_code", "region", "endpoint_url", "dimensions"]),
+    ("ingest", &["socket", "socket_mode", "max_line_bytes", "future_tolerance", "overload_timeout"]),
+    ("storage", &["data_dir", "checkpoint_interval"]),
+    (
+        "submit",
+        &[
+            "seal_delay",
+            "deadline",
+            "max_requests_per_second",
+            "late_events",
+            "request_timeout",
+            "backoff_base",
+            "backoff_max",
+            "pause",
+        ],
+    ),
+    ("metrics", &["listen"]),
+    ("log", &["format", "level"]),
+    ("shutdown", &["grace"]),
+];
+
+/// Keys that no setting reads: most often a typo that would otherwise be ignored silently.
+fn unknown_keys(figment: &Figment) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(data) = figment.data() else { return out };
+    let Some(root) = data.get(&figment.profile().clone()) else { return out };
+    let sections: BTreeSet<&str> = KEYS.iter().map(|(s, _)| *s).collect();
+    for (section, value) in root.clone() {
+        let Some(keys) = KEYS.iter().find(|(s, _)| *s == section.as_str()).map(|(_, k)| *k) else {
+            out.push(format!("unknown section `{section}` (known: {})", join(&sections)));
+            continue;
+        };
+        let Value::Dict(_, dict) = &value else {
+            out.push(format!("`{section}` must be a table"));
+            continue;
+        };
+        out.extend(unknown_in(&section, dict, keys));
+    }
+    out
+}
+
+fn unknown_in(section: &str, dict: &Dict, keys: &[&str]) -> Vec<String> {
+    dict.keys()
+        .filter(|key| !keys.contains(&key.as_str()))
+        .map(|key| format!("unknown key `{section}.{key}` (known: {})", keys.join(", ")))
+        .collect()
+}
+
+fn join(set: &BTreeSet<&str>) -> String {
+    set.iter().copied().collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_toml(text: &str) -> Result<Config, ConfigError> {
+        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+        Config::extract(&figment)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(load_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn values_parse() {
+        let config = load_toml(
+            "[aws]\nproduct_code = \"prod-1\"\ndimensions = [\"requests\"]\n\
+             [submit]\nseal_delay = \"90s\"\nlate_events = \"reject\"\n[log]\nformat = \"json\"",
+        )
+        .unwrap();
+        assert_eq!(config.aws.product_code, "prod-1");
+        assert_eq!(config.aws.dimensions, vec!["requests".to_string()]);
+        assert_eq!(config.submit.seal_delay, Duration::from_secs(90));
+        assert_eq!(config.submit.late_events, LateEvents::Reject);
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = load_toml(
+            "[aws]\nproduct_code = \"bad code!\"\nregion = 5\n\
+             [ingest]\nsocket_mode = \"999\"\nmax_line_bytes = \"lots\"\nbogus = 1\n\
+             [submit]\nseal_delay = \"5 minutes\"\nlate_events = \"drop\"\nmax_requests_per_second = 50\n\
+             [metrics]\nlisten = \"nowhere\"\n[extra]\nx = 1",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for expected in [
+            "aws.product_code \"bad code!\"",
+            "aws.region",
+            "ingest.max_line_bytes",
+            "unknown key `ingest.bogus`",
+            "submit.seal_delay",
+            "submit.late_events",
+            "metrics.listen",
+            "unknown section `extra`",
+            "ingest.socket_mode \"999\"",
+            "submit.max_requests_per_second 50",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        assert_eq!(err.problems.len(), 10, "{text}");
+    }
+
+    #[test]
+    fn deadline_must_leave_time_to_submit() {
+        let err = load_toml("[submit]\nseal_delay = \"30m\"\ndeadline = \"1h\"").unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+        assert!(err.problems[0].contains("must be longer than one hour plus submit.seal_delay"));
+    }
+}

@@ -1,0 +1,528 @@
+//! One line of the socket protocol: parsing and checking an event, and writing its reply.
+//!
+//! The checks here are the stateless ones: JSON shape, field types, the service model's patterns
+//! and limits, and the dimension allowlist. Time, idempotency and overflow depend on what was
+//! already accepted and are checked by the aggregator.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::aggregate::{Customer, Scope, TagSet};
+use crate::model;
+
+/// Longest client idempotency key, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// The error codes of the socket protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidJson,
+    MissingField,
+    InvalidField,
+    UnknownDimension,
+    OutOfWindow,
+    FutureTimestamp,
+    LineTooLong,
+    QuantityOverflow,
+    Overloaded,
+    StorageError,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::MissingField,
+        ErrorCode::InvalidField,
+        ErrorCode::UnknownDimension,
+        ErrorCode::OutOfWindow,
+        ErrorCode::FutureTimestamp,
+        ErrorCode::LineTooLong,
+        ErrorCode::QuantityOverflow,
+        ErrorCode::Overloaded,
+        ErrorCode::StorageError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::MissingField => "missing_field",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::UnknownDimension => "unknown_dimension",
+            ErrorCode::OutOfWindow => "out_of_window",
+            ErrorCode::FutureTimestamp => "future_timestamp",
+            ErrorCode::LineTooLong => "line_too_long",
+            ErrorCode::QuantityOverflow => "quantity_overflow",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::StorageError => "storage_error",
+        }
+    }
+}
+
+/// Why an event was refused: a protocol error code and a message for a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+/// A well-formed usage event, not yet checked against time or earlier events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub scope: Scope,
+    pub customer: Customer,
+    pub dimension: String,
+    pub quantity: u32,
+    /// Epoch seconds; `None` means "when it was received".
+    pub timestamp: Option<i64>,
+    pub tags: TagSet,
+    /// The client's idempotency key.
+    pub id: Option<String>,
+}
+
+/// A refused line, with the client's id when the line carried a readable one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    pub id: Option<String>,
+    pub rejection: Rejection,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvent<'a> {
+    #[serde(borrow)]
+    customer_aws_account_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    customer_identifier: Option<&'a RawValue>,
+    #[serde(borrow)]
+    license_arn: Option<&'a RawValue>,
+    #[serde(borrow)]
+    dimension: Option<&'a RawValue>,
+    #[serde(borrow)]
+    quantity: Option<&'a RawValue>,
+    #[serde(borrow)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tags: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+}
+
+/// Turns lines into [`Event`]s under the configured product code and dimension allowlist.
+#[derive(Debug, Clone)]
+pub struct EventParser {
+    product_code: Option<String>,
+    dimensions: Option<HashSet<String>>,
+}
+
+fn invalid(message: impl Into<String>) -> Rejection {
+    Rejection::new(ErrorCode::InvalidField, message)
+}
+
+fn missing(field: &str) -> Rejection {
+    Rejection::new(ErrorCode::MissingField, format!("`{field}` is required"))
+}
+
+/// A JSON `null` counts as absent.
+fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
+    raw.filter(|r| r.get() != "null")
+}
+
+fn string(raw: &RawValue, field: &str) -> Result<String, Rejection> {
+    serde_json::from_str(raw.get()).map_err(|_| invalid(format!("`{field}` must be a string")))
+}
+
+fn name(raw: &RawValue, field: &str) -> Result<String, Rejection> {
+    let text = string(raw, field)?;
+    if text.is_empty() || text.chars().count() > model::MAX_NAME_CHARS {
+        return Err(invalid(format!("`{field}` must be 1 to 255 characters")));
+    }
+    Ok(text)
+}
+
+fn quantity(raw: &RawValue) -> Result<u32, Rejection> {
+    let number: serde_json::Number = serde_json::from_str(raw.get())
+        .map_err(|_| invalid("`quantity` must be an integer from 0 to 2147483647"))?;
+    match number.as_u64() {
+        Some(q) if q <= u64::from(crate::aggregate::MAX_QUANTITY) => Ok(q as u32),
+        _ => Err(invalid(format!("`quantity` must be an integer from 0 to 2147483647, got {number}"))),
+    }
+}
+
+/// RFC 3339 text or epoch seconds (a fraction is truncated).
+fn timestamp(raw: &RawValue) -> Result<i64, Rejection> {
+    let bad = || invalid("`timestamp` must be RFC 3339 text or epoch seconds");
+    let text = raw.get();
+    if text.starts_with('"') {
+        let text: String = serde_json::from_str(text).map_err(|_| bad())?;
+        let parsed = time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| {
+                invalid(format!("`timestamp` {text:?} is not RFC 3339 (e.g. 2026-11-22T10:15:00Z)"))
+            })?;
+        Ok(parsed.unix_timestamp())
+    } else {
+        let number: serde_json::Number = serde_json::from_str(text).map_err(|_| bad())?;
+        match number.as_i64() {
+            Some(secs) if secs >= 0 => Ok(secs),
+            Some(_) => Err(bad()),
+            None => match number.as_f64() {
+                Some(secs) if secs.is_finite() && (0.0..9.0e15).contains(&secs) => Ok(secs.floor() as i64),
+                _ => Err(bad()),
+            },
+        }
+    }
+}
+
+fn tags(raw: &RawValue) -> Result<TagSet, Rejection> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(raw.get())
+        .map_err(|_| invalid("`tags` must be an object of string keys and string values"))?;
+    if map.len() > model::MAX_TAGS {
+        return Err(invalid(format!("`tags` has {} pairs; at most 5 are allowed", map.len())));
+    }
+    let mut out = TagSet::with_capacity(map.len());
+    for (key, value) in map {
+        let serde_json::Value::String(value) = value else {
+            return Err(invalid(format!("tag `{key}` must have a string value")));
+        };
+        let key_ok =
+            (1..=model::MAX_TAG_KEY_CHARS).contains(&key.chars().count()) && model::is_tag_text(&key);
+        if !key_ok {
+            return Err(invalid(format!(
+                "tag key {key:?} must be 1 to 100 characters matching {}",
+                model::TAG_PATTERN
+            )));
+        }
+        let value_ok =
+            (1..=model::MAX_TAG_VALUE_CHARS).contains(&value.chars().count()) && model::is_tag_text(&value);
+        if !value_ok {
+            return Err(invalid(format!(
+                "tag `{key}` value {value:?} must be 1 to 256 characters matching {}",
+                model::TAG_PATTERN
+            )));
+        }
+        out.push((key, value));
+    }
+    // serde_json's map is ordered by key, so the set is already in its canonical order.
+    Ok(out)
+}
+
+impl EventParser {
+    /// `product_code` empty means events must name a license ARN; `dimensions` empty means any.
+    pub fn new(product_code: &str, dimensions: &[String]) -> Self {
+        Self {
+            product_code: (!product_code.is_empty()).then(|| product_code.to_string()),
+            dimensions: (!dimensions.is_empty()).then(|| dimensions.iter().cloned().collect()),
+        }
+    }
+
+    /// Parses one line (without its newline).
+    pub fn parse(&self, line: &[u8]) -> Result<Event, LineError> {
+        let raw: RawEvent = serde_json::from_slice(line).map_err(|err| LineError {
+            id: None,
+            rejection: match err.classify() {
+                serde_json::error::Category::Data => {
+                    let text = err.to_string();
+                    if text.starts_with("unknown field") || text.starts_with("duplicate field") {
+                        invalid(text.split(" at line").next().unwrap_or(&text).to_string())
+                    } else {
+                        Rejection::new(ErrorCode::InvalidJson, "a line must be one JSON object")
+                    }
+                }
+                _ => Rejection::new(ErrorCode::InvalidJson, format!("not valid JSON: {err}")),
+            },
+        })?;
+        let id = match present(raw.id) {
+            None => None,
+            Some(raw_id) => {
+                let id = string(raw_id, "id").map_err(|rejection| LineError { id: None, rejection })?;
+                if id.is_empty() || id.len() > MAX_ID_BYTES {
+                    let rejection = invalid("`id` must be 1 to 128 bytes");
+                    return Err(LineError { id: None, rejection });
+                }
+                Some(id)
+            }
+        };
+        self.fields(&raw, id.clone()).map_err(|rejection| LineError { id, rejection })
+    }
+
+    fn fields(&self, raw: &RawEvent, id: Option<String>) -> Result<Event, Rejection> {
+        let customer = match (present(raw.customer_aws_account_id), present(raw.customer_identifier)) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "give exactly one of `customer_aws_account_id` and `customer_identifier`",
+                ));
+            }
+            (None, None) => {
+                return Err(Rejection::new(
+                    ErrorCode::MissingField,
+                    "one of `customer_aws_account_id` and `customer_identifier` is required",
+                ));
+            }
+            (Some(account), None) => {
+                let account = name(account, "customer_aws_account_id")?;
+                if !model::is_account_id(&account) {
+                    return Err(invalid("`customer_aws_account_id` must be digits only"));
+                }
+                Customer::AwsAccountId(account)
+            }
+            (None, Some(identifier)) => Customer::Identifier(name(identifier, "customer_identifier")?),
+        };
+        let scope = match present(raw.license_arn) {
+            Some(arn) => {
+                let arn = string(arn, "license_arn")?;
+                if !model::is_license_arn(&arn) {
+                    return Err(invalid(format!("`license_arn` {arn:?} is not a license ARN")));
+                }
+                Scope::LicenseArn(arn)
+            }
+            None => match &self.product_code {
+                Some(code) => Scope::ProductCode(code.clone()),
+                None => {
+                    return Err(Rejection::new(
+                        ErrorCode::MissingField,
+                        "`license_arn` is required because aws.product_code is not set",
+                    ));
+                }
+            },
+        };
+        let dimension = name(present(raw.dimension).ok_or_else(|| missing("dimension"))?, "dimension")?;
+        if let Some(allowed) = &self.dimensions
+            && !allowed.contains(&dimension)
+        {
+            return Err(Rejection::new(
+                ErrorCode::UnknownDimension,
+                format!("dimension {dimension:?} is not in aws.dimensions"),
+            ));
+        }
+        let quantity = quantity(present(raw.quantity).ok_or_else(|| missing("quantity"))?)?;
+        let timestamp = present(raw.timestamp).map(timestamp).transpose()?;
+        let tags = present(raw.tags).map(tags).transpose()?.unwrap_or_default();
+        Ok(Event { scope, customer, dimension, quantity, timestamp, tags, id })
+    }
+}
+
+/// The id an `ok` reply names: the client's own, or one meterd made up from the commit it was in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckId {
+    Client(String),
+    Generated { commit: u64, index: u32 },
+}
+
+/// The answer to one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Ok { id: AckId, duplicate: bool },
+    Err(LineError),
+}
+
+impl Reply {
+    pub fn rejected(id: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Reply::Err(LineError { id, rejection: Rejection::new(code, message) })
+    }
+
+    /// Appends the reply and its newline to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        match self {
+            Reply::Ok { id: AckId::Generated { commit, index }, duplicate: false } => {
+                let _ = writeln!(out, "{{\"ok\":true,\"id\":\"{commit}-{index}\"}}");
+            }
+            Reply::Ok { id, duplicate } => {
+                out.extend_from_slice(b"{\"ok\":true,\"id\":");
+                match id {
+                    AckId::Client(id) => write_json_string(out, id),
+                    AckId::Generated { commit, index } => {
+                        let _ = write!(out, "\"{commit}-{index}\"");
+                    }
+                }
+                if *duplicate {
+                    out.extend_from_slice(b",\"duplicate\":true");
+                }
+                out.extend_from_slice(b"}\n");
+            }
+            Reply::Err(LineError { id, rejection }) => {
+                out.extend_from_slice(b"{\"ok\":false,");
+                if let Some(id) = id {
+                    out.extend_from_slice(b"\"id\":");
+                    write_json_string(out, id);
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"\"error\":\"");
+                out.extend_from_slice(rejection.code.as_str().as_bytes());
+                out.extend_from_slice(b"\",\"message\":");
+                write_json_string(out, &rejection.message);
+                out.extend_from_slice(b"}\n");
+            }
+        }
+    }
+}
+
+fn write_json_string(out: &mut Vec<u8>, text: &str) {
+    serde_json::to_writer(&mut *out, text).expect("writing to a Vec cannot fail");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn parser() -> EventParser {
+        EventParser::new("prod-1", &["requests".to_string(), "storage".to_string()])
+    }
+
+    fn refused(line: &str) -> (ErrorCode, String) {
+        let err = parser().parse(line.as_bytes()).unwrap_err();
+        (err.rejection.code, err.rejection.message)
+    }
+
+    #[test]
+    fn parses_a_full_event() {
+        let event = parser()
+            .parse(br#"{"customer_aws_account_id":"123456789012","dimension":"requests","quantity":7,"timestamp":"2026-11-22T10:15:00Z","tags":{"team":"a","env":"prod"},"id":"e-1"}"#)
+            .unwrap();
+        assert_eq!(
+            event,
+            Event {
+                scope: Scope::ProductCode("prod-1".into()),
+                customer: Customer::AwsAccountId("123456789012".into()),
+                dimension: "requests".into(),
+                quantity: 7,
+                timestamp: Some(1_795_342_500),
+                tags: vec![("env".into(), "prod".into()), ("team".into(), "a".into())],
+                id: Some("e-1".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn license_events_carry_no_product_code() {
+        let event = parser()
+            .parse(br#"{"customer_identifier":"c","license_arn":"arn:aws:license-manager::1:license:l-1","dimension":"storage","quantity":0,"timestamp":1795342500.9}"#)
+            .unwrap();
+        assert_eq!(event.scope, Scope::LicenseArn("arn:aws:license-manager::1:license:l-1".into()));
+        assert_eq!(event.timestamp, Some(1_795_342_500));
+        assert_eq!(event.customer, Customer::Identifier("c".into()));
+    }
+
+    #[test]
+    fn each_mistake_has_its_code() {
+        use ErrorCode::*;
+        let cases = [
+            ("not json", InvalidJson, "not valid JSON"),
+            ("[1,2]", InvalidJson, "one JSON object"),
+            (r#"{"dimension":"requests","quantity":1}"#, MissingField, "customer_identifier"),
+            (r#"{"customer_identifier":"c","quantity":1}"#, MissingField, "`dimension` is required"),
+            (r#"{"customer_identifier":"c","dimension":"requests"}"#, MissingField, "`quantity` is required"),
+            (
+                r#"{"customer_identifier":"c","customer_aws_account_id":"1","dimension":"requests","quantity":1}"#,
+                InvalidField,
+                "exactly one",
+            ),
+            (
+                r#"{"customer_aws_account_id":"12ab","dimension":"requests","quantity":1}"#,
+                InvalidField,
+                "digits",
+            ),
+            (r#"{"customer_identifier":"c","dimension":"requests","quantity":-1}"#, InvalidField, "got -1"),
+            (r#"{"customer_identifier":"c","dimension":"requests","quantity":1.5}"#, InvalidField, "got 1.5"),
+            (
+                r#"{"customer_identifier":"c","dimension":"requests","quantity":2147483648}"#,
+                InvalidField,
+                "2147483647",
+            ),
+            (r#"{"customer_identifier":"c","dimension":"requests","quantity":"5"}"#, InvalidField, "integer"),
+            (r#"{"customer_identifier":"c","dimension":"cpu","quantity":1}"#, UnknownDimension, "\"cpu\""),
+            (
+                r#"{"customer_identifier":"c","dimension":"requests","quantity":1,"timestamp":"yesterday"}"#,
+                InvalidField,
+                "RFC 3339",
+            ),
+            (
+                r#"{"customer_identifier":"c","dimension":"requests","quantity":1,"tags":{"a":1}}"#,
+                InvalidField,
+                "string value",
+            ),
+            (
+                r#"{"customer_identifier":"c","dimension":"requests","quantity":1,"tags":{"a":"1","b":"2","c":"3","d":"4","e":"5","f":"6"}}"#,
+                InvalidField,
+                "at most 5",
+            ),
+            (
+                r#"{"customer_identifier":"c","dimension":"requests","quantity":1,"tags":{"a{":"1"}}"#,
+                InvalidField,
+                "tag key",
+            ),
+            (
+                r#"{"customer_identifier":"c","dimension":"requests","quantity":1,"tags":{"a":""}}"#,
+                InvalidField,
+                "value",
+            ),
+            (
+                r#"{"customer_identifier":"c","dimension":"requests","quantity":1,"colour":"red"}"#,
+                InvalidField,
+                "unknown field `colour`",
+            ),
+            (
+                r#"{"customer_identifier":"c","license_arn":"nope","dimension":"requests","quantity":1}"#,
+                InvalidField,
+                "license ARN",
+            ),
+            (
+                r#"{"customer_identifier":"c","dimension":"requests","quantity":1,"id":""}"#,
+                InvalidField,
+                "1 to 128 bytes",
+            ),
+        ];
+        for (line, code, needle) in cases {
+            let (got, message) = refused(line);
+            assert_eq!(got, code, "{line}: {message}");
+            assert!(message.contains(needle), "{line}: {message:?} lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn license_is_required_without_a_product_code() {
+        let parser = EventParser::new("", &[]);
+        let err = parser.parse(br#"{"customer_identifier":"c","dimension":"x","quantity":1}"#).unwrap_err();
+        assert_eq!(err.rejection.code, ErrorCode::MissingField);
+        assert!(err.rejection.message.contains("license_arn"));
+    }
+
+    #[test]
+    fn refusals_keep_the_client_id() {
+        let err = parser()
+            .parse(br#"{"customer_identifier":"c","dimension":"cpu","quantity":1,"id":"k-9"}"#)
+            .unwrap_err();
+        assert_eq!(err.id.as_deref(), Some("k-9"));
+    }
+
+    #[test]
+    fn replies_are_one_json_line() {
+        let mut out = Vec::new();
+        Reply::Ok { id: AckId::Generated { commit: 7, index: 3 }, duplicate: false }.write_to(&mut out);
+        Reply::Ok { id: AckId::Client("a\"b".into()), duplicate: true }.write_to(&mut out);
+        Reply::rejected(Some("x".into()), ErrorCode::OutOfWindow, "too \"old\"").write_to(&mut out);
+        let lines: Vec<Value> =
+            String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines[0], json!({"ok": true, "id": "7-3"}));
+        assert_eq!(lines[1], json!({"ok": true, "id": "a\"b", "duplicate": true}));
+        assert_eq!(
+            lines[2],
+            json!({"ok": false, "id": "x", "error": "out_of_window", "message": "too \"old\""})
+        );
+    }
+}

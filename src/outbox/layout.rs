@@ -1,0 +1,61 @@
+//! Byte layout of the outbox's keys (see the table in the parent module).
+
+use crate::aggregate::RecordKey;
+
+/// The first byte of every value.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// sled segment size. sled writes any page larger than a quarter of it to an unsynced blob file.
+pub const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
+
+/// Largest log chunk. A leaf holds at most 17 values before sled splits it, so even a leaf full
+/// of chunks (17 × 64 KiB) stays below the 2 MiB blob threshold.
+pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
+
+pub const META: &[u8] = b"mcheckpoint";
+pub const LOG: u8 = b'l';
+pub const OPEN: u8 = b'o';
+pub const ID: u8 = b'i';
+pub const RECORD: u8 = b'r';
+
+pub fn log_key(seq: u64, chunk: u16) -> [u8; 11] {
+    let mut key = [0u8; 11];
+    key[0] = LOG;
+    key[1..9].copy_from_slice(&seq.to_be_bytes());
+    key[9..].copy_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+pub fn log_seq(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[1..9].try_into().expect("log keys are 11 bytes"))
+}
+
+pub fn open_key(key: &RecordKey) -> Vec<u8> {
+    postcard::to_extend(key, vec![OPEN]).expect("a record key always encodes")
+}
+
+pub fn id_key(id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(id.len() + 1);
+    key.push(ID);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// Oldest hour first, so a scan meets records in deadline order.
+pub fn record_key(key: &RecordKey) -> Vec<u8> {
+    let mut out = vec![RECORD];
+    out.extend_from_slice(&(key.hour as u64).to_be_bytes());
+    postcard::to_extend(key, out).expect("a record key always encodes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_sort_by_sequence_then_chunk() {
+        let keys = [log_key(1, 0), log_key(1, 1), log_key(2, 0), log_key(256, 0)];
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(log_seq(&log_key(258, 3)), 258);
+    }
+}

@@ -1,0 +1,332 @@
+//! The outbox: everything meterd has acknowledged and not yet settled, in one sled tree under
+//! `<data_dir>/outbox`, guarded by an exclusive lock on `<data_dir>/meterd.lock`.
+//!
+//! ## Key layout (one tree; the first byte is the kind)
+//!
+//! | key | value | written by |
+//! |---|---|---|
+//! | `m` `checkpoint` | [`Meta`]: last log sequence folded into the checkpoint, last sealed hour | commit stage, at each checkpoint |
+//! | `l` seq:u64be chunk:u16be | `Vec<Admitted>`: the events of one group commit | commit stage, before it acknowledges |
+//! | `o` postcard(RecordKey) | [`Bucket`]: an open hour's running total | commit stage, at each checkpoint |
+//! | `i` client id | expiry, epoch seconds | commit stage, at each checkpoint |
+//! | `r` hour:u64be postcard(RecordKey) | [`StoredRecord`]: a sealed record and its state | commit stage seals, submit stage settles |
+//!
+//! Every value is one format-version byte ([`FORMAT_VERSION`]) followed by postcard.
+//!
+//! ## Record states (`r` keys)
+//!
+//! | state | meaning | next |
+//! |---|---|---|
+//! | `Pending` | sealed, frozen, not yet confirmed (possibly sent) | `Accepted`, `DeadLetter` |
+//! | `Accepted` | the service returned Success; holds the MeteringRecordId | final |
+//! | `DeadLetter` | can never be accepted; holds the reason and the service's message | final |
+//!
+//! ## Durability
+//! sled's `flush` writes with `sync_file_range`, which neither flushes the device cache nor the
+//! file's size, and sled writes any page over `segment_size / 4` to a blob file it never syncs.
+//! So [`Outbox::barrier`] follows `flush` with `fdatasync` on sled's `db` file, and every value
+//! (a log chunk is at most [`MAX_CHUNK_BYTES`]) is small enough that even a full leaf of them stays
+//! below the blob threshold of the [`SEGMENT_SIZE`] meterd configures. docs/durability.md has the
+//! whole argument.
+
+mod layout;
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{Admitted, Bucket, Delta, RecordKey, SealedRecord};
+pub use layout::{FORMAT_VERSION, MAX_CHUNK_BYTES, SEGMENT_SIZE};
+
+/// Outbox failures. Any of them means the outbox can no longer promise durability.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("failed to create data dir {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error(
+        "another meterd (pid {pid}) is using data dir {path}; stop it first or choose another storage.data_dir"
+    )]
+    Locked { path: PathBuf, pid: String },
+    #[error("failed to lock {path}: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
+    #[error("failed to open outbox at {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("outbox write failed: {0}")]
+    Write(#[from] sled::Error),
+    #[error("outbox fdatasync failed: {0}")]
+    Sync(std::io::Error),
+    #[error("outbox value under key {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// Checkpoint bookkeeping.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Every log chunk up to this sequence is folded into the `o`/`i`/`r` keys (and deleted).
+    pub log_seq: u64,
+    pub sealed_through: Option<i64>,
+}
+
+/// Why a record became a dead letter. The label of `meterd_dead_letters{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DeadReason {
+    CustomerNotSubscribed,
+    DuplicateRecord,
+    /// Not accepted before `submit.deadline`.
+    Expired,
+    /// Refused on its own by a validation error (the message names the service's error).
+    Invalid,
+}
+
+impl DeadReason {
+    pub const ALL: [DeadReason; 4] = [
+        DeadReason::CustomerNotSubscribed,
+        DeadReason::DuplicateRecord,
+        DeadReason::Expired,
+        DeadReason::Invalid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::CustomerNotSubscribed => "customer_not_subscribed",
+            DeadReason::DuplicateRecord => "duplicate_record",
+            DeadReason::Expired => "expired",
+            DeadReason::Invalid => "invalid",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordState {
+    Pending,
+    Accepted { metering_record_id: String, at: i64 },
+    DeadLetter { reason: DeadReason, message: String, at: i64 },
+}
+
+/// A sealed record as the outbox keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRecord {
+    pub record: SealedRecord,
+    pub sealed_at: i64,
+    pub state: RecordState,
+}
+
+/// Everything found on open: the checkpoint, the log after it, and every sealed record.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub meta: Meta,
+    pub buckets: Vec<(RecordKey, Bucket)>,
+    pub ids: Vec<(String, i64)>,
+    /// Events logged after the checkpoint, in commit order.
+    pub log: Vec<Admitted>,
+    /// The highest log sequence on disk (or the checkpoint's).
+    pub last_seq: u64,
+    pub records: Vec<StoredRecord>,
+}
+
+/// The open outbox. Cheap to share: every method takes `&self`.
+pub struct Outbox {
+    db: sled::Db,
+    /// sled's data file, opened again only to `fdatasync` it.
+    db_file: File,
+    dir: PathBuf,
+    _lock: File,
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_extend(value, vec![FORMAT_VERSION]).expect("postcard encodes every outbox type")
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, OutboxError> {
+    let corrupt =
+        |reason: String| OutboxError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason };
+    match value.split_first() {
+        Some((&FORMAT_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string())),
+        Some((version, _)) => {
+            Err(corrupt(format!("format version {version}, this meterd reads {FORMAT_VERSION}")))
+        }
+        None => Err(corrupt("empty value".into())),
+    }
+}
+
+impl Outbox {
+    /// Locks `data_dir`, opens (or creates) the outbox and reads everything back.
+    pub fn open(data_dir: &Path) -> Result<(Outbox, Recovered), OutboxError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| OutboxError::CreateDir { path: data_dir.to_path_buf(), source })?;
+        let lock = lock(data_dir)?;
+        let dir = data_dir.join("outbox");
+        let open_err = |source| OutboxError::Open { path: dir.clone(), source };
+        let db = sled::Config::new()
+            .path(&dir)
+            .segment_size(SEGMENT_SIZE)
+            // The commit stage flushes (and syncs) itself; a background flusher would only compete.
+            .flush_every_ms(None)
+            .open()
+            .map_err(open_err)?;
+        let db_file = File::open(dir.join("db")).map_err(|e| open_err(e.into()))?;
+        // The files sled just created must survive a power cut too.
+        for path in [&dir, data_dir] {
+            File::open(path).and_then(|d| d.sync_all()).map_err(OutboxError::Sync)?;
+        }
+        let outbox = Outbox { db, db_file, dir, _lock: lock };
+        let recovered = outbox.recover()?;
+        Ok((outbox, recovered))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn recover(&self) -> Result<Recovered, OutboxError> {
+        let mut out = Recovered::default();
+        if let Some(value) = self.db.get(layout::META)? {
+            out.meta = decode(layout::META, &value)?;
+        }
+        out.last_seq = out.meta.log_seq;
+        for item in self.db.scan_prefix([layout::LOG]) {
+            let (key, value) = item?;
+            let seq = layout::log_seq(&key);
+            if seq <= out.meta.log_seq {
+                continue;
+            }
+            out.last_seq = out.last_seq.max(seq);
+            out.log.extend(decode::<Vec<Admitted>>(&key, &value)?);
+        }
+        for item in self.db.scan_prefix([layout::OPEN]) {
+            let (key, value) = item?;
+            let record_key: RecordKey = postcard::from_bytes(&key[1..])
+                .map_err(|e| OutboxError::Corrupt { key: "o…".into(), reason: e.to_string() })?;
+            out.buckets.push((record_key, decode(&key, &value)?));
+        }
+        for item in self.db.scan_prefix([layout::ID]) {
+            let (key, value) = item?;
+            let id = String::from_utf8_lossy(&key[1..]).into_owned();
+            out.ids.push((id, decode(&key, &value)?));
+        }
+        for item in self.db.scan_prefix([layout::RECORD]) {
+            let (key, value) = item?;
+            out.records.push(decode(&key, &value)?);
+        }
+        Ok(out)
+    }
+
+    /// Logs one group commit's events and makes them durable. Only after this returns may any of
+    /// them be acknowledged.
+    pub fn append(&self, seq: u64, events: &[Admitted]) -> Result<(), OutboxError> {
+        let mut batch = sled::Batch::default();
+        // A chunk is the postcard encoding of a `Vec<Admitted>`: its length, then the elements.
+        // Chunks are cut by encoded size so that no value can reach sled's blob threshold.
+        let mut body: Vec<u8> = Vec::new();
+        let mut count = 0usize;
+        let mut chunk_no = 0u16;
+        let mut seal = |body: &mut Vec<u8>, count: &mut usize, chunk_no: &mut u16| {
+            let mut value = vec![FORMAT_VERSION];
+            value = postcard::to_extend(&*count, value).expect("a length always encodes");
+            value.extend_from_slice(body);
+            batch.insert(&layout::log_key(seq, *chunk_no)[..], value);
+            body.clear();
+            *count = 0;
+            *chunk_no += 1;
+        };
+        for event in events {
+            let before = body.len();
+            body = postcard::to_extend(event, body).expect("postcard encodes every outbox type");
+            if body.len() > MAX_CHUNK_BYTES && count > 0 {
+                let tail = body.split_off(before);
+                seal(&mut body, &mut count, &mut chunk_no);
+                body = tail;
+            }
+            count += 1;
+        }
+        if count > 0 {
+            seal(&mut body, &mut count, &mut chunk_no);
+        }
+        self.db.apply_batch(batch)?;
+        self.barrier()
+    }
+
+    /// Writes one checkpoint atomically: changed open hours, newly sealed records (as `Pending`),
+    /// remembered and forgotten ids, and the new [`Meta`]; deletes the log up to `log_seq`.
+    /// With `durable`, waits for the barrier (needed before sealed records are submitted).
+    pub fn checkpoint(
+        &self,
+        log_seq: u64,
+        delta: &Delta,
+        now: i64,
+        durable: bool,
+    ) -> Result<(), OutboxError> {
+        let mut batch = sled::Batch::default();
+        for (key, bucket) in &delta.changed {
+            batch.insert(layout::open_key(key), encode(bucket));
+        }
+        for record in &delta.sealed {
+            batch.remove(layout::open_key(&record.key));
+            let stored = StoredRecord { record: record.clone(), sealed_at: now, state: RecordState::Pending };
+            batch.insert(layout::record_key(&record.key), encode(&stored));
+        }
+        for (id, expiry) in &delta.new_ids {
+            batch.insert(layout::id_key(id), encode(expiry));
+        }
+        for id in &delta.expired_ids {
+            batch.remove(layout::id_key(id));
+        }
+        let previous = match self.db.get(layout::META)? {
+            Some(value) => decode::<Meta>(layout::META, &value)?,
+            None => Meta::default(),
+        };
+        let sealed_through = delta.sealed_through.or(previous.sealed_through);
+        batch.insert(layout::META, encode(&Meta { log_seq, sealed_through }));
+        for item in self.db.range(layout::log_key(0, 0)..=layout::log_key(log_seq, u16::MAX)) {
+            batch.remove(item?.0);
+        }
+        self.db.apply_batch(batch)?;
+        if durable { self.barrier() } else { Ok(()) }
+    }
+
+    /// Records a sealed record's new state; durable after the next [`Outbox::barrier`].
+    pub fn settle(&self, stored: &StoredRecord) -> Result<(), OutboxError> {
+        self.db.insert(layout::record_key(&stored.record.key), encode(stored))?;
+        Ok(())
+    }
+
+    /// `flush` then `fdatasync`: after this, everything written before it survives a power cut.
+    pub fn barrier(&self) -> Result<(), OutboxError> {
+        self.db.flush()?;
+        self.db_file.sync_data().map_err(OutboxError::Sync)
+    }
+
+    /// Bytes the outbox occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// Takes the data dir's lock and writes our pid into it, so a second meterd can say who holds it.
+fn lock(data_dir: &Path) -> Result<File, OutboxError> {
+    let path = data_dir.join("meterd.lock");
+    let lock_err = |source| OutboxError::Lock { path: path.clone(), source };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(OutboxError::Locked { path: data_dir.to_path_buf(), pid: pid.trim().to_string() });
+        }
+        Err(std::fs::TryLockError::Error(source)) => return Err(lock_err(source)),
+    }
+    file.set_len(0).map_err(lock_err)?;
+    file.rewind().map_err(lock_err)?;
+    write!(file, "{}", std::process::id()).map_err(lock_err)?;
+    Ok(file)
+}

@@ -1,0 +1,382 @@
+//! The submit loop: sealed records in, receipts and dead letters out.
+//!
+//! Records wait in deadline order. A batch is up to 25 due records of one scope (one product code,
+//! or license ARNs), kept under the 1 MB body limit, sent at most `max_requests_per_second`. What a
+//! failure means is decided by [`classify`]: retry the same records after a backoff with full
+//! jitter, split the batch to isolate a bad record, or pause everything on a configuration error.
+//! A record is never changed: every attempt sends the frozen [`SealedRecord`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::api::{ApiFailure, Disposition, FailureKind, MeteringApi, RecordOutcome, classify};
+use crate::aggregate::{RecordKey, Scope, SealedRecord};
+use crate::clock::Clock;
+use crate::outbox::{DeadReason, Outbox, RecordState, StoredRecord};
+use crate::telemetry::metrics::Metrics;
+
+/// Most records in one BatchMeterUsage call.
+pub const MAX_BATCH_RECORDS: usize = 25;
+/// Request bodies stay below this (the service's limit is 1 MB).
+pub const MAX_BATCH_BYTES: usize = 1_000_000;
+
+const OPERATION: &str = "BatchMeterUsage";
+
+/// Submission timing, from `[submit]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Seconds after its hour start by which a record must be accepted.
+    pub deadline: i64,
+    pub max_requests_per_second: f64,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub pause: Duration,
+}
+
+struct Entry {
+    stored: StoredRecord,
+    attempts: u32,
+    next_at: Instant,
+}
+
+/// Queue order: oldest hour first, so the nearest deadline goes first.
+type QueueKey = (i64, RecordKey);
+
+fn queue_key(record: &SealedRecord) -> QueueKey {
+    (record.key.hour, record.key.clone())
+}
+
+pub struct Submitter<A> {
+    api: A,
+    outbox: Arc<Outbox>,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    queue: BTreeMap<QueueKey, Entry>,
+    accepted: i64,
+    dead: HashMap<DeadReason, i64>,
+    next_request: Instant,
+    paused_until: Option<Instant>,
+    fatal: CancellationToken,
+}
+
+impl<A: MeteringApi> Submitter<A> {
+    /// Starts from the records found in the outbox: pending ones are queued, settled ones counted.
+    pub fn new(
+        api: A,
+        outbox: Arc<Outbox>,
+        records: Vec<StoredRecord>,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+        fatal: CancellationToken,
+    ) -> Self {
+        let mut this = Self {
+            api,
+            outbox,
+            clock,
+            metrics,
+            settings,
+            queue: BTreeMap::new(),
+            accepted: 0,
+            dead: HashMap::new(),
+            next_request: Instant::now(),
+            paused_until: None,
+            fatal,
+        };
+        for stored in records {
+            match &stored.state {
+                RecordState::Pending => this.enqueue(stored),
+                RecordState::Accepted { .. } => this.accepted += 1,
+                RecordState::DeadLetter { reason, .. } => *this.dead.entry(*reason).or_default() += 1,
+            }
+        }
+        if !this.queue.is_empty() {
+            tracing::info!(records = this.queue.len(), "resending sealed records that were not confirmed");
+        }
+        this.update_gauges();
+        this
+    }
+
+    fn enqueue(&mut self, stored: StoredRecord) {
+        let entry = Entry { attempts: 0, next_at: Instant::now(), stored };
+        self.queue.insert(queue_key(&entry.stored.record), entry);
+    }
+
+    /// Runs until `cancel`; a call in progress is finished first.
+    pub async fn run(
+        mut self,
+        mut sealed: mpsc::UnboundedReceiver<Vec<StoredRecord>>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            while let Ok(records) = sealed.try_recv() {
+                records.into_iter().for_each(|r| self.enqueue(r));
+            }
+            self.expire();
+            self.update_gauges();
+            let now = Instant::now();
+            let wake = match self.paused_until {
+                Some(until) if until > now => Some(until),
+                _ => self.queue.values().map(|e| e.next_at).min(),
+            };
+            if wake.is_none_or(|at| at > now) {
+                // Nothing due: wait for new records, the next due time (at most a minute, so
+                // deadlines are checked), or shutdown.
+                let sleep_until =
+                    wake.unwrap_or(now + Duration::from_secs(60)).min(now + Duration::from_secs(60));
+                tokio::select! {
+                    received = sealed.recv() => match received {
+                        Some(records) => records.into_iter().for_each(|r| self.enqueue(r)),
+                        None => if self.queue.is_empty() { return },
+                    },
+                    _ = tokio::time::sleep_until(sleep_until) => {}
+                    _ = cancel.cancelled() => return,
+                }
+                continue;
+            }
+            self.paused_until = None;
+            let batch = self.next_batch(now);
+            if !self.send(batch, &cancel).await {
+                return;
+            }
+        }
+    }
+
+    /// Due records of the first due record's scope, up to 25 and under the size limit.
+    fn next_batch(&self, now: Instant) -> Vec<QueueKey> {
+        let mut due = self.queue.iter().filter(|(_, e)| e.next_at <= now);
+        let Some((first_key, first)) = due.next() else { return Vec::new() };
+        let scope_of = |e: &Entry| match &e.stored.record.key.scope {
+            Scope::ProductCode(code) => Some(code.clone()),
+            Scope::LicenseArn(_) => None,
+        };
+        let scope = scope_of(first);
+        let mut size = 200 + estimated_size(&first.stored.record);
+        let mut batch = vec![first_key.clone()];
+        for (key, entry) in due {
+            if batch.len() == MAX_BATCH_RECORDS {
+                break;
+            }
+            if scope_of(entry) != scope {
+                continue;
+            }
+            let more = estimated_size(&entry.stored.record);
+            if size + more >= MAX_BATCH_BYTES {
+                break;
+            }
+            size += more;
+            batch.push(key.clone());
+        }
+        batch
+    }
+
+    /// Sends a batch, splitting it as needed. Returns false when the loop must stop.
+    async fn send(&mut self, batch: Vec<QueueKey>, cancel: &CancellationToken) -> bool {
+        let mut work = vec![batch];
+        while let Some(keys) = work.pop() {
+            if keys.is_empty() {
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(self.next_request) => {}
+                _ = cancel.cancelled() => return false,
+            }
+            let spacing = Duration::from_secs_f64(1.0 / self.settings.max_requests_per_second);
+            self.next_request = Instant::now() + spacing;
+            let records: Vec<SealedRecord> =
+                keys.iter().map(|k| self.queue[k].stored.record.clone()).collect();
+            let product_code = match &records[0].key.scope {
+                Scope::ProductCode(code) => Some(code.as_str()),
+                Scope::LicenseArn(_) => None,
+            };
+            self.metrics.records.with_label_values(&["in_flight"]).set(records.len() as i64);
+            let started = std::time::Instant::now();
+            let result = self.api.batch_meter_usage(product_code, &records).await;
+            self.metrics
+                .api_duration
+                .with_label_values(&[OPERATION])
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.records.with_label_values(&["in_flight"]).set(0);
+            match result {
+                Ok(outcomes) => {
+                    self.metrics.api_requests.with_label_values(&[OPERATION, "success"]).inc();
+                    self.settle_outcomes(&keys, outcomes);
+                }
+                Err(failure) => {
+                    self.metrics.api_requests.with_label_values(&[OPERATION, outcome_label(&failure)]).inc();
+                    match classify(&failure) {
+                        Disposition::Retry => {
+                            tracing::warn!(records = keys.len(), error = %failure, "batch not delivered; will retry unchanged");
+                            keys.iter().for_each(|k| self.back_off(k));
+                        }
+                        Disposition::Isolate | Disposition::DeadLetter if keys.len() > 1 => {
+                            tracing::warn!(records = keys.len(), error = %failure, "batch refused as a whole; splitting it to find the bad records");
+                            let mut first = keys;
+                            let second = first.split_off(first.len() / 2);
+                            work.push(second);
+                            work.push(first);
+                        }
+                        Disposition::Isolate | Disposition::DeadLetter => {
+                            let message =
+                                format!("{}: {}", failure.code().unwrap_or("error"), failure.message);
+                            self.dead_letter(&keys[0], DeadReason::Invalid, message);
+                            self.barrier();
+                        }
+                        Disposition::Pause => {
+                            tracing::error!(
+                                error = %failure,
+                                pause_secs = self.settings.pause.as_secs(),
+                                "submission paused: the service refuses meterd's configuration or credentials; records are kept"
+                            );
+                            self.paused_until = Some(Instant::now() + self.settings.pause);
+                            return true;
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn settle_outcomes(&mut self, keys: &[QueueKey], outcomes: Vec<RecordOutcome>) {
+        let now = self.clock.now();
+        for (key, outcome) in keys.iter().zip(outcomes) {
+            let status = match outcome {
+                RecordOutcome::Accepted { metering_record_id } => {
+                    let mut entry = self.queue.remove(key).expect("a sent record is queued");
+                    entry.stored.state = RecordState::Accepted { metering_record_id, at: now };
+                    self.persist(&entry.stored);
+                    self.accepted += 1;
+                    "success"
+                }
+                RecordOutcome::CustomerNotSubscribed => {
+                    let message =
+                        "CustomerNotSubscribed: the customer has no subscription to the product".into();
+                    self.dead_letter(key, DeadReason::CustomerNotSubscribed, message);
+                    "customer_not_subscribed"
+                }
+                RecordOutcome::DuplicateRecord => {
+                    tracing::error!(
+                        hour = key.0,
+                        "DuplicateRecord: another quantity was already billed for this record's key"
+                    );
+                    let message =
+                        "DuplicateRecord: a different quantity was already billed for this key and hour"
+                            .into();
+                    self.dead_letter(key, DeadReason::DuplicateRecord, message);
+                    "duplicate_record"
+                }
+                RecordOutcome::Unprocessed => {
+                    self.back_off(key);
+                    "unprocessed"
+                }
+            };
+            self.metrics.records_submitted.with_label_values(&[status]).inc();
+        }
+        self.barrier();
+    }
+
+    fn back_off(&mut self, key: &QueueKey) {
+        let settings = self.settings;
+        let Some(entry) = self.queue.get_mut(key) else { return };
+        entry.attempts += 1;
+        let ceiling = settings
+            .backoff_base
+            .saturating_mul(1u32.checked_shl(entry.attempts.min(20) - 1).unwrap_or(u32::MAX))
+            .min(settings.backoff_max);
+        // Full jitter: anywhere between now and the exponential ceiling.
+        let delay = ceiling.mul_f64(fastrand::f64());
+        entry.next_at = Instant::now() + delay;
+    }
+
+    fn dead_letter(&mut self, key: &QueueKey, reason: DeadReason, message: String) {
+        let Some(mut entry) = self.queue.remove(key) else { return };
+        tracing::warn!(reason = reason.as_str(), hour = key.0, %message, "record dead-lettered");
+        entry.stored.state = RecordState::DeadLetter { reason, message, at: self.clock.now() };
+        self.persist(&entry.stored);
+        *self.dead.entry(reason).or_default() += 1;
+    }
+
+    /// Records past their deadline can no longer be accepted by the service.
+    fn expire(&mut self) {
+        let now = self.clock.now();
+        let deadline = self.settings.deadline;
+        let expired: Vec<QueueKey> =
+            self.queue.keys().take_while(|(hour, _)| hour + deadline <= now).cloned().collect();
+        for key in &expired {
+            let attempts = self.queue[key].attempts;
+            let message = format!(
+                "not accepted within {} of its hour start ({attempts} attempts)",
+                crate::duration::format(Duration::from_secs(deadline as u64))
+            );
+            self.dead_letter(key, DeadReason::Expired, message);
+        }
+        if !expired.is_empty() {
+            tracing::error!(records = expired.len(), "records expired before the service accepted them");
+            self.barrier();
+        }
+    }
+
+    fn persist(&self, stored: &StoredRecord) {
+        if let Err(err) = self.outbox.settle(stored) {
+            tracing::error!(%err, "failed to record a submission result; stopping");
+            self.fatal.cancel();
+        }
+    }
+
+    fn barrier(&self) {
+        if let Err(err) = self.outbox.barrier() {
+            tracing::error!(%err, "failed to make submission results durable; stopping");
+            self.fatal.cancel();
+        }
+    }
+
+    fn update_gauges(&self) {
+        let records = &self.metrics.records;
+        records.with_label_values(&["pending"]).set(self.queue.len() as i64);
+        records.with_label_values(&["accepted"]).set(self.accepted);
+        records.with_label_values(&["dead_letter"]).set(self.dead.values().sum());
+        for reason in DeadReason::ALL {
+            let count = self.dead.get(&reason).copied().unwrap_or(0);
+            self.metrics.dead_letters.with_label_values(&[reason.as_str()]).set(count);
+        }
+        let oldest = self.queue.keys().next().map_or(0, |(hour, _)| (self.clock.now() - hour).max(0));
+        self.metrics.oldest_unsubmitted_age.set(oldest);
+    }
+}
+
+/// A generous estimate of a record's JSON size in the request body.
+fn estimated_size(record: &SealedRecord) -> usize {
+    let key = &record.key;
+    let customer = match &key.customer {
+        crate::aggregate::Customer::AwsAccountId(id) | crate::aggregate::Customer::Identifier(id) => id.len(),
+    };
+    let license = match &key.scope {
+        Scope::LicenseArn(arn) => arn.len(),
+        Scope::ProductCode(_) => 0,
+    };
+    let allocations: usize = record
+        .allocations
+        .iter()
+        .map(|a| 64 + a.tags.iter().map(|(k, v)| 32 + 2 * (k.len() + v.len())).sum::<usize>())
+        .sum();
+    // JSON escaping can at most double a string; six bytes per char covers \u escapes of control bytes.
+    160 + 6 * (customer + license + key.dimension.len()) + allocations
+}
+
+fn outcome_label(failure: &ApiFailure) -> &'static str {
+    match &failure.kind {
+        FailureKind::Service { code, .. } if code == "ThrottlingException" => "throttled",
+        FailureKind::Service { status, .. } if *status >= 500 => "server_error",
+        FailureKind::Service { .. } => "client_error",
+        FailureKind::Timeout => "timeout",
+        FailureKind::Connection => "connection",
+        FailureKind::Local => "local",
+    }
+}

@@ -1,0 +1,181 @@
+//! Every metric meterd exports, in one place (docs/architecture.md lists them), and the
+//! `/metrics` endpoint. Labels are bounded sets; no customer id is ever a label.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Values of `meterd_records{state}`.
+pub const RECORD_STATES: [&str; 5] = ["open", "pending", "in_flight", "accepted", "dead_letter"];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub events_accepted: IntCounter,
+    pub events_rejected: IntCounterVec,
+    pub events_duplicate: IntCounter,
+    pub ack_latency: Histogram,
+    pub records: IntGaugeVec,
+    pub oldest_unsubmitted_age: IntGauge,
+    pub records_submitted: IntCounterVec,
+    pub api_requests: IntCounterVec,
+    pub api_duration: HistogramVec,
+    pub dead_letters: IntGaugeVec,
+    pub late_events: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+            registry.register(Box::new(c.clone())).expect("metric names are unique");
+            c
+        }
+        let counter = |name: &str, help: &str| reg(&registry, IntCounter::new(name, help).expect("valid"));
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid"))
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(&registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid"))
+        };
+        let metrics = Self {
+            events_accepted: counter("meterd_events_accepted_total", "Events durably accepted and counted."),
+            events_rejected: counter_vec(
+                "meterd_events_rejected_total",
+                "Lines refused, by error code.",
+                &["reason"],
+            ),
+            events_duplicate: counter(
+                "meterd_events_duplicate_total",
+                "Events whose id was accepted before (answered ok, not counted again).",
+            ),
+            ack_latency: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "meterd_ack_latency_seconds",
+                        "From reading an event to sending its reply, for events that were committed.",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+                    ]),
+                )
+                .expect("valid"),
+            ),
+            records: gauge_vec("meterd_records", "Records in the outbox, by state.", &["state"]),
+            oldest_unsubmitted_age: reg(
+                &registry,
+                IntGauge::new(
+                    "meterd_oldest_unsubmitted_record_age_seconds",
+                    "Seconds since the hour start of the oldest sealed record not yet settled (0 if none).",
+                )
+                .expect("valid"),
+            ),
+            records_submitted: counter_vec(
+                "meterd_records_submitted_total",
+                "Per-record results of BatchMeterUsage.",
+                &["status"],
+            ),
+            api_requests: counter_vec(
+                "meterd_api_requests_total",
+                "Metering Service calls, by outcome.",
+                &["operation", "outcome"],
+            ),
+            api_duration: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "meterd_api_request_duration_seconds",
+                        "Metering Service call duration.",
+                    )
+                    .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                    &["operation"],
+                )
+                .expect("valid"),
+            ),
+            dead_letters: gauge_vec(
+                "meterd_dead_letters",
+                "Dead letters in the outbox, by reason.",
+                &["reason"],
+            ),
+            late_events: counter_vec(
+                "meterd_late_events_total",
+                "Events for an hour already sealed, by the late_events policy applied.",
+                &["policy"],
+            ),
+            registry,
+        };
+        // Export every bounded label value from the start, so dashboards and alerts see zeros.
+        for state in RECORD_STATES {
+            metrics.records.with_label_values(&[state]).set(0);
+        }
+        for code in crate::ingest::ErrorCode::ALL {
+            metrics.events_rejected.with_label_values(&[code.as_str()]);
+        }
+        for reason in crate::outbox::DeadReason::ALL {
+            metrics.dead_letters.with_label_values(&[reason.as_str()]).set(0);
+        }
+        for policy in ["carry_forward", "reject"] {
+            metrics.late_events.with_label_values(&[policy]);
+        }
+        Arc::new(metrics)
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("encoding metrics to a Vec");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// Serves `GET /metrics` until `cancel`.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(%err, "metrics accept failed");
+                    continue;
+                }
+            },
+            _ = cancel.cancelled() => return,
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+        });
+    }
+}
+
+fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match req.uri().path() {
+        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found; try /metrics\n".to_string()),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response")
+}
+
+/// Binds the metrics listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
