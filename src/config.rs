@@ -56,7 +56,8 @@ pub struct AwsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IngestConfig {
     pub socket: PathBuf,
-    /// Permission bits of the socket file, as octal text ("0660").
+    /// Permission bits of the socket file, as octal text ("0660"). An integer is read as octal
+    /// digits too, because the environment provider turns `0660` into the number 660.
     pub socket_mode: String,
     pub max_line_bytes: usize,
     #[serde(with = "crate::duration::serde")]
@@ -168,12 +169,33 @@ pub struct ConfigError {
     pub problems: Vec<String>,
 }
 
+fn octal_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Mode {
+        Text(String),
+        Number(u64),
+    }
+    Ok(match Mode::deserialize(deserializer)? {
+        Mode::Text(text) => text,
+        Mode::Number(n) => n.to_string(),
+    })
+}
+
 /// A duration in a config value ("5m", "6h", or whole seconds).
 struct Human(Duration);
 
 impl<'de> Deserialize<'de> for Human {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         crate::duration::serde::deserialize(deserializer).map(Human)
+    }
+}
+
+struct OctalMode(String);
+
+impl<'de> Deserialize<'de> for OctalMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        octal_text(deserializer).map(OctalMode)
     }
 }
 
@@ -216,7 +238,11 @@ impl Config {
             )*};
         }
         read!(aws.product_code, aws.region, aws.endpoint_url, aws.dimensions);
-        read!(ingest.socket, ingest.socket_mode, ingest.max_line_bytes);
+        read!(ingest.socket, ingest.max_line_bytes);
+        match figment.extract_inner::<OctalMode>("ingest.socket_mode") {
+            Ok(OctalMode(mode)) => config.ingest.socket_mode = mode,
+            Err(err) => problems.push(err.to_string()),
+        }
         read!(storage.data_dir, submit.max_requests_per_second, submit.late_events);
         read!(metrics.listen, log.format, log.level);
         read_duration!(ingest.future_tolerance, ingest.overload_timeout, storage.checkpoint_interval);

@@ -208,7 +208,8 @@ async fn api(
         body,
         &service.config().region,
         &service.config().credentials,
-        service.now(),
+        // Signing uses the caller's real clock; the offset only moves the service's notion of usage time.
+        std::time::SystemTime::now(),
     ) {
         Ok(caller) => caller,
         Err(err) => {

@@ -15,6 +15,8 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub mod daemon;
+
 pub const REGION: &str = "us-east-1";
 pub const SECRET: &str = "emulator-test-secret";
 
