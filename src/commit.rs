@@ -187,6 +187,7 @@ impl Committer {
         self.metrics.events_accepted.inc_by(accepted);
         self.metrics.events_duplicate.inc_by(duplicates);
         self.record_late_metrics();
+        self.metrics.records.with_label_values(&["open"]).set(self.aggregator.open_records() as i64);
         for (submission, replies) in group.drain(..).zip(replies) {
             let latency = submission.received.elapsed().as_secs_f64();
             for reply in &replies {
@@ -196,7 +197,6 @@ impl Committer {
             }
             let _ = submission.reply.send(replies);
         }
-        self.metrics.records.with_label_values(&["open"]).set(self.aggregator.open_records() as i64);
     }
 
     fn record_late_metrics(&mut self) {
