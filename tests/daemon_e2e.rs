@@ -89,7 +89,12 @@ fn events_become_one_exact_record_per_key() {
     emu.set_clock_offset(4 * 3600);
     let meterd = Launch::new(dir.path(), &emu).offset(4 * 3600).start();
     let records = emu.wait_records(expected.totals.len(), Duration::from_secs(30));
-    assert_eq!(records.len(), expected.totals.len(), "one record per key; logs:\n{}", meterd.logs().join("\n"));
+    assert_eq!(
+        records.len(),
+        expected.totals.len(),
+        "one record per key; logs:\n{}",
+        meterd.logs().join("\n")
+    );
     for ((customer, dimension, hour, licensed), total) in &expected.totals {
         let record = find(&records, customer, dimension, *hour).expect("record present");
         assert_eq!(record["quantity"], json!(total), "{customer} {dimension} {hour}");
@@ -106,12 +111,18 @@ fn events_become_one_exact_record_per_key() {
         if want.len() == 1 && want.contains_key("{}") {
             assert!(allocations.is_empty(), "untagged-only records carry no allocations: {record}");
         } else {
-            let got: BTreeMap<String, u64> =
-                allocations.iter().map(|a| (a["tags"].to_string(), a["quantity"].as_u64().unwrap())).collect();
+            let got: BTreeMap<String, u64> = allocations
+                .iter()
+                .map(|a| (a["tags"].to_string(), a["quantity"].as_u64().unwrap()))
+                .collect();
             assert_eq!(&got, want, "{customer} {dimension} {hour}");
         }
     }
-    meterd.wait_metric("meterd_records{state=\"accepted\"}", expected.totals.len() as f64, Duration::from_secs(10));
+    meterd.wait_metric(
+        "meterd_records{state=\"accepted\"}",
+        expected.totals.len() as f64,
+        Duration::from_secs(10),
+    );
     assert_eq!(meterd.metric("meterd_records{state=\"pending\"}"), 0.0);
     assert_eq!(meterd.metric("meterd_records{state=\"open\"}"), 0.0);
     let statuses = emu.statuses();

@@ -24,7 +24,8 @@ pub struct Emu {
 impl Emu {
     /// Signatures verified for [`ACCESS_KEY`]; a 12-hour window to match [`Meterd::start`]'s deadline.
     pub fn start(configure: impl FnOnce(&mut EmulatorConfig)) -> Emu {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let mut config = EmulatorConfig {
             window: Duration::from_secs(12 * 3600),
             credentials: vec![meterd::emulator::Credential {
@@ -176,7 +177,12 @@ impl Meterd {
                 sink.lock().unwrap().push(line);
             }
         });
-        let mut meterd = Meterd { child: Some(child), socket: launch.dir.join("meterd.sock"), metrics: "127.0.0.1:1".parse().unwrap(), logs };
+        let mut meterd = Meterd {
+            child: Some(child),
+            socket: launch.dir.join("meterd.sock"),
+            metrics: "127.0.0.1:1".parse().unwrap(),
+            logs,
+        };
         let ready = meterd.wait_log("meterd ready", Duration::from_secs(30));
         meterd.metrics = ready["metrics"].as_str().unwrap().parse().unwrap();
         meterd
@@ -225,7 +231,9 @@ impl Meterd {
         let mut text = String::new();
         stream.read_to_string(&mut text).expect("replies");
         writer.join().unwrap();
-        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("reply is JSON: {l}"))).collect()
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("reply is JSON: {l}")))
+            .collect()
     }
 
     /// Sends events, one line each; returns their replies.
@@ -276,7 +284,8 @@ impl Meterd {
     /// Sends `signal` and waits for the exit.
     pub fn signal(mut self, signal: &str) -> ExitStatus {
         let mut child = self.child.take().unwrap();
-        let status = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
+        let status =
+            Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
         assert!(status.success());
         child.wait().unwrap()
     }
