@@ -1,0 +1,188 @@
+//! The aggregator against a plain model: a list of accepted events, summed only at the end.
+//! Random events (customers, dimensions, tag sets, ids, past and future timestamps, huge
+//! quantities) interleave with clock advances and sealing; every sealed record must equal the
+//! model's sum for its key, appear exactly once, and only once its hour is due.
+
+use std::collections::{BTreeMap, HashMap};
+
+use meterd::aggregate::{Admission, Aggregator, Customer, MAX_QUANTITY, Rules, Scope, SealedRecord};
+use meterd::config::LateEvents;
+use meterd::ingest::{ErrorCode, Event};
+use proptest::prelude::*;
+
+const SEAL_DELAY: i64 = 300;
+const DEADLINE: i64 = 6 * 3600;
+const TOLERANCE: i64 = 300;
+const START: i64 = 1_795_340_000;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Event { customer: u8, dimension: u8, tags: u8, quantity: u32, offset: i64, id: Option<u8> },
+    Advance(i64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (0..3u8, 0..2u8, 0..3u8, prop_oneof![0..100u32, Just(MAX_QUANTITY - 5)], -8 * 3600..900i64, proptest::option::of(0..20u8))
+            .prop_map(|(customer, dimension, tags, quantity, offset, id)| Op::Event { customer, dimension, tags, quantity, offset, id }),
+        1 => (1..5400i64).prop_map(Op::Advance),
+    ]
+}
+
+fn tag_set(n: u8) -> Vec<(String, String)> {
+    match n {
+        0 => vec![],
+        1 => vec![("team".into(), "a".into())],
+        _ => vec![("env".into(), "prod".into()), ("team".into(), "b".into())],
+    }
+}
+
+type Key = (u8, u8, i64);
+
+/// The model: the rules written out plainly over a list of accepted events.
+struct Model {
+    policy: LateEvents,
+    accepted: Vec<(Key, u8, u32)>,
+    ids: HashMap<u8, i64>,
+    sealed_hours_through: i64,
+}
+
+impl Model {
+    fn total(&self, key: Key) -> u64 {
+        self.accepted.iter().filter(|(k, _, _)| *k == key).map(|(_, _, q)| u64::from(*q)).sum()
+    }
+
+    /// What the aggregator must answer: Ok(Some(hour)) counted, Ok(None) duplicate, Err(code).
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &mut self,
+        now: i64,
+        customer: u8,
+        dimension: u8,
+        tags: u8,
+        quantity: u32,
+        at: i64,
+        id: Option<u8>,
+    ) -> Result<Option<i64>, ErrorCode> {
+        if let Some(id) = id
+            && self.ids.get(&id).is_some_and(|expiry| *expiry > now)
+        {
+            return Ok(None);
+        }
+        if at > now + TOLERANCE {
+            return Err(ErrorCode::FutureTimestamp);
+        }
+        let mut hour = at.div_euclid(3600) * 3600;
+        if hour + DEADLINE <= now {
+            return Err(ErrorCode::OutOfWindow);
+        }
+        if hour <= self.sealed_hours_through || hour + 3600 + SEAL_DELAY <= now {
+            match self.policy {
+                LateEvents::Reject => return Err(ErrorCode::OutOfWindow),
+                LateEvents::CarryForward => hour = now.div_euclid(3600) * 3600,
+            }
+        }
+        if self.total((customer, dimension, hour)) + u64::from(quantity) > u64::from(MAX_QUANTITY) {
+            return Err(ErrorCode::QuantityOverflow);
+        }
+        self.accepted.push(((customer, dimension, hour), tags, quantity));
+        if let Some(id) = id {
+            self.ids.insert(id, now + 25 * 3600);
+        }
+        Ok(Some(hour))
+    }
+}
+
+fn key_of(record: &SealedRecord) -> Key {
+    let Customer::AwsAccountId(c) = &record.key.customer else { unreachable!() };
+    let dimension = if record.key.dimension == "d0" { 0 } else { 1 };
+    (c.parse().unwrap(), dimension, record.key.hour)
+}
+
+fn check(ops: Vec<Op>, policy: LateEvents) -> Result<(), TestCaseError> {
+    let rules = Rules {
+        seal_delay: SEAL_DELAY,
+        deadline: DEADLINE,
+        future_tolerance: TOLERANCE,
+        late_events: policy,
+    };
+    let mut aggregator = Aggregator::new(rules);
+    let mut model =
+        Model { policy, accepted: Vec::new(), ids: HashMap::new(), sealed_hours_through: i64::MIN };
+    let mut now = START;
+    let mut sealed: BTreeMap<Key, (SealedRecord, i64)> = BTreeMap::new();
+    let mut seal = |aggregator: &mut Aggregator, model: &mut Model, now: i64| -> Result<(), TestCaseError> {
+        aggregator.seal_due(now);
+        model.sealed_hours_through =
+            model.sealed_hours_through.max((now - SEAL_DELAY).div_euclid(3600) * 3600 - 3600);
+        for record in aggregator.take_delta().sealed {
+            let key = key_of(&record);
+            prop_assert!(key.2 + 3600 + SEAL_DELAY <= now, "sealed before its hour was due");
+            prop_assert!(sealed.insert(key, (record, now)).is_none(), "sealed twice: {key:?}");
+        }
+        Ok(())
+    };
+    for op in ops {
+        match op {
+            Op::Advance(secs) => {
+                now += secs;
+                seal(&mut aggregator, &mut model, now)?;
+            }
+            Op::Event { customer, dimension, tags, quantity, offset, id } => {
+                let at = now + offset;
+                let event = Event {
+                    scope: Scope::ProductCode("p".into()),
+                    customer: Customer::AwsAccountId(customer.to_string()),
+                    dimension: format!("d{dimension}"),
+                    quantity,
+                    timestamp: Some(at),
+                    tags: tag_set(tags),
+                    id: id.map(|i| format!("id-{i}")),
+                };
+                let want = model.admit(now, customer, dimension, tags, quantity, at, id);
+                let got = match aggregator.admit(event, now) {
+                    Ok(Admission::Counted { admitted, .. }) => Ok(Some(admitted.key.hour)),
+                    Ok(Admission::Duplicate { .. }) => Ok(None),
+                    Err(rejection) => Err(rejection.code),
+                };
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
+    now += 3600 + SEAL_DELAY + 3600;
+    seal(&mut aggregator, &mut model, now)?;
+    prop_assert_eq!(aggregator.open_records(), 0);
+
+    let mut expected: BTreeMap<Key, (u64, BTreeMap<u8, u64>)> = BTreeMap::new();
+    for (key, tags, quantity) in &model.accepted {
+        let entry = expected.entry(*key).or_default();
+        entry.0 += u64::from(*quantity);
+        *entry.1.entry(*tags).or_default() += u64::from(*quantity);
+    }
+    prop_assert_eq!(sealed.len(), expected.len());
+    for (key, (total, by_tags)) in expected {
+        let (record, _) = &sealed[&key];
+        prop_assert_eq!(u64::from(record.quantity), total);
+        prop_assert_eq!(record.allocations.iter().map(|a| u64::from(a.quantity)).sum::<u64>(), total);
+        let got: BTreeMap<Vec<(String, String)>, u64> =
+            record.allocations.iter().map(|a| (a.tags.clone(), u64::from(a.quantity))).collect();
+        let want: BTreeMap<Vec<(String, String)>, u64> =
+            by_tags.into_iter().map(|(t, q)| (tag_set(t), q)).collect();
+        prop_assert_eq!(got, want);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn carry_forward_matches_the_model(ops in proptest::collection::vec(op(), 1..200)) {
+        check(ops, LateEvents::CarryForward)?;
+    }
+
+    #[test]
+    fn reject_matches_the_model(ops in proptest::collection::vec(op(), 1..200)) {
+        check(ops, LateEvents::Reject)?;
+    }
+}
