@@ -1,6 +1,9 @@
 //! The commit stage: one thread that owns the open hours. It takes every submission waiting in its
-//! queue (from any number of connections), checks and counts their events, logs the counted ones
-//! as one group commit behind one fdatasync, and only then answers them. At each checkpoint tick it
+//! queue (from any number of connections), checks and counts their events and logs the counted
+//! ones as one group commit. A second thread, the sync thread, runs the durability barrier and only
+//! then answers: while it waits on the device, the commit thread already logs the next groups, and
+//! the next barrier covers all of them. Groups are answered strictly in order, so a duplicate is
+//! never confirmed before the event it repeats is durable. At each checkpoint tick it
 //! seals the hours that are due, writes the changed state and trims the log, and hands newly sealed
 //! records to the submit stage once they are durable.
 //!
@@ -9,6 +12,7 @@
 //! from disk (the in-memory hours may hold events that were never made durable).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -46,9 +50,61 @@ pub struct Committer {
     /// Sequence of the last group commit.
     seq: u64,
     checkpointed_seq: u64,
-    failed: bool,
+    failed: Arc<AtomicBool>,
     fatal: CancellationToken,
     late_seen: (u64, u64),
+}
+
+/// One group commit waiting for its barrier.
+struct Logged {
+    /// Whether the group wrote to the log (otherwise it only waits for earlier groups).
+    wrote: bool,
+    accepted: u64,
+    deliveries: Vec<(oneshot::Sender<Vec<Reply>>, Vec<Reply>, Instant)>,
+}
+
+/// The sync thread: barrier, then answer, for every group logged meanwhile.
+fn sync_loop(
+    outbox: Arc<Outbox>,
+    groups: std::sync::mpsc::Receiver<Logged>,
+    metrics: Arc<Metrics>,
+    failed: Arc<AtomicBool>,
+    fatal: CancellationToken,
+) {
+    while let Ok(first) = groups.recv() {
+        let mut batch = vec![first];
+        batch.extend(groups.try_iter());
+        let ok = !failed.load(Ordering::SeqCst)
+            && (!batch.iter().any(|g| g.wrote)
+                || outbox.barrier().map_err(|err| {
+                    tracing::error!(%err, "outbox sync failed; refusing everything from now on and stopping");
+                    failed.store(true, Ordering::SeqCst);
+                    fatal.cancel();
+                }).is_ok());
+        for group in batch {
+            if ok {
+                metrics.events_accepted.inc_by(group.accepted);
+            }
+            for (reply, mut replies, received) in group.deliveries {
+                let latency = received.elapsed().as_secs_f64();
+                for r in replies.iter_mut() {
+                    if !matches!(r, Reply::Ok { .. }) {
+                        continue;
+                    }
+                    if ok {
+                        metrics.ack_latency.observe(latency);
+                    } else {
+                        let id = match r {
+                            Reply::Ok { id: AckId::Client(id), .. } => Some(id.clone()),
+                            _ => None,
+                        };
+                        *r = storage_error(id);
+                    }
+                }
+                let _ = reply.send(replies);
+            }
+        }
+    }
 }
 
 impl Committer {
@@ -86,7 +142,7 @@ impl Committer {
             sealed_tx,
             seq: recovered.last_seq,
             checkpointed_seq: recovered.meta.log_seq,
-            failed: false,
+            failed: Arc::new(AtomicBool::new(false)),
             fatal,
             late_seen: (0, 0),
         }
@@ -95,6 +151,15 @@ impl Committer {
     /// Runs until every sender of `commands` is gone, then writes a last checkpoint.
     pub fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<(), OutboxError> {
         self.checkpoint()?;
+        let (sync_tx, sync_rx) = std::sync::mpsc::channel();
+        let sync = {
+            let (outbox, metrics) = (self.outbox.clone(), self.metrics.clone());
+            let (failed, fatal) = (self.failed.clone(), self.fatal.clone());
+            std::thread::Builder::new()
+                .name("meterd-sync".into())
+                .spawn(move || sync_loop(outbox, sync_rx, metrics, failed, fatal))
+                .map_err(OutboxError::Sync)?
+        };
         let mut group: Vec<Submission> = Vec::new();
         while let Some(first) = commands.blocking_recv() {
             let mut tick = false;
@@ -113,34 +178,44 @@ impl Committer {
                 }
             }
             if !group.is_empty() {
-                self.commit(&mut group);
+                let logged = self.commit(&mut group);
+                if sync_tx.send(logged).is_err() {
+                    break;
+                }
             }
-            if tick && !self.failed {
+            if tick && !self.failed() {
                 self.checkpoint()?;
             }
         }
-        if self.failed {
+        drop(sync_tx);
+        let _ = sync.join();
+        if self.failed() {
             return Ok(());
         }
         self.checkpoint()
     }
 
-    fn commit(&mut self, group: &mut Vec<Submission>) {
-        if self.failed {
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Checks, counts and logs one group; its replies wait in the returned [`Logged`] for the barrier.
+    fn commit(&mut self, group: &mut Vec<Submission>) -> Logged {
+        let mut deliveries = Vec::with_capacity(group.len());
+        if self.failed() {
             for submission in group.drain(..) {
                 let replies = submission.events.iter().map(|e| storage_error(e.id.clone())).collect();
-                let _ = submission.reply.send(replies);
+                deliveries.push((submission.reply, replies, submission.received));
             }
-            return;
+            return Logged { wrote: false, accepted: 0, deliveries };
         }
         let now = self.clock.now();
         let seq = self.seq + 1;
         let mut logged = Vec::new();
-        let mut replies: Vec<Vec<Reply>> = Vec::with_capacity(group.len());
-        let (mut accepted, mut duplicates) = (0u64, 0u64);
-        for submission in group.iter_mut() {
+        let mut duplicates = 0u64;
+        for submission in group.drain(..) {
             let mut out = Vec::with_capacity(submission.events.len());
-            for event in submission.events.drain(..) {
+            for event in submission.events {
                 let client_id = event.id.clone();
                 let reply = match self.aggregator.admit(event, now) {
                     Ok(Admission::Counted { admitted, .. }) => {
@@ -149,7 +224,6 @@ impl Committer {
                             None => AckId::Generated { commit: seq, index: logged.len() as u32 },
                         };
                         logged.push(admitted);
-                        accepted += 1;
                         Reply::Ok { id, duplicate: false }
                     }
                     Ok(Admission::Duplicate { id }) => {
@@ -163,40 +237,36 @@ impl Committer {
                 };
                 out.push(reply);
             }
-            replies.push(out);
+            deliveries.push((submission.reply, out, submission.received));
         }
-        if !logged.is_empty() {
-            if let Err(err) = self.outbox.append(seq, &logged) {
-                tracing::error!(%err, "outbox write failed; refusing everything from now on and stopping");
-                self.failed = true;
-                self.fatal.cancel();
-                for reply in replies.iter_mut().flatten() {
-                    if let Reply::Ok { id, duplicate: false } = reply {
-                        let id = match id {
-                            AckId::Client(id) => Some(id.clone()),
-                            AckId::Generated { .. } => None,
-                        };
-                        *reply = storage_error(id);
-                    }
-                }
-                accepted = 0;
-            } else {
-                self.seq = seq;
-            }
-        }
-        self.metrics.events_accepted.inc_by(accepted);
         self.metrics.events_duplicate.inc_by(duplicates);
         self.record_late_metrics();
         self.metrics.records.with_label_values(&["open"]).set(self.aggregator.open_records() as i64);
-        for (submission, replies) in group.drain(..).zip(replies) {
-            let latency = submission.received.elapsed().as_secs_f64();
-            for reply in &replies {
-                if matches!(reply, Reply::Ok { .. }) {
-                    self.metrics.ack_latency.observe(latency);
+        let mut wrote = false;
+        if !logged.is_empty() {
+            match self.outbox.append(seq, &logged) {
+                Ok(()) => {
+                    self.seq = seq;
+                    wrote = true;
+                }
+                Err(err) => {
+                    tracing::error!(%err, "outbox write failed; refusing everything from now on and stopping");
+                    self.failed.store(true, Ordering::SeqCst);
+                    self.fatal.cancel();
+                    for (_, replies, _) in &mut deliveries {
+                        for reply in replies.iter_mut().filter(|r| matches!(r, Reply::Ok { .. })) {
+                            let id = match reply {
+                                Reply::Ok { id: AckId::Client(id), .. } => Some(id.clone()),
+                                _ => None,
+                            };
+                            *reply = storage_error(id);
+                        }
+                    }
+                    return Logged { wrote: false, accepted: 0, deliveries };
                 }
             }
-            let _ = submission.reply.send(replies);
         }
+        Logged { wrote, accepted: logged.len() as u64, deliveries }
     }
 
     fn record_late_metrics(&mut self) {
@@ -218,7 +288,7 @@ impl Committer {
         let sealing = !delta.sealed.is_empty();
         if let Err(err) = self.outbox.checkpoint(self.seq, &delta, now, sealing) {
             tracing::error!(%err, "outbox checkpoint failed; stopping");
-            self.failed = true;
+            self.failed.store(true, Ordering::SeqCst);
             self.fatal.cancel();
             return Err(err);
         }

@@ -214,8 +214,8 @@ impl Outbox {
         Ok(out)
     }
 
-    /// Logs one group commit's events and makes them durable. Only after this returns may any of
-    /// them be acknowledged.
+    /// Logs one group commit's events. They are durable, and may be acknowledged, once a
+    /// [`Outbox::barrier`] that started after this returned has completed.
     pub fn append(&self, seq: u64, events: &[Admitted]) -> Result<(), OutboxError> {
         let mut batch = sled::Batch::default();
         // A chunk is the postcard encoding of a `Vec<Admitted>`: its length, then the elements.
@@ -246,7 +246,7 @@ impl Outbox {
             seal(&mut body, &mut count, &mut chunk_no);
         }
         self.db.apply_batch(batch)?;
-        self.barrier()
+        Ok(())
     }
 
     /// Writes one checkpoint atomically: changed open hours, newly sealed records (as `Pending`),
