@@ -26,15 +26,6 @@ pub enum LateEvents {
     Reject,
 }
 
-impl LateEvents {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LateEvents::CarryForward => "carry_forward",
-            LateEvents::Reject => "reject",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {

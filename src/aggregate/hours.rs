@@ -135,10 +135,6 @@ impl Aggregator {
         self.buckets.len()
     }
 
-    pub fn sealed_through(&self) -> Option<i64> {
-        self.sealed_through
-    }
-
     fn is_sealed(&self, hour: i64, now: i64) -> bool {
         self.sealed_through.is_some_and(|through| hour <= through)
             || hour + 3600 + self.rules.seal_delay <= now

@@ -298,11 +298,6 @@ impl Outbox {
         self.db.flush()?;
         self.db_file.sync_data().map_err(OutboxError::Sync)
     }
-
-    /// Bytes the outbox occupies on disk.
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
-    }
 }
 
 /// Takes the data dir's lock and writes our pid into it, so a second meterd can say who holds it.
