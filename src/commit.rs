@@ -74,35 +74,43 @@ fn sync_loop(
     while let Ok(first) = groups.recv() {
         let mut batch = vec![first];
         batch.extend(groups.try_iter());
-        let ok = !failed.load(Ordering::SeqCst)
-            && (!batch.iter().any(|g| g.wrote)
-                || outbox.barrier().map_err(|err| {
-                    tracing::error!(%err, "outbox sync failed; refusing everything from now on and stopping");
-                    failed.store(true, Ordering::SeqCst);
-                    fatal.cancel();
-                }).is_ok());
+        let mut ok = !failed.load(Ordering::SeqCst);
+        if ok
+            && batch.iter().any(|g| g.wrote)
+            && let Err(err) = outbox.barrier()
+        {
+            tracing::error!(%err, "outbox sync failed; refusing everything from now on and stopping");
+            failed.store(true, Ordering::SeqCst);
+            fatal.cancel();
+            ok = false;
+        }
         for group in batch {
             if ok {
                 metrics.events_accepted.inc_by(group.accepted);
             }
             for (reply, mut replies, received) in group.deliveries {
-                let latency = received.elapsed().as_secs_f64();
-                for r in replies.iter_mut() {
-                    if !matches!(r, Reply::Ok { .. }) {
-                        continue;
-                    }
-                    if ok {
-                        metrics.ack_latency.observe(latency);
-                    } else {
-                        let id = match r {
-                            Reply::Ok { id: AckId::Client(id), .. } => Some(id.clone()),
-                            _ => None,
-                        };
-                        *r = storage_error(id);
-                    }
+                if ok {
+                    let latency = received.elapsed().as_secs_f64();
+                    let acked = replies.iter().filter(|r| matches!(r, Reply::Ok { .. })).count();
+                    (0..acked).for_each(|_| metrics.ack_latency.observe(latency));
+                } else {
+                    refuse_acks(&mut replies);
                 }
                 let _ = reply.send(replies);
             }
+        }
+    }
+}
+
+/// Turns every `ok` reply into `storage_error`: nothing of the group may be confirmed.
+fn refuse_acks(replies: &mut [Reply]) {
+    for reply in replies.iter_mut() {
+        if let Reply::Ok { id, .. } = reply {
+            let id = match id {
+                AckId::Client(id) => Some(std::mem::take(id)),
+                AckId::Generated { .. } => None,
+            };
+            *reply = storage_error(id);
         }
     }
 }
@@ -254,13 +262,7 @@ impl Committer {
                     self.failed.store(true, Ordering::SeqCst);
                     self.fatal.cancel();
                     for (_, replies, _) in &mut deliveries {
-                        for reply in replies.iter_mut().filter(|r| matches!(r, Reply::Ok { .. })) {
-                            let id = match reply {
-                                Reply::Ok { id: AckId::Client(id), .. } => Some(id.clone()),
-                                _ => None,
-                            };
-                            *reply = storage_error(id);
-                        }
+                        refuse_acks(replies);
                     }
                     return Logged { wrote: false, accepted: 0, deliveries };
                 }
@@ -282,7 +284,7 @@ impl Committer {
         let now = self.clock.now();
         self.aggregator.seal_due(now);
         let delta = self.aggregator.take_delta();
-        if delta.is_empty() && delta.sealed_through.is_none() && self.seq == self.checkpointed_seq {
+        if delta.is_empty() && !delta.sealed_through_advanced && self.seq == self.checkpointed_seq {
             return Ok(());
         }
         let sealing = !delta.sealed.is_empty();

@@ -74,19 +74,29 @@ fn kill9_with_open_hours_loses_nothing() {
     drop(meterd);
 }
 
+/// Accepts round `round`'s events, stops, and starts again `LATER` with `fault` set, so that the
+/// hour is sealed and submitted into the fault.
+fn submitting_under_fault(
+    emu: &Emu,
+    dir: &std::path::Path,
+    round: u64,
+    fault: Value,
+) -> (Meterd, BTreeMap<String, u64>) {
+    let meterd = Launch::new(dir, emu).start();
+    let (events, totals) = workload(round);
+    all_ok(&meterd.send(&events));
+    assert!(meterd.signal("TERM").success());
+    emu.set_clock_offset(LATER);
+    emu.faults(fault);
+    (Launch::new(dir, emu).offset(LATER).start(), totals)
+}
+
 #[test]
 fn kill9_after_sealing_before_the_service_answered() {
     let emu = Emu::start(|_| {});
     let dir = tempfile::tempdir().unwrap();
-    let meterd = Launch::new(dir.path(), &emu).start();
-    let (events, totals) = workload(1);
-    all_ok(&meterd.send(&events));
-    assert!(meterd.signal("TERM").success());
-
     // Sealed and retried, but every attempt fails; then the process dies.
-    emu.set_clock_offset(LATER);
-    emu.faults(json!({"http_500": 1000}));
-    let meterd = Launch::new(dir.path(), &emu).offset(LATER).start();
+    let (meterd, totals) = submitting_under_fault(&emu, dir.path(), 1, json!({"http_500": 1000}));
     meterd.wait_log("sealed hourly records", Duration::from_secs(10));
     while emu.requests().len() < 3 {
         std::thread::sleep(Duration::from_millis(20));
@@ -104,14 +114,7 @@ fn kill9_after_sealing_before_the_service_answered() {
 fn kill9_after_the_service_applied_but_the_answer_was_lost() {
     let emu = Emu::start(|_| {});
     let dir = tempfile::tempdir().unwrap();
-    let meterd = Launch::new(dir.path(), &emu).start();
-    let (events, totals) = workload(2);
-    all_ok(&meterd.send(&events));
-    assert!(meterd.signal("TERM").success());
-
-    emu.set_clock_offset(LATER);
-    emu.faults(json!({"drop_after_apply": 1000}));
-    let meterd = Launch::new(dir.path(), &emu).offset(LATER).start();
+    let (meterd, totals) = submitting_under_fault(&emu, dir.path(), 2, json!({"drop_after_apply": 1000}));
     let applied = emu.wait_records(3, Duration::from_secs(10));
     assert_eq!(applied.len(), 3, "the service applied the batch");
     let ids: Vec<Value> = applied.iter().map(|r| r["metering_record_id"].clone()).collect();

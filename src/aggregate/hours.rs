@@ -73,7 +73,10 @@ pub struct Delta {
     pub sealed: Vec<SealedRecord>,
     pub new_ids: Vec<(String, i64)>,
     pub expired_ids: Vec<String>,
+    /// Start of the last sealed hour, as of this delta.
     pub sealed_through: Option<i64>,
+    /// Whether `sealed_through` moved since the last delta.
+    pub sealed_through_advanced: bool,
 }
 
 impl Delta {
@@ -261,13 +264,13 @@ impl Aggregator {
         }
         let mut sealed = std::mem::take(&mut self.sealed);
         sealed.sort_by(|a, b| a.key.cmp(&b.key));
-        let sealed_through = self.sealed_through.filter(|_| std::mem::take(&mut self.sealed_through_changed));
         Delta {
             changed,
             sealed,
             new_ids: std::mem::take(&mut self.new_ids),
             expired_ids: std::mem::take(&mut self.expired_ids),
-            sealed_through,
+            sealed_through: self.sealed_through,
+            sealed_through_advanced: std::mem::take(&mut self.sealed_through_changed),
         }
     }
 }

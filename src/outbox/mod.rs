@@ -274,12 +274,7 @@ impl Outbox {
         for id in &delta.expired_ids {
             batch.remove(layout::id_key(id));
         }
-        let previous = match self.db.get(layout::META)? {
-            Some(value) => decode::<Meta>(layout::META, &value)?,
-            None => Meta::default(),
-        };
-        let sealed_through = delta.sealed_through.or(previous.sealed_through);
-        batch.insert(layout::META, encode(&Meta { log_seq, sealed_through }));
+        batch.insert(layout::META, encode(&Meta { log_seq, sealed_through: delta.sealed_through }));
         for item in self.db.range(layout::log_key(0, 0)..=layout::log_key(log_seq, u16::MAX)) {
             batch.remove(item?.0);
         }

@@ -134,13 +134,7 @@ impl SdkMeteringApi {
             .region(aws_config::Region::new(region.to_string()))
             .load()
             .await;
-        let mut builder = metering::config::Builder::from(&shared)
-            .retry_config(metering::config::retry::RetryConfig::disabled())
-            .timeout_config(
-                metering::config::timeout::TimeoutConfig::builder()
-                    .operation_attempt_timeout(attempt_timeout)
-                    .build(),
-            );
+        let mut builder = one_attempt(metering::config::Builder::from(&shared), attempt_timeout);
         if let Some(url) = endpoint_url {
             builder = builder.endpoint_url(url);
         }
@@ -159,20 +153,22 @@ impl SdkMeteringApi {
     ) -> Self {
         let credentials =
             metering::config::Credentials::new(access_key_id, secret_access_key, None, None, "meterd-static");
-        let config = metering::Config::builder()
+        let builder = metering::Config::builder()
             .behavior_version(metering::config::BehaviorVersion::latest())
             .region(metering::config::Region::new(region.to_string()))
             .credentials_provider(credentials)
-            .endpoint_url(endpoint_url)
-            .retry_config(metering::config::retry::RetryConfig::disabled())
-            .timeout_config(
-                metering::config::timeout::TimeoutConfig::builder()
-                    .operation_attempt_timeout(attempt_timeout)
-                    .build(),
-            )
-            .build();
-        Self::new(metering::Client::from_conf(config))
+            .endpoint_url(endpoint_url);
+        Self::new(metering::Client::from_conf(one_attempt(builder, attempt_timeout).build()))
     }
+}
+
+/// SDK retries off (the submit loop retries, through its rate limiter) and a per-attempt timeout.
+fn one_attempt(builder: metering::config::Builder, attempt_timeout: Duration) -> metering::config::Builder {
+    builder.retry_config(metering::config::retry::RetryConfig::disabled()).timeout_config(
+        metering::config::timeout::TimeoutConfig::builder()
+            .operation_attempt_timeout(attempt_timeout)
+            .build(),
+    )
 }
 
 fn failure<E: ProvideErrorMetadata + std::error::Error + 'static>(
