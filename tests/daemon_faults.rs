@@ -88,10 +88,12 @@ fn an_invalid_dimension_in_a_full_batch_dead_letters_only_that_record() {
 
 #[test]
 fn customer_not_subscribed_and_out_of_window_records_become_dead_letters() {
-    // The service's window (4h30m) is shorter than meterd's deadline: the oldest hour is refused.
+    // The service's window (5h30m) is shorter than meterd's deadline (12h). Four hours on, the
+    // current hour is 4h to 5h old and accepted, whatever the minute; the hour two hours back is
+    // 6h to 7h old and refused.
     let emu = Emu::start(|c| {
         c.catalogue.subscribed_customers = Some(vec!["300000000000".into(), "300000000001".into()]);
-        c.window = Duration::from_secs(4 * 3600 + 1800);
+        c.window = Duration::from_secs(5 * 3600 + 1800);
     });
     let dir = tempfile::tempdir().unwrap();
     let mut sent = events(3, |_| "requests", hour_start(0));

@@ -62,9 +62,12 @@ pub fn now_secs() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-/// The start of the current UTC hour minus `hours_ago` hours, epoch seconds.
+/// The start of the UTC hour this test process began in, minus `hours_ago` hours, epoch seconds.
+/// Fixed once per process, so a test that runs across the top of an hour still names the hour its
+/// events went into.
 pub fn hour_start(hours_ago: i64) -> i64 {
-    (now_secs() / 3600 - hours_ago) * 3600
+    static FIRST_HOUR: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    (*FIRST_HOUR.get_or_init(|| now_secs() / 3600) - hours_ago) * 3600
 }
 
 /// One plain HTTP/1.1 request; returns the status and the body parsed as JSON (`Null` if empty).
