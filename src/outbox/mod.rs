@@ -217,35 +217,45 @@ impl Outbox {
     /// Logs one group commit's events. They are durable, and may be acknowledged, once a
     /// [`Outbox::barrier`] that started after this returned has completed.
     pub fn append(&self, seq: u64, events: &[Admitted]) -> Result<(), OutboxError> {
-        let mut batch = sled::Batch::default();
         // A chunk is the postcard encoding of a `Vec<Admitted>`: its length, then the elements.
         // Chunks are cut by encoded size so that no value can reach sled's blob threshold.
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
         let mut body: Vec<u8> = Vec::new();
         let mut count = 0usize;
-        let mut chunk_no = 0u16;
-        let mut seal = |body: &mut Vec<u8>, count: &mut usize, chunk_no: &mut u16| {
+        let seal = |body: &mut Vec<u8>, count: &mut usize, chunks: &mut Vec<Vec<u8>>| {
             let mut value = vec![FORMAT_VERSION];
             value = postcard::to_extend(&*count, value).expect("a length always encodes");
             value.extend_from_slice(body);
-            batch.insert(&layout::log_key(seq, *chunk_no)[..], value);
+            chunks.push(value);
             body.clear();
             *count = 0;
-            *chunk_no += 1;
         };
         for event in events {
             let before = body.len();
             body = postcard::to_extend(event, body).expect("postcard encodes every outbox type");
             if body.len() > MAX_CHUNK_BYTES && count > 0 {
                 let tail = body.split_off(before);
-                seal(&mut body, &mut count, &mut chunk_no);
+                seal(&mut body, &mut count, &mut chunks);
                 body = tail;
             }
             count += 1;
         }
         if count > 0 {
-            seal(&mut body, &mut count, &mut chunk_no);
+            seal(&mut body, &mut count, &mut chunks);
         }
-        self.db.apply_batch(batch)?;
+        // One chunk (the usual group) is one plain insert. sled's `apply_batch` seals and writes
+        // its I/O buffer twice to frame the batch, which would triple the writes of every barrier;
+        // only a group of several chunks needs that framing to stay all-or-nothing.
+        if let [value] = &mut chunks[..] {
+            self.db.insert(&layout::log_key(seq, 0)[..], std::mem::take(value))?;
+        } else {
+            let mut batch = sled::Batch::default();
+            for (chunk_no, value) in chunks.into_iter().enumerate() {
+                let chunk_no = u16::try_from(chunk_no).expect("a group has at most 16k events");
+                batch.insert(&layout::log_key(seq, chunk_no)[..], value);
+            }
+            self.db.apply_batch(batch)?;
+        }
         Ok(())
     }
 
