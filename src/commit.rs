@@ -24,6 +24,9 @@ use crate::ingest::{AckId, ErrorCode, Event, Reply};
 use crate::outbox::{Outbox, OutboxError, RecordState, Recovered, StoredRecord};
 use crate::telemetry::metrics::Metrics;
 
+/// How long the commit and sync threads poll for work before they park.
+const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
+
 /// Most events taken into one group commit.
 const MAX_GROUP_EVENTS: usize = 16 * 1024;
 
@@ -71,7 +74,13 @@ fn sync_loop(
     failed: Arc<AtomicBool>,
     fatal: CancellationToken,
 ) {
-    while let Ok(first) = groups.recv() {
+    let mut groups = groups;
+    let try_next = |groups: &mut std::sync::mpsc::Receiver<Logged>| match groups.try_recv() {
+        Ok(group) => Ok(Some(group)),
+        Err(std::sync::mpsc::TryRecvError::Empty) => Ok(None),
+        Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(()),
+    };
+    while let Some(first) = spin_then_wait(&mut groups, try_next, |groups| groups.recv().ok()) {
         let mut batch = vec![first];
         batch.extend(groups.try_iter());
         let mut ok = !failed.load(Ordering::SeqCst);
@@ -169,7 +178,12 @@ impl Committer {
                 .map_err(OutboxError::Sync)?
         };
         let mut group: Vec<Submission> = Vec::new();
-        while let Some(first) = commands.blocking_recv() {
+        let try_next = |commands: &mut mpsc::Receiver<Command>| match commands.try_recv() {
+            Ok(command) => Ok(Some(command)),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(()),
+        };
+        while let Some(first) = spin_then_wait(&mut commands, try_next, |c| c.blocking_recv()) {
             let mut tick = false;
             let mut events = 0;
             let mut next = Some(first);
@@ -315,6 +329,26 @@ fn storage_error(id: Option<String>) -> Reply {
         ErrorCode::StorageError,
         "the outbox could not make the event durable; it was not counted",
     )
+}
+
+/// The next item of a queue: polls `try_next` (`Ok(None)` = empty, `Err` = closed) for up to
+/// [`SPIN_BEFORE_PARK`], yielding the CPU between tries, and only then parks in `wait`. Under load
+/// the next item usually comes within microseconds, and a futex wake-up would add more than that
+/// to every ack.
+fn spin_then_wait<Q, T>(
+    queue: &mut Q,
+    try_next: impl Fn(&mut Q) -> Result<Option<T>, ()>,
+    wait: impl FnOnce(&mut Q) -> Option<T>,
+) -> Option<T> {
+    let started = Instant::now();
+    while started.elapsed() < SPIN_BEFORE_PARK {
+        match try_next(queue) {
+            Ok(Some(item)) => return Some(item),
+            Ok(None) => std::thread::yield_now(),
+            Err(()) => return None,
+        }
+    }
+    wait(queue)
 }
 
 /// Sends [`Command::Tick`] every `every` until `cancel`.
