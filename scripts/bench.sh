@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked --bin meterd --example loadgen
 dir=$(mktemp -d "${TMPDIR:-/tmp}/meterd-bench.XXXXXX")
 trap 'kill $(cat "$dir/pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$dir"' EXIT
-export METERD_STORAGE__DATA_DIR="$dir/data" METERD_INGEST__SOCKET="$dir/meterd.sock"
+export METERD_STORAGE__DATA_DIR="$dir/data" METERD_INGEST__SOCKET="$dir/meterd.sock" METERD_ADMIN__SOCKET="$dir/admin.sock"
 export METERD_METRICS__LISTEN=127.0.0.1:0 METERD_AWS__PRODUCT_CODE=prod-bench
 # Nothing is sealed during a run; the endpoint only has to be a loopback address.
 export METERD_AWS__ENDPOINT_URL=http://127.0.0.1:9 AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_EC2_METADATA_DISABLED=true

@@ -22,6 +22,7 @@ use crate::aggregate::{Admission, Aggregator, Rules};
 use crate::clock::Clock;
 use crate::ingest::{AckId, ErrorCode, Event, Reply};
 use crate::outbox::{Outbox, OutboxError, RecordState, Recovered, StoredRecord};
+use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
 
 /// How long the commit and sync threads poll for work before they park.
@@ -42,6 +43,8 @@ pub enum Command {
     Submit(Submission),
     /// Time to seal what is due and checkpoint.
     Tick,
+    /// New time rules after a reload.
+    Reconfigure(Rules),
 }
 
 pub struct Committer {
@@ -56,6 +59,9 @@ pub struct Committer {
     failed: Arc<AtomicBool>,
     fatal: CancellationToken,
     late_seen: (u64, u64),
+    health: Arc<Health>,
+    /// `storage.max_bytes`: above it the outbox counts as full.
+    max_bytes: u64,
 }
 
 /// One group commit waiting for its barrier.
@@ -135,6 +141,8 @@ impl Committer {
         metrics: Arc<Metrics>,
         sealed_tx: mpsc::UnboundedSender<Vec<StoredRecord>>,
         fatal: CancellationToken,
+        health: Arc<Health>,
+        max_bytes: u64,
     ) -> Self {
         let mut aggregator = Aggregator::restore(
             rules,
@@ -162,12 +170,16 @@ impl Committer {
             failed: Arc::new(AtomicBool::new(false)),
             fatal,
             late_seen: (0, 0),
+            health,
+            max_bytes,
         }
     }
 
     /// Runs until every sender of `commands` is gone, then writes a last checkpoint.
     pub fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<(), OutboxError> {
         self.checkpoint()?;
+        self.measure_outbox();
+        self.health.commit_turned();
         let (sync_tx, sync_rx) = std::sync::mpsc::channel();
         let sync = {
             let (outbox, metrics) = (self.outbox.clone(), self.metrics.clone());
@@ -190,6 +202,7 @@ impl Committer {
             while let Some(command) = next.take() {
                 match command {
                     Command::Tick => tick = true,
+                    Command::Reconfigure(rules) => self.aggregator.set_rules(rules),
                     Command::Submit(submission) => {
                         events += submission.events.len();
                         group.push(submission);
@@ -207,7 +220,9 @@ impl Committer {
             }
             if tick && !self.failed() {
                 self.checkpoint()?;
+                self.measure_outbox();
             }
+            self.health.commit_turned();
         }
         drop(sync_tx);
         let _ = sync.join();
@@ -291,6 +306,31 @@ impl Committer {
         late.with_label_values(&["carry_forward"]).inc_by(carried - self.late_seen.0);
         late.with_label_values(&["reject"]).inc_by(rejected - self.late_seen.1);
         self.late_seen = (carried, rejected);
+    }
+
+    /// Updates the outbox size and whether it is full; full clears below 90 % of the limit, so
+    /// readiness does not flap at the boundary.
+    fn measure_outbox(&self) {
+        match self.outbox.size_on_disk() {
+            Ok(bytes) => {
+                self.metrics.outbox_bytes.set(bytes as i64);
+                let was_full = self.health.outbox_full();
+                let full = if was_full { bytes * 10 >= self.max_bytes * 9 } else { bytes > self.max_bytes };
+                if full != was_full {
+                    if full {
+                        tracing::error!(
+                            bytes,
+                            max_bytes = self.max_bytes,
+                            "outbox full: new events are refused with overloaded until submission drains it"
+                        );
+                    } else {
+                        tracing::info!(bytes, "outbox below its limit again: accepting events");
+                    }
+                    self.health.set_outbox_full(full);
+                }
+            }
+            Err(err) => tracing::warn!(%err, "cannot measure the outbox"),
+        }
     }
 
     /// Seals what is due, writes the changes, trims the log, and passes sealed records on.

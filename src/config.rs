@@ -56,6 +56,10 @@ pub struct IngestConfig {
     /// How long a connection waits for room in the commit queue before answering `overloaded`.
     #[serde(with = "crate::duration::serde")]
     pub overload_timeout: Duration,
+    /// Group of the socket file (a name from /etc/group or a numeric gid); empty = meterd's own.
+    pub socket_group: String,
+    /// When not empty, only peers with these uids (checked with SO_PEERCRED) may send events.
+    pub allowed_uids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -64,6 +68,18 @@ pub struct StorageConfig {
     /// How often the in-memory hours and ids are written to the outbox so the log can be trimmed.
     #[serde(with = "crate::duration::serde")]
     pub checkpoint_interval: Duration,
+    /// How long receipts and dead letters are kept after they settled.
+    #[serde(with = "crate::duration::serde")]
+    pub retention: Duration,
+    /// The outbox's size on disk above which new events are refused with `overloaded`.
+    pub max_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdminConfig {
+    /// The admin socket `meterd status`, `dlq` and `receipts` talk to.
+    pub socket: PathBuf,
+    pub socket_mode: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -110,6 +126,7 @@ pub struct Config {
     pub aws: AwsConfig,
     pub ingest: IngestConfig,
     pub storage: StorageConfig,
+    pub admin: AdminConfig,
     pub submit: SubmitConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
@@ -131,11 +148,16 @@ impl Default for Config {
                 max_line_bytes: 64 * 1024,
                 future_tolerance: Duration::from_secs(5 * 60),
                 overload_timeout: Duration::from_secs(5),
+                socket_group: String::new(),
+                allowed_uids: Vec::new(),
             },
             storage: StorageConfig {
                 data_dir: "/var/lib/meterd".into(),
                 checkpoint_interval: Duration::from_secs(1),
+                retention: Duration::from_secs(35 * 86_400),
+                max_bytes: 1 << 30,
             },
+            admin: AdminConfig { socket: "/run/meterd/admin.sock".into(), socket_mode: "0600".into() },
             submit: SubmitConfig {
                 seal_delay: Duration::from_secs(5 * 60),
                 deadline: Duration::from_secs(6 * 3600),
@@ -229,14 +251,20 @@ impl Config {
             )*};
         }
         read!(aws.product_code, aws.region, aws.endpoint_url, aws.dimensions);
-        read!(ingest.socket, ingest.max_line_bytes);
+        read!(ingest.socket, ingest.max_line_bytes, ingest.socket_group, ingest.allowed_uids);
         match figment.extract_inner::<OctalMode>("ingest.socket_mode") {
             Ok(OctalMode(mode)) => config.ingest.socket_mode = mode,
             Err(err) => problems.push(err.to_string()),
         }
-        read!(storage.data_dir, submit.max_requests_per_second, submit.late_events);
+        match figment.extract_inner::<OctalMode>("admin.socket_mode") {
+            Ok(OctalMode(mode)) => config.admin.socket_mode = mode,
+            Err(err) => problems.push(err.to_string()),
+        }
+        read!(admin.socket, storage.data_dir, storage.max_bytes);
+        read!(submit.max_requests_per_second, submit.late_events);
         read!(metrics.listen, log.format, log.level);
         read_duration!(ingest.future_tolerance, ingest.overload_timeout, storage.checkpoint_interval);
+        read_duration!(storage.retention);
         read_duration!(submit.seal_delay, submit.deadline, submit.request_timeout);
         read_duration!(submit.backoff_base, submit.backoff_max, submit.pause, shutdown.grace);
         problems.extend(config.problems());
@@ -246,6 +274,11 @@ impl Config {
     /// The socket file's permission bits.
     pub fn socket_mode(&self) -> u32 {
         u32::from_str_radix(&self.ingest.socket_mode, 8).unwrap_or(0o660)
+    }
+
+    /// The admin socket file's permission bits.
+    pub fn admin_socket_mode(&self) -> u32 {
+        u32::from_str_radix(&self.admin.socket_mode, 8).unwrap_or(0o600)
     }
 
     /// Problems in values that parsed but cannot work, alone or together.
@@ -276,12 +309,33 @@ impl Config {
         if self.ingest.socket.as_os_str().is_empty() {
             out.push("ingest.socket must not be empty".into());
         }
-        match u32::from_str_radix(&self.ingest.socket_mode, 8) {
-            Ok(mode) if mode <= 0o777 => {}
-            _ => out.push(format!(
-                "ingest.socket_mode {:?} must be octal permission bits such as \"0660\"",
-                self.ingest.socket_mode
-            )),
+        for (key, mode) in
+            [("ingest.socket_mode", &self.ingest.socket_mode), ("admin.socket_mode", &self.admin.socket_mode)]
+        {
+            match u32::from_str_radix(mode, 8) {
+                Ok(bits) if bits <= 0o777 => {}
+                _ => out.push(format!("{key} {mode:?} must be octal permission bits such as \"0660\"")),
+            }
+        }
+        if !self.ingest.socket_group.is_empty()
+            && let Err(err) = crate::ingest::resolve_group(&self.ingest.socket_group)
+        {
+            out.push(format!("ingest.socket_group: {err}"));
+        }
+        if self.admin.socket.as_os_str().is_empty() {
+            out.push("admin.socket must not be empty".into());
+        }
+        if self.admin.socket == self.ingest.socket {
+            out.push("admin.socket must differ from ingest.socket".into());
+        }
+        if self.storage.retention < Duration::from_secs(86_400) {
+            out.push("storage.retention must be at least 1d".into());
+        }
+        if self.storage.max_bytes < 16 << 20 {
+            out.push(format!(
+                "storage.max_bytes {} must be at least 16777216 (16 MiB)",
+                self.storage.max_bytes
+            ));
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.ingest.max_line_bytes) {
             out.push(format!(
@@ -334,8 +388,20 @@ impl Config {
 
 const KEYS: &[(&str, &[&str])] = &[
     ("aws", &["product_code", "region", "endpoint_url", "dimensions"]),
-    ("ingest", &["socket", "socket_mode", "max_line_bytes", "future_tolerance", "overload_timeout"]),
-    ("storage", &["data_dir", "checkpoint_interval"]),
+    (
+        "ingest",
+        &[
+            "socket",
+            "socket_mode",
+            "max_line_bytes",
+            "future_tolerance",
+            "overload_timeout",
+            "socket_group",
+            "allowed_uids",
+        ],
+    ),
+    ("storage", &["data_dir", "checkpoint_interval", "retention", "max_bytes"]),
+    ("admin", &["socket", "socket_mode"]),
     (
         "submit",
         &[

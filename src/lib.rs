@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod aggregate;
 pub mod cli;
 pub mod clock;
@@ -19,4 +20,5 @@ pub mod ingest;
 pub mod model;
 pub mod outbox;
 pub mod submit;
+pub mod systemd;
 pub mod telemetry;

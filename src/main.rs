@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use meterd::admin::Selection;
 use meterd::cli::EXIT_CONFIG;
+use meterd::cli::admin::{self, Format, parse_time};
 use meterd::cli::send::EventFlags;
 use meterd::emulator::{Emulator, EmulatorConfig};
 
@@ -30,6 +32,43 @@ enum Command {
     },
     /// Send usage events to a running meterd and print its replies.
     Send(SendArgs),
+    /// Show what the daemon holds: records by state, the oldest unsubmitted record, the last
+    /// submission, dead letters, outbox size. Reads the data dir when the daemon is stopped.
+    Status {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect and repair dead letters: records the service will never accept as they are.
+    Dlq {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// Accepted records with their MeteringRecordIds, for reconciliation.
+    Receipts {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(subcommand)]
+        action: ReceiptsAction,
+    },
+    /// Validate a configuration and print every problem (exit 64 if any).
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        sandbox: bool,
+    },
+    /// Call ResolveCustomer for a SaaS registration token and print whom it names.
+    ResolveCustomer {
+        token: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a local AWS Marketplace Metering Service emulator.
     Emulator {
         /// Address to listen on; port 0 picks a free port. The URL is printed on stdout's first line.
@@ -38,6 +77,68 @@ enum Command {
         /// TOML file with the emulator's catalogue, window, quota and credentials.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+}
+
+/// How the operator commands find meterd.
+#[derive(Args)]
+struct TargetArgs {
+    /// The daemon's configuration file (for its admin socket and data dir).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// The sandbox's daemon (meterd-sandbox/).
+    #[arg(long, global = true)]
+    sandbox: bool,
+    /// The admin socket, overriding the configuration's admin.socket.
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// One line per dead letter.
+    List,
+    /// One dead letter, whole, as JSON.
+    Show { id: String },
+    /// Put dead letters back in the queue unchanged (after the customer subscribed, say).
+    Retry {
+        ids: Vec<String>,
+        #[arg(long)]
+        all: bool,
+        /// With --all: only dead letters of this reason.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Delete dead letters for good.
+    Drop {
+        ids: Vec<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Required: dropped usage is never billed.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Every dead letter as CSV or JSON.
+    Export {
+        #[arg(long, value_enum, default_value = "csv")]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReceiptsAction {
+    /// Accepted records whose hour starts in [--since, --until).
+    Export {
+        /// RFC 3339 or epoch seconds.
+        #[arg(long, value_parser = parse_time)]
+        since: i64,
+        /// RFC 3339 or epoch seconds; default: now.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: Format,
     },
 }
 
@@ -90,6 +191,36 @@ fn main() -> ExitCode {
             };
             meterd::cli::send::send(&socket, &flags, args.file.as_ref())
         }
+        Command::Status { target, json } => with_target(target, |t| admin::status(t, json)),
+        Command::Dlq { target, action } => with_target(target, |t| match action {
+            DlqAction::List => admin::dlq_list(t),
+            DlqAction::Show { id } => admin::dlq_show(t, &id),
+            DlqAction::Retry { ids, all, reason } => {
+                admin::dlq_change(t, Selection { ids, all, reason }, true)
+            }
+            DlqAction::Drop { yes: false, .. } => {
+                eprintln!("meterd: dropping dead letters deletes unbilled usage for good; add --yes");
+                ExitCode::from(2)
+            }
+            DlqAction::Drop { ids, all, reason, yes: true } => {
+                admin::dlq_change(t, Selection { ids, all, reason }, false)
+            }
+            DlqAction::Export { format } => admin::dlq_export(t, format),
+        }),
+        Command::Receipts { target, action: ReceiptsAction::Export { since, until, format } } => {
+            let until = until.unwrap_or_else(|| meterd::clock::Clock::default().now() + 1);
+            with_target(target, |t| admin::receipts_export(t, since, until, format))
+        }
+        Command::CheckConfig { config, sandbox } => admin::check_config(config.as_deref(), sandbox),
+        Command::ResolveCustomer { token, config, json } => {
+            match meterd::config::Config::load(config.as_deref()) {
+                Ok(config) => admin::resolve_customer(&config, &token, json),
+                Err(err) => {
+                    eprintln!("meterd: {err}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
         Command::Emulator { listen, config } => {
             meterd::telemetry::init_stderr();
             let config = match EmulatorConfig::load(config.as_deref()) {
@@ -107,6 +238,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn with_target(args: TargetArgs, command: impl FnOnce(&admin::Target) -> ExitCode) -> ExitCode {
+    match admin::Target::load(args.config.as_deref(), args.sandbox, args.socket) {
+        Ok(target) => command(&target),
+        Err(code) => code,
     }
 }
 

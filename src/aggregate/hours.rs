@@ -134,6 +134,11 @@ impl Aggregator {
         this
     }
 
+    /// New time rules after a reload; they apply from the next event and the next seal on.
+    pub fn set_rules(&mut self, rules: Rules) {
+        self.rules = rules;
+    }
+
     pub fn open_records(&self) -> usize {
         self.buckets.len()
     }

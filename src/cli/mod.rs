@@ -1,6 +1,7 @@
 //! The `meterd` subcommands beyond the emulator: `run` (the daemon, or its sandbox) and `send`
 //! (a client of the ingest socket).
 
+pub mod admin;
 pub mod run;
 pub mod send;
 

@@ -6,8 +6,10 @@ use std::process::ExitCode;
 
 use crate::clock::{Clock, OFFSET_ENV};
 use crate::config::Config;
+use crate::daemon::Host;
 use crate::emulator::{Credential, Emulator, EmulatorConfig};
 use crate::submit::SdkMeteringApi;
+use crate::systemd::Notifier;
 
 /// The sandbox's emulator keys (also in config/emulator.toml).
 pub const SANDBOX_ACCESS_KEY: &str = "AKIDMETERDSANDBOX";
@@ -19,14 +21,23 @@ pub fn sandbox_defaults() -> Config {
     config.aws.product_code = "prod-sandbox".into();
     config.ingest.socket = "meterd-sandbox/meterd.sock".into();
     config.storage.data_dir = "meterd-sandbox/data".into();
+    config.admin.socket = "meterd-sandbox/admin.sock".into();
     config.metrics.listen = "127.0.0.1:9464".parse().expect("a valid address");
     config
 }
 
 /// Loads the configuration and runs the daemon; returns the process's exit code.
 pub fn run(file: Option<&Path>, sandbox: bool) -> ExitCode {
+    // First, while meterd is still one thread: taking the passed socket clears LISTEN_FDS.
+    let activated_socket = match crate::systemd::take_activated_socket() {
+        Ok(socket) => socket,
+        Err(err) => {
+            eprintln!("meterd: {err}");
+            return ExitCode::from(super::EXIT_CONFIG);
+        }
+    };
     let base = if sandbox { sandbox_defaults() } else { Config::default() };
-    let config = match Config::load_over(base, file) {
+    let config = match Config::load_over(base.clone(), file) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("meterd: {err}");
@@ -55,7 +66,13 @@ pub fn run(file: Option<&Path>, sandbox: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, clock, sandbox)) {
+    let file = file.map(Path::to_path_buf);
+    let host = Host {
+        activated_socket,
+        notifier: Notifier::from_env(),
+        reload: Some(Box::new(move || Config::load_over(base.clone(), file.as_deref()))),
+    };
+    match runtime.block_on(serve(config, clock, host, sandbox)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -65,14 +82,14 @@ pub fn run(file: Option<&Path>, sandbox: bool) -> ExitCode {
     }
 }
 
-async fn serve(mut config: Config, clock: Clock, sandbox: bool) -> anyhow::Result<()> {
+async fn serve(mut config: Config, clock: Clock, host: Host, sandbox: bool) -> anyhow::Result<()> {
     let shutdown = crate::telemetry::shutdown_signal();
     if !sandbox {
         let endpoint = (!config.aws.endpoint_url.is_empty()).then_some(config.aws.endpoint_url.as_str());
         let api =
             SdkMeteringApi::from_default_chain(&config.aws.region, endpoint, config.submit.request_timeout)
                 .await;
-        return crate::daemon::run(config, clock, api, shutdown, |_| {}).await;
+        return crate::daemon::run(config, clock, api, host, shutdown, |_| {}).await;
     }
     let emulator_config = EmulatorConfig {
         region: config.aws.region.clone(),
@@ -93,7 +110,7 @@ async fn serve(mut config: Config, clock: Clock, sandbox: bool) -> anyhow::Resul
         config.submit.request_timeout,
     );
     let url = emulator.endpoint_url();
-    crate::daemon::run(config, clock, api, shutdown, |endpoints| print_sandbox(endpoints, &url)).await
+    crate::daemon::run(config, clock, api, host, shutdown, |endpoints| print_sandbox(endpoints, &url)).await
 }
 
 fn print_sandbox(endpoints: &crate::daemon::Endpoints, emulator_url: &str) {

@@ -29,10 +29,12 @@ pub enum ErrorCode {
     QuantityOverflow,
     Overloaded,
     StorageError,
+    /// The peer's uid is not in `ingest.allowed_uids`; the connection is closed after this line.
+    PermissionDenied,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::InvalidJson,
         ErrorCode::MissingField,
         ErrorCode::InvalidField,
@@ -43,6 +45,7 @@ impl ErrorCode {
         ErrorCode::QuantityOverflow,
         ErrorCode::Overloaded,
         ErrorCode::StorageError,
+        ErrorCode::PermissionDenied,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +60,7 @@ impl ErrorCode {
             ErrorCode::QuantityOverflow => "quantity_overflow",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::StorageError => "storage_error",
+            ErrorCode::PermissionDenied => "permission_denied",
         }
     }
 }

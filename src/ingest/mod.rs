@@ -6,4 +6,4 @@ mod event;
 mod server;
 
 pub use event::{AckId, ErrorCode, Event, EventParser, LineError, MAX_ID_BYTES, Rejection, Reply};
-pub use server::{IngestServer, bind_socket};
+pub use server::{IngestServer, SharedParser, bind_socket, resolve_group};

@@ -10,7 +10,7 @@
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,15 +21,34 @@ use tokio_util::task::TaskTracker;
 
 use super::event::{ErrorCode, EventParser, Reply};
 use crate::commit::{Command, Submission};
+use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
 
 /// Read batches a connection may have waiting for replies before it stops reading.
 const MAX_PENDING_READS: usize = 64;
 const READ_CHUNK: usize = 64 * 1024;
 
+/// The gid of `group`: a numeric gid, or a name looked up in /etc/group.
+pub fn resolve_group(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").map_err(|e| format!("cannot read /etc/group: {e}"))?;
+    groups
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            Some((fields.next()?, fields.nth(1)?))
+        })
+        .find(|(name, _)| *name == group)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .ok_or_else(|| format!("no group {group:?} in /etc/group (a numeric gid works too)"))
+}
+
 /// Binds `path` for ingest: replaces a stale socket file left by a crash, refuses to touch a live
-/// one or anything that is not a socket, and sets the file's permission bits to `mode`.
-pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, String> {
+/// one or anything that is not a socket, and sets the file's permission bits to `mode` (and its
+/// group to `group`).
+pub fn bind_socket(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, String> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .map_err(|e| format!("failed to create socket directory {}: {e}", parent.display()))?;
@@ -51,18 +70,31 @@ pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, String> {
     }
     let listener =
         UnixListener::bind(path).map_err(|e| format!("failed to bind socket {}: {e}", path.display()))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(|e| format!("failed to set group {gid} on {}: {e}", path.display()))?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("failed to set mode {mode:o} on {}: {e}", path.display()))?;
     Ok(listener)
 }
 
+/// The event parser, replaced whole when a reload changes the dimension allowlist.
+pub type SharedParser = Arc<RwLock<Arc<EventParser>>>;
+
 /// Everything a connection needs.
 pub struct IngestServer {
-    pub parser: EventParser,
+    pub parser: SharedParser,
     pub commands: mpsc::Sender<Command>,
     pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
     pub max_line_bytes: usize,
     pub overload_timeout: Duration,
+    /// Empty = any peer that can open the socket.
+    pub allowed_uids: Vec<u32>,
+    /// Whether meterd bound the socket file (and so removes it at shutdown). A socket passed by
+    /// systemd belongs to systemd and stays.
+    pub owns_socket: bool,
 }
 
 enum Slot {
@@ -86,7 +118,11 @@ impl IngestServer {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        tracker.spawn(this.clone().connection(stream, cancel.clone()));
+                        if let Some(refusal) = this.refusal(&stream) {
+                            tracker.spawn(refuse_connection(stream, refusal));
+                        } else {
+                            tracker.spawn(this.clone().connection(stream, cancel.clone()));
+                        }
                     }
                     Err(err) => {
                         tracing::warn!(%err, "ingest accept failed");
@@ -97,11 +133,28 @@ impl IngestServer {
             }
         }
         drop(listener);
-        if let Err(err) = std::fs::remove_file(&socket) {
+        if this.owns_socket
+            && let Err(err) = std::fs::remove_file(&socket)
+        {
             tracing::warn!(%err, socket = %socket.display(), "failed to remove socket file");
         }
         tracker.close();
         tracker.wait().await;
+    }
+
+    /// Why this peer may not send events, if it may not.
+    fn refusal(&self, stream: &UnixStream) -> Option<Reply> {
+        if self.allowed_uids.is_empty() {
+            return None;
+        }
+        let message = match stream.peer_cred() {
+            Ok(cred) if self.allowed_uids.contains(&cred.uid()) => return None,
+            Ok(cred) => format!("uid {} may not send events (ingest.allowed_uids)", cred.uid()),
+            Err(err) => format!("the peer's credentials are unreadable ({err}); ingest.allowed_uids is set"),
+        };
+        tracing::warn!(%message, "ingest connection refused");
+        self.metrics.connections_refused.inc();
+        Some(Reply::rejected(None, ErrorCode::PermissionDenied, message))
     }
 
     async fn connection(self: Arc<Self>, stream: UnixStream, cancel: CancellationToken) {
@@ -123,6 +176,7 @@ impl IngestServer {
                 Ok(_) => {}
             }
             let received = Instant::now();
+            let parser = self.parser.read().expect("parser lock").clone();
             let mut slots = Vec::new();
             let mut events = Vec::new();
             let mut start = 0;
@@ -149,7 +203,7 @@ impl IngestServer {
                     )));
                     continue;
                 }
-                match self.parser.parse(line) {
+                match parser.parse(line) {
                     Ok(event) => {
                         events.push(event);
                         match slots.last_mut() {
@@ -174,7 +228,13 @@ impl IngestServer {
             if slots.is_empty() {
                 continue;
             }
-            let committed = if events.is_empty() { None } else { Some(self.submit(events, received).await) };
+            let committed = if events.is_empty() {
+                None
+            } else if self.health.outbox_full() {
+                Some(self.refuse_all(events, "the outbox is full (storage.max_bytes); retry later"))
+            } else {
+                Some(self.submit(events, received).await)
+            };
             if pending_tx.send(Pending { slots, committed }).await.is_err() {
                 break;
             }
@@ -186,6 +246,18 @@ impl IngestServer {
     fn refuse(&self, id: Option<String>, code: ErrorCode, message: String) -> Reply {
         self.metrics.events_rejected.with_label_values(&[code.as_str()]).inc();
         Reply::rejected(id, code, message)
+    }
+
+    /// Answers every event `overloaded` with `reason`, as the commit stage's reply would come.
+    fn refuse_all(&self, events: Vec<crate::ingest::Event>, reason: &str) -> oneshot::Receiver<Vec<Reply>> {
+        let (reply, receiver) = oneshot::channel();
+        self.metrics
+            .events_rejected
+            .with_label_values(&[ErrorCode::Overloaded.as_str()])
+            .inc_by(events.len() as u64);
+        let _ = reply
+            .send(events.into_iter().map(|e| Reply::rejected(e.id, ErrorCode::Overloaded, reason)).collect());
+        receiver
     }
 
     /// Queues events for the commit stage; answers `overloaded` if it has no room in time.
@@ -217,6 +289,14 @@ impl IngestServer {
         }
         receiver
     }
+}
+
+/// Sends the refusal line and closes the connection.
+async fn refuse_connection(mut stream: UnixStream, refusal: Reply) {
+    let mut out = Vec::new();
+    refusal.write_to(&mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
 }
 
 fn memchr(haystack: &[u8]) -> Option<usize> {

@@ -114,6 +114,16 @@ pub struct StoredRecord {
     pub state: RecordState,
 }
 
+impl StoredRecord {
+    /// When it was accepted or dead-lettered; `None` while pending.
+    pub fn settled_at(&self) -> Option<i64> {
+        match &self.state {
+            RecordState::Pending => None,
+            RecordState::Accepted { at, .. } | RecordState::DeadLetter { at, .. } => Some(*at),
+        }
+    }
+}
+
 /// Everything found on open: the checkpoint, the log after it, and every sealed record.
 #[derive(Debug, Default)]
 pub struct Recovered {
@@ -290,6 +300,50 @@ impl Outbox {
         }
         self.db.apply_batch(batch)?;
         if durable { self.barrier() } else { Ok(()) }
+    }
+
+    /// Every sealed record, oldest hour first.
+    pub fn records(&self) -> impl Iterator<Item = Result<StoredRecord, OutboxError>> + '_ {
+        self.db.scan_prefix([layout::RECORD]).map(|item| {
+            let (key, value) = item?;
+            decode(&key, &value)
+        })
+    }
+
+    /// One sealed record.
+    pub fn record(&self, key: &RecordKey) -> Result<Option<StoredRecord>, OutboxError> {
+        let db_key = layout::record_key(key);
+        self.db.get(&db_key)?.map(|value| decode(&db_key, &value)).transpose()
+    }
+
+    /// Removes a sealed record; durable after the next [`Outbox::barrier`].
+    pub fn remove_record(&self, key: &RecordKey) -> Result<(), OutboxError> {
+        self.db.remove(layout::record_key(key))?;
+        Ok(())
+    }
+
+    /// Removes receipts and dead letters settled before `before` (epoch seconds) and returns them;
+    /// durable after the next [`Outbox::barrier`]. Pending records are never removed.
+    pub fn compact(&self, before: i64) -> Result<Vec<StoredRecord>, OutboxError> {
+        let mut removed = Vec::new();
+        let mut batch = sled::Batch::default();
+        for item in self.db.scan_prefix([layout::RECORD]) {
+            let (key, value) = item?;
+            let stored: StoredRecord = decode(&key, &value)?;
+            if stored.settled_at().is_some_and(|at| at < before) {
+                batch.remove(key);
+                removed.push(stored);
+            }
+        }
+        if !removed.is_empty() {
+            self.db.apply_batch(batch)?;
+        }
+        Ok(removed)
+    }
+
+    /// Bytes the outbox's files take on disk.
+    pub fn size_on_disk(&self) -> Result<u64, OutboxError> {
+        Ok(self.db.size_on_disk()?)
     }
 
     /// Records a sealed record's new state; durable after the next [`Outbox::barrier`].

@@ -162,6 +162,28 @@ impl SdkMeteringApi {
     }
 }
 
+/// What ResolveCustomer returns for a registration token.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ResolvedCustomer {
+    pub customer_aws_account_id: Option<String>,
+    pub customer_identifier: Option<String>,
+    pub license_arn: Option<String>,
+    pub product_code: Option<String>,
+}
+
+impl SdkMeteringApi {
+    /// ResolveCustomer: the SaaS sign-up token a buyer's browser brought, to the customer it names.
+    pub async fn resolve_customer(&self, token: &str) -> Result<ResolvedCustomer, ApiFailure> {
+        let out = self.client.resolve_customer().registration_token(token).send().await.map_err(failure)?;
+        Ok(ResolvedCustomer {
+            customer_aws_account_id: out.customer_aws_account_id().map(str::to_string),
+            customer_identifier: out.customer_identifier().map(str::to_string),
+            license_arn: out.license_arn().map(str::to_string),
+            product_code: out.product_code().map(str::to_string),
+        })
+    }
+}
+
 /// SDK retries off (the submit loop retries, through its rate limiter) and a per-attempt timeout.
 fn one_attempt(builder: metering::config::Builder, attempt_timeout: Duration) -> metering::config::Builder {
     builder.retry_config(metering::config::retry::RetryConfig::disabled()).timeout_config(

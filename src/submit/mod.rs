@@ -3,5 +3,7 @@
 pub mod api;
 mod submitter;
 
-pub use api::{ApiFailure, Disposition, MeteringApi, RecordOutcome, SdkMeteringApi, classify};
-pub use submitter::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, Settings, Submitter};
+pub use api::{
+    ApiFailure, Disposition, MeteringApi, RecordOutcome, ResolvedCustomer, SdkMeteringApi, classify,
+};
+pub use submitter::{Control, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, Settings, Submitter};

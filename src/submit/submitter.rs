@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +18,11 @@ use super::api::{ApiFailure, Disposition, FailureKind, MeteringApi, RecordOutcom
 use crate::aggregate::{RecordKey, Scope, SealedRecord};
 use crate::clock::Clock;
 use crate::outbox::{DeadReason, Outbox, RecordState, StoredRecord};
+use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
+
+/// How often settled records older than `storage.retention` are compacted away.
+const COMPACT_EVERY: Duration = Duration::from_secs(3600);
 
 /// Most records in one BatchMeterUsage call.
 pub const MAX_BATCH_RECORDS: usize = 25;
@@ -36,6 +40,20 @@ pub struct Settings {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub pause: Duration,
+    /// Seconds receipts and dead letters are kept after they settled.
+    pub retention: i64,
+}
+
+/// Requests to the submit loop from the admin socket and the reload handler. The loop owns the
+/// records' states, so every change to one goes through it.
+#[derive(Debug)]
+pub enum Control {
+    /// Puts these dead letters back in the queue, unchanged; answers how many were dead letters.
+    Retry { keys: Vec<RecordKey>, reply: oneshot::Sender<usize> },
+    /// Deletes these dead letters; answers how many were dead letters.
+    Drop { keys: Vec<RecordKey>, reply: oneshot::Sender<usize> },
+    /// New settings after a reload.
+    Reconfigure(Settings),
 }
 
 struct Entry {
@@ -62,17 +80,21 @@ pub struct Submitter<A> {
     dead: HashMap<DeadReason, i64>,
     next_request: Instant,
     paused_until: Option<Instant>,
+    next_compaction: Instant,
+    health: Arc<Health>,
     fatal: CancellationToken,
 }
 
 impl<A: MeteringApi> Submitter<A> {
     /// Starts from the records found in the outbox: pending ones are queued, settled ones counted.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         api: A,
         outbox: Arc<Outbox>,
         records: Vec<StoredRecord>,
         clock: Clock,
         metrics: Arc<Metrics>,
+        health: Arc<Health>,
         settings: Settings,
         fatal: CancellationToken,
     ) -> Self {
@@ -87,6 +109,8 @@ impl<A: MeteringApi> Submitter<A> {
             dead: HashMap::new(),
             next_request: Instant::now(),
             paused_until: None,
+            next_compaction: Instant::now(),
+            health,
             fatal,
         };
         for stored in records {
@@ -112,11 +136,18 @@ impl<A: MeteringApi> Submitter<A> {
     pub async fn run(
         mut self,
         mut sealed: mpsc::UnboundedReceiver<Vec<StoredRecord>>,
+        mut controls: mpsc::Receiver<Control>,
         cancel: CancellationToken,
     ) {
         loop {
             while let Ok(records) = sealed.try_recv() {
                 records.into_iter().for_each(|r| self.enqueue(r));
+            }
+            while let Ok(control) = controls.try_recv() {
+                self.control(control);
+            }
+            if Instant::now() >= self.next_compaction {
+                self.compact();
             }
             self.expire();
             self.update_gauges();
@@ -135,6 +166,7 @@ impl<A: MeteringApi> Submitter<A> {
                         Some(records) => records.into_iter().for_each(|r| self.enqueue(r)),
                         None => if self.queue.is_empty() { return },
                     },
+                    Some(control) = controls.recv() => self.control(control),
                     _ = tokio::time::sleep_until(sleep_until) => {}
                     _ = cancel.cancelled() => return,
                 }
@@ -203,6 +235,15 @@ impl<A: MeteringApi> Submitter<A> {
                 .with_label_values(&[OPERATION])
                 .observe(started.elapsed().as_secs_f64());
             self.metrics.records.with_label_values(&["in_flight"]).set(0);
+            let outcome = match &result {
+                Ok(_) => "success",
+                Err(failure) => outcome_label(failure),
+            };
+            self.health.record_outcome(outcome, self.clock.now());
+            if !matches!(&result, Err(failure) if classify(failure) == Disposition::Pause) {
+                self.health.set_paused(None);
+                self.metrics.submission_paused.set(0);
+            }
             match result {
                 Ok(outcomes) => {
                     self.metrics.api_requests.with_label_values(&[OPERATION, "success"]).inc();
@@ -234,6 +275,8 @@ impl<A: MeteringApi> Submitter<A> {
                                 pause_secs = self.settings.pause.as_secs(),
                                 "submission paused: the service refuses meterd's configuration or credentials; records are kept"
                             );
+                            self.health.set_paused(Some(failure.to_string()));
+                            self.metrics.submission_paused.set(1);
                             self.paused_until = Some(Instant::now() + self.settings.pause);
                             return true;
                         }
@@ -301,6 +344,83 @@ impl<A: MeteringApi> Submitter<A> {
         entry.stored.state = RecordState::DeadLetter { reason, message, at: self.clock.now() };
         self.persist(&entry.stored);
         *self.dead.entry(reason).or_default() += 1;
+    }
+
+    fn control(&mut self, control: Control) {
+        match control {
+            Control::Retry { keys, reply } => {
+                let mut retried = 0;
+                for key in keys {
+                    let Some(mut stored) = self.dead_letter_record(&key) else { continue };
+                    if let RecordState::DeadLetter { reason, message, .. } = &stored.state {
+                        tracing::info!(reason = reason.as_str(), hour = key.hour, %message, "dead letter retried by an operator");
+                        *self.dead.entry(*reason).or_default() -= 1;
+                    }
+                    stored.state = RecordState::Pending;
+                    self.persist(&stored);
+                    self.enqueue(stored);
+                    retried += 1;
+                }
+                self.barrier();
+                self.update_gauges();
+                let _ = reply.send(retried);
+            }
+            Control::Drop { keys, reply } => {
+                let mut dropped = 0;
+                for key in keys {
+                    let Some(stored) = self.dead_letter_record(&key) else { continue };
+                    if let RecordState::DeadLetter { reason, message, .. } = &stored.state {
+                        tracing::warn!(reason = reason.as_str(), hour = key.hour, quantity = stored.record.quantity, %message, "dead letter dropped by an operator");
+                        *self.dead.entry(*reason).or_default() -= 1;
+                    }
+                    if let Err(err) = self.outbox.remove_record(&key) {
+                        tracing::error!(%err, "failed to drop a dead letter; stopping");
+                        self.fatal.cancel();
+                    }
+                    dropped += 1;
+                }
+                self.barrier();
+                self.update_gauges();
+                let _ = reply.send(dropped);
+            }
+            Control::Reconfigure(settings) => self.settings = settings,
+        }
+    }
+
+    fn dead_letter_record(&self, key: &RecordKey) -> Option<StoredRecord> {
+        match self.outbox.record(key) {
+            Ok(Some(stored)) if matches!(stored.state, RecordState::DeadLetter { .. }) => Some(stored),
+            Ok(_) => None,
+            Err(err) => {
+                tracing::error!(%err, "failed to read a dead letter");
+                None
+            }
+        }
+    }
+
+    /// Deletes receipts and dead letters older than the retention.
+    fn compact(&mut self) {
+        self.next_compaction = Instant::now() + COMPACT_EVERY;
+        let before = self.clock.now() - self.settings.retention;
+        match self.outbox.compact(before) {
+            Ok(removed) if !removed.is_empty() => {
+                for stored in &removed {
+                    match &stored.state {
+                        RecordState::Accepted { .. } => self.accepted -= 1,
+                        RecordState::DeadLetter { reason, .. } => *self.dead.entry(*reason).or_default() -= 1,
+                        RecordState::Pending => {}
+                    }
+                }
+                tracing::info!(
+                    records = removed.len(),
+                    "compacted receipts and dead letters past the retention"
+                );
+                self.barrier();
+                self.update_gauges();
+            }
+            Ok(_) => {}
+            Err(err) => tracing::error!(%err, "compaction failed; will try again"),
+        }
     }
 
     /// Records past their deadline can no longer be accepted by the service.

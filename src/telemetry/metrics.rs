@@ -13,6 +13,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
+
+use super::health::Health;
 use tokio_util::sync::CancellationToken;
 
 /// Values of `meterd_records{state}`.
@@ -31,6 +33,10 @@ pub struct Metrics {
     pub api_duration: HistogramVec,
     pub dead_letters: IntGaugeVec,
     pub late_events: IntCounterVec,
+    pub connections_refused: IntCounter,
+    pub config_reloads: IntCounterVec,
+    pub outbox_bytes: IntGauge,
+    pub submission_paused: IntGauge,
 }
 
 impl Metrics {
@@ -112,6 +118,27 @@ impl Metrics {
                 "Events for an hour already sealed, by the late_events policy applied.",
                 &["policy"],
             ),
+            connections_refused: counter(
+                "meterd_connections_refused_total",
+                "Ingest connections refused because the peer's uid is not in ingest.allowed_uids.",
+            ),
+            config_reloads: counter_vec(
+                "meterd_config_reloads_total",
+                "SIGHUP reloads, by result (ok, or invalid: the old settings stay).",
+                &["result"],
+            ),
+            outbox_bytes: reg(
+                &registry,
+                IntGauge::new("meterd_outbox_bytes", "The outbox's size on disk.").expect("valid"),
+            ),
+            submission_paused: reg(
+                &registry,
+                IntGauge::new(
+                    "meterd_submission_paused",
+                    "1 while submission is paused because the service refuses meterd's configuration or credentials.",
+                )
+                .expect("valid"),
+            ),
             registry,
         };
         // Export every bounded label value from the start, so dashboards and alerts see zeros.
@@ -127,6 +154,9 @@ impl Metrics {
         for policy in ["carry_forward", "reject"] {
             metrics.late_events.with_label_values(&[policy]);
         }
+        for result in ["ok", "invalid"] {
+            metrics.config_reloads.with_label_values(&[result]);
+        }
         Arc::new(metrics)
     }
 
@@ -138,8 +168,13 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` until `cancel`.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, cancel: CancellationToken) {
+/// Serves `GET /metrics`, `/healthz` and `/readyz` until `cancel`.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    cancel: CancellationToken,
+) {
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -151,11 +186,11 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, cancel: Cancell
             },
             _ = cancel.cancelled() => return,
         };
-        let metrics = metrics.clone();
+        let (metrics, health) = (metrics.clone(), health.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
+                let (metrics, health) = (metrics.clone(), health.clone());
+                async move { Ok::<_, Infallible>(respond(&req, &metrics, &health)) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
@@ -163,10 +198,30 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, cancel: Cancell
     }
 }
 
-fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+fn respond(
+    req: &Request<hyper::body::Incoming>,
+    metrics: &Metrics,
+    health: &Health,
+) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found; try /metrics\n".to_string()),
+        // Alive: the runtime answers. A wedged commit thread is the watchdog's business.
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/readyz" => {
+            let snapshot = health.snapshot();
+            if snapshot.not_ready.is_empty() {
+                (StatusCode::OK, "text/plain", "ready\n".to_string())
+            } else {
+                let reasons: String =
+                    snapshot.not_ready.iter().map(|r| format!("not ready: {r}\n")).collect();
+                (StatusCode::SERVICE_UNAVAILABLE, "text/plain", reasons)
+            }
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /metrics, /healthz or /readyz\n".to_string(),
+        ),
     };
     Response::builder()
         .status(status)

@@ -131,12 +131,18 @@ impl<'a> Launch<'a> {
 
 impl Meterd {
     fn command(launch: &Launch) -> Command {
+        Self::command_with(launch, &["run"])
+    }
+
+    /// `meterd <args>` with the launch's environment.
+    pub fn command_with(launch: &Launch, args: &[&str]) -> Command {
         let dir = launch.dir;
         let mut command = Command::new(env!("CARGO_BIN_EXE_meterd"));
-        command.arg("run").env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+        command.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
         let settings = [
             ("METERD_STORAGE__DATA_DIR", dir.join("data").display().to_string()),
             ("METERD_INGEST__SOCKET", dir.join("meterd.sock").display().to_string()),
+            ("METERD_ADMIN__SOCKET", dir.join("admin.sock").display().to_string()),
             ("METERD_METRICS__LISTEN", "127.0.0.1:0".into()),
             ("METERD_AWS__ENDPOINT_URL", launch.endpoint.clone()),
             ("METERD_AWS__PRODUCT_CODE", PRODUCT.into()),
@@ -186,6 +192,18 @@ impl Meterd {
         let ready = meterd.wait_log("meterd ready", Duration::from_secs(30));
         meterd.metrics = ready["metrics"].as_str().unwrap().parse().unwrap();
         meterd
+    }
+
+    /// Runs `meterd <args>` (an operator command) with the launch's environment; returns the exit
+    /// code, stdout and stderr.
+    pub fn cli(launch: &Launch, args: &[&str]) -> (i32, String, String) {
+        let output =
+            Self::command_with(launch, args).stdin(Stdio::null()).stdout(Stdio::piped()).output().unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 
     /// Runs meterd to its end; for start-up failures. Returns the exit status and stderr.
@@ -246,6 +264,17 @@ impl Meterd {
         self.send_raw(&bytes)
     }
 
+    /// `GET path` on the metrics listener: the status code and the body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let mut stream = std::net::TcpStream::connect(self.metrics).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+
     /// The value of one sample of `/metrics`, e.g. `meterd_records{state="open"}`.
     pub fn metric(&self, sample: &str) -> f64 {
         let mut stream = std::net::TcpStream::connect(self.metrics).unwrap();
@@ -279,6 +308,13 @@ impl Meterd {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Sends `signal` and keeps running (SIGHUP).
+    pub fn signal_only(&self, signal: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let status = Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap();
+        assert!(status.success());
     }
 
     /// Sends `signal` and waits for the exit.

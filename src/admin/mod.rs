@@ -1,0 +1,59 @@
+//! The admin socket: what `meterd status`, `meterd dlq …` and `meterd receipts export` ask a
+//! running daemon, and the same reads straight from a data dir when the daemon is stopped.
+//!
+//! Protocol: one JSON request line (`{"command":"status"}`, `{"command":"dlq_list"}`, …); the
+//! answer is zero or more `{"record":{…}}` lines, then one closing line: `{"ok":true,"count":N}`,
+//! `{"ok":true,"status":{…}}` or `{"ok":false,"error":"…"}`. Changes to records (retry, drop) go
+//! through the submit loop, which owns their states; reads scan the outbox.
+
+mod server;
+mod view;
+
+pub use server::{AdminServer, serve};
+pub use view::{RecordView, Selection, StatusReport, offline_status, record_id, select, time_text};
+
+use serde::{Deserialize, Serialize};
+
+/// One admin request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    DlqList,
+    DlqShow {
+        id: String,
+    },
+    DlqRetry {
+        selection: Selection,
+    },
+    DlqDrop {
+        selection: Selection,
+    },
+    /// Accepted records whose hour starts in `[since, until)`, epoch seconds.
+    Receipts {
+        since: i64,
+        until: i64,
+    },
+}
+
+/// One answer line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Line {
+    Record { record: Box<RecordView> },
+    Status { ok: bool, status: Box<StatusReport> },
+    Count { ok: bool, count: usize },
+    Error { ok: bool, error: String },
+}
+
+impl Line {
+    pub fn error(message: impl Into<String>) -> Self {
+        Line::Error { ok: false, error: message.into() }
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut text = serde_json::to_string(self).expect("admin lines always encode");
+        text.push('\n');
+        text
+    }
+}

@@ -1,0 +1,171 @@
+//! The daemon's side of the admin socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::view::{RecordView, StatusReport, select, time_text};
+use super::{Line, Request};
+use crate::clock::Clock;
+use crate::outbox::{Outbox, OutboxError, RecordState, StoredRecord};
+use crate::submit::Control;
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::Metrics;
+
+/// Longest request line read.
+const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+/// What the admin socket needs from the daemon.
+pub struct AdminServer {
+    pub outbox: Arc<Outbox>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub controls: mpsc::Sender<Control>,
+    pub clock: Clock,
+    pub data_dir: String,
+    /// `submit.deadline` in seconds.
+    pub deadline: i64,
+}
+
+/// Answers admin connections until `cancel`, then removes the socket file.
+pub async fn serve(
+    server: AdminServer,
+    listener: UnixListener,
+    socket: std::path::PathBuf,
+    cancel: CancellationToken,
+) {
+    let server = Arc::new(server);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(server.clone().connection(stream));
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = cancel.cancelled() => break,
+        }
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(&socket);
+}
+
+impl AdminServer {
+    async fn connection(self: Arc<Self>, stream: UnixStream) {
+        let (read, mut write) = stream.into_split();
+        let mut line = String::new();
+        let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES);
+        let lines = match reader.read_line(&mut line).await {
+            Ok(_) => match serde_json::from_str::<Request>(&line) {
+                Ok(request) => self.answer(request).await,
+                Err(err) => vec![Line::error(format!("invalid request: {err}"))],
+            },
+            Err(err) => vec![Line::error(format!("unreadable request: {err}"))],
+        };
+        let mut out = String::new();
+        for line in lines {
+            out.push_str(&line.to_json());
+        }
+        let _ = write.write_all(out.as_bytes()).await;
+        let _ = write.shutdown().await;
+    }
+
+    async fn answer(self: &Arc<Self>, request: Request) -> Vec<Line> {
+        match request {
+            Request::Status => match self.scan().await {
+                Ok(records) => vec![Line::Status { ok: true, status: Box::new(self.status(records)) }],
+                Err(err) => vec![Line::error(err.to_string())],
+            },
+            Request::DlqList => self.list(|s| matches!(s.state, RecordState::DeadLetter { .. })).await,
+            Request::DlqShow { id } => {
+                let mut lines = self
+                    .list(|s| {
+                        matches!(s.state, RecordState::DeadLetter { .. })
+                            && super::record_id(&s.record.key) == id
+                    })
+                    .await;
+                if matches!(lines.last(), Some(Line::Count { count: 0, .. })) {
+                    lines = vec![Line::error(format!("no dead letter with id {id}"))];
+                }
+                lines
+            }
+            Request::Receipts { since, until } => {
+                self.list(|s| {
+                    matches!(s.state, RecordState::Accepted { .. })
+                        && (since..until).contains(&s.record.key.hour)
+                })
+                .await
+            }
+            Request::DlqRetry { selection } => self.change(selection, true).await,
+            Request::DlqDrop { selection } => self.change(selection, false).await,
+        }
+    }
+
+    /// Every sealed record, read on a blocking thread.
+    async fn scan(&self) -> Result<Vec<StoredRecord>, OutboxError> {
+        let outbox = self.outbox.clone();
+        tokio::task::spawn_blocking(move || outbox.records().collect::<Result<Vec<_>, _>>())
+            .await
+            .expect("outbox scan task")
+    }
+
+    async fn list(&self, keep: impl Fn(&StoredRecord) -> bool) -> Vec<Line> {
+        match self.scan().await {
+            Ok(records) => {
+                let mut lines: Vec<Line> = records
+                    .iter()
+                    .filter(|s| keep(s))
+                    .map(|s| Line::Record { record: Box::new(RecordView::new(s)) })
+                    .collect();
+                lines.push(Line::Count { ok: true, count: lines.len() });
+                lines
+            }
+            Err(err) => vec![Line::error(err.to_string())],
+        }
+    }
+
+    async fn change(&self, selection: super::Selection, retry: bool) -> Vec<Line> {
+        let records = match self.scan().await {
+            Ok(records) => records,
+            Err(err) => return vec![Line::error(err.to_string())],
+        };
+        let chosen = match select(records.into_iter(), &selection) {
+            Ok(chosen) => chosen,
+            Err(err) => return vec![Line::error(err)],
+        };
+        let keys = chosen.into_iter().map(|s| s.record.key).collect();
+        let (reply, answer) = oneshot::channel();
+        let control = if retry { Control::Retry { keys, reply } } else { Control::Drop { keys, reply } };
+        if self.controls.send(control).await.is_err() {
+            return vec![Line::error("meterd is stopping")];
+        }
+        match answer.await {
+            Ok(count) => vec![Line::Count { ok: true, count }],
+            Err(_) => vec![Line::error("meterd is stopping")],
+        }
+    }
+
+    fn status(&self, records: Vec<StoredRecord>) -> StatusReport {
+        let now = self.clock.now();
+        let mut report = StatusReport::from_records(records.into_iter(), &self.data_dir, self.deadline, now);
+        report.running = true;
+        let gauge = |state: &str| self.metrics.records.with_label_values(&[state]).get().max(0) as u64;
+        report.records.insert("open".into(), gauge("open"));
+        report.records.insert("in_flight".into(), gauge("in_flight"));
+        let snapshot = self.health.snapshot();
+        report.uptime_secs = Some(snapshot.uptime.as_secs());
+        report.last_submission =
+            snapshot.submission.last_outcome.map(|(outcome, at)| (outcome, time_text(at)));
+        report.paused = snapshot.submission.paused;
+        report.not_ready = snapshot.not_ready;
+        report.outbox_bytes = self.outbox.size_on_disk().unwrap_or(0);
+        report
+    }
+}

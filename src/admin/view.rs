@@ -1,0 +1,330 @@
+//! How records and the daemon's state look to an operator: stable short ids, flat JSON records
+//! that also export as CSV rows, and the status report.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::aggregate::{Customer, RecordKey, Scope};
+use crate::outbox::{DeadReason, RecordState, Recovered, StoredRecord};
+
+/// A record's id for the CLI: the first 12 hex digits of the SHA-256 of its key. Stable across
+/// restarts and the same on every host, so a seller can quote it.
+pub fn record_id(key: &RecordKey) -> String {
+    let encoded = postcard::to_allocvec(key).expect("a record key always encodes");
+    hex::encode(&Sha256::digest(&encoded)[..6])
+}
+
+/// Epoch seconds as RFC 3339 UTC text.
+pub fn time_text(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| secs.to_string())
+}
+
+/// A sealed record, flat, as `dlq list`, `dlq export` and `receipts export` print it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordView {
+    pub id: String,
+    /// Start of the UTC hour (the record's `Timestamp`).
+    pub hour: String,
+    pub product_code: Option<String>,
+    pub license_arn: Option<String>,
+    pub customer_aws_account_id: Option<String>,
+    pub customer_identifier: Option<String>,
+    pub dimension: String,
+    pub quantity: u32,
+    /// Tag set (as `k=v;k=v`, empty for untagged usage) → quantity.
+    pub allocations: BTreeMap<String, u32>,
+    /// `pending`, `accepted` or `dead_letter`.
+    pub state: String,
+    pub metering_record_id: Option<String>,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub sealed_at: String,
+    /// When it was accepted or dead-lettered.
+    pub settled_at: Option<String>,
+}
+
+impl RecordView {
+    pub fn new(stored: &StoredRecord) -> Self {
+        let key = &stored.record.key;
+        let (product_code, license_arn) = match &key.scope {
+            Scope::ProductCode(code) => (Some(code.clone()), None),
+            Scope::LicenseArn(arn) => (None, Some(arn.clone())),
+        };
+        let (customer_aws_account_id, customer_identifier) = match &key.customer {
+            Customer::AwsAccountId(id) => (Some(id.clone()), None),
+            Customer::Identifier(id) => (None, Some(id.clone())),
+        };
+        let allocations = stored
+            .record
+            .allocations
+            .iter()
+            .map(|a| {
+                let tags: Vec<String> = a.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                (tags.join(";"), a.quantity)
+            })
+            .collect();
+        let (state, metering_record_id, reason, message) = match &stored.state {
+            RecordState::Pending => ("pending", None, None, None),
+            RecordState::Accepted { metering_record_id, .. } => {
+                ("accepted", Some(metering_record_id.clone()), None, None)
+            }
+            RecordState::DeadLetter { reason, message, .. } => {
+                ("dead_letter", None, Some(reason.as_str().to_string()), Some(message.clone()))
+            }
+        };
+        RecordView {
+            id: record_id(key),
+            hour: time_text(key.hour),
+            product_code,
+            license_arn,
+            customer_aws_account_id,
+            customer_identifier,
+            dimension: key.dimension.clone(),
+            quantity: stored.record.quantity,
+            allocations,
+            state: state.to_string(),
+            metering_record_id,
+            reason,
+            message,
+            sealed_at: time_text(stored.sealed_at),
+            settled_at: stored.settled_at().map(time_text),
+        }
+    }
+
+    pub const CSV_HEADER: &'static str = "id,hour,product_code,license_arn,customer_aws_account_id,customer_identifier,dimension,quantity,allocations,state,metering_record_id,reason,message,sealed_at,settled_at";
+
+    /// One CSV row (RFC 4180 quoting); `allocations` is `tags:quantity` pairs joined by `|`.
+    pub fn csv_row(&self) -> String {
+        let allocations: Vec<String> =
+            self.allocations.iter().map(|(tags, q)| format!("{tags}:{q}")).collect();
+        let none = String::new();
+        [
+            &self.id,
+            &self.hour,
+            self.product_code.as_ref().unwrap_or(&none),
+            self.license_arn.as_ref().unwrap_or(&none),
+            self.customer_aws_account_id.as_ref().unwrap_or(&none),
+            self.customer_identifier.as_ref().unwrap_or(&none),
+            &self.dimension,
+            &self.quantity.to_string(),
+            &allocations.join("|"),
+            &self.state,
+            self.metering_record_id.as_ref().unwrap_or(&none),
+            self.reason.as_ref().unwrap_or(&none),
+            self.message.as_ref().unwrap_or(&none),
+            &self.sealed_at,
+            self.settled_at.as_ref().unwrap_or(&none),
+        ]
+        .iter()
+        .map(|field| csv_field(field))
+        .collect::<Vec<_>>()
+        .join(",")
+    }
+}
+
+fn csv_field(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_string()
+    }
+}
+
+/// Which dead letters a retry or drop applies to: these ids, or all (of one reason).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selection {
+    #[serde(default)]
+    pub ids: Vec<String>,
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The dead letters among `records` that `selection` names; an error names ids that match none.
+pub fn select(
+    records: impl Iterator<Item = StoredRecord>,
+    selection: &Selection,
+) -> Result<Vec<StoredRecord>, String> {
+    if selection.all != selection.ids.is_empty() {
+        return Err("name dead letters by id, or use --all (not both)".into());
+    }
+    if let Some(reason) = &selection.reason
+        && !DeadReason::ALL.iter().any(|r| r.as_str() == reason)
+    {
+        let known: Vec<&str> = DeadReason::ALL.iter().map(|r| r.as_str()).collect();
+        return Err(format!("unknown reason {reason:?} (known: {})", known.join(", ")));
+    }
+    let wanted: BTreeSet<&str> = selection.ids.iter().map(String::as_str).collect();
+    let mut found = BTreeSet::new();
+    let chosen: Vec<StoredRecord> = records
+        .filter(|stored| match &stored.state {
+            RecordState::DeadLetter { reason, .. } => {
+                selection.reason.as_deref().is_none_or(|r| r == reason.as_str())
+            }
+            _ => false,
+        })
+        .filter(|stored| {
+            let id = record_id(&stored.record.key);
+            let hit = selection.all || wanted.contains(id.as_str());
+            if hit {
+                found.insert(id);
+            }
+            hit
+        })
+        .collect();
+    let missing: Vec<&str> = wanted.iter().filter(|id| !found.contains(**id)).copied().collect();
+    if !missing.is_empty() {
+        return Err(format!("no dead letter with id {}", missing.join(", ")));
+    }
+    Ok(chosen)
+}
+
+/// What `meterd status` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    /// Whether a daemon answered (otherwise the data dir was read directly).
+    pub running: bool,
+    pub data_dir: String,
+    pub uptime_secs: Option<u64>,
+    /// Records by state: open, pending, in_flight (running only), accepted, dead_letter.
+    pub records: BTreeMap<String, u64>,
+    pub dead_letters: BTreeMap<String, u64>,
+    pub oldest_unsubmitted: Option<Oldest>,
+    /// Outcome of the last Metering Service call and when (running only).
+    pub last_submission: Option<(String, String)>,
+    pub paused: Option<String>,
+    /// Why `/readyz` fails; empty when ready (running only).
+    pub not_ready: Vec<String>,
+    pub outbox_bytes: u64,
+}
+
+/// The oldest sealed record not yet settled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Oldest {
+    pub id: String,
+    pub hour: String,
+    /// Seconds left before it becomes an `expired` dead letter (negative: overdue).
+    pub deadline_in_secs: i64,
+}
+
+impl StatusReport {
+    /// Counts and the oldest pending record from the outbox's sealed records.
+    pub fn from_records(
+        records: impl Iterator<Item = StoredRecord>,
+        data_dir: &str,
+        deadline: i64,
+        now: i64,
+    ) -> Self {
+        let mut counts: BTreeMap<String, u64> =
+            ["open", "pending", "accepted", "dead_letter"].iter().map(|s| (s.to_string(), 0)).collect();
+        let mut dead: BTreeMap<String, u64> =
+            DeadReason::ALL.iter().map(|r| (r.as_str().to_string(), 0)).collect();
+        let mut oldest: Option<RecordKey> = None;
+        for stored in records {
+            let state = match &stored.state {
+                RecordState::Pending => {
+                    if oldest.as_ref().is_none_or(|o| stored.record.key.hour < o.hour) {
+                        oldest = Some(stored.record.key.clone());
+                    }
+                    "pending"
+                }
+                RecordState::Accepted { .. } => "accepted",
+                RecordState::DeadLetter { reason, .. } => {
+                    *dead.entry(reason.as_str().to_string()).or_default() += 1;
+                    "dead_letter"
+                }
+            };
+            *counts.entry(state.to_string()).or_default() += 1;
+        }
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            running: false,
+            data_dir: data_dir.to_string(),
+            uptime_secs: None,
+            records: counts,
+            dead_letters: dead,
+            oldest_unsubmitted: oldest.map(|key| Oldest {
+                id: record_id(&key),
+                hour: time_text(key.hour),
+                deadline_in_secs: key.hour + deadline - now,
+            }),
+            last_submission: None,
+            paused: None,
+            not_ready: Vec::new(),
+            outbox_bytes: 0,
+        }
+    }
+
+    /// Plain text for a person.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let state = if self.running { "running" } else { "not running (read from the data dir)" };
+        out.push_str(&format!("meterd {}: {state}\n", self.version));
+        out.push_str(&format!("data dir: {} ({} bytes)\n", self.data_dir, self.outbox_bytes));
+        if let Some(uptime) = self.uptime_secs {
+            out.push_str(&format!(
+                "uptime: {}\n",
+                crate::duration::format(std::time::Duration::from_secs(uptime))
+            ));
+        }
+        let records: Vec<String> = self.records.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        out.push_str(&format!("records: {}\n", records.join(", ")));
+        let dead: Vec<String> = self.dead_letters.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        out.push_str(&format!("dead letters: {}\n", dead.join(", ")));
+        match &self.oldest_unsubmitted {
+            Some(o) => out.push_str(&format!(
+                "oldest unsubmitted: {} (hour {}), deadline in {}\n",
+                o.id,
+                o.hour,
+                signed_duration(o.deadline_in_secs)
+            )),
+            None => out.push_str("oldest unsubmitted: none\n"),
+        }
+        match &self.last_submission {
+            Some((outcome, at)) => out.push_str(&format!("last submission: {outcome} at {at}\n")),
+            None if self.running => out.push_str("last submission: none since start\n"),
+            None => {}
+        }
+        if self.running {
+            match &self.paused {
+                Some(reason) => out.push_str(&format!("submission: PAUSED: {reason}\n")),
+                None => out.push_str("submission: active\n"),
+            }
+            if self.not_ready.is_empty() {
+                out.push_str("ready: yes\n");
+            } else {
+                out.push_str(&format!("ready: no: {}\n", self.not_ready.join("; ")));
+            }
+        }
+        out
+    }
+}
+
+fn signed_duration(secs: i64) -> String {
+    let text = crate::duration::format(std::time::Duration::from_secs(secs.unsigned_abs()));
+    if secs < 0 { format!("-{text} (overdue)") } else { text }
+}
+
+/// Status from a data dir no daemon holds: sealed records as stored, open records from the
+/// checkpoint and the log after it.
+pub fn offline_status(
+    recovered: &Recovered,
+    data_dir: &str,
+    outbox_bytes: u64,
+    deadline: i64,
+    now: i64,
+) -> StatusReport {
+    let mut report = StatusReport::from_records(recovered.records.iter().cloned(), data_dir, deadline, now);
+    let open: BTreeSet<&RecordKey> =
+        recovered.buckets.iter().map(|(key, _)| key).chain(recovered.log.iter().map(|a| &a.key)).collect();
+    report.records.insert("open".into(), open.len() as u64);
+    report.outbox_bytes = outbox_bytes;
+    report
+}

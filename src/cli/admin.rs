@@ -1,0 +1,339 @@
+//! The operator's commands: `status`, `dlq …`, `receipts export`, `check-config` and
+//! `resolve-customer`. They ask the running daemon over its admin socket; with the daemon stopped,
+//! `status`, `dlq list|show|export` and `receipts export` read the data dir directly.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::admin::{Line, RecordView, Request, Selection, StatusReport, offline_status};
+use crate::config::Config;
+use crate::outbox::{Outbox, OutboxError, RecordState};
+
+/// Exit code when the daemon refused the request or the data could not be read.
+const EXIT_FAILED: u8 = 1;
+
+/// Where the commands find meterd: its configuration (for the data dir and deadline) and its
+/// admin socket.
+pub struct Target {
+    pub config: Config,
+    pub socket: PathBuf,
+}
+
+impl Target {
+    /// `--config`, `--sandbox` and `--socket` as given; a config error exits 64.
+    pub fn load(file: Option<&Path>, sandbox: bool, socket: Option<PathBuf>) -> Result<Self, ExitCode> {
+        let base = if sandbox { super::run::sandbox_defaults() } else { Config::default() };
+        match Config::load_over(base, file) {
+            Ok(config) => {
+                let socket = socket.unwrap_or_else(|| config.admin.socket.clone());
+                Ok(Target { config, socket })
+            }
+            Err(err) => {
+                eprintln!("meterd: {err}");
+                Err(ExitCode::from(super::EXIT_CONFIG))
+            }
+        }
+    }
+
+    /// Sends `request`; `Ok(None)` when no daemon listens on the socket.
+    fn ask(&self, request: &Request) -> Result<Option<Vec<Line>>, String> {
+        let mut stream = match UnixStream::connect(&self.socket) {
+            Ok(stream) => stream,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(err) => return Err(format!("cannot reach meterd at {}: {err}", self.socket.display())),
+        };
+        let mut text = serde_json::to_string(request).expect("requests encode");
+        text.push('\n');
+        stream.write_all(text.as_bytes()).map_err(|e| format!("cannot send to meterd: {e}"))?;
+        let mut lines = Vec::new();
+        for line in BufReader::new(stream).lines() {
+            let line = line.map_err(|e| format!("cannot read meterd's answer: {e}"))?;
+            lines.push(serde_json::from_str(&line).map_err(|e| format!("unexpected answer {line:?}: {e}"))?);
+        }
+        Ok(Some(lines))
+    }
+
+    /// Opens the data dir of a stopped daemon.
+    fn open_offline(&self) -> Result<(Outbox, crate::outbox::Recovered), String> {
+        match Outbox::open(&self.config.storage.data_dir) {
+            Ok(opened) => Ok(opened),
+            Err(OutboxError::Locked { pid, .. }) => Err(format!(
+                "meterd (pid {pid}) holds {} but its admin socket {} does not answer",
+                self.config.storage.data_dir.display(),
+                self.socket.display()
+            )),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
+    /// Sealed records: from the daemon if it runs, else from the data dir.
+    fn records(
+        &self,
+        request: Request,
+        keep: impl Fn(&RecordState, i64) -> bool,
+    ) -> Result<Vec<RecordView>, String> {
+        match self.ask(&request)? {
+            Some(lines) => {
+                let mut out = Vec::new();
+                for line in lines {
+                    match line {
+                        Line::Record { record } => out.push(*record),
+                        Line::Error { error, .. } => return Err(error),
+                        _ => {}
+                    }
+                }
+                Ok(out)
+            }
+            None => {
+                let (outbox, _) = self.open_offline()?;
+                let mut out = Vec::new();
+                for stored in outbox.records() {
+                    let stored = stored.map_err(|e| e.to_string())?;
+                    if keep(&stored.state, stored.record.key.hour) {
+                        out.push(RecordView::new(&stored));
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("meterd: {message}");
+    ExitCode::from(EXIT_FAILED)
+}
+
+/// `meterd status [--json]`.
+pub fn status(target: &Target, json: bool) -> ExitCode {
+    let report = match target.ask(&Request::Status) {
+        Ok(Some(lines)) => match lines.into_iter().next() {
+            Some(Line::Status { status, .. }) => *status,
+            Some(Line::Error { error, .. }) => return fail(error),
+            _ => return fail("meterd gave no status"),
+        },
+        Ok(None) => match target.open_offline() {
+            Ok((outbox, recovered)) => {
+                let clock = crate::clock::Clock::from_env().unwrap_or_default();
+                offline_status(
+                    &recovered,
+                    &target.config.storage.data_dir.display().to_string(),
+                    outbox.size_on_disk().unwrap_or(0),
+                    target.config.submit.deadline.as_secs() as i64,
+                    clock.now(),
+                )
+            }
+            Err(err) => return fail(err),
+        },
+        Err(err) => return fail(err),
+    };
+    print_status(&report, json);
+    ExitCode::SUCCESS
+}
+
+fn print_status(report: &StatusReport, json: bool) {
+    let mut out = std::io::stdout().lock();
+    let text = if json {
+        serde_json::to_string_pretty(report).expect("a report encodes") + "\n"
+    } else {
+        report.text()
+    };
+    let _ = out.write_all(text.as_bytes());
+}
+
+/// Output formats of `export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Csv,
+    Json,
+}
+
+fn print_records(records: &[RecordView], format: Format) {
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => {
+            let _ = writeln!(out, "{}", serde_json::to_string_pretty(records).expect("records encode"));
+        }
+        Format::Csv => {
+            let _ = writeln!(out, "{}", RecordView::CSV_HEADER);
+            for record in records {
+                let _ = writeln!(out, "{}", record.csv_row());
+            }
+        }
+    }
+}
+
+fn is_dead(state: &RecordState) -> bool {
+    matches!(state, RecordState::DeadLetter { .. })
+}
+
+/// `meterd dlq list`: one line per dead letter for a person.
+pub fn dlq_list(target: &Target) -> ExitCode {
+    match target.records(Request::DlqList, |state, _| is_dead(state)) {
+        Ok(records) => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "{:<12}  {:<20}  {:<24}  {:<20}  {:>10}  {:<23}  MESSAGE",
+                "ID", "HOUR", "CUSTOMER", "DIMENSION", "QUANTITY", "REASON"
+            );
+            for r in &records {
+                let customer = r
+                    .customer_aws_account_id
+                    .as_ref()
+                    .or(r.customer_identifier.as_ref())
+                    .cloned()
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "{:<12}  {:<20}  {:<24}  {:<20}  {:>10}  {:<23}  {}",
+                    r.id,
+                    r.hour,
+                    customer,
+                    r.dimension,
+                    r.quantity,
+                    r.reason.as_deref().unwrap_or(""),
+                    r.message.as_deref().unwrap_or("")
+                );
+            }
+            let _ = writeln!(out, "{} dead letter(s)", records.len());
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail(err),
+    }
+}
+
+/// `meterd dlq show ID`: the whole record as JSON.
+pub fn dlq_show(target: &Target, id: &str) -> ExitCode {
+    let request = Request::DlqShow { id: id.to_string() };
+    match target.records(request, |state, _| is_dead(state)) {
+        Ok(records) => match records.into_iter().find(|r| r.id == id) {
+            Some(record) => {
+                println!("{}", serde_json::to_string_pretty(&record).expect("a record encodes"));
+                ExitCode::SUCCESS
+            }
+            None => fail(format!("no dead letter with id {id}")),
+        },
+        Err(err) => fail(err),
+    }
+}
+
+/// `meterd dlq export --format csv|json`.
+pub fn dlq_export(target: &Target, format: Format) -> ExitCode {
+    match target.records(Request::DlqList, |state, _| is_dead(state)) {
+        Ok(records) => {
+            print_records(&records, format);
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail(err),
+    }
+}
+
+/// `meterd dlq retry|drop`: needs the running daemon, which owns the records' states.
+pub fn dlq_change(target: &Target, selection: Selection, retry: bool) -> ExitCode {
+    let request = if retry { Request::DlqRetry { selection } } else { Request::DlqDrop { selection } };
+    match target.ask(&request) {
+        Ok(Some(lines)) => match lines.into_iter().last() {
+            Some(Line::Count { count, .. }) => {
+                println!("{} {count} dead letter(s)", if retry { "retried" } else { "dropped" });
+                ExitCode::SUCCESS
+            }
+            Some(Line::Error { error, .. }) => fail(error),
+            _ => fail("meterd gave no answer"),
+        },
+        Ok(None) => fail(format!(
+            "meterd is not running (no admin socket at {}); start it to retry or drop dead letters",
+            target.socket.display()
+        )),
+        Err(err) => fail(err),
+    }
+}
+
+/// `meterd receipts export --since … --until …`: accepted records whose hour starts in the range.
+pub fn receipts_export(target: &Target, since: i64, until: i64, format: Format) -> ExitCode {
+    let request = Request::Receipts { since, until };
+    let keep = |state: &RecordState, hour: i64| {
+        matches!(state, RecordState::Accepted { .. }) && (since..until).contains(&hour)
+    };
+    match target.records(request, keep) {
+        Ok(records) => {
+            print_records(&records, format);
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail(err),
+    }
+}
+
+/// A time argument: RFC 3339 or epoch seconds.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    if let Ok(secs) = text.parse::<i64>() {
+        return Ok(secs);
+    }
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|e| format!("{text:?} is neither RFC 3339 nor epoch seconds: {e}"))
+}
+
+/// `meterd check-config`: every problem, exit 64 if any.
+pub fn check_config(file: Option<&Path>, sandbox: bool) -> ExitCode {
+    let base = if sandbox { super::run::sandbox_defaults() } else { Config::default() };
+    match Config::load_over(base, file) {
+        Ok(config) => {
+            let source = file.map_or("built-in defaults".to_string(), |f| f.display().to_string());
+            println!("configuration OK ({source}, with METERD_* overrides)");
+            println!("  product code: {:?}", config.aws.product_code);
+            println!("  ingest socket: {}", config.ingest.socket.display());
+            println!("  admin socket: {}", config.admin.socket.display());
+            println!("  data dir: {}", config.storage.data_dir.display());
+            println!("  metrics: {}", config.metrics.listen);
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("meterd: {err}");
+            ExitCode::from(super::EXIT_CONFIG)
+        }
+    }
+}
+
+/// `meterd resolve-customer TOKEN`: ResolveCustomer with the configured region, endpoint and the
+/// default credential chain.
+pub fn resolve_customer(config: &Config, token: &str, json: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(err),
+    };
+    let endpoint = (!config.aws.endpoint_url.is_empty()).then_some(config.aws.endpoint_url.as_str());
+    let result = runtime.block_on(async {
+        let api = crate::submit::SdkMeteringApi::from_default_chain(
+            &config.aws.region,
+            endpoint,
+            config.submit.request_timeout,
+        )
+        .await;
+        api.resolve_customer(token).await
+    });
+    match result {
+        Ok(resolved) if json => {
+            println!("{}", serde_json::to_string_pretty(&resolved).expect("encodes"));
+            ExitCode::SUCCESS
+        }
+        Ok(resolved) => {
+            let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+            println!("CustomerAWSAccountId: {}", show(&resolved.customer_aws_account_id));
+            println!("CustomerIdentifier:   {}", show(&resolved.customer_identifier));
+            println!("LicenseArn:           {}", show(&resolved.license_arn));
+            println!("ProductCode:          {}", show(&resolved.product_code));
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail(format!("ResolveCustomer failed: {err}")),
+    }
+}
