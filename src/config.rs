@@ -331,9 +331,9 @@ impl Config {
         if self.storage.retention < Duration::from_secs(86_400) {
             out.push("storage.retention must be at least 1d".into());
         }
-        if self.storage.max_bytes < 16 << 20 {
+        if self.storage.max_bytes < 1 << 20 {
             out.push(format!(
-                "storage.max_bytes {} must be at least 16777216 (16 MiB)",
+                "storage.max_bytes {} must be at least 1048576 (1 MiB)",
                 self.storage.max_bytes
             ));
         }

@@ -166,7 +166,7 @@ fn a_second_meterd_on_the_same_data_dir_is_refused() {
 #[test]
 fn every_invalid_setting_is_reported_with_exit_64() {
     let dir = tempfile::tempdir().unwrap();
-    let launch = Launch { dir: dir.path(), endpoint: "not-a-url".into(), clock_offset: 0, env: Vec::new() }
+    let launch = Launch::with_endpoint(dir.path(), "not-a-url")
         .env("METERD_SUBMIT__LATE_EVENTS", "drop")
         .env("METERD_INGEST__SOCKET_MODE", "999")
         .env("METERD_SUBMIT__SEAL_DELAY", "soon");

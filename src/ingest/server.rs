@@ -291,12 +291,19 @@ impl IngestServer {
     }
 }
 
-/// Sends the refusal line and closes the connection.
+/// Sends the refusal line and closes the connection. What the peer already sent is read and
+/// dropped first (for at most a second), because closing a socket with unread data resets it and
+/// the peer might lose the refusal line.
 async fn refuse_connection(mut stream: UnixStream, refusal: Reply) {
     let mut out = Vec::new();
     refusal.write_to(&mut out);
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(1..) = stream.read(&mut sink).await {}
+    })
+    .await;
 }
 
 fn memchr(haystack: &[u8]) -> Option<usize> {

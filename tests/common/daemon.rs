@@ -107,11 +107,25 @@ pub struct Launch<'a> {
     pub endpoint: String,
     pub clock_offset: i64,
     pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+    /// A listening socket to pass as fd 3 with LISTEN_FDS/LISTEN_PID, as systemd does.
+    pub activated: Option<std::os::fd::OwnedFd>,
 }
 
 impl<'a> Launch<'a> {
     pub fn new(dir: &'a Path, emu: &Emu) -> Self {
-        Launch { dir, endpoint: emu.url(), clock_offset: 0, env: Vec::new() }
+        Self::with_endpoint(dir, &emu.url())
+    }
+
+    pub fn with_endpoint(dir: &'a Path, endpoint: &str) -> Self {
+        Launch {
+            dir,
+            endpoint: endpoint.into(),
+            clock_offset: 0,
+            env: Vec::new(),
+            args: Vec::new(),
+            activated: None,
+        }
     }
 
     pub fn offset(mut self, secs: i64) -> Self {
@@ -124,6 +138,18 @@ impl<'a> Launch<'a> {
         self
     }
 
+    /// An extra argument of `meterd run`.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Passes `listener` as systemd's socket activation would.
+    pub fn activated(mut self, listener: &std::os::unix::net::UnixListener) -> Self {
+        self.activated = Some(listener.try_clone().unwrap().into());
+        self
+    }
+
     pub fn start(self) -> Meterd {
         Meterd::start(self)
     }
@@ -131,13 +157,27 @@ impl<'a> Launch<'a> {
 
 impl Meterd {
     fn command(launch: &Launch) -> Command {
-        Self::command_with(launch, &["run"])
+        let mut args = vec!["run"];
+        args.extend(launch.args.iter().map(String::as_str));
+        Self::command_with(launch, &args)
     }
 
     /// `meterd <args>` with the launch's environment.
     pub fn command_with(launch: &Launch, args: &[&str]) -> Command {
         let dir = launch.dir;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_meterd"));
+        let mut command = match &launch.activated {
+            // The shell moves the socket from stdin to fd 3 and names its own pid, which `exec`
+            // hands to meterd: LISTEN_PID must be meterd's pid.
+            Some(fd) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg("exec 3<&0 0</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
+                    .arg(env!("CARGO_BIN_EXE_meterd"))
+                    .stdin(Stdio::from(fd.try_clone().unwrap()));
+                sh
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_meterd")),
+        };
         command.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
         let settings = [
             ("METERD_STORAGE__DATA_DIR", dir.join("data").display().to_string()),
@@ -168,7 +208,10 @@ impl Meterd {
         for (key, value) in &launch.env {
             command.env(key, value);
         }
-        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        if launch.activated.is_none() {
+            command.stdin(Stdio::null());
+        }
+        command.stdout(Stdio::null()).stderr(Stdio::piped());
         command
     }
 
@@ -301,6 +344,22 @@ impl Meterd {
 
     pub fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Waits for meterd to exit on its own.
+    pub fn wait_exit(mut self, within: Duration) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > within {
+                let _ = child.kill();
+                panic!("meterd did not exit within {within:?}; logs:\n{}", self.logs().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL: no shutdown, no final checkpoint.
