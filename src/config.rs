@@ -386,7 +386,8 @@ impl Config {
     }
 }
 
-const KEYS: &[(&str, &[&str])] = &[
+/// Every section and its keys, as the file and `METERD_<SECTION>__<KEY>` spell them.
+pub const KEYS: &[(&str, &[&str])] = &[
     ("aws", &["product_code", "region", "endpoint_url", "dimensions"]),
     (
         "ingest",

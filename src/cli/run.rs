@@ -128,7 +128,9 @@ fn print_sandbox(endpoints: &crate::daemon::Endpoints, emulator_url: &str) {
          \x20 metrics:        http://{metrics}/metrics\n\
          \x20 emulator:       {emulator_url}  (records: {emulator_url}/_emulator/records)\n\
          send an event:\n\
-         \x20 cargo run -- send{socket_flag} --customer-aws-account-id 111122223333 --dimension requests --quantity 5",
+         \x20 cargo run -- send{socket_flag} --customer-aws-account-id 111122223333 --dimension requests --quantity 5\n\
+         see what meterd holds:\n\
+         \x20 cargo run -- status --sandbox",
         metrics = endpoints.metrics,
     );
     let _ = out.flush();

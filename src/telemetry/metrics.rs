@@ -157,6 +157,15 @@ impl Metrics {
         for result in ["ok", "invalid"] {
             metrics.config_reloads.with_label_values(&[result]);
         }
+        for status in ["success", "customer_not_subscribed", "duplicate_record", "unprocessed"] {
+            metrics.records_submitted.with_label_values(&[status]);
+        }
+        for outcome in
+            ["success", "throttled", "server_error", "client_error", "timeout", "connection", "local"]
+        {
+            metrics.api_requests.with_label_values(&["BatchMeterUsage", outcome]);
+        }
+        metrics.api_duration.with_label_values(&["BatchMeterUsage"]);
         Arc::new(metrics)
     }
 
