@@ -228,3 +228,47 @@ fn readiness_fails_while_submission_is_paused() {
     assert_eq!(meterd.get("/readyz"), (200, "ready\n".to_string()));
     assert_eq!(meterd.metric("meterd_submission_paused"), 0.0);
 }
+
+#[test]
+fn receipts_and_dead_letters_are_compacted_after_the_retention() {
+    let emu = Emu::start(|c| c.catalogue.subscribed_customers = Some(vec![SUBSCRIBED.into()]));
+    let dir = tempfile::tempdir().unwrap();
+    let meterd = Launch::new(dir.path(), &emu).start();
+    let events: Vec<Value> = [SUBSCRIBED, RETRIED]
+        .iter()
+        .map(|customer| {
+            let mut e = event(customer, "requests", 2);
+            e["timestamp"] = json!(hour_start(0) + 1);
+            e
+        })
+        .collect();
+    assert!(meterd.send(&events).iter().all(|r| r["ok"] == true));
+    assert!(meterd.signal("TERM").success());
+    emu.set_clock_offset(LATER);
+    let meterd = Launch::new(dir.path(), &emu).offset(LATER).start();
+    meterd.wait_metric("meterd_records{state=\"accepted\"}", 1.0, Duration::from_secs(30));
+    meterd.wait_metric("meterd_records{state=\"dead_letter\"}", 1.0, Duration::from_secs(10));
+    assert!(meterd.signal("TERM").success());
+
+    // Within a one-day retention: kept.
+    let within = Launch::new(dir.path(), &emu).offset(LATER + 3600).env("METERD_STORAGE__RETENTION", "1d");
+    let meterd = within.start();
+    assert_eq!(meterd.metric("meterd_records{state=\"accepted\"}"), 1.0);
+    assert_eq!(meterd.metric("meterd_records{state=\"dead_letter\"}"), 1.0);
+    assert!(!meterd.logs().iter().any(|l| l.contains("compacted")));
+    assert!(meterd.signal("TERM").success());
+
+    // Two days on: both are compacted at start.
+    let later =
+        Launch::new(dir.path(), &emu).offset(LATER + 2 * 86_400).env("METERD_STORAGE__RETENTION", "1d");
+    let meterd = later.start();
+    meterd.wait_log("compacted receipts and dead letters", Duration::from_secs(10));
+    assert_eq!(meterd.metric("meterd_records{state=\"accepted\"}"), 0.0);
+    assert_eq!(meterd.metric("meterd_records{state=\"dead_letter\"}"), 0.0);
+    assert!(meterd.signal("TERM").success());
+    let (code, stdout, _) = Meterd::cli(
+        &Launch::new(dir.path(), &emu).offset(LATER + 2 * 86_400),
+        &["receipts", "export", "--since", "0", "--format", "json"],
+    );
+    assert_eq!((code, stdout.trim()), (0, "[]"));
+}
