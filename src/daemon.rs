@@ -201,8 +201,11 @@ pub async fn run<A: MeteringApi + 'static>(
     let admin_task =
         tokio::spawn(admin::serve(admin, admin_listener, admin_socket.clone(), stop_ingest.clone()));
     let reload_task = reload.map(|reload| {
+        // Installed before READY=1: an early `systemctl reload` must not meet SIGHUP's default
+        // action, which ends the process.
+        let hangups = crate::telemetry::hangups();
         let live = Live { config: config.clone(), parser, commands, controls, metrics: metrics.clone() };
-        tokio::spawn(reload_on_hangup(live, reload, stop_ingest.clone()))
+        tokio::spawn(reload_on_hangup(live, reload, hangups, stop_ingest.clone()))
     });
     let watchdog_task = crate::systemd::watchdog_interval().map(|every| {
         let notifier = Notifier::from_env();
@@ -279,14 +282,19 @@ struct Live {
 const RELOADABLE: [&str; 4] =
     ["aws.dimensions", "submit.max_requests_per_second", "submit.seal_delay", "log.level"];
 
-async fn reload_on_hangup(mut live: Live, reload: Reloader, cancel: CancellationToken) {
-    let mut hangups = crate::telemetry::hangups();
+async fn reload_on_hangup(
+    mut live: Live,
+    reload: Reloader,
+    mut hangups: mpsc::Receiver<()>,
+    cancel: CancellationToken,
+) {
     loop {
         tokio::select! {
             Some(()) = hangups.recv() => {}
             _ = cancel.cancelled() => return,
         }
-        match tokio::task::block_in_place(&reload) {
+        // Reading and checking one small file; quick enough for the runtime thread.
+        match reload() {
             Ok(new) => live.apply(new).await,
             Err(err) => {
                 live.metrics.config_reloads.with_label_values(&["invalid"]).inc();
