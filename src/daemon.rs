@@ -94,6 +94,7 @@ pub async fn run<A: MeteringApi + 'static>(
     ready: impl FnOnce(&Endpoints),
 ) -> anyhow::Result<()> {
     let Host { activated_socket, notifier, reload } = host;
+    let notifier = Arc::new(notifier);
     let metrics = Metrics::new();
     let health = Arc::new(Health::new());
     let metrics_listener = metrics::bind(config.metrics.listen)
@@ -208,7 +209,7 @@ pub async fn run<A: MeteringApi + 'static>(
         tokio::spawn(reload_on_hangup(live, reload, hangups, stop_ingest.clone()))
     });
     let watchdog_task = crate::systemd::watchdog_interval().map(|every| {
-        let notifier = Notifier::from_env();
+        let notifier = notifier.clone();
         tokio::spawn(watchdog(
             notifier,
             every,
@@ -305,8 +306,18 @@ async fn reload_on_hangup(
 }
 
 impl Live {
-    async fn apply(&mut self, new: Config) {
-        let old = std::mem::replace(&mut self.config, new);
+    async fn apply(&mut self, file: Config) {
+        let restart: Vec<String> = changed_keys(&self.config, &file)
+            .into_iter()
+            .filter(|k| !RELOADABLE.contains(&k.as_str()))
+            .collect();
+        // Only the reloadable keys change what runs; every other key keeps its running value, so
+        // the rules and settings sent below, and the next reload's comparison, match what runs.
+        let old = self.config.clone();
+        self.config.aws.dimensions = file.aws.dimensions;
+        self.config.submit.seal_delay = file.submit.seal_delay;
+        self.config.submit.max_requests_per_second = file.submit.max_requests_per_second;
+        self.config.log.level = file.log.level;
         let new = &self.config;
         let mut applied = Vec::new();
         if new.aws.dimensions != old.aws.dimensions {
@@ -326,29 +337,11 @@ impl Live {
             crate::telemetry::set_level(&new.log.level);
             applied.push("log.level");
         }
-        let restart: Vec<String> =
-            changed_keys(&old, new).into_iter().filter(|k| !RELOADABLE.contains(&k.as_str())).collect();
-        // What needs a restart keeps running with its old value, and so must the record of it.
-        self.keep_running_values(&old, &restart);
         self.metrics.config_reloads.with_label_values(&["ok"]).inc();
         tracing::info!(applied = ?applied, "configuration reloaded");
         if !restart.is_empty() {
             tracing::warn!(keys = ?restart, "these settings changed but take effect only after a restart");
         }
-    }
-
-    /// Puts back the old values of keys that a reload cannot apply, so a later reload compares
-    /// against what is really running.
-    fn keep_running_values(&mut self, old: &Config, restart: &[String]) {
-        if restart.is_empty() {
-            return;
-        }
-        let reloaded = self.config.clone();
-        self.config = old.clone();
-        self.config.aws.dimensions = reloaded.aws.dimensions;
-        self.config.submit.seal_delay = reloaded.submit.seal_delay;
-        self.config.submit.max_requests_per_second = reloaded.submit.max_requests_per_second;
-        self.config.log.level = reloaded.log.level;
     }
 }
 
@@ -373,7 +366,7 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
 /// Sends `WATCHDOG=1` every `every` while the commit thread keeps turning (it turns at least
 /// once per checkpoint interval); a wedged commit thread stops the pings and systemd restarts us.
 async fn watchdog(
-    notifier: Notifier,
+    notifier: Arc<Notifier>,
     every: Duration,
     health: Arc<Health>,
     checkpoint: Duration,

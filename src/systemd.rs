@@ -51,10 +51,6 @@ impl Notifier {
             tracing::warn!(%err, state, "sd_notify failed");
         }
     }
-
-    pub fn is_enabled(&self) -> bool {
-        self.socket.is_some()
-    }
 }
 
 /// How often to send `WATCHDOG=1`: half of `WATCHDOG_USEC`, when it is set for this process.

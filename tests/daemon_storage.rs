@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 
 const LATER: i64 = 4 * 3600;
 
-/// `rounds` batches of 500 events for ten customers (with ids, so each is distinct); returns the
-/// replies of every batch sent before `stop` says so.
+/// Batches of 500 events for ten customers (with ids, so each is distinct), at most 400, until
+/// `stop` says so; returns the events sent and their replies.
 fn flood(meterd: &Meterd, tag: &str, stop: impl Fn(&[Value]) -> bool) -> (Vec<Value>, Vec<Value>) {
     let (mut sent, mut replies) = (Vec::new(), Vec::new());
     for round in 0..400 {

@@ -36,6 +36,25 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// Whether a listing request answers with `stored` (the same rule for the daemon and for
+    /// offline reads); requests that list nothing select nothing.
+    pub fn lists(&self, stored: &crate::outbox::StoredRecord) -> bool {
+        use crate::outbox::RecordState;
+        match self {
+            Request::DlqList => matches!(stored.state, RecordState::DeadLetter { .. }),
+            Request::DlqShow { id } => {
+                matches!(stored.state, RecordState::DeadLetter { .. }) && record_id(&stored.record.key) == *id
+            }
+            Request::Receipts { since, until } => {
+                matches!(stored.state, RecordState::Accepted { .. })
+                    && (*since..*until).contains(&stored.record.key.hour)
+            }
+            Request::Status | Request::DlqRetry { .. } | Request::DlqDrop { .. } => false,
+        }
+    }
+}
+
 /// One answer line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::view::{RecordView, StatusReport, select, time_text};
 use super::{Line, Request};
 use crate::clock::Clock;
-use crate::outbox::{Outbox, OutboxError, RecordState, StoredRecord};
+use crate::outbox::{Outbox, OutboxError, StoredRecord};
 use crate::submit::Control;
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
@@ -83,26 +83,14 @@ impl AdminServer {
                 Ok(records) => vec![Line::Status { ok: true, status: Box::new(self.status(records)) }],
                 Err(err) => vec![Line::error(err.to_string())],
             },
-            Request::DlqList => self.list(|s| matches!(s.state, RecordState::DeadLetter { .. })).await,
-            Request::DlqShow { id } => {
-                let mut lines = self
-                    .list(|s| {
-                        matches!(s.state, RecordState::DeadLetter { .. })
-                            && super::record_id(&s.record.key) == id
-                    })
-                    .await;
+            Request::DlqShow { ref id } => {
+                let mut lines = self.list(&request).await;
                 if matches!(lines.last(), Some(Line::Count { count: 0, .. })) {
                     lines = vec![Line::error(format!("no dead letter with id {id}"))];
                 }
                 lines
             }
-            Request::Receipts { since, until } => {
-                self.list(|s| {
-                    matches!(s.state, RecordState::Accepted { .. })
-                        && (since..until).contains(&s.record.key.hour)
-                })
-                .await
-            }
+            Request::DlqList | Request::Receipts { .. } => self.list(&request).await,
             Request::DlqRetry { selection } => self.change(selection, true).await,
             Request::DlqDrop { selection } => self.change(selection, false).await,
         }
@@ -116,12 +104,12 @@ impl AdminServer {
             .expect("outbox scan task")
     }
 
-    async fn list(&self, keep: impl Fn(&StoredRecord) -> bool) -> Vec<Line> {
+    async fn list(&self, request: &Request) -> Vec<Line> {
         match self.scan().await {
             Ok(records) => {
                 let mut lines: Vec<Line> = records
                     .iter()
-                    .filter(|s| keep(s))
+                    .filter(|s| request.lists(s))
                     .map(|s| Line::Record { record: Box::new(RecordView::new(s)) })
                     .collect();
                 lines.push(Line::Count { ok: true, count: lines.len() });

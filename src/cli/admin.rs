@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use crate::admin::{Line, RecordView, Request, Selection, StatusReport, offline_status};
 use crate::config::Config;
-use crate::outbox::{Outbox, OutboxError, RecordState};
+use crate::outbox::{Outbox, OutboxError};
 
 /// Exit code when the daemon refused the request or the data could not be read.
 const EXIT_FAILED: u8 = 1;
@@ -76,11 +76,7 @@ impl Target {
     }
 
     /// Sealed records: from the daemon if it runs, else from the data dir.
-    fn records(
-        &self,
-        request: Request,
-        keep: impl Fn(&RecordState, i64) -> bool,
-    ) -> Result<Vec<RecordView>, String> {
+    fn records(&self, request: Request) -> Result<Vec<RecordView>, String> {
         match self.ask(&request)? {
             Some(lines) => {
                 let mut out = Vec::new();
@@ -98,7 +94,7 @@ impl Target {
                 let mut out = Vec::new();
                 for stored in outbox.records() {
                     let stored = stored.map_err(|e| e.to_string())?;
-                    if keep(&stored.state, stored.record.key.hour) {
+                    if request.lists(&stored) {
                         out.push(RecordView::new(&stored));
                     }
                 }
@@ -172,13 +168,9 @@ fn print_records(records: &[RecordView], format: Format) {
     }
 }
 
-fn is_dead(state: &RecordState) -> bool {
-    matches!(state, RecordState::DeadLetter { .. })
-}
-
 /// `meterd dlq list`: one line per dead letter for a person.
 pub fn dlq_list(target: &Target) -> ExitCode {
-    match target.records(Request::DlqList, |state, _| is_dead(state)) {
+    match target.records(Request::DlqList) {
         Ok(records) => {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(
@@ -215,7 +207,7 @@ pub fn dlq_list(target: &Target) -> ExitCode {
 /// `meterd dlq show ID`: the whole record as JSON.
 pub fn dlq_show(target: &Target, id: &str) -> ExitCode {
     let request = Request::DlqShow { id: id.to_string() };
-    match target.records(request, |state, _| is_dead(state)) {
+    match target.records(request) {
         Ok(records) => match records.into_iter().find(|r| r.id == id) {
             Some(record) => {
                 println!("{}", serde_json::to_string_pretty(&record).expect("a record encodes"));
@@ -229,7 +221,7 @@ pub fn dlq_show(target: &Target, id: &str) -> ExitCode {
 
 /// `meterd dlq export --format csv|json`.
 pub fn dlq_export(target: &Target, format: Format) -> ExitCode {
-    match target.records(Request::DlqList, |state, _| is_dead(state)) {
+    match target.records(Request::DlqList) {
         Ok(records) => {
             print_records(&records, format);
             ExitCode::SUCCESS
@@ -261,10 +253,7 @@ pub fn dlq_change(target: &Target, selection: Selection, retry: bool) -> ExitCod
 /// `meterd receipts export --since … --until …`: accepted records whose hour starts in the range.
 pub fn receipts_export(target: &Target, since: i64, until: i64, format: Format) -> ExitCode {
     let request = Request::Receipts { since, until };
-    let keep = |state: &RecordState, hour: i64| {
-        matches!(state, RecordState::Accepted { .. }) && (since..until).contains(&hour)
-    };
-    match target.records(request, keep) {
+    match target.records(request) {
         Ok(records) => {
             print_records(&records, format);
             ExitCode::SUCCESS
