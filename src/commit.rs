@@ -175,6 +175,12 @@ impl Committer {
         }
     }
 
+    /// Adds the hourly heartbeat of `submit.heartbeat_dimensions`.
+    pub fn with_heartbeat(mut self, heartbeat: Option<crate::aggregate::Heartbeat>) -> Self {
+        self.aggregator.set_heartbeat(heartbeat);
+        self
+    }
+
     /// Runs until every sender of `commands` is gone, then writes a last checkpoint.
     pub fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<(), OutboxError> {
         self.checkpoint()?;

@@ -26,6 +26,17 @@ pub enum LateEvents {
     Reject,
 }
 
+/// Which API meterd reports usage with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// SaaS: BatchMeterUsage, records per customer.
+    Batch,
+    /// AMI and container products: MeterUsage with the buyer's instance, task or pod credentials;
+    /// events name no customer.
+    MeterUsage,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -42,6 +53,13 @@ pub struct AwsConfig {
     pub endpoint_url: String,
     /// Dimensions events may name; empty = any.
     pub dimensions: Vec<String>,
+    pub mode: Mode,
+    /// Call RegisterUsage at start (paid container products); meterd is not ready until it succeeds.
+    pub register_usage: bool,
+    /// The public key version RegisterUsage names.
+    pub public_key_version: i32,
+    /// The nonce RegisterUsage sends, to be found in the signature; empty = none.
+    pub nonce: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -100,6 +118,8 @@ pub struct SubmitConfig {
     /// How long submission stays paused after a configuration error before it tries again.
     #[serde(with = "crate::duration::serde")]
     pub pause: Duration,
+    /// `meter_usage` mode: dimensions that get a 0-quantity record for every hour without usage.
+    pub heartbeat_dimensions: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -141,6 +161,10 @@ impl Default for Config {
                 region: "us-east-1".into(),
                 endpoint_url: String::new(),
                 dimensions: Vec::new(),
+                mode: Mode::Batch,
+                register_usage: false,
+                public_key_version: 1,
+                nonce: String::new(),
             },
             ingest: IngestConfig {
                 socket: "/run/meterd/meterd.sock".into(),
@@ -167,6 +191,7 @@ impl Default for Config {
                 backoff_base: Duration::from_secs(1),
                 backoff_max: Duration::from_secs(5 * 60),
                 pause: Duration::from_secs(60),
+                heartbeat_dimensions: Vec::new(),
             },
             metrics: MetricsConfig { listen: "0.0.0.0:9464".parse().expect("a valid address") },
             log: LogConfig { format: LogFormat::Text, level: "info".into() },
@@ -250,7 +275,8 @@ impl Config {
                 }
             )*};
         }
-        read!(aws.product_code, aws.region, aws.endpoint_url, aws.dimensions);
+        read!(aws.product_code, aws.region, aws.endpoint_url, aws.dimensions, aws.mode);
+        read!(aws.register_usage, aws.public_key_version, aws.nonce, submit.heartbeat_dimensions);
         read!(ingest.socket, ingest.max_line_bytes, ingest.socket_group, ingest.allowed_uids);
         match figment.extract_inner::<OctalMode>("ingest.socket_mode") {
             Ok(OctalMode(mode)) => config.ingest.socket_mode = mode,
@@ -306,6 +332,7 @@ impl Config {
                 out.push(format!("aws.dimensions: {dimension:?} must be 1 to 255 characters"));
             }
         }
+        out.extend(self.mode_problems());
         if self.ingest.socket.as_os_str().is_empty() {
             out.push("ingest.socket must not be empty".into());
         }
@@ -386,9 +413,59 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The settings of `meter_usage` mode, heartbeats and RegisterUsage, which depend on each other.
+    fn mode_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let aws = &self.aws;
+        let metered = aws.mode == Mode::MeterUsage;
+        if metered && aws.product_code.is_empty() {
+            out.push(
+                "aws.product_code is required when aws.mode = \"meter_usage\" (MeterUsage names the product)"
+                    .into(),
+            );
+        }
+        if aws.register_usage && aws.product_code.is_empty() {
+            out.push("aws.product_code is required when aws.register_usage = true".into());
+        }
+        if aws.public_key_version < 1 {
+            out.push(format!("aws.public_key_version {} must be at least 1", aws.public_key_version));
+        }
+        if aws.nonce.chars().count() > model::MAX_NAME_CHARS {
+            out.push("aws.nonce must be at most 255 characters".into());
+        }
+        let heartbeat = &self.submit.heartbeat_dimensions;
+        if !heartbeat.is_empty() && !metered {
+            out.push(
+                "submit.heartbeat_dimensions needs aws.mode = \"meter_usage\": in batch mode a 0-quantity record would take the hour's only slot for a customer".into(),
+            );
+        }
+        for dimension in heartbeat {
+            if dimension.is_empty() || dimension.chars().count() > model::MAX_NAME_CHARS {
+                out.push(format!("submit.heartbeat_dimensions: {dimension:?} must be 1 to 255 characters"));
+            } else if !aws.dimensions.is_empty() && !aws.dimensions.contains(dimension) {
+                out.push(format!("submit.heartbeat_dimensions: {dimension:?} is not in aws.dimensions"));
+            }
+        }
+        out
+    }
+}
+
 /// Every section and its keys, as the file and `METERD_<SECTION>__<KEY>` spell them.
 pub const KEYS: &[(&str, &[&str])] = &[
-    ("aws", &["product_code", "region", "endpoint_url", "dimensions"]),
+    (
+        "aws",
+        &[
+            "product_code",
+            "region",
+            "endpoint_url",
+            "dimensions",
+            "mode",
+            "register_usage",
+            "public_key_version",
+            "nonce",
+        ],
+    ),
     (
         "ingest",
         &[
@@ -414,6 +491,7 @@ pub const KEYS: &[(&str, &[&str])] = &[
             "backoff_base",
             "backoff_max",
             "pause",
+            "heartbeat_dimensions",
         ],
     ),
     ("metrics", &["listen"]),
@@ -505,6 +583,31 @@ mod tests {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
         assert_eq!(err.problems.len(), 10, "{text}");
+    }
+
+    #[test]
+    fn meter_usage_settings_are_checked_together() {
+        let err = load_toml(
+            "[aws]\nmode = \"meter_usage\"\nregister_usage = true\npublic_key_version = 0\n\
+             dimensions = [\"cpu\"]\n[submit]\nheartbeat_dimensions = [\"cpu\", \"gpu\"]",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.problems,
+            [
+                "aws.product_code is required when aws.mode = \"meter_usage\" (MeterUsage names the product)",
+                "aws.product_code is required when aws.register_usage = true",
+                "aws.public_key_version 0 must be at least 1",
+                "submit.heartbeat_dimensions: \"gpu\" is not in aws.dimensions",
+            ]
+        );
+        let err = load_toml("[submit]\nheartbeat_dimensions = [\"cpu\"]").unwrap_err();
+        assert!(err.problems[0].starts_with("submit.heartbeat_dimensions needs aws.mode = \"meter_usage\""));
+        let config = load_toml(
+            "[aws]\nmode = \"meter_usage\"\nproduct_code = \"p\"\n[submit]\nheartbeat_dimensions = [\"cpu\"]",
+        )
+        .unwrap();
+        assert_eq!(config.aws.mode, Mode::MeterUsage);
     }
 
     #[test]

@@ -18,15 +18,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminServer};
-use crate::aggregate::Rules;
-use crate::clock::Clock;
+use crate::aggregate::{Heartbeat, Rules, Scope};
+use crate::clock::{Clock, hour_of};
 use crate::commit::{self, Command, Committer};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Mode};
 use crate::ingest::{EventParser, IngestServer, SharedParser, bind_socket, resolve_group};
 use crate::outbox::Outbox;
-use crate::submit::{Control, MeteringApi, Settings, Submitter};
+use crate::submit::{Control, MeteringApi, RegisterRequest, Settings, Submitter};
 use crate::systemd::Notifier;
-use crate::telemetry::health::Health;
+use crate::telemetry::health::{Health, RegistrationStatus};
 use crate::telemetry::metrics::{self, Metrics};
 
 /// Submissions the commit queue holds before connections wait (and, past `overload_timeout`, refuse).
@@ -83,9 +83,30 @@ fn settings(config: &Config) -> Settings {
     }
 }
 
+/// The heartbeat of `submit.heartbeat_dimensions`, from the hour meterd starts in.
+fn heartbeat(config: &Config, now: i64) -> Option<Heartbeat> {
+    let dimensions = &config.submit.heartbeat_dimensions;
+    (config.aws.mode == Mode::MeterUsage && !dimensions.is_empty()).then(|| Heartbeat {
+        scope: Scope::ProductCode(config.aws.product_code.clone()),
+        dimensions: dimensions.clone(),
+        from: hour_of(now),
+    })
+}
+
+/// RegisterUsage's arguments when `aws.register_usage` is on.
+fn registration(config: &Config) -> Option<RegisterRequest> {
+    config.aws.register_usage.then(|| RegisterRequest {
+        product_code: config.aws.product_code.clone(),
+        public_key_version: config.aws.public_key_version,
+        nonce: (!config.aws.nonce.is_empty()).then(|| config.aws.nonce.clone()),
+        backoff_base: config.submit.backoff_base,
+        backoff_max: config.submit.backoff_max,
+    })
+}
+
 /// Runs meterd until `shutdown` completes (or a stage fails), then shuts down in order.
 /// `ready` is told where the daemon listens once it accepts events.
-pub async fn run<A: MeteringApi + 'static>(
+pub async fn run<A: MeteringApi + Clone + 'static>(
     config: Config,
     clock: Clock,
     api: A,
@@ -94,13 +115,18 @@ pub async fn run<A: MeteringApi + 'static>(
     ready: impl FnOnce(&Endpoints),
 ) -> anyhow::Result<()> {
     let Host { activated_socket, notifier, reload } = host;
+    tokio::pin!(shutdown);
     let notifier = Arc::new(notifier);
     let metrics = Metrics::new();
     let health = Arc::new(Health::new());
+    if let Some(request) = registration(&config) {
+        health.set_registration(RegistrationStatus::pending(request.public_key_version));
+    }
     let metrics_listener = metrics::bind(config.metrics.listen)
         .await
         .with_context(|| format!("failed to listen for metrics on {}", config.metrics.listen))?;
     let metrics_addr = metrics_listener.local_addr()?;
+    tracing::info!(metrics = %metrics_addr, "serving metrics, /healthz and /readyz");
     let stop_metrics = CancellationToken::new();
     let metrics_task =
         tokio::spawn(metrics::serve(metrics_listener, metrics.clone(), health.clone(), stop_metrics.clone()));
@@ -149,7 +175,8 @@ pub async fn run<A: MeteringApi + 'static>(
         fatal.clone(),
         health.clone(),
         config.storage.max_bytes,
-    );
+    )
+    .with_heartbeat(heartbeat(&config, clock.now()));
     let (commands, command_rx) = mpsc::channel(COMMIT_QUEUE);
     let (commit_done, commit_result) = oneshot::channel();
     std::thread::Builder::new()
@@ -161,7 +188,7 @@ pub async fn run<A: MeteringApi + 'static>(
 
     let records = std::mem::take(&mut recovered.records);
     let submitter = Submitter::new(
-        api,
+        api.clone(),
         outbox.clone(),
         records,
         clock,
@@ -177,8 +204,11 @@ pub async fn run<A: MeteringApi + 'static>(
     let stop_ingest = CancellationToken::new();
     let ticker =
         tokio::spawn(commit::tick(commands.clone(), config.storage.checkpoint_interval, stop_ingest.clone()));
-    let parser: SharedParser =
-        Arc::new(RwLock::new(Arc::new(EventParser::new(&config.aws.product_code, &config.aws.dimensions))));
+    let parser: SharedParser = Arc::new(RwLock::new(Arc::new(EventParser::new(
+        &config.aws.product_code,
+        &config.aws.dimensions,
+        config.aws.mode,
+    ))));
     let server = IngestServer {
         parser: parser.clone(),
         commands: commands.clone(),
@@ -219,15 +249,33 @@ pub async fn run<A: MeteringApi + 'static>(
         ))
     });
 
-    let endpoints = Endpoints { socket: socket.clone(), admin_socket, metrics: metrics_addr };
-    health.set_serving();
-    tracing::info!(socket = %socket.display(), metrics = %metrics_addr, "meterd ready");
-    notifier.notify("READY=1\nSTATUS=accepting events");
-    ready(&endpoints);
-
-    tokio::select! {
-        _ = shutdown => {}
-        _ = fatal.cancelled() => tracing::error!("a stage failed; shutting down"),
+    // A paid container product must not run unregistered: until RegisterUsage succeeds meterd is
+    // not ready, and a refusal ends it.
+    let registered = match registration(&config) {
+        None => Ok(true),
+        Some(request) => {
+            notifier.notify("STATUS=registering usage with AWS Marketplace");
+            tokio::select! {
+                result = crate::submit::register(&api, &request, &health, &metrics, || clock.now()) => result.map(|_| true),
+                _ = &mut shutdown => Ok(false),
+                _ = fatal.cancelled() => Ok(false),
+            }
+        }
+    };
+    let refused = registered.as_ref().err().cloned();
+    if registered == Ok(true) {
+        let endpoints = Endpoints { socket: socket.clone(), admin_socket, metrics: metrics_addr };
+        health.set_serving();
+        tracing::info!(socket = %socket.display(), metrics = %metrics_addr, "meterd ready");
+        notifier.notify("READY=1\nSTATUS=accepting events");
+        ready(&endpoints);
+        tokio::select! {
+            _ = &mut shutdown => {}
+            _ = fatal.cancelled() => {}
+        }
+    }
+    if fatal.is_cancelled() {
+        tracing::error!("a stage failed; shutting down");
     }
     notifier.notify("STOPPING=1\nSTATUS=stopping");
     health.set_stopping();
@@ -253,6 +301,9 @@ pub async fn run<A: MeteringApi + 'static>(
     .await;
     stop_metrics.cancel();
     let _ = metrics_task.await;
+    if let Some(refused) = refused {
+        return Err(refused.into());
+    }
     match drained {
         Err(_) => anyhow::bail!(
             "shutdown did not finish within {}; the log replays what was acknowledged",
@@ -321,7 +372,7 @@ impl Live {
         let new = &self.config;
         let mut applied = Vec::new();
         if new.aws.dimensions != old.aws.dimensions {
-            let parser = EventParser::new(&new.aws.product_code, &new.aws.dimensions);
+            let parser = EventParser::new(&new.aws.product_code, &new.aws.dimensions, new.aws.mode);
             *self.parser.write().expect("parser lock") = Arc::new(parser);
             applied.push("aws.dimensions");
         }

@@ -61,6 +61,22 @@ enum Command {
         #[arg(long)]
         sandbox: bool,
     },
+    /// Check that the credentials may call MeterUsage, with a DryRun (aws.mode = "meter_usage").
+    CheckAws {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The dimension the DryRun names; default: the first of aws.dimensions.
+        #[arg(long)]
+        dimension: Option<String>,
+    },
+    /// Ask a running meterd's /healthz (live) or /readyz (ready); exit 0 only on 200. For
+    /// container health checks.
+    Probe {
+        #[arg(value_enum)]
+        which: meterd::cli::probe::Probe,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Call ResolveCustomer for a SaaS registration token and print whom it names.
     ResolveCustomer {
         token: String,
@@ -213,13 +229,13 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { config, sandbox } => admin::check_config(config.as_deref(), sandbox),
         Command::ResolveCustomer { token, config, json } => {
-            match meterd::config::Config::load(config.as_deref()) {
-                Ok(config) => admin::resolve_customer(&config, &token, json),
-                Err(err) => {
-                    eprintln!("meterd: {err}");
-                    ExitCode::from(EXIT_CONFIG)
-                }
-            }
+            with_config(config, |config| admin::resolve_customer(config, &token, json))
+        }
+        Command::CheckAws { config, dimension } => {
+            with_config(config, |config| admin::check_aws(config, dimension))
+        }
+        Command::Probe { which, config } => {
+            with_config(config, |config| meterd::cli::probe::probe(config, which))
         }
         Command::Emulator { listen, config } => {
             meterd::telemetry::init_stderr();
@@ -263,4 +279,15 @@ async fn run_emulator(listen: SocketAddr, config: EmulatorConfig) -> anyhow::Res
     Emulator::new(config).serve(listener, meterd::telemetry::shutdown_signal()).await?;
     tracing::info!("emulator stopped");
     Ok(())
+}
+
+/// Loads the configuration (file and environment) and runs `f`, or exits 64 naming every problem.
+fn with_config(file: Option<PathBuf>, f: impl FnOnce(&meterd::config::Config) -> ExitCode) -> ExitCode {
+    match meterd::config::Config::load(file.as_deref()) {
+        Ok(config) => f(&config),
+        Err(err) => {
+            eprintln!("meterd: {err}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
 }

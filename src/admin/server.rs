@@ -153,6 +153,7 @@ impl AdminServer {
             snapshot.submission.last_outcome.map(|(outcome, at)| (outcome, time_text(at)));
         report.paused = snapshot.submission.paused;
         report.not_ready = snapshot.not_ready;
+        report.registration = snapshot.registration;
         report.outbox_bytes = self.outbox.size_on_disk().unwrap_or(0);
         report
     }

@@ -58,6 +58,7 @@ impl RecordView {
         let (customer_aws_account_id, customer_identifier) = match &key.customer {
             Customer::AwsAccountId(id) => (Some(id.clone()), None),
             Customer::Identifier(id) => (None, Some(id.clone())),
+            Customer::Caller => (None, None),
         };
         let allocations = stored
             .record
@@ -203,6 +204,8 @@ pub struct StatusReport {
     /// Why `/readyz` fails; empty when ready (running only).
     pub not_ready: Vec<String>,
     pub outbox_bytes: u64,
+    /// RegisterUsage's answer when `aws.register_usage` is on (running only).
+    pub registration: Option<crate::telemetry::health::RegistrationStatus>,
 }
 
 /// The oldest sealed record not yet settled.
@@ -259,6 +262,7 @@ impl StatusReport {
             paused: None,
             not_ready: Vec::new(),
             outbox_bytes: 0,
+            registration: None,
         }
     }
 
@@ -296,6 +300,22 @@ impl StatusReport {
             match &self.paused {
                 Some(reason) => out.push_str(&format!("submission: PAUSED: {reason}\n")),
                 None => out.push_str("submission: active\n"),
+            }
+            if let Some(r) = &self.registration {
+                match &r.signature {
+                    Some(signature) => out.push_str(&format!(
+                        "registration: registered at {} (public key version {}), signature {signature}\n",
+                        r.registered_at.map(time_text).unwrap_or_default(),
+                        r.public_key_version
+                    )),
+                    None => out.push_str("registration: in progress\n"),
+                }
+                if let Some(at) = r.public_key_rotation_timestamp {
+                    out.push_str(&format!(
+                        "public key rotation: {} (move aws.public_key_version to the new key)\n",
+                        time_text(at)
+                    ));
+                }
             }
             if self.not_ready.is_empty() {
                 out.push_str("ready: yes\n");

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{Allocation, MAX_QUANTITY, RecordKey, SealedRecord, TagSet};
+use super::record::{Allocation, Customer, MAX_QUANTITY, RecordKey, Scope, SealedRecord, TagSet};
 use crate::clock::hour_of;
 use crate::config::LateEvents;
 use crate::ingest::{ErrorCode, Event, Rejection};
@@ -25,6 +25,16 @@ pub struct Rules {
     pub deadline: i64,
     pub future_tolerance: i64,
     pub late_events: LateEvents,
+}
+
+/// `submit.heartbeat_dimensions` (meter_usage mode): a 0-quantity record of the caller's own for
+/// every sealed hour in which a dimension had no usage, so AWS gets a record every hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub scope: Scope,
+    pub dimensions: Vec<String>,
+    /// The hour meterd started in: on a data dir that never sealed an hour, heartbeats begin here.
+    pub from: i64,
 }
 
 /// The running total of one open record.
@@ -100,6 +110,7 @@ pub struct Aggregator {
     /// Start of the last sealed hour; no event is counted at or before it.
     sealed_through: Option<i64>,
     sealed_through_changed: bool,
+    heartbeat: Option<Heartbeat>,
     pub late_carried: u64,
     pub late_rejected: u64,
 }
@@ -115,6 +126,7 @@ impl Aggregator {
             sealed: Vec::new(),
             sealed_through: None,
             sealed_through_changed: false,
+            heartbeat: None,
             late_carried: 0,
             late_rejected: 0,
         }
@@ -137,6 +149,10 @@ impl Aggregator {
     /// New time rules after a reload; they apply from the next event and the next seal on.
     pub fn set_rules(&mut self, rules: Rules) {
         self.rules = rules;
+    }
+
+    pub fn set_heartbeat(&mut self, heartbeat: Option<Heartbeat>) {
+        self.heartbeat = heartbeat;
     }
 
     pub fn open_records(&self) -> usize {
@@ -240,6 +256,7 @@ impl Aggregator {
     /// Seals every hour that ended `seal_delay` ago or earlier, and forgets expired ids.
     pub fn seal_due(&mut self, now: i64) {
         let through = hour_of(now - self.rules.seal_delay) - 3600;
+        let before = self.sealed_through;
         if self.sealed_through.is_none_or(|old| through > old) {
             self.sealed_through = Some(through);
             self.sealed_through_changed = true;
@@ -249,6 +266,26 @@ impl Aggregator {
         for key in due {
             let bucket = self.buckets.remove(&key).expect("key was just listed");
             self.sealed.push(bucket.seal(key));
+        }
+        if let Some(heartbeat) = &self.heartbeat {
+            // Every newly sealed hour still inside the deadline; a data dir that sealed hours
+            // before covers the hours since (the instance's own key: 0 is its true usage).
+            let first = before
+                .map_or(heartbeat.from, |old| old + 3600)
+                .max(hour_of(now - self.rules.deadline) + 3600);
+            for hour in (first..=through).step_by(3600) {
+                for dimension in &heartbeat.dimensions {
+                    let key = RecordKey {
+                        scope: heartbeat.scope.clone(),
+                        customer: Customer::Caller,
+                        dimension: dimension.clone(),
+                        hour,
+                    };
+                    if !self.sealed.iter().any(|r| r.key == key) {
+                        self.sealed.push(SealedRecord { key, quantity: 0, allocations: Vec::new() });
+                    }
+                }
+            }
         }
         let expired: Vec<String> =
             self.ids.iter().filter(|(_, expiry)| **expiry <= now).map(|(id, _)| id.clone()).collect();
@@ -277,5 +314,85 @@ impl Aggregator {
             sealed_through: self.sealed_through,
             sealed_through_advanced: std::mem::take(&mut self.sealed_through_changed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: i64 = 3600;
+
+    fn rules() -> Rules {
+        Rules {
+            seal_delay: 300,
+            deadline: 6 * H,
+            future_tolerance: 300,
+            late_events: LateEvents::CarryForward,
+        }
+    }
+
+    fn heartbeat(from: i64) -> Option<Heartbeat> {
+        Some(Heartbeat {
+            scope: Scope::ProductCode("p".into()),
+            dimensions: vec!["cpu".into(), "gpu".into()],
+            from,
+        })
+    }
+
+    fn event(dimension: &str, quantity: u32) -> Event {
+        Event {
+            scope: Scope::ProductCode("p".into()),
+            customer: Customer::Caller,
+            dimension: dimension.into(),
+            quantity,
+            timestamp: None,
+            tags: Vec::new(),
+            id: None,
+        }
+    }
+
+    fn sealed(aggregator: &mut Aggregator, now: i64) -> Vec<(String, i64, u32)> {
+        aggregator.seal_due(now);
+        aggregator
+            .take_delta()
+            .sealed
+            .into_iter()
+            .map(|r| (r.key.dimension, r.key.hour, r.quantity))
+            .collect()
+    }
+
+    #[test]
+    fn heartbeats_fill_every_sealed_hour_without_usage() {
+        let start = 100 * H + 1800;
+        let mut aggregator = Aggregator::new(rules());
+        aggregator.set_heartbeat(heartbeat(100 * H));
+        assert_eq!(sealed(&mut aggregator, start), [], "hours before the start get none");
+        aggregator.admit(event("cpu", 7), start).unwrap();
+        assert_eq!(sealed(&mut aggregator, 101 * H + 200), [], "not before the seal delay");
+        assert_eq!(
+            sealed(&mut aggregator, 101 * H + 300),
+            [("cpu".into(), 100 * H, 7), ("gpu".into(), 100 * H, 0)]
+        );
+        // Two idle hours later, both are covered, once.
+        assert_eq!(
+            sealed(&mut aggregator, 103 * H + 300),
+            [
+                ("cpu".into(), 101 * H, 0),
+                ("cpu".into(), 102 * H, 0),
+                ("gpu".into(), 101 * H, 0),
+                ("gpu".into(), 102 * H, 0)
+            ]
+        );
+        assert_eq!(sealed(&mut aggregator, 103 * H + 400), []);
+    }
+
+    #[test]
+    fn after_a_restart_heartbeats_resume_after_the_last_sealed_hour_within_the_deadline() {
+        let mut aggregator = Aggregator::restore(rules(), Vec::new(), Vec::new(), Some(90 * H));
+        aggregator.set_heartbeat(heartbeat(100 * H));
+        let hours: Vec<i64> = sealed(&mut aggregator, 100 * H + 600).iter().map(|s| s.1).collect();
+        // Hours 91..=99 were sealed-through candidates; only those still inside 6h are sent.
+        assert_eq!(hours, [95 * H, 96 * H, 97 * H, 98 * H, 99 * H, 95 * H, 96 * H, 97 * H, 98 * H, 99 * H]);
     }
 }

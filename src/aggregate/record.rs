@@ -15,11 +15,14 @@ pub enum Scope {
     LicenseArn(String),
 }
 
-/// Who is billed: the customer's AWS account id, or the legacy customer identifier.
+/// Who is billed: the customer's AWS account id, the legacy customer identifier, or (MeterUsage)
+/// the buyer whose instance, task or pod credentials make the call.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Customer {
     AwsAccountId(String),
     Identifier(String),
+    /// `aws.mode = "meter_usage"`: the call names no customer; the caller is the customer.
+    Caller,
 }
 
 /// The identity of a record: the service keeps one quantity per key.

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::admin::{Line, RecordView, Request, Selection, StatusReport, offline_status};
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::outbox::{Outbox, OutboxError};
+use crate::submit::SdkMeteringApi;
+use crate::submit::api::FailureKind;
 
 /// Exit code when the daemon refused the request or the data could not be read.
 const EXIT_FAILED: u8 = 1;
@@ -184,7 +186,7 @@ pub fn dlq_list(target: &Target) -> ExitCode {
                     .as_ref()
                     .or(r.customer_identifier.as_ref())
                     .cloned()
-                    .unwrap_or_default();
+                    .unwrap_or_else(|| "(caller)".into());
                 let _ = writeln!(
                     out,
                     "{:<12}  {:<20}  {:<24}  {:<20}  {:>10}  {:<23}  {}",
@@ -296,20 +298,10 @@ pub fn check_config(file: Option<&Path>, sandbox: bool) -> ExitCode {
 /// `meterd resolve-customer TOKEN`: ResolveCustomer with the configured region, endpoint and the
 /// default credential chain.
 pub fn resolve_customer(config: &Config, token: &str, json: bool) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(err) => return fail(err),
+    let result = match with_api(config, |api| async move { api.resolve_customer(token).await }) {
+        Ok(result) => result,
+        Err(code) => return code,
     };
-    let endpoint = (!config.aws.endpoint_url.is_empty()).then_some(config.aws.endpoint_url.as_str());
-    let result = runtime.block_on(async {
-        let api = crate::submit::SdkMeteringApi::from_default_chain(
-            &config.aws.region,
-            endpoint,
-            config.submit.request_timeout,
-        )
-        .await;
-        api.resolve_customer(token).await
-    });
     match result {
         Ok(resolved) if json => {
             println!("{}", serde_json::to_string_pretty(&resolved).expect("encodes"));
@@ -325,4 +317,79 @@ pub fn resolve_customer(config: &Config, token: &str, json: bool) -> ExitCode {
         }
         Err(err) => fail(format!("ResolveCustomer failed: {err}")),
     }
+}
+
+/// Runs one call on an SDK client with the configured region, endpoint and the default credential
+/// chain, on a runtime of its own.
+fn with_api<T, F: std::future::Future<Output = T>>(
+    config: &Config,
+    call: impl FnOnce(SdkMeteringApi) -> F,
+) -> Result<T, ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(fail)?;
+    let endpoint = (!config.aws.endpoint_url.is_empty()).then_some(config.aws.endpoint_url.as_str());
+    Ok(runtime.block_on(async {
+        let api =
+            SdkMeteringApi::from_default_chain(&config.aws.region, endpoint, config.submit.request_timeout)
+                .await;
+        call(api).await
+    }))
+}
+
+/// `meterd check-aws [--dimension D]`: a MeterUsage `DryRun`, which tells whether these credentials
+/// may call MeterUsage without metering anything.
+pub fn check_aws(config: &Config, dimension: Option<String>) -> ExitCode {
+    if config.aws.mode != Mode::MeterUsage {
+        eprintln!(
+            "meterd: check-aws runs a MeterUsage DryRun, which needs aws.mode = \"meter_usage\"; \
+             BatchMeterUsage has no DryRun (`meterd resolve-customer TOKEN` checks SaaS credentials)"
+        );
+        return ExitCode::from(super::EXIT_CONFIG);
+    }
+    let Some(dimension) = dimension
+        .or_else(|| config.aws.dimensions.first().cloned())
+        .or_else(|| config.submit.heartbeat_dimensions.first().cloned())
+    else {
+        eprintln!("meterd: name a dimension with --dimension (aws.dimensions is empty)");
+        return ExitCode::from(super::EXIT_CONFIG);
+    };
+    let product = config.aws.product_code.clone();
+    let now = crate::clock::Clock::default().now();
+    let result =
+        match with_api(config, |api| async move { api.meter_usage_dry_run(&product, &dimension, now).await })
+        {
+            Ok(result) => result,
+            Err(code) => return code,
+        };
+    let region = &config.aws.region;
+    let product = &config.aws.product_code;
+    let Err(failure) = result else {
+        println!(
+            "ok: these credentials may call aws-marketplace:MeterUsage for product {product} in {region} \
+             (the DryRun was answered DryRunOperation; nothing was metered)"
+        );
+        return ExitCode::SUCCESS;
+    };
+    let advice = match (&failure.kind, failure.code()) {
+        (_, Some("UnauthorizedException" | "AccessDeniedException")) => {
+            "not allowed: these credentials may not call aws-marketplace:MeterUsage. Grant it to the \
+             instance profile, task role or service account (docs/deploy.md has the policy)"
+                .to_string()
+        }
+        (FailureKind::Local, _) => "no usable AWS credentials: meterd looks in the environment, the \
+             profile files, the ECS task role, EKS IRSA and the EC2 instance profile, in that order"
+            .to_string(),
+        (FailureKind::Timeout | FailureKind::Connection, _) => format!(
+            "the Metering Service did not answer{}; check the network path (VPC endpoint, proxy, \
+             security group) from this host",
+            if config.aws.endpoint_url.is_empty() {
+                String::new()
+            } else {
+                format!(" at {}", config.aws.endpoint_url)
+            }
+        ),
+        (_, Some(code)) => format!("the service refused the DryRun with {code}"),
+        (_, None) => "the DryRun failed".to_string(),
+    };
+    eprintln!("meterd: {advice}\n  the service said: {}", failure.message);
+    ExitCode::from(EXIT_FAILED)
 }

@@ -8,7 +8,7 @@ use crate::clock::{Clock, OFFSET_ENV};
 use crate::config::Config;
 use crate::daemon::Host;
 use crate::emulator::{Credential, Emulator, EmulatorConfig};
-use crate::submit::SdkMeteringApi;
+use crate::submit::{RegistrationRefused, SdkMeteringApi};
 use crate::systemd::Notifier;
 
 /// The sandbox's emulator keys (also in config/emulator.toml).
@@ -75,9 +75,14 @@ pub fn run(file: Option<&Path>, sandbox: bool) -> ExitCode {
     match runtime.block_on(serve(config, clock, host, sandbox)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{err:#}");
             eprintln!("meterd: {err:#}");
-            ExitCode::FAILURE
+            match err.downcast_ref::<RegistrationRefused>() {
+                Some(refused) => ExitCode::from(refused.exit_code),
+                None => {
+                    tracing::error!("{err:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

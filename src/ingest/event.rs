@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::aggregate::{Customer, Scope, TagSet};
+use crate::config::Mode;
 use crate::model;
 
 /// Longest client idempotency key, in bytes.
@@ -131,6 +132,7 @@ struct RawEvent<'a> {
 pub struct EventParser {
     product_code: Option<String>,
     dimensions: Option<HashSet<String>>,
+    mode: Mode,
 }
 
 fn invalid(message: impl Into<String>) -> Rejection {
@@ -226,10 +228,27 @@ fn tags(raw: &RawValue) -> Result<TagSet, Rejection> {
 
 impl EventParser {
     /// `product_code` empty means events must name a license ARN; `dimensions` empty means any.
-    pub fn new(product_code: &str, dimensions: &[String]) -> Self {
+    /// In `meter_usage` mode events name no customer and no license: the caller is billed.
+    pub fn new(product_code: &str, dimensions: &[String], mode: Mode) -> Self {
         Self {
             product_code: (!product_code.is_empty()).then(|| product_code.to_string()),
             dimensions: (!dimensions.is_empty()).then(|| dimensions.iter().cloned().collect()),
+            mode,
+        }
+    }
+
+    /// The customer of a `meter_usage` event: the caller, and no field may say otherwise.
+    fn caller(&self, raw: &RawEvent) -> Result<Customer, Rejection> {
+        let fields = [
+            ("customer_aws_account_id", raw.customer_aws_account_id),
+            ("customer_identifier", raw.customer_identifier),
+            ("license_arn", raw.license_arn),
+        ];
+        match fields.iter().find(|(_, value)| present(*value).is_some()) {
+            Some((field, _)) => Err(invalid(format!(
+                "`{field}` is not allowed with aws.mode = \"meter_usage\": MeterUsage bills the account whose credentials meterd uses"
+            ))),
+            None => Ok(Customer::Caller),
         }
     }
 
@@ -265,6 +284,7 @@ impl EventParser {
 
     fn fields(&self, raw: &RawEvent, id: Option<String>) -> Result<Event, Rejection> {
         let customer = match (present(raw.customer_aws_account_id), present(raw.customer_identifier)) {
+            _ if self.mode == Mode::MeterUsage => self.caller(raw)?,
             (Some(_), Some(_)) => {
                 return Err(invalid(
                     "give exactly one of `customer_aws_account_id` and `customer_identifier`",
@@ -385,12 +405,34 @@ mod tests {
     use serde_json::{Value, json};
 
     fn parser() -> EventParser {
-        EventParser::new("prod-1", &["requests".to_string(), "storage".to_string()])
+        EventParser::new("prod-1", &["requests".to_string(), "storage".to_string()], Mode::Batch)
     }
 
     fn refused(line: &str) -> (ErrorCode, String) {
         let err = parser().parse(line.as_bytes()).unwrap_err();
         (err.rejection.code, err.rejection.message)
+    }
+
+    #[test]
+    fn meter_usage_events_name_no_customer_and_no_license() {
+        let metered = EventParser::new("prod-1", &[], Mode::MeterUsage);
+        let event = metered.parse(br#"{"dimension":"cpu","quantity":3,"tags":{"team":"a"}}"#).unwrap();
+        assert_eq!(event.customer, Customer::Caller);
+        assert_eq!(event.scope, Scope::ProductCode("prod-1".into()));
+        for field in ["customer_aws_account_id", "customer_identifier", "license_arn"] {
+            let line = format!(r#"{{"{field}":"123456789012","dimension":"cpu","quantity":3,"id":"x"}}"#);
+            let err = metered.parse(line.as_bytes()).unwrap_err();
+            assert_eq!(err.id.as_deref(), Some("x"));
+            assert_eq!(err.rejection.code, ErrorCode::InvalidField);
+            assert_eq!(
+                err.rejection.message,
+                format!(
+                    "`{field}` is not allowed with aws.mode = \"meter_usage\": MeterUsage bills the account whose credentials meterd uses"
+                )
+            );
+        }
+        let batch = parser().parse(br#"{"dimension":"requests","quantity":3}"#).unwrap_err();
+        assert_eq!(batch.rejection.code, ErrorCode::MissingField);
     }
 
     #[test]
@@ -500,7 +542,7 @@ mod tests {
 
     #[test]
     fn license_is_required_without_a_product_code() {
-        let parser = EventParser::new("", &[]);
+        let parser = EventParser::new("", &[], Mode::Batch);
         let err = parser.parse(br#"{"customer_identifier":"c","dimension":"x","quantity":1}"#).unwrap_err();
         assert_eq!(err.rejection.code, ErrorCode::MissingField);
         assert!(err.rejection.message.contains("license_arn"));

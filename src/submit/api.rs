@@ -101,7 +101,16 @@ pub fn classify(failure: &ApiFailure) -> Disposition {
     }
 }
 
-/// The calls the submitter makes.
+/// What RegisterUsage answered.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Registration {
+    /// The JWT the product can verify with AWS Marketplace's public key.
+    pub signature: String,
+    /// Set when the named public key version is being rotated out: epoch seconds.
+    pub public_key_rotation_timestamp: Option<i64>,
+}
+
+/// The calls the daemon makes.
 pub trait MeteringApi: Send + Sync {
     /// Sends up to 25 records of one product in one BatchMeterUsage call. `product_code` is `None`
     /// when the records name license ARNs. The outcomes are in the order of `records`.
@@ -110,6 +119,21 @@ pub trait MeteringApi: Send + Sync {
         product_code: Option<&str>,
         records: &[SealedRecord],
     ) -> impl Future<Output = Result<Vec<RecordOutcome>, ApiFailure>> + Send;
+
+    /// Sends one record of the caller's own usage with MeterUsage; the answer is the receipt.
+    fn meter_usage(
+        &self,
+        product_code: &str,
+        record: &SealedRecord,
+    ) -> impl Future<Output = Result<String, ApiFailure>> + Send;
+
+    /// RegisterUsage: checks the caller's entitlement to a paid container product.
+    fn register_usage(
+        &self,
+        product_code: &str,
+        public_key_version: i32,
+        nonce: Option<&str>,
+    ) -> impl Future<Output = Result<Registration, ApiFailure>> + Send;
 }
 
 /// [`MeteringApi`] on `aws-sdk-marketplacemetering`.
@@ -184,6 +208,33 @@ impl SdkMeteringApi {
     }
 }
 
+impl SdkMeteringApi {
+    /// A MeterUsage `DryRun` for `dimension`: whether these credentials may call MeterUsage. The
+    /// service answers `DryRunOperation` when they may, so that error is the success here.
+    pub async fn meter_usage_dry_run(
+        &self,
+        product_code: &str,
+        dimension: &str,
+        timestamp: i64,
+    ) -> Result<(), ApiFailure> {
+        let answer = self
+            .client
+            .meter_usage()
+            .product_code(product_code)
+            .usage_dimension(dimension)
+            .usage_quantity(0)
+            .timestamp(metering::primitives::DateTime::from_secs(timestamp))
+            .dry_run(true)
+            .send()
+            .await;
+        match answer.map_err(failure) {
+            Err(failure) if failure.code() == Some("DryRunOperation") => Ok(()),
+            Err(failure) => Err(failure),
+            Ok(_) => Err(local("the service metered a DryRun request instead of refusing it".into())),
+        }
+    }
+}
+
 /// SDK retries off (the submit loop retries, through its rate limiter) and a per-attempt timeout.
 fn one_attempt(builder: metering::config::Builder, attempt_timeout: Duration) -> metering::config::Builder {
     builder.retry_config(metering::config::retry::RetryConfig::disabled()).timeout_config(
@@ -225,21 +276,30 @@ fn usage_record(record: &SealedRecord) -> Result<UsageRecord, ApiFailure> {
     builder = match &key.customer {
         Customer::AwsAccountId(id) => builder.customer_aws_account_id(id),
         Customer::Identifier(id) => builder.customer_identifier(id),
+        Customer::Caller => {
+            return Err(local("a MeterUsage record cannot go in a BatchMeterUsage call".into()));
+        }
     };
     if let Scope::LicenseArn(arn) = &key.scope {
         builder = builder.license_arn(arn);
     }
-    if record.has_tags() {
-        for allocation in &record.allocations {
-            let mut alloc = UsageAllocation::builder().allocated_usage_quantity(allocation.quantity as i32);
-            for (k, v) in &allocation.tags {
-                let tag = Tag::builder().key(k).value(v).build().map_err(|e| local(e.to_string()))?;
-                alloc = alloc.tags(tag);
-            }
-            builder = builder.usage_allocations(alloc.build().map_err(|e| local(e.to_string()))?);
-        }
+    builder.set_usage_allocations(usage_allocations(record)?).build().map_err(|e| local(e.to_string()))
+}
+
+/// The allocations of a record that has tagged usage, for either call.
+fn usage_allocations(record: &SealedRecord) -> Result<Option<Vec<UsageAllocation>>, ApiFailure> {
+    if !record.has_tags() {
+        return Ok(None);
     }
-    builder.build().map_err(|e| local(e.to_string()))
+    let mut out = Vec::with_capacity(record.allocations.len());
+    for allocation in &record.allocations {
+        let mut alloc = UsageAllocation::builder().allocated_usage_quantity(allocation.quantity as i32);
+        for (k, v) in &allocation.tags {
+            alloc = alloc.tags(Tag::builder().key(k).value(v).build().map_err(|e| local(e.to_string()))?);
+        }
+        out.push(alloc.build().map_err(|e| local(e.to_string()))?);
+    }
+    Ok(Some(out))
 }
 
 /// Finds which of `records` an echoed usage record is (the service does not promise order).
@@ -295,6 +355,48 @@ impl MeteringApi for SdkMeteringApi {
             }
         }
         Ok(outcomes)
+    }
+
+    async fn meter_usage(&self, product_code: &str, record: &SealedRecord) -> Result<String, ApiFailure> {
+        let answer = self
+            .client
+            .meter_usage()
+            .product_code(product_code)
+            .usage_dimension(&record.key.dimension)
+            .usage_quantity(record.quantity as i32)
+            .timestamp(metering::primitives::DateTime::from_secs(record.key.hour))
+            .set_usage_allocations(usage_allocations(record)?)
+            .send()
+            .await
+            .map_err(failure)?;
+        match answer.metering_record_id() {
+            Some(id) => Ok(id.to_string()),
+            None => Err(ApiFailure {
+                kind: FailureKind::Connection,
+                message: "MeterUsage answered without a MeteringRecordId".into(),
+            }),
+        }
+    }
+
+    async fn register_usage(
+        &self,
+        product_code: &str,
+        public_key_version: i32,
+        nonce: Option<&str>,
+    ) -> Result<Registration, ApiFailure> {
+        let answer = self
+            .client
+            .register_usage()
+            .product_code(product_code)
+            .public_key_version(public_key_version)
+            .set_nonce(nonce.map(str::to_string))
+            .send()
+            .await
+            .map_err(failure)?;
+        Ok(Registration {
+            signature: answer.signature().unwrap_or_default().to_string(),
+            public_key_rotation_timestamp: answer.public_key_rotation_timestamp().map(|t| t.secs()),
+        })
     }
 }
 

@@ -1,9 +1,13 @@
-//! Submission of sealed records to the Metering Service: the [`MeteringApi`] seam and the submit loop.
+//! Submission to the Metering Service: the [`MeteringApi`] seam, the submit loop, and
+//! RegisterUsage at start.
 
 pub mod api;
+pub mod register;
 mod submitter;
 
 pub use api::{
-    ApiFailure, Disposition, MeteringApi, RecordOutcome, ResolvedCustomer, SdkMeteringApi, classify,
+    ApiFailure, Disposition, MeteringApi, RecordOutcome, Registration, ResolvedCustomer, SdkMeteringApi,
+    classify,
 };
+pub use register::{RegisterRequest, RegistrationRefused, register};
 pub use submitter::{Control, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, Settings, Submitter};

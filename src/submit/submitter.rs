@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::api::{ApiFailure, Disposition, FailureKind, MeteringApi, RecordOutcome, classify};
-use crate::aggregate::{RecordKey, Scope, SealedRecord};
+use crate::aggregate::{Customer, RecordKey, Scope, SealedRecord};
 use crate::clock::Clock;
 use crate::outbox::{DeadReason, Outbox, RecordState, StoredRecord};
 use crate::telemetry::health::Health;
@@ -28,8 +28,6 @@ const COMPACT_EVERY: Duration = Duration::from_secs(3600);
 pub const MAX_BATCH_RECORDS: usize = 25;
 /// Request bodies stay below this (the service's limit is 1 MB).
 pub const MAX_BATCH_BYTES: usize = 1_000_000;
-
-const OPERATION: &str = "BatchMeterUsage";
 
 /// Submission timing, from `[submit]`.
 #[derive(Debug, Clone, Copy)]
@@ -180,10 +178,14 @@ impl<A: MeteringApi> Submitter<A> {
         }
     }
 
-    /// Due records of the first due record's scope, up to 25 and under the size limit.
+    /// Due records of the first due record's scope, up to 25 and under the size limit; a
+    /// MeterUsage record goes alone.
     fn next_batch(&self, now: Instant) -> Vec<QueueKey> {
         let mut due = self.queue.iter().filter(|(_, e)| e.next_at <= now);
         let Some((first_key, first)) = due.next() else { return Vec::new() };
+        if first.stored.record.key.customer == Customer::Caller {
+            return vec![first_key.clone()];
+        }
         let scope_of = |e: &Entry| match &e.stored.record.key.scope {
             Scope::ProductCode(code) => Some(code.clone()),
             Scope::LicenseArn(_) => None,
@@ -223,16 +225,12 @@ impl<A: MeteringApi> Submitter<A> {
             self.next_request = Instant::now() + spacing;
             let records: Vec<SealedRecord> =
                 keys.iter().map(|k| self.queue[k].stored.record.clone()).collect();
-            let product_code = match &records[0].key.scope {
-                Scope::ProductCode(code) => Some(code.as_str()),
-                Scope::LicenseArn(_) => None,
-            };
             self.metrics.records.with_label_values(&["in_flight"]).set(records.len() as i64);
             let started = std::time::Instant::now();
-            let result = self.api.batch_meter_usage(product_code, &records).await;
+            let (operation, result) = self.call(&records).await;
             self.metrics
                 .api_duration
-                .with_label_values(&[OPERATION])
+                .with_label_values(&[operation])
                 .observe(started.elapsed().as_secs_f64());
             self.metrics.records.with_label_values(&["in_flight"]).set(0);
             let outcome = match &result {
@@ -246,11 +244,11 @@ impl<A: MeteringApi> Submitter<A> {
             }
             match result {
                 Ok(outcomes) => {
-                    self.metrics.api_requests.with_label_values(&[OPERATION, "success"]).inc();
+                    self.metrics.api_requests.with_label_values(&[operation, "success"]).inc();
                     self.settle_outcomes(&keys, outcomes);
                 }
                 Err(failure) => {
-                    self.metrics.api_requests.with_label_values(&[OPERATION, outcome_label(&failure)]).inc();
+                    self.metrics.api_requests.with_label_values(&[operation, outcome_label(&failure)]).inc();
                     match classify(&failure) {
                         Disposition::Retry => {
                             tracing::warn!(records = keys.len(), error = %failure, "batch not delivered; will retry unchanged");
@@ -264,9 +262,19 @@ impl<A: MeteringApi> Submitter<A> {
                             work.push(first);
                         }
                         Disposition::Isolate | Disposition::DeadLetter => {
-                            let message =
-                                format!("{}: {}", failure.code().unwrap_or("error"), failure.message);
-                            self.dead_letter(&keys[0], DeadReason::Invalid, message);
+                            let code = failure.code().unwrap_or("error");
+                            let reason = match code {
+                                "DuplicateRequestException" => DeadReason::DuplicateRecord,
+                                "CustomerNotEntitledException" => DeadReason::CustomerNotSubscribed,
+                                _ => DeadReason::Invalid,
+                            };
+                            if reason == DeadReason::DuplicateRecord {
+                                tracing::error!(
+                                    hour = keys[0].0,
+                                    "DuplicateRequestException: this caller already reported another quantity for this dimension and hour"
+                                );
+                            }
+                            self.dead_letter(&keys[0], reason, format!("{code}: {}", failure.message));
                             self.barrier();
                         }
                         Disposition::Pause => {
@@ -285,6 +293,25 @@ impl<A: MeteringApi> Submitter<A> {
             }
         }
         true
+    }
+
+    /// One call for `records`: MeterUsage for a caller's own record, BatchMeterUsage otherwise.
+    async fn call(&self, records: &[SealedRecord]) -> (&'static str, Result<Vec<RecordOutcome>, ApiFailure>) {
+        let key = &records[0].key;
+        match (&key.customer, &key.scope) {
+            (Customer::Caller, Scope::ProductCode(code)) => {
+                let result = self.api.meter_usage(code, &records[0]).await;
+                let outcome = result.map(|id| vec![RecordOutcome::Accepted { metering_record_id: id }]);
+                ("MeterUsage", outcome)
+            }
+            (_, scope) => {
+                let product_code = match scope {
+                    Scope::ProductCode(code) => Some(code.as_str()),
+                    Scope::LicenseArn(_) => None,
+                };
+                ("BatchMeterUsage", self.api.batch_meter_usage(product_code, records).await)
+            }
+        }
     }
 
     fn settle_outcomes(&mut self, keys: &[QueueKey], outcomes: Vec<RecordOutcome>) {
@@ -329,13 +356,7 @@ impl<A: MeteringApi> Submitter<A> {
         let settings = self.settings;
         let Some(entry) = self.queue.get_mut(key) else { return };
         entry.attempts += 1;
-        let ceiling = settings
-            .backoff_base
-            .saturating_mul(1u32.checked_shl(entry.attempts.min(20) - 1).unwrap_or(u32::MAX))
-            .min(settings.backoff_max);
-        // Full jitter: anywhere between now and the exponential ceiling.
-        let delay = ceiling.mul_f64(fastrand::f64());
-        entry.next_at = Instant::now() + delay;
+        entry.next_at = Instant::now() + backoff(settings.backoff_base, settings.backoff_max, entry.attempts);
     }
 
     fn dead_letter(&mut self, key: &QueueKey, reason: DeadReason, message: String) {
@@ -475,7 +496,8 @@ impl<A: MeteringApi> Submitter<A> {
 fn estimated_size(record: &SealedRecord) -> usize {
     let key = &record.key;
     let customer = match &key.customer {
-        crate::aggregate::Customer::AwsAccountId(id) | crate::aggregate::Customer::Identifier(id) => id.len(),
+        Customer::AwsAccountId(id) | Customer::Identifier(id) => id.len(),
+        Customer::Caller => 0,
     };
     let license = match &key.scope {
         Scope::LicenseArn(arn) => arn.len(),
@@ -490,7 +512,16 @@ fn estimated_size(record: &SealedRecord) -> usize {
     160 + 6 * (customer + license + key.dimension.len()) + allocations
 }
 
-fn outcome_label(failure: &ApiFailure) -> &'static str {
+/// The wait before attempt `attempts + 1`: full jitter, anywhere between now and an exponential
+/// ceiling of `base · 2^(attempts-1)`, at most `max`.
+pub(super) fn backoff(base: Duration, max: Duration, attempts: u32) -> Duration {
+    let ceiling =
+        base.saturating_mul(1u32.checked_shl(attempts.clamp(1, 20) - 1).unwrap_or(u32::MAX)).min(max);
+    ceiling.mul_f64(fastrand::f64())
+}
+
+/// The `outcome` label of `meterd_api_requests_total` for a failed call.
+pub(super) fn outcome_label(failure: &ApiFailure) -> &'static str {
     match &failure.kind {
         FailureKind::Service { code, .. } if code == "ThrottlingException" => "throttled",
         FailureKind::Service { status, .. } if *status >= 500 => "server_error",

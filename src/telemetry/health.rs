@@ -19,6 +19,21 @@ pub struct Health {
     /// Milliseconds after `started` of the commit thread's last turn (group or tick).
     commit_turn_ms: AtomicU64,
     submission: Mutex<SubmissionState>,
+    registration: Mutex<Option<RegistrationStatus>>,
+}
+
+/// Where RegisterUsage stands (`aws.register_usage`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationStatus {
+    pub public_key_version: i32,
+    /// The signed token RegisterUsage returned; `None` while still registering.
+    pub signature: Option<String>,
+    /// When AWS Marketplace rotates out this public key version, epoch seconds.
+    pub public_key_rotation_timestamp: Option<i64>,
+    /// When RegisterUsage succeeded, epoch seconds.
+    pub registered_at: Option<i64>,
+    /// The last transient failure while registering.
+    pub last_error: Option<String>,
 }
 
 /// What the submit stage last did.
@@ -36,6 +51,20 @@ pub struct Snapshot {
     pub uptime: Duration,
     pub not_ready: Vec<String>,
     pub submission: SubmissionState,
+    pub registration: Option<RegistrationStatus>,
+}
+
+impl RegistrationStatus {
+    /// Not registered yet.
+    pub fn pending(public_key_version: i32) -> Self {
+        Self {
+            public_key_version,
+            signature: None,
+            public_key_rotation_timestamp: None,
+            registered_at: None,
+            last_error: None,
+        }
+    }
 }
 
 impl Default for Health {
@@ -52,6 +81,7 @@ impl Health {
             outbox_full: AtomicBool::new(false),
             commit_turn_ms: AtomicU64::new(0),
             submission: Mutex::new(SubmissionState::default()),
+            registration: Mutex::new(None),
         }
     }
 
@@ -91,11 +121,24 @@ impl Health {
         self.submission.lock().expect("health lock").last_outcome = Some((outcome.to_string(), at));
     }
 
+    pub fn set_registration(&self, status: RegistrationStatus) {
+        *self.registration.lock().expect("health lock") = Some(status);
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let submission = self.submission.lock().expect("health lock").clone();
+        let registration = self.registration.lock().expect("health lock").clone();
         let mut not_ready = Vec::new();
+        let registering = registration.as_ref().filter(|r| r.signature.is_none());
+        if let Some(status) = registering {
+            let error =
+                status.last_error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default();
+            not_ready.push(format!("registering usage with AWS Marketplace (aws.register_usage){error}"));
+        }
         match self.phase.load(Ordering::SeqCst) {
-            STARTING => not_ready.push("starting: the outbox is being replayed".to_string()),
+            STARTING if registering.is_none() => {
+                not_ready.push("starting: the outbox is being replayed".to_string())
+            }
             STOPPING => not_ready.push("stopping".to_string()),
             _ => {}
         }
@@ -105,6 +148,6 @@ impl Health {
         if let Some(reason) = &submission.paused {
             not_ready.push(format!("submission paused: {reason}"));
         }
-        Snapshot { uptime: self.started.elapsed(), not_ready, submission }
+        Snapshot { uptime: self.started.elapsed(), not_ready, submission, registration }
     }
 }

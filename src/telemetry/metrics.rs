@@ -17,6 +17,14 @@ use tokio::net::TcpListener;
 use super::health::Health;
 use tokio_util::sync::CancellationToken;
 
+/// Values of the `operation` label: the Metering Service calls meterd makes.
+pub const OPERATIONS: [&str; 3] = ["BatchMeterUsage", "MeterUsage", "RegisterUsage"];
+
+/// Where the metrics listener answers liveness and readiness (the probes in deploy/ name them).
+pub const HEALTHZ_PATH: &str = "/healthz";
+pub const READYZ_PATH: &str = "/readyz";
+pub const METRICS_PATH: &str = "/metrics";
+
 /// Values of `meterd_records{state}`.
 pub const RECORD_STATES: [&str; 5] = ["open", "pending", "in_flight", "accepted", "dead_letter"];
 
@@ -88,7 +96,7 @@ impl Metrics {
             ),
             records_submitted: counter_vec(
                 "meterd_records_submitted_total",
-                "Per-record results of BatchMeterUsage.",
+                "Per-record results of BatchMeterUsage and MeterUsage.",
                 &["status"],
             ),
             api_requests: counter_vec(
@@ -160,12 +168,14 @@ impl Metrics {
         for status in ["success", "customer_not_subscribed", "duplicate_record", "unprocessed"] {
             metrics.records_submitted.with_label_values(&[status]);
         }
-        for outcome in
-            ["success", "throttled", "server_error", "client_error", "timeout", "connection", "local"]
-        {
-            metrics.api_requests.with_label_values(&["BatchMeterUsage", outcome]);
+        for operation in OPERATIONS {
+            for outcome in
+                ["success", "throttled", "server_error", "client_error", "timeout", "connection", "local"]
+            {
+                metrics.api_requests.with_label_values(&[operation, outcome]);
+            }
+            metrics.api_duration.with_label_values(&[operation]);
         }
-        metrics.api_duration.with_label_values(&["BatchMeterUsage"]);
         Arc::new(metrics)
     }
 
@@ -213,10 +223,10 @@ fn respond(
     health: &Health,
 ) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
-        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+        METRICS_PATH => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
         // Alive: the runtime answers. A wedged commit thread is the watchdog's business.
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/readyz" => {
+        HEALTHZ_PATH => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        READYZ_PATH => {
             let snapshot = health.snapshot();
             if snapshot.not_ready.is_empty() {
                 (StatusCode::OK, "text/plain", "ready\n".to_string())

@@ -217,6 +217,14 @@ impl Meterd {
 
     /// Starts meterd and waits until it accepts events.
     pub fn start(launch: Launch) -> Meterd {
+        let mut meterd = Self::spawn(launch);
+        let ready = meterd.wait_log("meterd ready", Duration::from_secs(30));
+        meterd.metrics = ready["metrics"].as_str().unwrap().parse().unwrap();
+        meterd
+    }
+
+    /// Starts meterd and waits only until its metrics listener (with `/readyz`) answers.
+    pub fn spawn(launch: Launch) -> Meterd {
         let mut child = Self::command(&launch).spawn().expect("meterd starts");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
@@ -232,8 +240,8 @@ impl Meterd {
             metrics: "127.0.0.1:1".parse().unwrap(),
             logs,
         };
-        let ready = meterd.wait_log("meterd ready", Duration::from_secs(30));
-        meterd.metrics = ready["metrics"].as_str().unwrap().parse().unwrap();
+        let listening = meterd.wait_log("serving metrics", Duration::from_secs(30));
+        meterd.metrics = listening["metrics"].as_str().unwrap().parse().unwrap();
         meterd
     }
 
