@@ -207,16 +207,18 @@ pub struct ConfigError {
     pub problems: Vec<String>,
 }
 
-fn octal_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+/// Text that the environment provider may have turned into a number: a socket mode (`0660` becomes
+/// 660) or a numeric group id. The number is read back as its digits.
+fn digits_as_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Mode {
+    enum Value {
         Text(String),
         Number(u64),
     }
-    Ok(match Mode::deserialize(deserializer)? {
-        Mode::Text(text) => text,
-        Mode::Number(n) => n.to_string(),
+    Ok(match Value::deserialize(deserializer)? {
+        Value::Text(text) => text,
+        Value::Number(n) => n.to_string(),
     })
 }
 
@@ -229,11 +231,11 @@ impl<'de> Deserialize<'de> for Human {
     }
 }
 
-struct OctalMode(String);
+struct DigitsText(String);
 
-impl<'de> Deserialize<'de> for OctalMode {
+impl<'de> Deserialize<'de> for DigitsText {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        octal_text(deserializer).map(OctalMode)
+        digits_as_text(deserializer).map(DigitsText)
     }
 }
 
@@ -277,15 +279,16 @@ impl Config {
         }
         read!(aws.product_code, aws.region, aws.endpoint_url, aws.dimensions, aws.mode);
         read!(aws.register_usage, aws.public_key_version, aws.nonce, submit.heartbeat_dimensions);
-        read!(ingest.socket, ingest.max_line_bytes, ingest.socket_group, ingest.allowed_uids);
-        match figment.extract_inner::<OctalMode>("ingest.socket_mode") {
-            Ok(OctalMode(mode)) => config.ingest.socket_mode = mode,
-            Err(err) => problems.push(err.to_string()),
+        read!(ingest.socket, ingest.max_line_bytes, ingest.allowed_uids);
+        macro_rules! read_digits_text {
+            ($($section:ident . $key:ident),* $(,)?) => {$(
+                match figment.extract_inner::<DigitsText>(concat!(stringify!($section), ".", stringify!($key))) {
+                    Ok(DigitsText(value)) => config.$section.$key = value,
+                    Err(err) => problems.push(err.to_string()),
+                }
+            )*};
         }
-        match figment.extract_inner::<OctalMode>("admin.socket_mode") {
-            Ok(OctalMode(mode)) => config.admin.socket_mode = mode,
-            Err(err) => problems.push(err.to_string()),
-        }
+        read_digits_text!(ingest.socket_mode, admin.socket_mode, ingest.socket_group);
         read!(admin.socket, storage.data_dir, storage.max_bytes);
         read!(submit.max_requests_per_second, submit.late_events);
         read!(metrics.listen, log.format, log.level);

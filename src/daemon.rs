@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminServer};
 use crate::aggregate::{Heartbeat, Rules, Scope};
-use crate::clock::{Clock, hour_of};
+use crate::clock::Clock;
 use crate::commit::{self, Command, Committer};
 use crate::config::{Config, ConfigError, Mode};
 use crate::ingest::{EventParser, IngestServer, SharedParser, bind_socket, resolve_group};
@@ -83,13 +83,12 @@ fn settings(config: &Config) -> Settings {
     }
 }
 
-/// The heartbeat of `submit.heartbeat_dimensions`, from the hour meterd starts in.
-fn heartbeat(config: &Config, now: i64) -> Option<Heartbeat> {
+/// The heartbeat of `submit.heartbeat_dimensions`.
+fn heartbeat(config: &Config) -> Option<Heartbeat> {
     let dimensions = &config.submit.heartbeat_dimensions;
     (config.aws.mode == Mode::MeterUsage && !dimensions.is_empty()).then(|| Heartbeat {
         scope: Scope::ProductCode(config.aws.product_code.clone()),
         dimensions: dimensions.clone(),
-        from: hour_of(now),
     })
 }
 
@@ -176,7 +175,7 @@ pub async fn run<A: MeteringApi + Clone + 'static>(
         health.clone(),
         config.storage.max_bytes,
     )
-    .with_heartbeat(heartbeat(&config, clock.now()));
+    .with_heartbeat(heartbeat(&config));
     let (commands, command_rx) = mpsc::channel(COMMIT_QUEUE);
     let (commit_done, commit_result) = oneshot::channel();
     std::thread::Builder::new()

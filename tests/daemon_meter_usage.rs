@@ -195,39 +195,45 @@ fn heartbeat_dimensions_get_a_zero_record_for_every_hour_without_usage() {
             .env("METERD_SUBMIT__SEAL_DELAY", "5m")
             .env("METERD_SUBMIT__HEARTBEAT_DIMENSIONS", "[cpu,gpu]")
     };
-    // Started six hours ago (by its clock), with some cpu usage in that hour, then stopped.
-    let started = hour_start(6);
-    let meterd = launch(-6 * 3600).start();
-    assert!(meterd.send(&[usage("cpu", 8, now_secs() - 6 * 3600)]).iter().all(|r| r["ok"] == true));
+    // The first hour meterd has not sealed when it starts at `t`, and the last it has sealed.
+    let first = |t: i64| (t - 300).div_euclid(3600) * 3600;
+    let last = |t: i64| first(t) - 3600;
+    // First started six hours ago (by its clock), with some cpu usage, then stopped.
+    let six_ago = 6 * 3600;
+    let from = first(now_secs() - six_ago);
+    let meterd = launch(-six_ago).start();
+    let used_at = now_secs() - six_ago;
+    assert!(meterd.send(&[usage("cpu", 8, used_at)]).iter().all(|r| r["ok"] == true));
     assert!(meterd.signal("TERM").success());
+    assert_eq!(from, first(now_secs() - six_ago), "the test ran across a seal boundary; run it again");
 
-    // Back at the real time: every hour from the start to the last ended one is sealed.
-    let before = now_secs();
+    // Back at the real time: every hour from the first unsealed one to the last ended one.
+    let through = last(now_secs());
     let meterd = launch(0).start();
-    let after = now_secs();
-    let last = |t: i64| (t - 300).div_euclid(3600) * 3600 - 3600;
-    let hours = ((last(before) - started) / 3600 + 1) as usize;
+    let hours = ((through - from) / 3600 + 1) as usize;
     meterd.wait_metric("meterd_records{state=\"accepted\"}", (2 * hours) as f64, Duration::from_secs(30));
-    let records = emu.records();
+    assert_eq!(through, last(now_secs()), "the test ran across a seal boundary; run it again");
     let mut by_dimension: BTreeMap<String, Vec<(i64, u64)>> = BTreeMap::new();
-    for r in &records {
+    for r in &emu.records() {
         assert_eq!(r["operation"], "MeterUsage");
         by_dimension
             .entry(r["dimension"].as_str().unwrap().to_string())
             .or_default()
             .push((r["hour"].as_i64().unwrap(), r["quantity"].as_u64().unwrap()));
     }
-    assert!(last(before) == last(after), "the test ran across a seal boundary; run it again");
-    let expected_hours: Vec<i64> = (0..hours as i64).map(|i| started + i * 3600).collect();
+    let used_hour = used_at.div_euclid(3600) * 3600;
+    let expected = |dimension: &str| -> Vec<(i64, u64)> {
+        (0..hours as i64)
+            .map(|i| from + i * 3600)
+            .map(|hour| (hour, if dimension == "cpu" && hour == used_hour { 8 } else { 0 }))
+            .collect()
+    };
+    assert_eq!(by_dimension.len(), 2);
     for (dimension, list) in &mut by_dimension {
         list.sort();
-        let listed: Vec<i64> = list.iter().map(|(h, _)| *h).collect();
-        assert_eq!(listed, expected_hours, "{dimension}");
+        assert_eq!(*list, expected(dimension), "{dimension}");
     }
-    assert_eq!(by_dimension.len(), 2);
-    assert_eq!(by_dimension["cpu"][0], (started, 8));
-    assert!(by_dimension["cpu"][1..].iter().all(|(_, q)| *q == 0));
-    assert!(by_dimension["gpu"].iter().all(|(_, q)| *q == 0));
+    assert!(expected("cpu").contains(&(used_hour, 8)));
 }
 
 #[test]
@@ -278,6 +284,8 @@ fn register_usage_retries_throttling_and_reports_the_signature() {
         .collect();
     assert_eq!(registers, ["ThrottlingException", "ThrottlingException", "ok"]);
     assert_eq!(meterd.get("/readyz").0, 200);
+    let probing = registering(dir.path(), &emu).env("METERD_METRICS__LISTEN", &meterd.metrics.to_string());
+    assert_eq!(Meterd::cli(&probing, &["probe", "ready"]).0, 0);
     let (code, out, _) = Meterd::cli(&registering(dir.path(), &emu), &["status", "--json"]);
     assert_eq!(code, 0);
     let status: Value = serde_json::from_str(&out).unwrap();
@@ -321,6 +329,13 @@ fn a_refused_registration_never_turns_ready_and_exits_with_its_own_code() {
         let (status, body) = meterd.get("/readyz");
         assert_eq!(status, 503, "{error}");
         assert!(body.contains("registering usage with AWS Marketplace"), "{error}: {body}");
+        // What a container health check sees meanwhile: alive, not ready.
+        let probing =
+            registering(dir.path(), &emu).env("METERD_METRICS__LISTEN", &meterd.metrics.to_string());
+        assert_eq!(Meterd::cli(&probing, &["probe", "live"]).0, 0);
+        let (code, _, err) = Meterd::cli(&probing, &["probe", "ready"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("/readyz answered 503: not ready: registering usage"), "{err}");
         let line = meterd.wait_log("RegisterUsage refused", Duration::from_secs(30));
         assert_eq!(line["code"], error, "{line}");
         assert_eq!(line["level"], "ERROR");

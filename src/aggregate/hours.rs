@@ -28,13 +28,13 @@ pub struct Rules {
 }
 
 /// `submit.heartbeat_dimensions` (meter_usage mode): a 0-quantity record of the caller's own for
-/// every sealed hour in which a dimension had no usage, so AWS gets a record every hour.
+/// every sealed hour in which a dimension had no usage, so AWS gets a record every hour. It covers
+/// every hour sealed after the data dir's first seal point (the first hour meterd had not sealed
+/// when it first started), within the deadline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heartbeat {
     pub scope: Scope,
     pub dimensions: Vec<String>,
-    /// The hour meterd started in: on a data dir that never sealed an hour, heartbeats begin here.
-    pub from: i64,
 }
 
 /// The running total of one open record.
@@ -267,12 +267,10 @@ impl Aggregator {
             let bucket = self.buckets.remove(&key).expect("key was just listed");
             self.sealed.push(bucket.seal(key));
         }
-        if let Some(heartbeat) = &self.heartbeat {
-            // Every newly sealed hour still inside the deadline; a data dir that sealed hours
-            // before covers the hours since (the instance's own key: 0 is its true usage).
-            let first = before
-                .map_or(heartbeat.from, |old| old + 3600)
-                .max(hour_of(now - self.rules.deadline) + 3600);
+        if let (Some(heartbeat), Some(before)) = (&self.heartbeat, before) {
+            // Every newly sealed hour still inside the deadline, including hours meterd was down
+            // for: the key is this instance's own, and 0 is its true usage then.
+            let first = (before + 3600).max(hour_of(now - self.rules.deadline) + 3600);
             for hour in (first..=through).step_by(3600) {
                 for dimension in &heartbeat.dimensions {
                     let key = RecordKey {
@@ -332,11 +330,10 @@ mod tests {
         }
     }
 
-    fn heartbeat(from: i64) -> Option<Heartbeat> {
+    fn heartbeat() -> Option<Heartbeat> {
         Some(Heartbeat {
             scope: Scope::ProductCode("p".into()),
             dimensions: vec!["cpu".into(), "gpu".into()],
-            from,
         })
     }
 
@@ -366,7 +363,7 @@ mod tests {
     fn heartbeats_fill_every_sealed_hour_without_usage() {
         let start = 100 * H + 1800;
         let mut aggregator = Aggregator::new(rules());
-        aggregator.set_heartbeat(heartbeat(100 * H));
+        aggregator.set_heartbeat(heartbeat());
         assert_eq!(sealed(&mut aggregator, start), [], "hours before the start get none");
         aggregator.admit(event("cpu", 7), start).unwrap();
         assert_eq!(sealed(&mut aggregator, 101 * H + 200), [], "not before the seal delay");
@@ -388,9 +385,20 @@ mod tests {
     }
 
     #[test]
+    fn started_within_the_seal_delay_the_hour_before_is_covered_too() {
+        let mut aggregator = Aggregator::new(rules());
+        aggregator.set_heartbeat(heartbeat());
+        assert_eq!(sealed(&mut aggregator, 100 * H + 120), []);
+        assert_eq!(
+            sealed(&mut aggregator, 100 * H + 300),
+            [("cpu".into(), 99 * H, 0), ("gpu".into(), 99 * H, 0)]
+        );
+    }
+
+    #[test]
     fn after_a_restart_heartbeats_resume_after_the_last_sealed_hour_within_the_deadline() {
         let mut aggregator = Aggregator::restore(rules(), Vec::new(), Vec::new(), Some(90 * H));
-        aggregator.set_heartbeat(heartbeat(100 * H));
+        aggregator.set_heartbeat(heartbeat());
         let hours: Vec<i64> = sealed(&mut aggregator, 100 * H + 600).iter().map(|s| s.1).collect();
         // Hours 91..=99 were sealed-through candidates; only those still inside 6h are sent.
         assert_eq!(hours, [95 * H, 96 * H, 97 * H, 98 * H, 99 * H, 95 * H, 96 * H, 97 * H, 98 * H, 99 * H]);
