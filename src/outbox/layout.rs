@@ -26,8 +26,12 @@ pub fn log_key(seq: u64, chunk: u16) -> [u8; 11] {
     key
 }
 
-pub fn log_seq(key: &[u8]) -> u64 {
-    u64::from_be_bytes(key[1..9].try_into().expect("log keys are 11 bytes"))
+/// The sequence of a log key; `None` for a key of the wrong length.
+pub fn log_seq(key: &[u8]) -> Option<u64> {
+    match key {
+        [LOG, seq @ .., _, _] if key.len() == 11 => Some(u64::from_be_bytes(seq.try_into().ok()?)),
+        _ => None,
+    }
 }
 
 pub fn open_key(key: &RecordKey) -> Vec<u8> {
@@ -56,6 +60,7 @@ mod tests {
     fn log_keys_sort_by_sequence_then_chunk() {
         let keys = [log_key(1, 0), log_key(1, 1), log_key(2, 0), log_key(256, 0)];
         assert!(keys.windows(2).all(|w| w[0] < w[1]));
-        assert_eq!(log_seq(&log_key(258, 3)), 258);
+        assert_eq!(log_seq(&log_key(258, 3)), Some(258));
+        assert_eq!(log_seq(b"l123"), None);
     }
 }

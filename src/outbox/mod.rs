@@ -137,6 +137,42 @@ pub struct Recovered {
     pub records: Vec<StoredRecord>,
 }
 
+impl Recovered {
+    /// Decodes one outbox entry into what was found. Garbage gives [`OutboxError::Corrupt`], never
+    /// a panic (the fuzz target `outbox_entry` holds it to that). The checkpoint must come first.
+    pub fn absorb(&mut self, key: &[u8], value: &[u8]) -> Result<(), OutboxError> {
+        let corrupt = |reason: &str| OutboxError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: reason.to_string(),
+        };
+        match key.first().copied() {
+            _ if key == layout::META => {
+                self.meta = decode(key, value)?;
+                self.last_seq = self.last_seq.max(self.meta.log_seq);
+            }
+            Some(layout::LOG) => {
+                let seq = layout::log_seq(key).ok_or_else(|| corrupt("a log key is 11 bytes"))?;
+                if seq > self.meta.log_seq {
+                    self.last_seq = self.last_seq.max(seq);
+                    self.log.extend(decode::<Vec<Admitted>>(key, value)?);
+                }
+            }
+            Some(layout::OPEN) => {
+                let record_key: RecordKey =
+                    postcard::from_bytes(&key[1..]).map_err(|e| corrupt(&e.to_string()))?;
+                self.buckets.push((record_key, decode(key, value)?));
+            }
+            Some(layout::ID) => {
+                let id = String::from_utf8_lossy(&key[1..]).into_owned();
+                self.ids.push((id, decode(key, value)?));
+            }
+            Some(layout::RECORD) => self.records.push(decode(key, value)?),
+            _ => return Err(corrupt("not a key meterd writes")),
+        }
+        Ok(())
+    }
+}
+
 /// The open outbox. Cheap to share: every method takes `&self`.
 pub struct Outbox {
     db: sled::Db,
@@ -193,33 +229,15 @@ impl Outbox {
 
     fn recover(&self) -> Result<Recovered, OutboxError> {
         let mut out = Recovered::default();
+        // The checkpoint first: it decides which log entries are still to replay.
         if let Some(value) = self.db.get(layout::META)? {
-            out.meta = decode(layout::META, &value)?;
+            out.absorb(layout::META, &value)?;
         }
-        out.last_seq = out.meta.log_seq;
-        for item in self.db.scan_prefix([layout::LOG]) {
-            let (key, value) = item?;
-            let seq = layout::log_seq(&key);
-            if seq <= out.meta.log_seq {
-                continue;
+        for kind in [layout::LOG, layout::OPEN, layout::ID, layout::RECORD] {
+            for item in self.db.scan_prefix([kind]) {
+                let (key, value) = item?;
+                out.absorb(&key, &value)?;
             }
-            out.last_seq = out.last_seq.max(seq);
-            out.log.extend(decode::<Vec<Admitted>>(&key, &value)?);
-        }
-        for item in self.db.scan_prefix([layout::OPEN]) {
-            let (key, value) = item?;
-            let record_key: RecordKey = postcard::from_bytes(&key[1..])
-                .map_err(|e| OutboxError::Corrupt { key: "o…".into(), reason: e.to_string() })?;
-            out.buckets.push((record_key, decode(&key, &value)?));
-        }
-        for item in self.db.scan_prefix([layout::ID]) {
-            let (key, value) = item?;
-            let id = String::from_utf8_lossy(&key[1..]).into_owned();
-            out.ids.push((id, decode(&key, &value)?));
-        }
-        for item in self.db.scan_prefix([layout::RECORD]) {
-            let (key, value) = item?;
-            out.records.push(decode(&key, &value)?);
         }
         Ok(out)
     }
