@@ -68,6 +68,8 @@ pub struct Committer {
 struct Logged {
     /// Whether the group wrote to the log (otherwise it only waits for earlier groups).
     wrote: bool,
+    /// The log sequence of the last group written, as of this one.
+    seq: u64,
     accepted: u64,
     deliveries: Vec<(oneshot::Sender<Vec<Reply>>, Vec<Reply>, Instant)>,
 }
@@ -90,14 +92,15 @@ fn sync_loop(
         let mut batch = vec![first];
         batch.extend(groups.try_iter());
         let mut ok = !failed.load(Ordering::SeqCst);
-        if ok
-            && batch.iter().any(|g| g.wrote)
-            && let Err(err) = outbox.barrier()
-        {
-            tracing::error!(%err, "outbox sync failed; refusing everything from now on and stopping");
-            failed.store(true, Ordering::SeqCst);
-            fatal.cancel();
-            ok = false;
+        if ok && batch.iter().any(|g| g.wrote) {
+            let seq = batch.iter().map(|g| g.seq).max().unwrap_or(0);
+            // The barrier, then the watermark: it never names a sequence sled does not hold.
+            if let Err(err) = outbox.barrier().and_then(|()| outbox.mark_durable(seq)) {
+                tracing::error!(%err, "outbox sync failed; refusing everything from now on and stopping");
+                failed.store(true, Ordering::SeqCst);
+                fatal.cancel();
+                ok = false;
+            }
         }
         for group in batch {
             if ok {
@@ -250,7 +253,7 @@ impl Committer {
                 let replies = submission.events.iter().map(|e| storage_error(e.id.clone())).collect();
                 deliveries.push((submission.reply, replies, submission.received));
             }
-            return Logged { wrote: false, accepted: 0, deliveries };
+            return Logged { wrote: false, seq: self.seq, accepted: 0, deliveries };
         }
         let now = self.clock.now();
         let seq = self.seq + 1;
@@ -299,11 +302,11 @@ impl Committer {
                     for (_, replies, _) in &mut deliveries {
                         refuse_acks(replies);
                     }
-                    return Logged { wrote: false, accepted: 0, deliveries };
+                    return Logged { wrote: false, seq: self.seq, accepted: 0, deliveries };
                 }
             }
         }
-        Logged { wrote, accepted: logged.len() as u64, deliveries }
+        Logged { wrote, seq: self.seq, accepted: logged.len() as u64, deliveries }
     }
 
     fn record_late_metrics(&mut self) {

@@ -209,7 +209,7 @@ fn kill_9_under_load_and_faults_bills_exactly_what_was_acknowledged() {
     assert!(acked > 1000 * kills as usize, "the client kept sending: {acked}");
     let faulted: u64 = outcomes.iter().filter(|(o, _)| o.as_str() != "ok").map(|(_, n)| n).sum();
     assert!(
-        faulted + statuses.get("Unprocessed").copied().unwrap_or(0) as u64 >= kills,
+        faulted + statuses.get("Unprocessed").copied().unwrap_or(0) >= kills,
         "faults hit requests: {outcomes:?}"
     );
 }

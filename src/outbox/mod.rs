@@ -52,7 +52,10 @@ pub enum OutboxError {
     Locked { path: PathBuf, pid: String },
     #[error("failed to lock {path}: {source}")]
     Lock { path: PathBuf, source: std::io::Error },
-    #[error("failed to open outbox at {path}: {source}")]
+    #[error(
+        "failed to open the outbox at {path}: {source}; if its files are damaged, see \"A damaged \
+         outbox\" in docs/operations.md"
+    )]
     Open { path: PathBuf, source: sled::Error },
     #[error("outbox write failed: {0}")]
     Write(#[from] sled::Error),
@@ -60,6 +63,16 @@ pub enum OutboxError {
     Sync(std::io::Error),
     #[error("outbox value under key {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error(
+        "the outbox at {path} has lost acknowledged data: it holds events up to log sequence {found}, \
+         but events up to {expected} were acknowledged ({watermark}). Its files are damaged, and \
+         meterd will not start on them, so that nothing is billed short without anyone knowing. \
+         Restore the data dir from a backup, or move it aside to start empty; see \
+         \"A damaged outbox\" in docs/operations.md"
+    )]
+    Lost { path: PathBuf, watermark: PathBuf, found: u64, expected: u64 },
+    #[error("{path} is unreadable ({reason}); see \"A damaged outbox\" in docs/operations.md")]
+    Watermark { path: PathBuf, reason: String },
 }
 
 /// Checkpoint bookkeeping.
@@ -179,7 +192,32 @@ pub struct Outbox {
     /// sled's data file, opened again only to `fdatasync` it.
     db_file: File,
     dir: PathBuf,
+    /// `<data_dir>/watermark`: the highest log sequence known durable.
+    watermark: File,
     _lock: File,
+}
+
+/// The watermark file: [`FORMAT_VERSION`], then the log sequence as u64 big-endian.
+const WATERMARK_FILE: &str = "watermark";
+
+/// Opens the watermark and reads the sequence it names (0 for a new one).
+fn open_watermark(path: &Path) -> Result<(File, u64), OutboxError> {
+    let unreadable = |reason: String| OutboxError::Watermark { path: path.to_path_buf(), reason };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| unreadable(e.to_string()))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(|e| unreadable(e.to_string()))?;
+    let seq = match bytes.as_slice() {
+        [] => 0,
+        [FORMAT_VERSION, seq @ ..] if seq.len() == 8 => u64::from_be_bytes(seq.try_into().expect("8 bytes")),
+        _ => return Err(unreadable(format!("{} bytes, not a meterd watermark", bytes.len()))),
+    };
+    Ok((file, seq))
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -218,8 +256,20 @@ impl Outbox {
         for path in [&dir, data_dir] {
             File::open(path).and_then(|d| d.sync_all()).map_err(OutboxError::Sync)?;
         }
-        let outbox = Outbox { db, db_file, dir, _lock: lock };
+        let watermark_path = data_dir.join(WATERMARK_FILE);
+        let (watermark, expected) = open_watermark(&watermark_path)?;
+        let outbox = Outbox { db, db_file, dir, watermark, _lock: lock };
         let recovered = outbox.recover()?;
+        // sled treats a damaged stretch of its log like a torn write and recovers only what comes
+        // before it, without an error. The watermark is how meterd notices.
+        if recovered.last_seq < expected {
+            return Err(OutboxError::Lost {
+                path: outbox.dir.join("db"),
+                watermark: watermark_path,
+                found: recovered.last_seq,
+                expected,
+            });
+        }
         Ok((outbox, recovered))
     }
 
@@ -317,7 +367,12 @@ impl Outbox {
             batch.remove(item?.0);
         }
         self.db.apply_batch(batch)?;
-        if durable { self.barrier() } else { Ok(()) }
+        if durable {
+            self.barrier()?;
+            self.mark_durable(log_seq)?;
+            self.watermark.sync_data().map_err(OutboxError::Sync)?;
+        }
+        Ok(())
     }
 
     /// Every sealed record, oldest hour first.
@@ -371,6 +426,16 @@ impl Outbox {
     }
 
     /// `flush` then `fdatasync`: after this, everything written before it survives a power cut.
+    /// Records that the log is durable up to `seq`, after a [`Outbox::barrier`]. A plain write: a
+    /// watermark that a power cut leaves behind is only older, never ahead of what sled holds;
+    /// each sealing checkpoint syncs it.
+    pub fn mark_durable(&self, seq: u64) -> Result<(), OutboxError> {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = [FORMAT_VERSION; 9];
+        bytes[1..].copy_from_slice(&seq.to_be_bytes());
+        self.watermark.write_all_at(&bytes, 0).map_err(OutboxError::Sync)
+    }
+
     pub fn barrier(&self) -> Result<(), OutboxError> {
         self.db.flush()?;
         self.db_file.sync_data().map_err(OutboxError::Sync)

@@ -350,6 +350,11 @@ impl Meterd {
         }
     }
 
+    /// `Some(exit code)` once meterd has exited (`Some(None)`: killed by a signal).
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        self.child.as_mut().unwrap().try_wait().unwrap().map(|status| status.code())
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
     }
