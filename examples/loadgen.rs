@@ -1,105 +1,293 @@
-//! Load generator for the ingest socket: N connections, each keeping `depth` events in flight,
-//! for a fixed time; prints events/s and reply latency. `--fsync-probe DIR` instead measures the
-//! raw rate of 4 KiB append + fdatasync on DIR's filesystem, the floor for one-at-a-time acks.
+//! Load generator for docs/performance.md: N connections, each keeping D events in flight (a reply
+//! makes room for the next event), for a fixed time or a fixed number of events; prints durable
+//! events/s, per-event ack latency p50/p99/p99.9 and, with `--pid`, the daemon's peak RSS and CPU.
 //!
-//! `bash scripts/bench.sh` runs the scenarios of docs/performance.md.
+//! The same event stream goes either to meterd's socket (`--socket`) or, as
+//! `HINCRBY usage:<customer>:<dimension>:<hour> <tagset> <quantity>`, to a Redis server running
+//! with `appendfsync always` (`--redis HOST:PORT`). Events cycle through C customers × K dimensions
+//! × T tag sets (`--customers`, `--dimensions`, `--tag-sets`).
+//!
+//! `--fsync-probe DIR` instead measures the raw rate of 4 KiB append + fdatasync on DIR's
+//! filesystem, the floor for one-at-a-time acks. `bash scripts/bench.sh` runs everything.
 
+use std::collections::VecDeque;
 use std::io::Write;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+struct Args(Vec<String>);
+
+impl Args {
+    fn value(&self, name: &str, default: &str) -> String {
+        let at = self.0.iter().position(|a| a == name);
+        at.and_then(|i| self.0.get(i + 1)).cloned().unwrap_or(default.into())
+    }
+
+    fn number(&self, name: &str, default: u64) -> u64 {
+        self.value(name, &default.to_string()).parse().unwrap_or_else(|_| panic!("{name} takes a number"))
+    }
+}
+
+/// Where the events go.
+#[derive(Clone)]
+enum Target {
+    Meterd(PathBuf),
+    Redis(String),
+}
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |name: &str, default: &str| {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or(default.into())
-    };
-    if let Some(i) = args.iter().position(|a| a == "--fsync-probe") {
-        return fsync_probe(PathBuf::from(&args[i + 1]), value("--seconds", "3").parse().unwrap());
+    let args = Args(std::env::args().skip(1).collect());
+    if args.0.iter().any(|a| a == "--fsync-probe") {
+        return fsync_probe(PathBuf::from(args.value("--fsync-probe", ".")), args.number("--seconds", 3));
     }
-    let socket = PathBuf::from(value("--socket", "meterd-sandbox/meterd.sock"));
-    let connections: usize = value("--connections", "32").parse().unwrap();
-    let depth: usize = value("--depth", "64").parse().unwrap();
-    let seconds: u64 = value("--seconds", "5").parse().unwrap();
+    let target = match args.value("--redis", "").as_str() {
+        "" => Target::Meterd(PathBuf::from(args.value("--socket", "meterd-sandbox/meterd.sock"))),
+        addr => Target::Redis(addr.to_string()),
+    };
+    let connections = args.number("--connections", 32) as usize;
+    let depth = args.number("--depth", 64) as usize;
+    let seconds = args.number("--seconds", 5);
+    let limit = args.number("--events", u64::MAX);
+    let mix = Mix {
+        customers: args.number("--customers", 1000),
+        dimensions: args.number("--dimensions", 4),
+        tag_sets: args.number("--tag-sets", 8),
+    };
+    let pid = args.value("--pid", "");
+    let lines = Arc::new(mix.lines(&target));
+    let daemon = (!pid.is_empty()).then(|| Daemon::start(&pid));
+
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
-    // One thread drives every connection, so that the generator's own wake-ups stay few and the
-    // figures measure meterd rather than the scheduler.
+    // One thread drives every connection, so that the generator's own wake-ups stay few.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (latencies, elapsed) = runtime.block_on(async {
+    let (mut latencies, elapsed) = runtime.block_on(async {
+        let start = Instant::now();
         let workers: Vec<_> = (0..connections)
             .map(|c| {
-                let (socket, stop, acked, refused) =
-                    (socket.clone(), stop.clone(), acked.clone(), refused.clone());
-                tokio::spawn(async move { connection(c, &socket, depth, &stop, &acked, &refused).await })
+                let (target, lines) = (target.clone(), lines.clone());
+                let (stop, acked, refused) = (stop.clone(), acked.clone(), refused.clone());
+                let offset = c * lines.len() / connections.max(1);
+                tokio::spawn(async move {
+                    let load = Load {
+                        lines: &lines,
+                        offset,
+                        depth,
+                        limit,
+                        stop: &stop,
+                        acked: &acked,
+                        refused: &refused,
+                    };
+                    match &target {
+                        Target::Meterd(socket) => {
+                            let stream =
+                                tokio::net::UnixStream::connect(socket).await.expect("connect to meterd");
+                            load.run(stream).await
+                        }
+                        Target::Redis(addr) => {
+                            let stream =
+                                tokio::net::TcpStream::connect(addr).await.expect("connect to redis");
+                            stream.set_nodelay(true).unwrap();
+                            load.run(stream).await
+                        }
+                    }
+                })
             })
             .collect();
-        let start = Instant::now();
-        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let deadline = tokio::time::sleep(Duration::from_secs(seconds));
+        tokio::pin!(deadline);
+        while !deadline.is_elapsed() && acked.load(Ordering::Relaxed) < limit {
+            tokio::select! {
+                _ = &mut deadline => {}
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
         stop.store(true, Ordering::SeqCst);
-        let mut latencies: Vec<Duration> = Vec::new();
+        let elapsed = start.elapsed().as_secs_f64();
+        let mut latencies: Vec<u32> = Vec::new();
         for worker in workers {
             latencies.extend(worker.await.unwrap());
         }
-        (latencies, start.elapsed().as_secs_f64())
+        (latencies, elapsed)
     });
-    let mut latencies = latencies;
-    latencies.sort();
+    latencies.sort_unstable();
     let pct = |p: f64| {
-        latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+        let i = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
+        latencies.get(i).map_or(0.0, |us| f64::from(*us) / 1000.0)
     };
-    println!(
-        "connections={connections} depth={depth} seconds={elapsed:.1} acked={} refused={} events_per_sec={:.0} p50_ms={:.3} p99_ms={:.3}",
-        acked.load(Ordering::SeqCst),
+    let acked = acked.load(Ordering::SeqCst);
+    let name = match target {
+        Target::Meterd(_) => "meterd",
+        Target::Redis(_) => "redis",
+    };
+    let mut line = format!(
+        "target={name} connections={connections} depth={depth} seconds={elapsed:.1} acked={acked} refused={} \
+         events_per_sec={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3}",
         refused.load(Ordering::SeqCst),
-        acked.load(Ordering::SeqCst) as f64 / elapsed,
-        pct(0.5).map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-        pct(0.99).map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        acked as f64 / elapsed,
+        pct(0.5),
+        pct(0.99),
+        pct(0.999),
     );
+    if let Some(daemon) = daemon {
+        let (peak_rss_mib, cpu) = daemon.finish(elapsed);
+        line.push_str(&format!(" peak_rss_mib={peak_rss_mib:.1} cpu_pct={cpu:.0}"));
+    }
+    println!("{line}");
+    let out = args.value("--latency-out", "");
+    if !out.is_empty() {
+        // Every 10th sample of the sorted latencies, in microseconds: enough for a distribution plot.
+        let text: String = latencies.iter().step_by(10).map(|us| format!("{us}\n")).collect();
+        std::fs::write(&out, text).unwrap();
+    }
 }
 
-/// Keeps `depth` events in flight; every reply makes room for one more. Returns one latency
-/// sample per window of `depth` events.
-async fn connection(
-    c: usize,
-    socket: &PathBuf,
+/// The event stream: customer, dimension and tag set cycle independently.
+struct Mix {
+    customers: u64,
+    dimensions: u64,
+    tag_sets: u64,
+}
+
+impl Mix {
+    /// Up to 2^20 distinct request lines, ready to write.
+    fn lines(&self, target: &Target) -> Vec<Vec<u8>> {
+        let hour = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() / 3600 * 3600;
+        let distinct = (self.customers * self.dimensions * self.tag_sets).clamp(1, 1 << 20);
+        (0..distinct)
+            .map(|i| {
+                let customer = 100_000_000_000 + i % self.customers;
+                let dimension = format!("dim{}", i / self.customers % self.dimensions);
+                let tags = format!("t{}", i / (self.customers * self.dimensions) % self.tag_sets);
+                let quantity = 1 + i % 3;
+                match target {
+                    Target::Meterd(_) => format!(
+                        "{{\"customer_aws_account_id\":\"{customer}\",\"dimension\":\"{dimension}\",\"quantity\":{quantity},\"tags\":{{\"set\":\"{tags}\"}}}}\n"
+                    )
+                    .into_bytes(),
+                    Target::Redis(_) => {
+                        let key = format!("usage:{customer}:{dimension}:{hour}");
+                        let field = format!("set={tags}");
+                        let quantity = quantity.to_string();
+                        let mut resp = format!("*4\r\n$7\r\nHINCRBY\r\n${}\r\n{key}\r\n", key.len());
+                        resp.push_str(&format!("${}\r\n{field}\r\n${}\r\n{quantity}\r\n", field.len(), quantity.len()));
+                        resp.into_bytes()
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// One connection's share of the load.
+struct Load<'a> {
+    lines: &'a [Vec<u8>],
+    offset: usize,
     depth: usize,
-    stop: &AtomicBool,
-    acked: &AtomicU64,
-    refused: &AtomicU64,
-) -> Vec<Duration> {
-    let stream = tokio::net::UnixStream::connect(socket).await.expect("connect to meterd");
-    let (read, mut write) = stream.into_split();
-    let mut reader = tokio::io::BufReader::new(read);
-    let line = format!(
-        "{{\"customer_aws_account_id\":\"{}\",\"dimension\":\"requests\",\"quantity\":1,\"tags\":{{\"conn\":\"c{}\"}}}}\n",
-        100_000_000_000u64 + (c % 50) as u64,
-        c % 4
-    );
-    let window = line.repeat(depth);
-    let mut samples = Vec::new();
-    let mut reply = String::new();
-    while !stop.load(Ordering::Relaxed) {
-        let sent_at = Instant::now();
-        write.write_all(window.as_bytes()).await.unwrap();
-        for _ in 0..depth {
-            reply.clear();
-            if reader.read_line(&mut reply).await.unwrap_or(0) == 0 {
+    limit: u64,
+    stop: &'a AtomicBool,
+    acked: &'a AtomicU64,
+    refused: &'a AtomicU64,
+}
+
+impl Load<'_> {
+    /// Keeps `depth` requests in flight; each reply (one line: meterd's JSON, Redis's `:n`) lets
+    /// the next request go. Returns every ack's latency in microseconds.
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S) -> Vec<u32> {
+        let (read, mut write) = tokio::io::split(stream);
+        let mut reader = BufReader::with_capacity(64 * 1024, read);
+        let mut next = self.offset;
+        let mut in_flight: VecDeque<Instant> = VecDeque::with_capacity(self.depth);
+        let mut out = Vec::with_capacity(self.depth * 256);
+        let mut samples = Vec::new();
+        let mut reply = String::new();
+        let mut send = |n: usize, out: &mut Vec<u8>, in_flight: &mut VecDeque<Instant>| {
+            out.clear();
+            let now = Instant::now();
+            for _ in 0..n {
+                out.extend_from_slice(&self.lines[next % self.lines.len()]);
+                next += 1;
+                in_flight.push_back(now);
+            }
+        };
+        send(self.depth, &mut out, &mut in_flight);
+        write.write_all(&out).await.unwrap();
+        loop {
+            // Every reply already received, then as many new requests.
+            let mut answered = 0;
+            loop {
+                reply.clear();
+                if reader.read_line(&mut reply).await.unwrap_or(0) == 0 {
+                    return samples;
+                }
+                let sent = in_flight.pop_front().expect("a reply answers a request");
+                samples.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                let ok = reply.starts_with("{\"ok\":true") || reply.starts_with(':');
+                if ok { self.acked } else { self.refused }.fetch_add(1, Ordering::Relaxed);
+                answered += 1;
+                if !reader.buffer().contains(&b'\n') {
+                    break;
+                }
+            }
+            if self.stop.load(Ordering::Relaxed) || self.acked.load(Ordering::Relaxed) >= self.limit {
+                // Collect what is still in flight so that nothing is left half-answered.
+                while !in_flight.is_empty() {
+                    reply.clear();
+                    if reader.read_line(&mut reply).await.unwrap_or(0) == 0 {
+                        break;
+                    }
+                    in_flight.pop_front();
+                    if reply.starts_with("{\"ok\":true") || reply.starts_with(':') {
+                        self.acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 return samples;
             }
-            if reply.starts_with("{\"ok\":true") {
-                acked.fetch_add(1, Ordering::Relaxed);
-            } else {
-                refused.fetch_add(1, Ordering::Relaxed);
-            }
+            send(answered, &mut out, &mut in_flight);
+            write.write_all(&out).await.unwrap();
         }
-        samples.push(sent_at.elapsed());
     }
-    samples
+}
+
+/// The daemon's CPU time and peak RSS over one run, from /proc.
+struct Daemon {
+    pid: String,
+    ticks: u64,
+}
+
+impl Daemon {
+    fn start(pid: &str) -> Self {
+        // "5" resets the peak RSS (VmHWM) to the current RSS, so the peak is this run's.
+        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+        Daemon { pid: pid.to_string(), ticks: cpu_ticks(pid) }
+    }
+
+    /// Peak RSS in MiB and CPU use in percent of one core.
+    fn finish(self, elapsed: f64) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let hwm_kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        let ticks = cpu_ticks(&self.pid) - self.ticks;
+        // USER_HZ is 100 on Linux.
+        (hwm_kib / 1024.0, ticks as f64 / elapsed)
+    }
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let fields: Vec<&str> = stat.rsplit_once(") ").map_or("", |(_, rest)| rest).split(' ').collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
 }
 
 fn fsync_probe(dir: PathBuf, seconds: u64) {

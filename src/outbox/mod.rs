@@ -247,6 +247,7 @@ impl Outbox {
         let db = sled::Config::new()
             .path(&dir)
             .segment_size(SEGMENT_SIZE)
+            .cache_capacity(layout::CACHE_BYTES)
             // The commit stage flushes (and syncs) itself; a background flusher would only compete.
             .flush_every_ms(None)
             .open()
