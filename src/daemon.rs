@@ -261,18 +261,23 @@ pub async fn run<A: MeteringApi + Clone + 'static>(
             }
         }
     };
-    let refused = registered.as_ref().err().cloned();
-    if registered == Ok(true) {
-        let endpoints = Endpoints { socket: socket.clone(), admin_socket, metrics: metrics_addr };
-        health.set_serving();
-        tracing::info!(socket = %socket.display(), metrics = %metrics_addr, "meterd ready");
-        notifier.notify("READY=1\nSTATUS=accepting events");
-        ready(&endpoints);
-        tokio::select! {
-            _ = &mut shutdown => {}
-            _ = fatal.cancelled() => {}
+    // `Ok(false)`: stopped (or a stage failed) while registering.
+    let refused = match registered {
+        Ok(true) => {
+            let endpoints = Endpoints { socket: socket.clone(), admin_socket, metrics: metrics_addr };
+            health.set_serving();
+            tracing::info!(socket = %socket.display(), metrics = %metrics_addr, "meterd ready");
+            notifier.notify("READY=1\nSTATUS=accepting events");
+            ready(&endpoints);
+            tokio::select! {
+                _ = &mut shutdown => {}
+                _ = fatal.cancelled() => {}
+            }
+            None
         }
-    }
+        Ok(false) => None,
+        Err(refused) => Some(refused),
+    };
     if fatal.is_cancelled() {
         tracing::error!("a stage failed; shutting down");
     }

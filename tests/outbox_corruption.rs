@@ -100,7 +100,14 @@ enum Expect {
     Recovered,
 }
 
-fn check(name: &str, outcome: Outcome, expected: &BTreeMap<String, u64>, expect: Expect, dir: &Path) {
+fn check(
+    name: &str,
+    outcome: Outcome,
+    expected: &BTreeMap<String, u64>,
+    expect: Expect,
+    dir: &Path,
+    emu: &Emu,
+) {
     match outcome {
         Outcome::Refused(logs) => {
             assert_eq!(expect, Expect::Refused, "{name}: refused to start:\n{logs}");
@@ -113,6 +120,12 @@ fn check(name: &str, outcome: Outcome, expected: &BTreeMap<String, u64>, expect:
                 logs.contains("\\\"A damaged outbox\\\" in docs/operations.md"),
                 "{name}: the way out:\n{logs}"
             );
+            // The way out starts with exporting what is left: the offline commands still read it.
+            let (code, out, err) =
+                Meterd::cli(&Launch::new(dir, emu), &["receipts", "export", "--since", "0"]);
+            assert_eq!(code, 0, "{name}: offline export of a damaged outbox:\n{err}");
+            assert!(out.starts_with("id,hour,"), "{name}: {out}");
+            assert!(err.contains("meterd: warning: the outbox at"), "{name}: {err}");
         }
         Outcome::Billed(billed) => {
             assert_eq!(expect, Expect::Recovered, "{name}: started");
@@ -166,6 +179,6 @@ fn damaged_sled_files_are_recovered_intact_or_refused() {
         let dir = tempfile::tempdir().unwrap();
         let expected = acknowledged(dir.path(), &emu);
         damage(dir.path(), written_len(&db_file(dir.path())));
-        check(&name, restart(dir.path(), &emu), &expected, expect, dir.path());
+        check(&name, restart(dir.path(), &emu), &expected, expect, dir.path(), &emu);
     }
 }

@@ -66,8 +66,13 @@ impl Target {
 
     /// Opens the data dir of a stopped daemon.
     fn open_offline(&self) -> Result<(Outbox, crate::outbox::Recovered), String> {
-        match Outbox::open(&self.config.storage.data_dir) {
-            Ok(opened) => Ok(opened),
+        match Outbox::open_for_reading(&self.config.storage.data_dir) {
+            Ok((outbox, recovered, lost)) => {
+                if let Some(lost) = lost {
+                    eprintln!("meterd: warning: {lost}");
+                }
+                Ok((outbox, recovered))
+            }
             Err(OutboxError::Locked { pid, .. }) => Err(format!(
                 "meterd (pid {pid}) holds {} but its admin socket {} does not answer",
                 self.config.storage.data_dir.display(),

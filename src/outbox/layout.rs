@@ -33,10 +33,8 @@ pub fn log_key(seq: u64, chunk: u16) -> [u8; 11] {
 
 /// The sequence of a log key; `None` for a key of the wrong length.
 pub fn log_seq(key: &[u8]) -> Option<u64> {
-    match key {
-        [LOG, seq @ .., _, _] if key.len() == 11 => Some(u64::from_be_bytes(seq.try_into().ok()?)),
-        _ => None,
-    }
+    let seq: [u8; 8] = key.get(1..9)?.try_into().ok()?;
+    (key.len() == 11 && key[0] == LOG).then(|| u64::from_be_bytes(seq))
 }
 
 pub fn open_key(key: &RecordKey) -> Vec<u8> {

@@ -238,7 +238,19 @@ fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, OutboxErro
 
 impl Outbox {
     /// Locks `data_dir`, opens (or creates) the outbox and reads everything back.
+    /// Refuses an outbox that holds less than was acknowledged ([`OutboxError::Lost`]).
     pub fn open(data_dir: &Path) -> Result<(Outbox, Recovered), OutboxError> {
+        match Self::open_for_reading(data_dir)? {
+            (_, _, Some(lost)) => Err(lost),
+            (outbox, recovered, None) => Ok((outbox, recovered)),
+        }
+    }
+
+    /// Like [`Outbox::open`], but a damaged outbox is opened anyway, with the loss beside it, so
+    /// that the operator's offline commands can still export what it holds.
+    pub fn open_for_reading(
+        data_dir: &Path,
+    ) -> Result<(Outbox, Recovered, Option<OutboxError>), OutboxError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|source| OutboxError::CreateDir { path: data_dir.to_path_buf(), source })?;
         let lock = lock(data_dir)?;
@@ -263,15 +275,13 @@ impl Outbox {
         let recovered = outbox.recover()?;
         // sled treats a damaged stretch of its log like a torn write and recovers only what comes
         // before it, without an error. The watermark is how meterd notices.
-        if recovered.last_seq < expected {
-            return Err(OutboxError::Lost {
-                path: outbox.dir.join("db"),
-                watermark: watermark_path,
-                found: recovered.last_seq,
-                expected,
-            });
-        }
-        Ok((outbox, recovered))
+        let lost = (recovered.last_seq < expected).then(|| OutboxError::Lost {
+            path: outbox.dir.join("db"),
+            watermark: watermark_path,
+            found: recovered.last_seq,
+            expected,
+        });
+        Ok((outbox, recovered, lost))
     }
 
     pub fn dir(&self) -> &Path {
