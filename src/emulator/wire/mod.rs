@@ -5,61 +5,25 @@
 //! `SerializationException`; a value outside a length, pattern or range constraint of the model is
 //! a `ValidationException` listing every violation; rules that need more than one field (customer
 //! fields, allocation sums, tag sets) are the modelled exceptions raised by the service itself.
+//!
+//! This module holds the typed inputs and the decoder of each operation; beside it are the error
+//! shape ([`error`]), the two layers of reading members ([`members`]) and the decoding of usage
+//! allocations and their tags ([`allocations`]), which MeterUsage and BatchMeterUsage share.
 
-use std::borrow::Cow;
+mod allocations;
+mod error;
+mod members;
 
 use crate::model::{
-    ACCOUNT_ID_PATTERN, DECIMAL_PATTERN, LICENSE_ARN_PATTERN, PRODUCT_CODE_PATTERN, TAG_PATTERN,
-    is_account_id, is_license_arn, is_product_code, is_tag_text,
+    ACCOUNT_ID_PATTERN, DECIMAL_PATTERN, LICENSE_ARN_PATTERN, PRODUCT_CODE_PATTERN, is_account_id,
+    is_license_arn, is_product_code,
 };
 use serde_json::{Map, Value};
 
-/// An error answer: HTTP status, the error name put in `__type` and `X-Amzn-ErrorType`, and the
-/// message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub status: u16,
-    pub kind: Cow<'static, str>,
-    pub message: String,
-}
+pub use error::ApiError;
 
-impl ApiError {
-    pub fn new(status: u16, kind: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        Self { status, kind: kind.into(), message: message.into() }
-    }
-
-    /// A modelled client-side exception (HTTP 400).
-    pub fn client(kind: &'static str, message: impl Into<String>) -> Self {
-        Self::new(400, kind, message)
-    }
-
-    pub fn serialization(message: impl Into<String>) -> Self {
-        Self::client("SerializationException", message)
-    }
-
-    pub fn throttling() -> Self {
-        Self::client("ThrottlingException", "Rate exceeded")
-    }
-
-    pub fn internal() -> Self {
-        Self::new(500, "InternalServiceErrorException", "An internal error has occurred")
-    }
-
-    /// Every constraint violation at once, worded as the service words them.
-    pub fn validation(violations: &[String]) -> Self {
-        let count = violations.len();
-        let plural = if count == 1 { "" } else { "s" };
-        Self::client(
-            "ValidationException",
-            format!("{count} validation error{plural} detected: {}", violations.join("; ")),
-        )
-    }
-
-    /// The JSON body: `{"__type": kind, "message": …}`.
-    pub fn body(&self) -> Value {
-        serde_json::json!({ "__type": self.kind, "message": self.message })
-    }
-}
+use allocations::allocations;
+use members::{Checker, Members, object};
 
 /// The largest `Quantity` the model allows (a signed 32-bit integer).
 pub const MAX_QUANTITY: i64 = 2_147_483_647;
@@ -183,122 +147,6 @@ pub fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-/// Collects constraint violations while reading one request.
-#[derive(Default)]
-struct Checker {
-    violations: Vec<String>,
-}
-
-impl Checker {
-    fn violation(&mut self, path: &str, value: impl std::fmt::Display, constraint: &str) {
-        self.violations
-            .push(format!("Value '{value}' at '{path}' failed to satisfy constraint: {constraint}"));
-    }
-
-    fn length(&mut self, path: &str, text: &str, min: usize, max: usize) {
-        let len = text.encode_utf16().count();
-        if len < min {
-            self.violation(path, text, &format!("Member must have length greater than or equal to {min}"));
-        } else if len > max {
-            self.violation(path, text, &format!("Member must have length less than or equal to {max}"));
-        }
-    }
-
-    fn pattern(&mut self, path: &str, text: &str, ok: bool, pattern: &str) {
-        if !ok {
-            self.violation(path, text, &format!("Member must satisfy regular expression pattern: {pattern}"));
-        }
-    }
-
-    fn range(&mut self, path: &str, value: i64, min: i64, max: i64) {
-        if value < min {
-            self.violation(path, value, &format!("Member must have value greater than or equal to {min}"));
-        } else if value > max {
-            self.violation(path, value, &format!("Member must have value less than or equal to {max}"));
-        }
-    }
-
-    fn required(&mut self, path: &str) {
-        self.violations
-            .push(format!("Value null at '{path}' failed to satisfy constraint: Member must not be null"));
-    }
-
-    fn finish<T>(self, value: T) -> Result<T, ApiError> {
-        if self.violations.is_empty() { Ok(value) } else { Err(ApiError::validation(&self.violations)) }
-    }
-}
-
-/// Typed access to the members of one JSON object; a member of the wrong JSON type fails the
-/// whole request with `SerializationException`, a `null` member counts as absent.
-struct Members<'a> {
-    map: &'a Map<String, Value>,
-}
-
-impl<'a> Members<'a> {
-    fn get(&self, name: &str) -> Option<&'a Value> {
-        self.map.get(name).filter(|v| !v.is_null())
-    }
-
-    fn type_error(path: &str, expected: &str) -> ApiError {
-        ApiError::serialization(format!("expected {expected} at '{path}'"))
-    }
-
-    fn string(&self, name: &str, path: &str) -> Result<Option<&'a str>, ApiError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(Self::type_error(path, "a string")),
-        }
-    }
-
-    fn integer(&self, name: &str, path: &str) -> Result<Option<i64>, ApiError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Value::Number(n)) => match n.as_i64() {
-                Some(v) => Ok(Some(v)),
-                None if n.as_u64().is_some() => Ok(Some(i64::MAX)),
-                None => Err(Self::type_error(path, "an integer")),
-            },
-            Some(_) => Err(Self::type_error(path, "an integer")),
-        }
-    }
-
-    fn boolean(&self, name: &str, path: &str) -> Result<Option<bool>, ApiError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(_) => Err(Self::type_error(path, "a boolean")),
-        }
-    }
-
-    /// Epoch seconds as a JSON number (fractions allowed, truncated).
-    fn timestamp(&self, name: &str, path: &str) -> Result<Option<i64>, ApiError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Value::Number(n)) => match n.as_f64() {
-                Some(v) if v.is_finite() => Ok(Some(v.floor() as i64)),
-                _ => Err(Self::type_error(path, "a timestamp in epoch seconds")),
-            },
-            Some(_) => Err(Self::type_error(path, "a timestamp in epoch seconds")),
-        }
-    }
-
-    fn list(&self, name: &str, path: &str) -> Result<Option<&'a Vec<Value>>, ApiError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Value::Array(items)) => Ok(Some(items)),
-            Some(_) => Err(Self::type_error(path, "a list")),
-        }
-    }
-}
-
-fn object<'a>(value: &'a Value, path: &str) -> Result<Members<'a>, ApiError> {
-    match value {
-        Value::Object(map) => Ok(Members { map }),
-        _ => Err(Members::type_error(path, "a structure")),
-    }
-}
-
 /// Reads `Quantity`/`QuantityAsDecimal` style pairs: at most one of them, default 0.
 fn quantity(
     members: &Members<'_>,
@@ -321,80 +169,13 @@ fn quantity(
     });
     match (int, decimal) {
         (Some(_), Some(_)) => {
-            check.violations.push(format!("'{int_path}' and '{dec_path}' cannot both be specified"));
+            check.exclusive(&int_path, &dec_path);
             Ok((Quantity::default(), false))
         }
         (Some(v), None) => Ok((Quantity::from_units(v.clamp(0, MAX_QUANTITY) as u64), false)),
         (None, Some(q)) => Ok((q, true)),
         (None, None) => Ok((Quantity::default(), false)),
     }
-}
-
-fn allocations(
-    members: &Members<'_>,
-    check: &mut Checker,
-    path: &str,
-) -> Result<Option<Vec<Allocation>>, ApiError> {
-    let list_path = format!("{path}UsageAllocations");
-    let Some(items) = members.list("UsageAllocations", &list_path)? else { return Ok(None) };
-    if items.is_empty() || items.len() > 2500 {
-        check.violation(
-            &list_path,
-            items.len(),
-            if items.is_empty() {
-                "Member must have length greater than or equal to 1"
-            } else {
-                "Member must have length less than or equal to 2500"
-            },
-        );
-    }
-    let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let item_path = format!("{list_path}.{}.member.", i + 1);
-        let alloc = object(item, &item_path)?;
-        let (quantity, decimal) =
-            quantity(&alloc, check, "AllocatedUsageQuantity", "AllocatedUsageQuantityAsDecimal", &item_path)?;
-        let tags_path = format!("{item_path}Tags");
-        let mut tags = Vec::new();
-        if let Some(tag_items) = alloc.list("Tags", &tags_path)? {
-            if tag_items.is_empty() || tag_items.len() > 5 {
-                check.violation(
-                    &tags_path,
-                    tag_items.len(),
-                    if tag_items.is_empty() {
-                        "Member must have length greater than or equal to 1"
-                    } else {
-                        "Member must have length less than or equal to 5"
-                    },
-                );
-            }
-            for (j, tag) in tag_items.iter().enumerate() {
-                let tag_path = format!("{tags_path}.{}.member.", j + 1);
-                let tag = object(tag, &tag_path)?;
-                let mut text = |name: &str, max: usize| -> Result<String, ApiError> {
-                    let path = format!("{tag_path}{name}");
-                    match tag.string(name, &path)? {
-                        None => {
-                            check.required(&path);
-                            Ok(String::new())
-                        }
-                        Some(t) => {
-                            check.length(&path, t, 1, max);
-                            if !t.is_empty() {
-                                check.pattern(&path, t, is_tag_text(t), TAG_PATTERN);
-                            }
-                            Ok(t.to_string())
-                        }
-                    }
-                };
-                let key = text("Key", 100)?;
-                let value = text("Value", 256)?;
-                tags.push((key, value));
-            }
-        }
-        out.push(Allocation { quantity, decimal, tags });
-    }
-    Ok(Some(out))
 }
 
 fn product_code(check: &mut Checker, path: &str, code: &str) {
@@ -416,7 +197,7 @@ fn dimension(check: &mut Checker, path: &str, value: Option<&str>) -> String {
 }
 
 pub fn batch_meter_usage(body: &Map<String, Value>) -> Result<BatchMeterUsageInput, ApiError> {
-    let top = Members { map: body };
+    let top = Members::new(body);
     let mut check = Checker::default();
     let product = top.string("ProductCode", "ProductCode")?;
     if let Some(code) = product {
@@ -479,7 +260,7 @@ pub fn batch_meter_usage(body: &Map<String, Value>) -> Result<BatchMeterUsageInp
 }
 
 pub fn meter_usage(body: &Map<String, Value>) -> Result<MeterUsageInput, ApiError> {
-    let top = Members { map: body };
+    let top = Members::new(body);
     let mut check = Checker::default();
     let product = match top.string("ProductCode", "ProductCode")? {
         None => {
@@ -514,7 +295,7 @@ pub fn meter_usage(body: &Map<String, Value>) -> Result<MeterUsageInput, ApiErro
 }
 
 pub fn register_usage(body: &Map<String, Value>) -> Result<RegisterUsageInput, ApiError> {
-    let top = Members { map: body };
+    let top = Members::new(body);
     let mut check = Checker::default();
     let product = match top.string("ProductCode", "ProductCode")? {
         None => {
@@ -543,7 +324,7 @@ pub fn register_usage(body: &Map<String, Value>) -> Result<RegisterUsageInput, A
 }
 
 pub fn resolve_customer(body: &Map<String, Value>) -> Result<ResolveCustomerInput, ApiError> {
-    let top = Members { map: body };
+    let top = Members::new(body);
     let mut check = Checker::default();
     let token = match top.string("RegistrationToken", "RegistrationToken")? {
         None => {
