@@ -1,29 +1,27 @@
-//! The service's behaviour behind the wire: the catalogue checks, the time window, deduplication of
-//! accepted records, the per-caller quota and injected faults. Everything here is synchronous and
-//! guarded by one mutex that is never held across an `.await`.
+//! The operations' semantics: what BatchMeterUsage, MeterUsage, RegisterUsage and ResolveCustomer
+//! check beyond the wire format, in the order the service checks it, and what they answer. The
+//! catalogue decides which products, licenses, dimensions, customers and callers exist; accepted
+//! records go to the dedup store ([`super::dedup`]); injected unprocessed records come from the
+//! faults. A refused call applies nothing: every check of a call comes before any of its records
+//! is applied.
 //!
 //! | operation        | dedup key                                   | same quantity again | other quantity          |
 //! |------------------|---------------------------------------------|---------------------|-------------------------|
 //! | BatchMeterUsage  | product code or license ARN, customer, dimension, hour | `Success`, same id | `DuplicateRecord` |
 //! | MeterUsage       | caller (access key), product, dimension, hour | same id            | `DuplicateRequestException` |
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::collections::{BTreeMap, HashSet};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
-use super::config::{Catalogue, EmulatorConfig};
-use super::faults::{Faults, FaultsUpdate};
-use super::sigv4::Caller;
-use super::wire::{self, Allocation, ApiError, Quantity};
-
-/// How many requests the inspection log keeps (the oldest are forgotten first).
-const REQUEST_LOG_CAPACITY: usize = 100_000;
+use super::State;
+use super::dedup::{AcceptedRecord, Duplicate, RecordKey, hour_of};
+use crate::emulator::config::EmulatorConfig;
+use crate::emulator::sigv4::Caller;
+use crate::emulator::wire::{self, Allocation, ApiError, Quantity};
 
 /// The four operations, by their `X-Amz-Target` suffix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,275 +55,13 @@ impl Operation {
     }
 }
 
-/// One accepted metering record, as `GET /_emulator/records` lists it.
-#[derive(Debug, Clone, Serialize)]
-pub struct AcceptedRecord {
-    pub metering_record_id: String,
-    pub operation: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub product_code: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub license_arn: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub customer_aws_account_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub customer_identifier: Option<String>,
-    /// The access key id that sent it.
-    pub caller: String,
-    pub dimension: String,
-    /// Start of the UTC hour it bills, epoch seconds.
-    pub hour: i64,
-    /// The `Timestamp` as first sent, epoch seconds.
-    pub timestamp: i64,
-    pub quantity: Value,
-    pub allocations: Vec<Value>,
-    /// When the emulator accepted it, epoch seconds on the emulator's clock.
-    pub accepted_at: i64,
-    #[serde(skip)]
-    exact_quantity: Quantity,
-}
-
-/// One API request and how it was answered, as `GET /_emulator/requests` lists it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RequestLog {
-    pub seq: u64,
-    pub at: i64,
-    pub operation: Option<&'static str>,
-    pub caller: Option<String>,
-    pub status: u16,
-    /// `"ok"`, the error's name, or `"dropped"` when the connection was closed after applying.
-    pub outcome: String,
-    pub records: usize,
-    /// Per-record statuses of a BatchMeterUsage call, plus `Unprocessed`.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub statuses: BTreeMap<&'static str, usize>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum RecordKey {
-    Batch { scope: String, customer: String, dimension: String, hour: i64 },
-    Meter { caller: String, product: String, dimension: String, hour: i64 },
-}
-
-struct Bucket {
-    tokens: f64,
-    refilled: Instant,
-}
-
-struct State {
-    catalogue: Catalogue,
-    faults: Faults,
-    records: Vec<AcceptedRecord>,
-    index: HashMap<RecordKey, usize>,
-    registrations: HashSet<(String, String)>,
-    requests: VecDeque<RequestLog>,
-    next_seq: u64,
-    buckets: HashMap<String, Bucket>,
-    clock_offset_secs: i64,
-}
-
-/// What an API call comes to: an answer, or an answer that must never reach the client.
-pub enum Answer {
-    Reply(Result<Value, ApiError>),
-    /// Apply-then-drop: the request took effect; close the connection without a response.
-    Drop,
-}
-
-/// The emulated service.
-pub struct Service {
-    config: EmulatorConfig,
-    state: Mutex<State>,
-}
-
-fn hour_of(timestamp: i64) -> i64 {
-    timestamp.div_euclid(3600) * 3600
-}
-
-impl Service {
-    pub fn new(config: EmulatorConfig) -> Self {
-        let state = State {
-            catalogue: config.catalogue.clone(),
-            faults: Faults::default(),
-            records: Vec::new(),
-            index: HashMap::new(),
-            registrations: HashSet::new(),
-            requests: VecDeque::new(),
-            next_seq: 1,
-            buckets: HashMap::new(),
-            clock_offset_secs: 0,
-        };
-        Self { config, state: Mutex::new(state) }
-    }
-
-    pub fn config(&self) -> &EmulatorConfig {
-        &self.config
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock leaves plain data behind; keep serving it.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The emulator's clock: the host's, shifted by the offset set through `/_emulator/clock`.
-    pub fn now(&self) -> SystemTime {
-        let offset = self.lock().clock_offset_secs;
-        shift(SystemTime::now(), offset)
-    }
-
-    /// The delay to add before answering, from the `latency_ms` fault.
-    pub fn latency(&self) -> Duration {
-        Duration::from_millis(self.lock().faults.latency_ms)
-    }
-
-    /// Runs one authenticated API call through faults, quota and the operation itself.
-    pub fn call(&self, operation: Operation, caller: &Caller, body: &Map<String, Value>) -> Answer {
-        let mut state = self.lock();
-        let now = epoch(shift(SystemTime::now(), state.clock_offset_secs));
-        if let Some(err) = state.faults.take_error() {
-            return Answer::Reply(Err(err));
-        }
-        if !state.admit(&caller.access_key_id, &self.config) {
-            return Answer::Reply(Err(ApiError::throttling()));
-        }
-        let result = state.operation(&self.config, operation, caller, body, now);
-        if result.is_ok() && state.faults.take_drop() {
-            return Answer::Drop;
-        }
-        Answer::Reply(result)
-    }
-
-    /// Records a request in the inspection log.
-    pub fn log(
-        &self,
-        operation: Option<Operation>,
-        caller: Option<&Caller>,
-        status: u16,
-        outcome: String,
-        body: Option<&Value>,
-        records: usize,
-    ) {
-        let mut state = self.lock();
-        let now = epoch(shift(SystemTime::now(), state.clock_offset_secs));
-        let mut statuses = BTreeMap::new();
-        if let Some(body) = body {
-            for result in body.get("Results").and_then(Value::as_array).into_iter().flatten() {
-                let status = match result.get("Status").and_then(Value::as_str) {
-                    Some("Success") => "Success",
-                    Some("CustomerNotSubscribed") => "CustomerNotSubscribed",
-                    Some("DuplicateRecord") => "DuplicateRecord",
-                    _ => "Unknown",
-                };
-                *statuses.entry(status).or_default() += 1;
-            }
-            let unprocessed = body.get("UnprocessedRecords").and_then(Value::as_array).map_or(0, Vec::len);
-            if unprocessed > 0 {
-                statuses.insert("Unprocessed", unprocessed);
-            }
-        }
-        let seq = state.next_seq;
-        state.next_seq += 1;
-        if state.requests.len() == REQUEST_LOG_CAPACITY {
-            state.requests.pop_front();
-        }
-        state.requests.push_back(RequestLog {
-            seq,
-            at: now,
-            operation: operation.map(Operation::name),
-            caller: caller.map(|c| c.access_key_id.clone()),
-            status,
-            outcome,
-            records,
-            statuses,
-        });
-    }
-
-    pub fn records(&self) -> Vec<AcceptedRecord> {
-        self.lock().records.clone()
-    }
-
-    pub fn requests(&self) -> Vec<RequestLog> {
-        self.lock().requests.iter().cloned().collect()
-    }
-
-    /// Forgets accepted records, the request log, faults, quota and registrations; keeps the
-    /// catalogue and the clock.
-    pub fn reset(&self) {
-        let mut state = self.lock();
-        state.records.clear();
-        state.index.clear();
-        state.registrations.clear();
-        state.requests.clear();
-        state.buckets.clear();
-        state.faults = Faults::default();
-    }
-
-    pub fn catalogue(&self) -> Catalogue {
-        self.lock().catalogue.clone()
-    }
-
-    pub fn set_catalogue(&self, catalogue: Catalogue) {
-        self.lock().catalogue = catalogue;
-    }
-
-    pub fn faults(&self) -> Faults {
-        self.lock().faults.clone()
-    }
-
-    pub fn update_faults(&self, update: FaultsUpdate) -> Result<Faults, String> {
-        let mut state = self.lock();
-        state.faults.update(update)?;
-        Ok(state.faults.clone())
-    }
-
-    pub fn clear_faults(&self) {
-        let mut state = self.lock();
-        state.faults = Faults::default();
-    }
-
-    pub fn clock_offset(&self) -> i64 {
-        self.lock().clock_offset_secs
-    }
-
-    pub fn set_clock_offset(&self, offset_secs: i64) {
-        self.lock().clock_offset_secs = offset_secs;
-    }
-}
-
-fn shift(time: SystemTime, offset_secs: i64) -> SystemTime {
-    let delta = Duration::from_secs(offset_secs.unsigned_abs());
-    if offset_secs >= 0 { time + delta } else { time - delta }
-}
-
-fn epoch(time: SystemTime) -> i64 {
-    match time.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    }
-}
-
+/// Whether a catalogue list accepts `item`: an absent list accepts anything.
 fn contains(list: &Option<Vec<String>>, item: &str) -> bool {
     list.as_ref().is_none_or(|l| l.iter().any(|x| x == item))
 }
 
 impl State {
-    /// Takes a token from the caller's bucket; `false` means throttled.
-    fn admit(&mut self, access_key_id: &str, config: &EmulatorConfig) -> bool {
-        let now = Instant::now();
-        let burst = f64::from(config.burst);
-        let bucket =
-            self.buckets.entry(access_key_id.to_string()).or_insert(Bucket { tokens: burst, refilled: now });
-        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * config.requests_per_second).min(burst);
-        bucket.refilled = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn operation(
+    pub(super) fn operation(
         &mut self,
         config: &EmulatorConfig,
         operation: Operation,
@@ -443,6 +179,34 @@ impl State {
         Ok((true, product.unwrap_or_default()))
     }
 
+    /// Every refusal of a BatchMeterUsage call, before any record is applied: the scope, then each
+    /// record's customer fields, dimension and allocations, then every record's timestamp.
+    /// Returns whether the records name licenses, and the product they belong to.
+    fn check_batch(
+        &self,
+        config: &EmulatorConfig,
+        input: &wire::BatchMeterUsageInput,
+        now: i64,
+    ) -> Result<(bool, String), ApiError> {
+        let (licensed, product) = if input.records.is_empty() {
+            if let Some(code) = &input.product_code {
+                self.check_product(code)?;
+            }
+            (false, input.product_code.clone().unwrap_or_default())
+        } else {
+            self.batch_scope(input)?
+        };
+        for record in &input.records {
+            check_customer_fields(record)?;
+            self.check_dimension(&record.dimension, &product)?;
+            check_allocations(record.quantity, record.decimal, record.allocations.as_deref())?;
+        }
+        for record in &input.records {
+            Self::check_window(config, record.timestamp, now)?;
+        }
+        Ok((licensed, product))
+    }
+
     fn batch_meter_usage(
         &mut self,
         config: &EmulatorConfig,
@@ -450,37 +214,7 @@ impl State {
         input: wire::BatchMeterUsageInput,
         now: i64,
     ) -> Result<Value, ApiError> {
-        let (licensed, product) = if input.records.is_empty() {
-            if let Some(code) = &input.product_code {
-                self.check_product(code)?;
-            }
-            (false, input.product_code.clone().unwrap_or_default())
-        } else {
-            self.batch_scope(&input)?
-        };
-        for record in &input.records {
-            match (&record.customer_identifier, &record.customer_aws_account_id) {
-                (Some(_), Some(_)) => {
-                    return Err(ApiError::client(
-                        "InvalidCustomerIdentifierException",
-                        "A usage record can specify CustomerIdentifier or CustomerAWSAccountId, not both",
-                    ));
-                }
-                (None, None) => {
-                    return Err(ApiError::client(
-                        "InvalidCustomerIdentifierException",
-                        "A usage record must specify CustomerIdentifier or CustomerAWSAccountId",
-                    ));
-                }
-                _ => {}
-            }
-            self.check_dimension(&record.dimension, &product)?;
-            check_allocations(record.quantity, record.decimal, record.allocations.as_deref())?;
-        }
-        for record in &input.records {
-            Self::check_window(config, record.timestamp, now)?;
-        }
-
+        let (licensed, product) = self.check_batch(config, &input, now)?;
         let mut results = Vec::new();
         let mut unprocessed = Vec::new();
         for record in input.records {
@@ -488,25 +222,12 @@ impl State {
                 unprocessed.push(record.raw);
                 continue;
             }
-            let customer = record.customer().unwrap_or_default().to_string();
-            if !contains(&self.catalogue.subscribed_customers, &customer) {
+            let customer = record.customer().unwrap_or_default();
+            if !contains(&self.catalogue.subscribed_customers, customer) {
                 results.push(json!({"UsageRecord": record.raw, "Status": "CustomerNotSubscribed"}));
                 continue;
             }
-            let scope = match &record.license_arn {
-                Some(arn) => format!("license:{arn}"),
-                None => format!("product:{product}"),
-            };
-            let customer_key = match &record.customer_aws_account_id {
-                Some(acct) => format!("account:{acct}"),
-                None => format!("identifier:{customer}"),
-            };
-            let key = RecordKey::Batch {
-                scope,
-                customer: customer_key,
-                dimension: record.dimension.clone(),
-                hour: hour_of(record.timestamp),
-            };
+            let key = RecordKey::batch(&record, &product);
             let accepted = AcceptedRecord {
                 metering_record_id: String::new(),
                 operation: Operation::BatchMeterUsage.name(),
@@ -523,31 +244,35 @@ impl State {
                 accepted_at: now,
                 exact_quantity: record.quantity,
             };
-            match self.accept(key, accepted) {
+            match self.accepted.accept(key, accepted) {
                 Ok(id) => results
                     .push(json!({"UsageRecord": record.raw, "MeteringRecordId": id, "Status": "Success"})),
-                Err(_) => results.push(json!({"UsageRecord": record.raw, "Status": "DuplicateRecord"})),
+                Err(Duplicate) => {
+                    results.push(json!({"UsageRecord": record.raw, "Status": "DuplicateRecord"}))
+                }
             }
         }
         Ok(json!({"Results": results, "UnprocessedRecords": unprocessed}))
     }
 
-    /// Stores a record under its key, or compares it with the one already there. `Ok(id)` for a
-    /// new record or the same quantity again; `Err(())` for a different quantity.
-    fn accept(&mut self, key: RecordKey, mut record: AcceptedRecord) -> Result<String, ()> {
-        if let Some(&at) = self.index.get(&key) {
-            let existing = &self.records[at];
-            return if existing.exact_quantity == record.exact_quantity {
-                Ok(existing.metering_record_id.clone())
-            } else {
-                Err(())
-            };
+    /// A MeterUsage `DryRun` applies nothing and checks only that the caller may call it.
+    fn dry_run(&self, caller: &Caller) -> ApiError {
+        if contains(&self.catalogue.authorized_callers, &caller.access_key_id) {
+            ApiError::new(
+                412,
+                "DryRunOperation",
+                "Request would have succeeded, but the DryRun parameter was set.",
+            )
+        } else {
+            ApiError::new(
+                403,
+                "UnauthorizedException",
+                format!(
+                    "User: {} is not authorized to perform: aws-marketplace:MeterUsage",
+                    caller.access_key_id
+                ),
+            )
         }
-        record.metering_record_id = uuid::Uuid::new_v4().to_string();
-        let id = record.metering_record_id.clone();
-        self.index.insert(key, self.records.len());
-        self.records.push(record);
-        Ok(id)
     }
 
     fn meter_usage(
@@ -558,22 +283,7 @@ impl State {
         now: i64,
     ) -> Result<Value, ApiError> {
         if input.dry_run {
-            return Err(if contains(&self.catalogue.authorized_callers, &caller.access_key_id) {
-                ApiError::new(
-                    412,
-                    "DryRunOperation",
-                    "Request would have succeeded, but the DryRun parameter was set.",
-                )
-            } else {
-                ApiError::new(
-                    403,
-                    "UnauthorizedException",
-                    format!(
-                        "User: {} is not authorized to perform: aws-marketplace:MeterUsage",
-                        caller.access_key_id
-                    ),
-                )
-            });
+            return Err(self.dry_run(caller));
         }
         self.check_product(&input.product_code)?;
         self.check_dimension(&input.dimension, &input.product_code)?;
@@ -586,12 +296,7 @@ impl State {
         }
         Self::check_window(config, input.timestamp, now)?;
         let hour = hour_of(input.timestamp);
-        let key = RecordKey::Meter {
-            caller: caller.access_key_id.clone(),
-            product: input.product_code.clone(),
-            dimension: input.dimension.clone(),
-            hour,
-        };
+        let key = RecordKey::meter(&caller.access_key_id, &input.product_code, &input.dimension, hour);
         let record = AcceptedRecord {
             metering_record_id: String::new(),
             operation: Operation::MeterUsage.name(),
@@ -608,9 +313,9 @@ impl State {
             accepted_at: now,
             exact_quantity: input.quantity,
         };
-        match self.accept(key, record) {
+        match self.accepted.accept(key, record) {
             Ok(id) => Ok(json!({"MeteringRecordId": id})),
-            Err(()) => Err(ApiError::client(
+            Err(Duplicate) => Err(ApiError::client(
                 "DuplicateRequestException",
                 format!(
                     "A metering record for dimension {} and hour {hour} was already recorded with a different quantity",
@@ -685,6 +390,21 @@ impl State {
             answer["Metadata"] = json!({ "AgreementId": agreement });
         }
         Ok(answer)
+    }
+}
+
+/// A BatchMeterUsage record names its customer by exactly one of its two fields.
+fn check_customer_fields(record: &wire::UsageRecord) -> Result<(), ApiError> {
+    match (&record.customer_identifier, &record.customer_aws_account_id) {
+        (Some(_), Some(_)) => Err(ApiError::client(
+            "InvalidCustomerIdentifierException",
+            "A usage record can specify CustomerIdentifier or CustomerAWSAccountId, not both",
+        )),
+        (None, None) => Err(ApiError::client(
+            "InvalidCustomerIdentifierException",
+            "A usage record must specify CustomerIdentifier or CustomerAWSAccountId",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -800,12 +520,5 @@ mod tests {
         let err =
             check_allocations(total, false, Some(&[allocation(10, &[("t", "a"), ("t", "b")])])).unwrap_err();
         assert_eq!(err.kind, "InvalidTagException");
-    }
-
-    #[test]
-    fn hours_round_down_including_before_the_epoch() {
-        assert_eq!(hour_of(7199), 3600);
-        assert_eq!(hour_of(7200), 7200);
-        assert_eq!(hour_of(-1), -3600);
     }
 }
