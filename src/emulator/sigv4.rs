@@ -143,6 +143,42 @@ fn verify_signature(
     secret: &str,
     now: SystemTime,
 ) -> Result<(), ApiError> {
+    let amz_date = signed_date(headers, auth, now)?;
+    if !auth.signed_headers.contains(&"host") {
+        return Err(auth_error(
+            "InvalidSignatureException",
+            "'Host' must be a 'SignedHeader' in the AWS Authorization.",
+        ));
+    }
+    let canonical = canonical_request(method, path_and_query, headers, body, &auth.signed_headers);
+    let scope = format!("{}/{}/{}/aws4_request", auth.date, auth.region, auth.service);
+    let string_to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    );
+    let mut key = hmac(format!("AWS4{secret}").as_bytes(), auth.date.as_bytes());
+    for part in [auth.region, auth.service, "aws4_request"] {
+        key = hmac(&key, part.as_bytes());
+    }
+    let expected = hex::encode(hmac(&key, string_to_sign.as_bytes()));
+    if expected != auth.signature {
+        return Err(auth_error(
+            "InvalidSignatureException",
+            format!(
+                "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.\n\nThe Canonical String for this request should have been\n'{canonical}'\n\nThe String-to-Sign should have been\n'{string_to_sign}'\n"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The request's `X-Amz-Date`, once it is known to lie within [`MAX_SKEW`] of `now` and to fall on
+/// the date of the credential scope.
+fn signed_date<'h>(
+    headers: &'h HeaderMap,
+    auth: &Authorization<'_>,
+    now: SystemTime,
+) -> Result<&'h str, ApiError> {
     let amz_date = headers.get("x-amz-date").and_then(|v| v.to_str().ok()).ok_or_else(|| {
         auth_error(
             "IncompleteSignatureException",
@@ -172,18 +208,23 @@ fn verify_signature(
             ),
         ));
     }
-    if !auth.signed_headers.contains(&"host") {
-        return Err(auth_error(
-            "InvalidSignatureException",
-            "'Host' must be a 'SignedHeader' in the AWS Authorization.",
-        ));
-    }
+    Ok(amz_date)
+}
 
+/// The canonical request SigV4 signs: method, path, sorted query, each signed header with its
+/// values (whitespace folded), the signed header names and the payload's hash.
+fn canonical_request(
+    method: &str,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    signed_headers: &[&str],
+) -> String {
     let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
     let mut query_pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
     query_pairs.sort_unstable();
     let mut canonical = format!("{method}\n{path}\n{}\n", query_pairs.join("&"));
-    for name in &auth.signed_headers {
+    for name in signed_headers {
         let values: Vec<String> = headers
             .get_all(*name)
             .iter()
@@ -195,27 +236,8 @@ fn verify_signature(
         Some("UNSIGNED-PAYLOAD") => "UNSIGNED-PAYLOAD".to_string(),
         _ => hex::encode(Sha256::digest(body)),
     };
-    canonical.push_str(&format!("\n{}\n{payload_hash}", auth.signed_headers.join(";")));
-
-    let scope = format!("{}/{}/{}/aws4_request", auth.date, auth.region, auth.service);
-    let string_to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical.as_bytes()))
-    );
-    let mut key = hmac(format!("AWS4{secret}").as_bytes(), auth.date.as_bytes());
-    for part in [auth.region, auth.service, "aws4_request"] {
-        key = hmac(&key, part.as_bytes());
-    }
-    let expected = hex::encode(hmac(&key, string_to_sign.as_bytes()));
-    if expected != auth.signature {
-        return Err(auth_error(
-            "InvalidSignatureException",
-            format!(
-                "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.\n\nThe Canonical String for this request should have been\n'{canonical}'\n\nThe String-to-Sign should have been\n'{string_to_sign}'\n"
-            ),
-        ));
-    }
-    Ok(())
+    canonical.push_str(&format!("\n{}\n{payload_hash}", signed_headers.join(";")));
+    canonical
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
