@@ -2,8 +2,10 @@
 //!
 //! Events flow one way through the stages: [`ingest`] (socket, framing, validation) → [`commit`]
 //! (group commit into the [`outbox`], counting into [`aggregate`]'s open hours, sealing) →
-//! [`submit`] (batches, retries, dead letters). [`daemon`] wires them together; `main.rs` only
-//! parses the command line.
+//! [`submit`] (batches, retries, dead letters). [`model`] holds the words they share and depends
+//! on none of them; [`context`] is what every running stage carries (clock, metrics, health, the
+//! fatal token). [`daemon`] wires and supervises the stages; `main.rs` only parses the command
+//! line.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +15,7 @@ pub mod cli;
 pub mod clock;
 pub mod commit;
 pub mod config;
+pub mod context;
 pub mod daemon;
 pub mod duration;
 pub mod emulator;
@@ -22,3 +25,4 @@ pub mod outbox;
 pub mod submit;
 pub mod systemd;
 pub mod telemetry;
+pub mod unix;

@@ -5,9 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use meterd::aggregate::{Admission, Aggregator, Customer, MAX_QUANTITY, Rules, Scope, SealedRecord};
-use meterd::config::LateEvents;
-use meterd::ingest::{ErrorCode, Event};
+use meterd::aggregate::{Admission, AdmitError, Aggregator, Rules, SealedRecord};
+use meterd::model::{Customer, Event, LateEvents, MAX_QUANTITY, Scope};
 use proptest::prelude::*;
 
 const SEAL_DELAY: i64 = 300;
@@ -52,38 +51,30 @@ impl Model {
         self.accepted.iter().filter(|(k, _, _)| *k == key).map(|(_, _, q)| u64::from(*q)).sum()
     }
 
-    /// What the aggregator must answer: Ok(Some(hour)) counted, Ok(None) duplicate, Err(code).
-    #[allow(clippy::too_many_arguments)]
-    fn admit(
-        &mut self,
-        now: i64,
-        customer: u8,
-        dimension: u8,
-        tags: u8,
-        quantity: u32,
-        at: i64,
-        id: Option<u8>,
-    ) -> Result<Option<i64>, ErrorCode> {
+    /// What the aggregator must answer: Ok(Some(hour)) counted, Ok(None) duplicate, Err(why).
+    fn admit(&mut self, now: i64, at: i64, event: Sent) -> Result<Option<i64>, AdmitError> {
+        let Sent { customer, dimension, tags, quantity, id } = event;
         if let Some(id) = id
             && self.ids.get(&id).is_some_and(|expiry| *expiry > now)
         {
             return Ok(None);
         }
         if at > now + TOLERANCE {
-            return Err(ErrorCode::FutureTimestamp);
+            return Err(AdmitError::FutureTimestamp { at, ahead: at - now });
         }
         let mut hour = at.div_euclid(3600) * 3600;
         if hour + DEADLINE <= now {
-            return Err(ErrorCode::OutOfWindow);
+            return Err(AdmitError::PastDeadline { at, deadline: DEADLINE });
         }
         if hour <= self.sealed_hours_through || hour + 3600 + SEAL_DELAY <= now {
             match self.policy {
-                LateEvents::Reject => return Err(ErrorCode::OutOfWindow),
+                LateEvents::Reject => return Err(AdmitError::HourSealed { hour }),
                 LateEvents::CarryForward => hour = now.div_euclid(3600) * 3600,
             }
         }
-        if self.total((customer, dimension, hour)) + u64::from(quantity) > u64::from(MAX_QUANTITY) {
-            return Err(ErrorCode::QuantityOverflow);
+        let total = self.total((customer, dimension, hour)) + u64::from(quantity);
+        if total > u64::from(MAX_QUANTITY) {
+            return Err(AdmitError::QuantityOverflow { total });
         }
         self.accepted.push(((customer, dimension, hour), tags, quantity));
         if let Some(id) = id {
@@ -91,6 +82,16 @@ impl Model {
         }
         Ok(Some(hour))
     }
+}
+
+/// The fields of one generated event.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    customer: u8,
+    dimension: u8,
+    tags: u8,
+    quantity: u32,
+    id: Option<u8>,
 }
 
 fn key_of(record: &SealedRecord) -> Key {
@@ -139,11 +140,11 @@ fn check(ops: Vec<Op>, policy: LateEvents) -> Result<(), TestCaseError> {
                     tags: tag_set(tags),
                     id: id.map(|i| format!("id-{i}")),
                 };
-                let want = model.admit(now, customer, dimension, tags, quantity, at, id);
+                let want = model.admit(now, at, Sent { customer, dimension, tags, quantity, id });
                 let got = match aggregator.admit(event, now) {
                     Ok(Admission::Counted { admitted, .. }) => Ok(Some(admitted.key.hour)),
                     Ok(Admission::Duplicate { .. }) => Ok(None),
-                    Err(rejection) => Err(rejection.code),
+                    Err(error) => Err(error),
                 };
                 prop_assert_eq!(got, want);
             }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use aws_sdk_marketplacemetering::config::retry::RetryConfig;
 use common::*;
-use meterd::aggregate::{Allocation, Customer, RecordKey, Scope, SealedRecord};
+use meterd::aggregate::{Allocation, SealedRecord};
 use meterd::emulator::EmulatorConfig;
+use meterd::model::{Customer, RecordKey, Scope};
 use meterd::submit::api::FailureKind;
 use meterd::submit::{Disposition, MeteringApi, RecordOutcome, SdkMeteringApi, classify};
 use serde_json::{Value, json};

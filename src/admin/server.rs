@@ -10,22 +10,18 @@ use tokio_util::sync::CancellationToken;
 
 use super::view::{RecordView, StatusReport, select, time_text};
 use super::{Line, Request};
-use crate::clock::Clock;
+use crate::context::Context;
 use crate::outbox::{Outbox, OutboxError, StoredRecord};
 use crate::submit::Control;
-use crate::telemetry::health::Health;
-use crate::telemetry::metrics::Metrics;
 
 /// Longest request line read.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 
 /// What the admin socket needs from the daemon.
 pub struct AdminServer {
+    pub ctx: Context,
     pub outbox: Arc<Outbox>,
-    pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
     pub controls: mpsc::Sender<Control>,
-    pub clock: Clock,
     pub data_dir: String,
     /// `submit.deadline` in seconds.
     pub deadline: i64,
@@ -141,13 +137,13 @@ impl AdminServer {
     }
 
     fn status(&self, records: Vec<StoredRecord>) -> StatusReport {
-        let now = self.clock.now();
+        let now = self.ctx.clock.now();
         let mut report = StatusReport::from_records(records.into_iter(), &self.data_dir, self.deadline, now);
         report.running = true;
-        let gauge = |state: &str| self.metrics.records.with_label_values(&[state]).get().max(0) as u64;
+        let gauge = |state: &str| self.ctx.metrics.records.with_label_values(&[state]).get().max(0) as u64;
         report.records.insert("open".into(), gauge("open"));
         report.records.insert("in_flight".into(), gauge("in_flight"));
-        let snapshot = self.health.snapshot();
+        let snapshot = self.ctx.health.snapshot();
         report.uptime_secs = Some(snapshot.uptime.as_secs());
         report.last_submission =
             snapshot.submission.last_outcome.map(|(outcome, at)| (outcome, time_text(at)));

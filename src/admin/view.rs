@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::aggregate::{Customer, RecordKey, Scope};
-use crate::outbox::{DeadReason, RecordState, Recovered, StoredRecord};
+use crate::model::{Customer, DeadReason, RecordKey, Scope};
+use crate::outbox::{RecordState, Recovered, StoredRecord};
 
 /// A record's id for the CLI: the first 12 hex digits of the SHA-256 of its key. Stable across
 /// restarts and the same on every host, so a seller can quote it.

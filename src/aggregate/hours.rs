@@ -9,11 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{Allocation, Customer, MAX_QUANTITY, RecordKey, Scope, SealedRecord, TagSet};
+use super::record::{Allocation, SealedRecord};
 use crate::clock::hour_of;
-use crate::config::LateEvents;
-use crate::ingest::{ErrorCode, Event, Rejection};
-use crate::model::MAX_ALLOCATIONS;
+use crate::model::{Customer, Event, LateEvents, MAX_ALLOCATIONS, MAX_QUANTITY, RecordKey, Scope, TagSet};
 
 /// How long a client id is remembered after its event was accepted.
 pub const ID_TTL_SECS: i64 = 25 * 3600;
@@ -74,6 +72,25 @@ pub enum Admission {
     Counted { admitted: Admitted, carried: bool },
     /// Its id was accepted before: not counted again.
     Duplicate { id: String },
+}
+
+/// Why [`Aggregator::admit`] refused an event; ingest turns it into the socket's error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    #[error("timestamp {at} is {ahead}s ahead of meterd's clock")]
+    FutureTimestamp { at: i64, ahead: i64 },
+    #[error(
+        "timestamp {at} is in an hour past the submit deadline ({deadline}s after its start); the service would refuse it"
+    )]
+    PastDeadline { at: i64, deadline: i64 },
+    #[error("the hour starting {hour} is already sealed (late_events = reject)")]
+    HourSealed { hour: i64 },
+    #[error("the hour's total for this customer and dimension would reach {total}, above 2147483647")]
+    QuantityOverflow { total: u64 },
+    #[error(
+        "the hour's record for this customer and dimension already has 2500 tag sets, the service's limit"
+    )]
+    TooManyTagSets,
 }
 
 /// What changed since the last checkpoint.
@@ -165,64 +182,24 @@ impl Aggregator {
     }
 
     /// Checks an event against time, earlier ids and the key's total, and counts it.
-    pub fn admit(&mut self, event: Event, now: i64) -> Result<Admission, Rejection> {
+    pub fn admit(&mut self, event: Event, now: i64) -> Result<Admission, AdmitError> {
         if let Some(id) = &event.id
             && self.ids.contains_key(id)
         {
             return Ok(Admission::Duplicate { id: event.id.unwrap_or_default() });
         }
-        let at = event.timestamp.unwrap_or(now);
-        if at > now + self.rules.future_tolerance {
-            return Err(Rejection::new(
-                ErrorCode::FutureTimestamp,
-                format!("timestamp {at} is {}s ahead of meterd's clock", at - now),
-            ));
-        }
-        let mut hour = hour_of(at);
-        if hour + self.rules.deadline <= now {
-            return Err(Rejection::new(
-                ErrorCode::OutOfWindow,
-                format!(
-                    "timestamp {at} is in an hour past the submit deadline ({}s after its start); the service would refuse it",
-                    self.rules.deadline
-                ),
-            ));
-        }
-        let mut carried = false;
-        if self.is_sealed(hour, now) {
-            match self.rules.late_events {
-                LateEvents::Reject => {
-                    self.late_rejected += 1;
-                    return Err(Rejection::new(
-                        ErrorCode::OutOfWindow,
-                        format!("the hour starting {hour} is already sealed (late_events = reject)"),
-                    ));
-                }
-                LateEvents::CarryForward => {
-                    hour = hour_of(now);
-                    carried = true;
-                }
-            }
-        }
+        let (hour, carried) = self.hour_for(event.timestamp.unwrap_or(now), now)?;
         let Event { scope, customer, dimension, quantity, tags, id, .. } = event;
         let key = RecordKey { scope, customer, dimension, hour };
         let bucket = self.buckets.get(&key);
         let total = u64::from(bucket.map_or(0, |b| b.quantity)) + u64::from(quantity);
         if total > u64::from(MAX_QUANTITY) {
-            return Err(Rejection::new(
-                ErrorCode::QuantityOverflow,
-                format!(
-                    "the hour's total for this customer and dimension would reach {total}, above 2147483647"
-                ),
-            ));
+            return Err(AdmitError::QuantityOverflow { total });
         }
         if bucket
             .is_some_and(|b| b.allocations.len() >= MAX_ALLOCATIONS && !b.allocations.contains_key(&tags))
         {
-            return Err(Rejection::new(
-                ErrorCode::InvalidField,
-                "the hour's record for this customer and dimension already has 2500 tag sets, the service's limit",
-            ));
+            return Err(AdmitError::TooManyTagSets);
         }
         if carried {
             self.late_carried += 1;
@@ -230,6 +207,27 @@ impl Aggregator {
         let admitted = Admitted { key, tags, quantity, id, at: now };
         self.apply(&admitted);
         Ok(Admission::Counted { admitted, carried })
+    }
+
+    /// The hour an event at `at` is counted in, and whether it was carried forward to it.
+    fn hour_for(&mut self, at: i64, now: i64) -> Result<(i64, bool), AdmitError> {
+        if at > now + self.rules.future_tolerance {
+            return Err(AdmitError::FutureTimestamp { at, ahead: at - now });
+        }
+        let hour = hour_of(at);
+        if hour + self.rules.deadline <= now {
+            return Err(AdmitError::PastDeadline { at, deadline: self.rules.deadline });
+        }
+        if !self.is_sealed(hour, now) {
+            return Ok((hour, false));
+        }
+        match self.rules.late_events {
+            LateEvents::Reject => {
+                self.late_rejected += 1;
+                Err(AdmitError::HourSealed { hour })
+            }
+            LateEvents::CarryForward => Ok((hour_of(now), true)),
+        }
     }
 
     /// Counts an admitted event: from [`Aggregator::admit`], or from the log during replay.

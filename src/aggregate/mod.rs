@@ -4,5 +4,5 @@
 mod hours;
 mod record;
 
-pub use hours::{Admission, Admitted, Aggregator, Bucket, Delta, Heartbeat, ID_TTL_SECS, Rules};
-pub use record::{Allocation, Customer, MAX_QUANTITY, RecordKey, Scope, SealedRecord, TagSet};
+pub use hours::{Admission, AdmitError, Admitted, Aggregator, Bucket, Delta, Heartbeat, ID_TTL_SECS, Rules};
+pub use record::{Allocation, SealedRecord};

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::admin::{Line, RecordView, Request, Selection, StatusReport, offline_status};
-use crate::config::{Config, Mode};
+use crate::config::Config;
+use crate::model::Mode;
 use crate::outbox::{Outbox, OutboxError};
 use crate::submit::SdkMeteringApi;
 use crate::submit::api::FailureKind;

@@ -10,61 +10,10 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::aggregate::{Customer, Scope, TagSet};
-use crate::config::Mode;
-use crate::model;
+use crate::model::{self, Customer, ErrorCode, Event, Mode, Scope, TagSet};
 
 /// Longest client idempotency key, in bytes.
 pub const MAX_ID_BYTES: usize = 128;
-
-/// The error codes of the socket protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    InvalidJson,
-    MissingField,
-    InvalidField,
-    UnknownDimension,
-    OutOfWindow,
-    FutureTimestamp,
-    LineTooLong,
-    QuantityOverflow,
-    Overloaded,
-    StorageError,
-    /// The peer's uid is not in `ingest.allowed_uids`; the connection is closed after this line.
-    PermissionDenied,
-}
-
-impl ErrorCode {
-    pub const ALL: [ErrorCode; 11] = [
-        ErrorCode::InvalidJson,
-        ErrorCode::MissingField,
-        ErrorCode::InvalidField,
-        ErrorCode::UnknownDimension,
-        ErrorCode::OutOfWindow,
-        ErrorCode::FutureTimestamp,
-        ErrorCode::LineTooLong,
-        ErrorCode::QuantityOverflow,
-        ErrorCode::Overloaded,
-        ErrorCode::StorageError,
-        ErrorCode::PermissionDenied,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidJson => "invalid_json",
-            ErrorCode::MissingField => "missing_field",
-            ErrorCode::InvalidField => "invalid_field",
-            ErrorCode::UnknownDimension => "unknown_dimension",
-            ErrorCode::OutOfWindow => "out_of_window",
-            ErrorCode::FutureTimestamp => "future_timestamp",
-            ErrorCode::LineTooLong => "line_too_long",
-            ErrorCode::QuantityOverflow => "quantity_overflow",
-            ErrorCode::Overloaded => "overloaded",
-            ErrorCode::StorageError => "storage_error",
-            ErrorCode::PermissionDenied => "permission_denied",
-        }
-    }
-}
 
 /// Why an event was refused: a protocol error code and a message for a person.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,20 +32,6 @@ impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code.as_str(), self.message)
     }
-}
-
-/// A well-formed usage event, not yet checked against time or earlier events.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    pub scope: Scope,
-    pub customer: Customer,
-    pub dimension: String,
-    pub quantity: u32,
-    /// Epoch seconds; `None` means "when it was received".
-    pub timestamp: Option<i64>,
-    pub tags: TagSet,
-    /// The client's idempotency key.
-    pub id: Option<String>,
 }
 
 /// A refused line, with the client's id when the line carried a readable one.
@@ -164,7 +99,7 @@ fn quantity(raw: &RawValue) -> Result<u32, Rejection> {
     let number: serde_json::Number = serde_json::from_str(raw.get())
         .map_err(|_| invalid("`quantity` must be an integer from 0 to 2147483647"))?;
     match number.as_u64() {
-        Some(q) if q <= u64::from(crate::aggregate::MAX_QUANTITY) => Ok(q as u32),
+        Some(q) if q <= u64::from(model::MAX_QUANTITY) => Ok(q as u32),
         _ => Err(invalid(format!("`quantity` must be an integer from 0 to 2147483647, got {number}"))),
     }
 }
@@ -339,70 +274,9 @@ impl EventParser {
     }
 }
 
-/// The id an `ok` reply names: the client's own, or one meterd made up from the commit it was in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AckId {
-    Client(String),
-    Generated { commit: u64, index: u32 },
-}
-
-/// The answer to one line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    Ok { id: AckId, duplicate: bool },
-    Err(LineError),
-}
-
-impl Reply {
-    pub fn rejected(id: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
-        Reply::Err(LineError { id, rejection: Rejection::new(code, message) })
-    }
-
-    /// Appends the reply and its newline to `out`.
-    pub fn write_to(&self, out: &mut Vec<u8>) {
-        use std::io::Write;
-        match self {
-            Reply::Ok { id: AckId::Generated { commit, index }, duplicate: false } => {
-                let _ = writeln!(out, "{{\"ok\":true,\"id\":\"{commit}-{index}\"}}");
-            }
-            Reply::Ok { id, duplicate } => {
-                out.extend_from_slice(b"{\"ok\":true,\"id\":");
-                match id {
-                    AckId::Client(id) => write_json_string(out, id),
-                    AckId::Generated { commit, index } => {
-                        let _ = write!(out, "\"{commit}-{index}\"");
-                    }
-                }
-                if *duplicate {
-                    out.extend_from_slice(b",\"duplicate\":true");
-                }
-                out.extend_from_slice(b"}\n");
-            }
-            Reply::Err(LineError { id, rejection }) => {
-                out.extend_from_slice(b"{\"ok\":false,");
-                if let Some(id) = id {
-                    out.extend_from_slice(b"\"id\":");
-                    write_json_string(out, id);
-                    out.push(b',');
-                }
-                out.extend_from_slice(b"\"error\":\"");
-                out.extend_from_slice(rejection.code.as_str().as_bytes());
-                out.extend_from_slice(b"\",\"message\":");
-                write_json_string(out, &rejection.message);
-                out.extend_from_slice(b"}\n");
-            }
-        }
-    }
-}
-
-fn write_json_string(out: &mut Vec<u8>, text: &str) {
-    serde_json::to_writer(&mut *out, text).expect("writing to a Vec cannot fail");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{Value, json};
 
     fn parser() -> EventParser {
         EventParser::new("prod-1", &["requests".to_string(), "storage".to_string()], Mode::Batch)
@@ -554,21 +428,5 @@ mod tests {
             .parse(br#"{"customer_identifier":"c","dimension":"cpu","quantity":1,"id":"k-9"}"#)
             .unwrap_err();
         assert_eq!(err.id.as_deref(), Some("k-9"));
-    }
-
-    #[test]
-    fn replies_are_one_json_line() {
-        let mut out = Vec::new();
-        Reply::Ok { id: AckId::Generated { commit: 7, index: 3 }, duplicate: false }.write_to(&mut out);
-        Reply::Ok { id: AckId::Client("a\"b".into()), duplicate: true }.write_to(&mut out);
-        Reply::rejected(Some("x".into()), ErrorCode::OutOfWindow, "too \"old\"").write_to(&mut out);
-        let lines: Vec<Value> =
-            String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines[0], json!({"ok": true, "id": "7-3"}));
-        assert_eq!(lines[1], json!({"ok": true, "id": "a\"b", "duplicate": true}));
-        assert_eq!(
-            lines[2],
-            json!({"ok": false, "id": "x", "error": "out_of_window", "message": "too \"old\""})
-        );
     }
 }

@@ -1,9 +1,13 @@
-//! The ingest stage: a Unix stream socket speaking newline-delimited JSON. Each connection reads
-//! lines, parses them, hands the well-formed events to the commit stage in one submission per read,
-//! and answers every line in order once its event is durable (or refused).
+//! The ingest stage: a Unix stream socket speaking newline-delimited JSON. Each connection frames
+//! lines, parses them, hands the well-formed events to the commit stage in one submission per
+//! read, and answers every line in order once its event is durable (or refused).
 
 mod event;
+mod framing;
+mod reply;
 mod server;
 
-pub use event::{AckId, ErrorCode, Event, EventParser, LineError, MAX_ID_BYTES, Rejection, Reply};
-pub use server::{IngestServer, SharedParser, bind_socket, resolve_group};
+pub use event::{EventParser, LineError, MAX_ID_BYTES, Rejection};
+pub use framing::{Frame, Framer};
+pub use reply::{Reply, rejection};
+pub use server::{IngestServer, SharedParser};

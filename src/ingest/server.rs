@@ -3,13 +3,10 @@
 //! Each connection has a reader and a writer. The reader turns every read into one submission of
 //! its well-formed events (so a pipelining client costs one queue hop per read, not per line) and
 //! queues, in line order, either a ready reply (a refused line) or a slot for the commit stage's
-//! answer. The writer sends replies in that order. A line over `max_line_bytes` is skipped up to
-//! its newline and answered `line_too_long`; an unterminated fragment at end of stream is dropped,
-//! since it may be a torn write.
+//! answer. The writer sends replies in that order. Framing (`framing.rs`) turns the bytes into lines;
+//! a line over `max_line_bytes` is answered `line_too_long`.
 
-use std::io::ErrorKind;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -19,65 +16,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::event::{ErrorCode, EventParser, Reply};
-use crate::commit::{Command, Submission};
-use crate::telemetry::health::Health;
+use super::event::EventParser;
+use super::framing::{Frame, Framer, READ_CHUNK};
+use super::reply::Reply;
+use crate::commit::{Command, Outcome, Submission};
+use crate::context::Context;
+use crate::model::{ErrorCode, Event};
 use crate::telemetry::metrics::Metrics;
 
 /// Read batches a connection may have waiting for replies before it stops reading.
 const MAX_PENDING_READS: usize = 64;
-const READ_CHUNK: usize = 64 * 1024;
-
-/// The gid of `group`: a numeric gid, or a name looked up in /etc/group.
-pub fn resolve_group(group: &str) -> Result<u32, String> {
-    if let Ok(gid) = group.parse() {
-        return Ok(gid);
-    }
-    let groups = std::fs::read_to_string("/etc/group").map_err(|e| format!("cannot read /etc/group: {e}"))?;
-    groups
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(':');
-            Some((fields.next()?, fields.nth(1)?))
-        })
-        .find(|(name, _)| *name == group)
-        .and_then(|(_, gid)| gid.parse().ok())
-        .ok_or_else(|| format!("no group {group:?} in /etc/group (a numeric gid works too)"))
-}
-
-/// Binds `path` for ingest: replaces a stale socket file left by a crash, refuses to touch a live
-/// one or anything that is not a socket, and sets the file's permission bits to `mode` (and its
-/// group to `group`).
-pub fn bind_socket(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, String> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("failed to create socket directory {}: {e}", parent.display()))?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Err(format!("socket {} is in use by another process", path.display())),
-            Err(_) => {
-                tracing::warn!(socket = %path.display(), "replacing stale socket file");
-                std::fs::remove_file(path)
-                    .map_err(|e| format!("failed to remove stale socket {}: {e}", path.display()))?;
-            }
-        },
-        Ok(_) => {
-            return Err(format!("{} exists and is not a socket; refusing to replace it", path.display()));
-        }
-        Err(err) if err.kind() == ErrorKind::NotFound => {}
-        Err(err) => return Err(format!("failed to inspect {}: {err}", path.display())),
-    }
-    let listener =
-        UnixListener::bind(path).map_err(|e| format!("failed to bind socket {}: {e}", path.display()))?;
-    if let Some(gid) = group {
-        std::os::unix::fs::chown(path, None, Some(gid))
-            .map_err(|e| format!("failed to set group {gid} on {}: {e}", path.display()))?;
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("failed to set mode {mode:o} on {}: {e}", path.display()))?;
-    Ok(listener)
-}
 
 /// The event parser, replaced whole when a reload changes the dimension allowlist.
 pub type SharedParser = Arc<RwLock<Arc<EventParser>>>;
@@ -86,8 +34,7 @@ pub type SharedParser = Arc<RwLock<Arc<EventParser>>>;
 pub struct IngestServer {
     pub parser: SharedParser,
     pub commands: mpsc::Sender<Command>,
-    pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
+    pub ctx: Context,
     pub max_line_bytes: usize,
     pub overload_timeout: Duration,
     /// Empty = any peer that can open the socket.
@@ -103,9 +50,17 @@ enum Slot {
     Committed(usize),
 }
 
+/// The answer to the events of one read.
+enum Answer {
+    /// The commit stage's outcomes, once durable.
+    Waiting(oneshot::Receiver<Vec<Outcome>>),
+    /// Refused before the commit stage saw them (overloaded).
+    Refused(Vec<Reply>),
+}
+
 struct Pending {
     slots: Vec<Slot>,
-    committed: Option<oneshot::Receiver<Vec<Reply>>>,
+    answer: Option<Answer>,
 }
 
 impl IngestServer {
@@ -153,89 +108,30 @@ impl IngestServer {
             Err(err) => format!("the peer's credentials are unreadable ({err}); ingest.allowed_uids is set"),
         };
         tracing::warn!(%message, "ingest connection refused");
-        self.metrics.connections_refused.inc();
+        self.ctx.metrics.connections_refused.inc();
         Some(Reply::rejected(None, ErrorCode::PermissionDenied, message))
     }
 
     async fn connection(self: Arc<Self>, stream: UnixStream, cancel: CancellationToken) {
         let (mut read, write) = stream.into_split();
         let (pending_tx, pending_rx) = mpsc::channel(MAX_PENDING_READS);
-        let writer = tokio::spawn(write_replies(write, pending_rx));
-        let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-        let mut skipping = false;
+        let writer = tokio::spawn(write_replies(write, pending_rx, self.ctx.metrics.clone()));
+        let mut framer = Framer::new(self.max_line_bytes);
         loop {
-            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                buf.reserve(READ_CHUNK);
-            }
             let read_result = tokio::select! {
-                result = read.read_buf(&mut buf) => result,
+                result = read.read_buf(framer.buffer()) => result,
                 _ = cancel.cancelled() => break,
             };
-            match read_result {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+            if !matches!(read_result, Ok(1..)) {
+                break;
             }
             let received = Instant::now();
-            let parser = self.parser.read().expect("parser lock").clone();
-            let mut slots = Vec::new();
-            let mut events = Vec::new();
-            let mut start = 0;
-            while let Some(at) = memchr(&buf[start..]) {
-                let line = &buf[start..start + at];
-                start += at + 1;
-                if std::mem::take(&mut skipping) {
-                    slots.push(Slot::Ready(self.refuse(
-                        None,
-                        ErrorCode::LineTooLong,
-                        format!("line longer than {} bytes; skipped", self.max_line_bytes),
-                    )));
-                    continue;
-                }
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                if line.len() > self.max_line_bytes {
-                    slots.push(Slot::Ready(self.refuse(
-                        None,
-                        ErrorCode::LineTooLong,
-                        format!("line of {} bytes is longer than {}", line.len(), self.max_line_bytes),
-                    )));
-                    continue;
-                }
-                match parser.parse(line) {
-                    Ok(event) => {
-                        events.push(event);
-                        match slots.last_mut() {
-                            Some(Slot::Committed(n)) => *n += 1,
-                            _ => slots.push(Slot::Committed(1)),
-                        }
-                    }
-                    Err(err) => {
-                        self.metrics.events_rejected.with_label_values(&[err.rejection.code.as_str()]).inc();
-                        slots.push(Slot::Ready(Reply::Err(err)));
-                    }
-                }
-            }
-            buf.drain(..start);
-            if buf.len() > self.max_line_bytes {
-                // The rest of this line is dropped as it arrives; its reply goes out at its newline.
-                skipping = true;
-                buf.clear();
-            } else if skipping {
-                buf.clear();
-            }
+            let (slots, events) = self.parse(&mut framer);
             if slots.is_empty() {
                 continue;
             }
-            let committed = if events.is_empty() {
-                None
-            } else if self.health.outbox_full() {
-                Some(self.refuse_all(events, "the outbox is full (storage.max_bytes); retry later"))
-            } else {
-                Some(self.submit(events, received).await)
-            };
-            if pending_tx.send(Pending { slots, committed }).await.is_err() {
+            let answer = self.answer(events, received).await;
+            if pending_tx.send(Pending { slots, answer }).await.is_err() {
                 break;
             }
         }
@@ -243,51 +139,84 @@ impl IngestServer {
         let _ = writer.await;
     }
 
+    /// The frames of one read: a slot per line in order, and the well-formed events.
+    fn parse(&self, framer: &mut Framer) -> (Vec<Slot>, Vec<Event>) {
+        let parser = self.parser.read().expect("parser lock").clone();
+        let mut slots = Vec::new();
+        let mut events = Vec::new();
+        framer.frames(|frame| {
+            let refusal = match frame {
+                Frame::Skipped => format!("line longer than {} bytes; skipped", self.max_line_bytes),
+                Frame::TooLong(len) => format!("line of {len} bytes is longer than {}", self.max_line_bytes),
+                Frame::Line(line) => match parser.parse(line) {
+                    Ok(event) => {
+                        events.push(event);
+                        match slots.last_mut() {
+                            Some(Slot::Committed(n)) => *n += 1,
+                            _ => slots.push(Slot::Committed(1)),
+                        }
+                        return;
+                    }
+                    Err(err) => {
+                        self.ctx
+                            .metrics
+                            .events_rejected
+                            .with_label_values(&[err.rejection.code.as_str()])
+                            .inc();
+                        slots.push(Slot::Ready(Reply::Err(err)));
+                        return;
+                    }
+                },
+            };
+            slots.push(Slot::Ready(self.refuse(None, ErrorCode::LineTooLong, refusal)));
+        });
+        (slots, events)
+    }
+
+    /// Hands the events of one read to the commit stage, unless meterd cannot take them now.
+    async fn answer(&self, events: Vec<Event>, received: Instant) -> Option<Answer> {
+        if events.is_empty() {
+            return None;
+        }
+        if self.ctx.health.outbox_full() {
+            return Some(self.overloaded(events, "the outbox is full (storage.max_bytes); retry later"));
+        }
+        let (reply, receiver) = oneshot::channel();
+        let command = Command::Submit(Submission { events, received, reply });
+        match self.commands.send_timeout(command, self.overload_timeout).await {
+            Ok(()) => Some(Answer::Waiting(receiver)),
+            Err(mpsc::error::SendTimeoutError::Timeout(command)) => {
+                Some(self.overloaded(submitted(command), "meterd is overloaded; retry later"))
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(command)) => {
+                Some(self.overloaded(submitted(command), "meterd is stopping; retry later"))
+            }
+        }
+    }
+
     fn refuse(&self, id: Option<String>, code: ErrorCode, message: String) -> Reply {
-        self.metrics.events_rejected.with_label_values(&[code.as_str()]).inc();
+        self.ctx.metrics.events_rejected.with_label_values(&[code.as_str()]).inc();
         Reply::rejected(id, code, message)
     }
 
-    /// Answers every event `overloaded` with `reason`, as the commit stage's reply would come.
-    fn refuse_all(&self, events: Vec<crate::ingest::Event>, reason: &str) -> oneshot::Receiver<Vec<Reply>> {
-        let (reply, receiver) = oneshot::channel();
-        self.metrics
+    /// Answers every event `overloaded` with `reason`.
+    fn overloaded(&self, events: Vec<Event>, reason: &str) -> Answer {
+        self.ctx
+            .metrics
             .events_rejected
             .with_label_values(&[ErrorCode::Overloaded.as_str()])
             .inc_by(events.len() as u64);
-        let _ = reply
-            .send(events.into_iter().map(|e| Reply::rejected(e.id, ErrorCode::Overloaded, reason)).collect());
-        receiver
+        Answer::Refused(
+            events.into_iter().map(|e| Reply::rejected(e.id, ErrorCode::Overloaded, reason)).collect(),
+        )
     }
+}
 
-    /// Queues events for the commit stage; answers `overloaded` if it has no room in time.
-    async fn submit(
-        &self,
-        events: Vec<crate::ingest::Event>,
-        received: Instant,
-    ) -> oneshot::Receiver<Vec<Reply>> {
-        let (reply, receiver) = oneshot::channel();
-        let command = Command::Submit(Submission { events, received, reply });
-        if let Err(err) = self.commands.send_timeout(command, self.overload_timeout).await {
-            let (Command::Submit(submission), reason) = (match err {
-                mpsc::error::SendTimeoutError::Timeout(c) => (c, "meterd is overloaded; retry later"),
-                mpsc::error::SendTimeoutError::Closed(c) => (c, "meterd is stopping; retry later"),
-            }) else {
-                unreachable!("only submissions are sent here")
-            };
-            let count = submission.events.len();
-            self.metrics
-                .events_rejected
-                .with_label_values(&[ErrorCode::Overloaded.as_str()])
-                .inc_by(count as u64);
-            let replies = submission
-                .events
-                .into_iter()
-                .map(|e| Reply::rejected(e.id, ErrorCode::Overloaded, reason))
-                .collect();
-            let _ = submission.reply.send(replies);
-        }
-        receiver
+/// The events of a submission the commit queue did not take.
+fn submitted(command: Command) -> Vec<Event> {
+    match command {
+        Command::Submit(submission) => submission.events,
+        Command::Tick | Command::Reconfigure(_) => Vec::new(),
     }
 }
 
@@ -306,50 +235,58 @@ async fn refuse_connection(mut stream: UnixStream, refusal: Reply) {
     .await;
 }
 
-fn memchr(haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == b'\n')
+/// The replies to an [`Answer`]; outcomes the commit stage never sent (it stopped) are
+/// `storage_error`. Refusals are counted by their code.
+async fn answered(answer: Answer, metrics: &Metrics) -> Vec<Reply> {
+    let outcomes = match answer {
+        Answer::Refused(replies) => return replies,
+        Answer::Waiting(receiver) => receiver.await.unwrap_or_default(),
+    };
+    outcomes
+        .into_iter()
+        .map(|outcome| {
+            let reply = Reply::from_outcome(outcome);
+            if let Reply::Err(err) = &reply
+                && err.rejection.code != ErrorCode::StorageError
+            {
+                metrics.events_rejected.with_label_values(&[err.rejection.code.as_str()]).inc();
+            }
+            reply
+        })
+        .collect()
 }
 
-async fn write_replies(mut write: tokio::net::unix::OwnedWriteHalf, mut pending: mpsc::Receiver<Pending>) {
+/// Sends the replies of each read in order, coalescing reads that are already answered into one
+/// write. Replies already formatted go out before waiting on a group commit.
+async fn write_replies(
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    mut pending: mpsc::Receiver<Pending>,
+    metrics: Arc<Metrics>,
+) {
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    while let Some(Pending { slots, committed }) = pending.recv().await {
-        let mut committed = match committed {
-            Some(mut receiver) => {
-                // Replies already formatted go out before waiting on a group commit.
-                let ready = match receiver.try_recv() {
-                    Ok(replies) => Some(replies),
-                    Err(oneshot::error::TryRecvError::Empty) => {
-                        if !out.is_empty() && write.write_all(&out).await.is_err() {
-                            return;
-                        }
-                        out.clear();
-                        receiver.await.ok()
+    while let Some(Pending { slots, answer }) = pending.recv().await {
+        let mut committed = match answer {
+            Some(answer) => {
+                if !out.is_empty() && !answer.is_ready() {
+                    if write.write_all(&out).await.is_err() {
+                        return;
                     }
-                    Err(oneshot::error::TryRecvError::Closed) => None,
-                };
-                ready.map(Vec::into_iter)
+                    out.clear();
+                }
+                answered(answer, &metrics).await.into_iter()
             }
-            None => None,
+            None => Vec::new().into_iter(),
         };
         for slot in slots {
             match slot {
                 Slot::Ready(reply) => reply.write_to(&mut out),
                 Slot::Committed(count) => {
                     for _ in 0..count {
-                        match committed.as_mut().and_then(Iterator::next) {
-                            Some(reply) => reply.write_to(&mut out),
-                            None => Reply::rejected(
-                                None,
-                                ErrorCode::StorageError,
-                                "meterd stopped before the event was stored; it was not counted",
-                            )
-                            .write_to(&mut out),
-                        }
+                        committed.next().unwrap_or_else(stopped).write_to(&mut out);
                     }
                 }
             }
         }
-        // Coalesce the replies of reads that are already answered into one write.
         if pending.is_empty() || out.len() >= READ_CHUNK {
             if write.write_all(&out).await.is_err() {
                 return;
@@ -361,4 +298,23 @@ async fn write_replies(mut write: tokio::net::unix::OwnedWriteHalf, mut pending:
         let _ = write.write_all(&out).await;
     }
     let _ = write.shutdown().await;
+}
+
+/// The reply to an event the commit stage never answered.
+fn stopped() -> Reply {
+    Reply::rejected(
+        None,
+        ErrorCode::StorageError,
+        "meterd stopped before the event was stored; it was not counted",
+    )
+}
+
+impl Answer {
+    /// Whether the replies can be written without waiting.
+    fn is_ready(&self) -> bool {
+        match self {
+            Answer::Refused(_) => true,
+            Answer::Waiting(receiver) => !receiver.is_empty(),
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! Byte layout of the outbox's keys (see the table in the parent module).
 
-use crate::aggregate::RecordKey;
+use crate::model::RecordKey;
 
 /// The first byte of every value.
 pub const FORMAT_VERSION: u8 = 1;

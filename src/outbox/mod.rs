@@ -38,7 +38,8 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{Admitted, Bucket, Delta, RecordKey, SealedRecord};
+use crate::aggregate::{Admitted, Bucket, Delta, SealedRecord};
+use crate::model::{DeadReason, RecordKey};
 pub use layout::{FORMAT_VERSION, MAX_CHUNK_BYTES, SEGMENT_SIZE};
 
 /// Outbox failures. Any of them means the outbox can no longer promise durability.
@@ -81,35 +82,6 @@ pub struct Meta {
     /// Every log chunk up to this sequence is folded into the `o`/`i`/`r` keys (and deleted).
     pub log_seq: u64,
     pub sealed_through: Option<i64>,
-}
-
-/// Why a record became a dead letter. The label of `meterd_dead_letters{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum DeadReason {
-    CustomerNotSubscribed,
-    DuplicateRecord,
-    /// Not accepted before `submit.deadline`.
-    Expired,
-    /// Refused on its own by a validation error (the message names the service's error).
-    Invalid,
-}
-
-impl DeadReason {
-    pub const ALL: [DeadReason; 4] = [
-        DeadReason::CustomerNotSubscribed,
-        DeadReason::DuplicateRecord,
-        DeadReason::Expired,
-        DeadReason::Invalid,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeadReason::CustomerNotSubscribed => "customer_not_subscribed",
-            DeadReason::DuplicateRecord => "duplicate_record",
-            DeadReason::Expired => "expired",
-            DeadReason::Invalid => "invalid",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,8 @@ use metering::config::http::HttpResponse;
 use metering::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use metering::types::{Tag, UsageAllocation, UsageRecord, UsageRecordResult, UsageRecordResultStatus};
 
-use crate::aggregate::{Customer, Scope, SealedRecord};
+use crate::aggregate::SealedRecord;
+use crate::model::{Customer, DeadReason, Scope};
 
 /// How one record of a BatchMeterUsage call came back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,15 +65,28 @@ impl ApiFailure {
 pub enum Disposition {
     /// Transient: resend the same records unchanged after a backoff.
     Retry,
-    /// One record spoils the batch: split it until the bad records stand alone, dead-letter those.
+    /// One record spoils the batch: split it until the bad records stand alone; one refused alone
+    /// is an `invalid` dead letter.
     Isolate,
-    /// A record can never be accepted (a single-record call): dead-letter it.
-    DeadLetter,
+    /// The record can never be accepted: a dead letter for this reason (a batch is split first,
+    /// so that only the refused record goes).
+    DeadLetter(DeadReason),
     /// The configuration or credentials are wrong: stop submitting, keep everything, alert.
     Pause,
 }
 
-/// Decides what a failed call means for its records.
+impl Disposition {
+    /// The dead letter a record refused alone becomes, if any.
+    pub fn dead_reason(self) -> Option<DeadReason> {
+        match self {
+            Disposition::Isolate => Some(DeadReason::Invalid),
+            Disposition::DeadLetter(reason) => Some(reason),
+            Disposition::Retry | Disposition::Pause => None,
+        }
+    }
+}
+
+/// Decides what a failed call means for its records: the one place that reads service errors.
 pub fn classify(failure: &ApiFailure) -> Disposition {
     let (status, code) = match &failure.kind {
         FailureKind::Timeout | FailureKind::Connection => return Disposition::Retry,
@@ -92,7 +106,9 @@ pub fn classify(failure: &ApiFailure) -> Disposition {
         | "InvalidLicenseException"
         | "ValidationException"
         | "SerializationException" => Disposition::Isolate,
-        "DuplicateRequestException" | "CustomerNotEntitledException" => Disposition::DeadLetter,
+        // MeterUsage: this caller already reported another quantity for this dimension and hour.
+        "DuplicateRequestException" => Disposition::DeadLetter(DeadReason::DuplicateRecord),
+        "CustomerNotEntitledException" => Disposition::DeadLetter(DeadReason::CustomerNotSubscribed),
         _ if status >= 500 || status == 429 => Disposition::Retry,
         // InvalidProductCodeException, DisabledApiException, InvalidEndpointRegionException,
         // AccessDeniedException, signature and credential errors, and anything unknown: a person
@@ -423,8 +439,8 @@ mod tests {
             (service(400, "InvalidCustomerIdentifierException"), Isolate),
             (service(400, "InvalidLicenseException"), Isolate),
             (service(413, "ValidationException"), Isolate),
-            (service(400, "DuplicateRequestException"), DeadLetter),
-            (service(400, "CustomerNotEntitledException"), DeadLetter),
+            (service(400, "DuplicateRequestException"), DeadLetter(DeadReason::DuplicateRecord)),
+            (service(400, "CustomerNotEntitledException"), DeadLetter(DeadReason::CustomerNotSubscribed)),
             (service(400, "InvalidProductCodeException"), Pause),
             (service(400, "DisabledApiException"), Pause),
             (service(400, "InvalidEndpointRegionException"), Pause),

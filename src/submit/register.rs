@@ -2,12 +2,11 @@
 //! Marketplace confirms the buyer's entitlement. Transient failures are retried with backoff;
 //! a refusal ends meterd with an exit code of its own, so the orchestrator never sees it ready.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::api::{ApiFailure, Disposition, MeteringApi, Registration, classify};
-use crate::telemetry::health::{Health, RegistrationStatus};
-use crate::telemetry::metrics::Metrics;
+use crate::context::Context;
+use crate::telemetry::health::RegistrationStatus;
 
 /// What RegisterUsage needs, from `[aws]`.
 #[derive(Debug, Clone)]
@@ -69,10 +68,9 @@ impl RegistrationRefused {
 pub async fn register<A: MeteringApi>(
     api: &A,
     request: &RegisterRequest,
-    health: &Health,
-    metrics: &Arc<Metrics>,
-    now: impl Fn() -> i64,
+    ctx: &Context,
 ) -> Result<Registration, RegistrationRefused> {
+    let (health, metrics) = (&ctx.health, &ctx.metrics);
     let mut status = RegistrationStatus::pending(request.public_key_version);
     health.set_registration(status.clone());
     let mut attempt = 0u32;
@@ -87,7 +85,7 @@ pub async fn register<A: MeteringApi>(
                 metrics.api_requests.with_label_values(&["RegisterUsage", "success"]).inc();
                 status.signature = Some(registration.signature.clone());
                 status.public_key_rotation_timestamp = registration.public_key_rotation_timestamp;
-                status.registered_at = Some(now());
+                status.registered_at = Some(ctx.clock.now());
                 status.last_error = None;
                 health.set_registration(status);
                 tracing::info!(

@@ -15,11 +15,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::api::{ApiFailure, Disposition, FailureKind, MeteringApi, RecordOutcome, classify};
-use crate::aggregate::{Customer, RecordKey, Scope, SealedRecord};
-use crate::clock::Clock;
-use crate::outbox::{DeadReason, Outbox, RecordState, StoredRecord};
-use crate::telemetry::health::Health;
-use crate::telemetry::metrics::Metrics;
+use crate::aggregate::SealedRecord;
+use crate::context::Context;
+use crate::model::{Customer, DeadReason, RecordKey, Scope};
+use crate::outbox::{Outbox, RecordState, StoredRecord};
 
 /// How often settled records older than `storage.retention` are compacted away.
 const COMPACT_EVERY: Duration = Duration::from_secs(3600);
@@ -67,11 +66,20 @@ fn queue_key(record: &SealedRecord) -> QueueKey {
     (record.key.hour, record.key.clone())
 }
 
+/// What to do after a failed call.
+enum Next {
+    /// Go on with the remaining work.
+    Continue,
+    /// Send these two halves of the batch separately.
+    Split(Vec<QueueKey>, Vec<QueueKey>),
+    /// Submission is paused: stop this batch.
+    Paused,
+}
+
 pub struct Submitter<A> {
+    ctx: Context,
     api: A,
     outbox: Arc<Outbox>,
-    clock: Clock,
-    metrics: Arc<Metrics>,
     settings: Settings,
     queue: BTreeMap<QueueKey, Entry>,
     accepted: i64,
@@ -79,28 +87,21 @@ pub struct Submitter<A> {
     next_request: Instant,
     paused_until: Option<Instant>,
     next_compaction: Instant,
-    health: Arc<Health>,
-    fatal: CancellationToken,
 }
 
 impl<A: MeteringApi> Submitter<A> {
     /// Starts from the records found in the outbox: pending ones are queued, settled ones counted.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        ctx: Context,
         api: A,
         outbox: Arc<Outbox>,
         records: Vec<StoredRecord>,
-        clock: Clock,
-        metrics: Arc<Metrics>,
-        health: Arc<Health>,
         settings: Settings,
-        fatal: CancellationToken,
     ) -> Self {
         let mut this = Self {
+            ctx,
             api,
             outbox,
-            clock,
-            metrics,
             settings,
             queue: BTreeMap::new(),
             accepted: 0,
@@ -108,8 +109,6 @@ impl<A: MeteringApi> Submitter<A> {
             next_request: Instant::now(),
             paused_until: None,
             next_compaction: Instant::now(),
-            health,
-            fatal,
         };
         for stored in records {
             match &stored.state {
@@ -217,82 +216,96 @@ impl<A: MeteringApi> Submitter<A> {
             if keys.is_empty() {
                 continue;
             }
-            tokio::select! {
-                _ = tokio::time::sleep_until(self.next_request) => {}
-                _ = cancel.cancelled() => return false,
+            if !self.pace(cancel).await {
+                return false;
             }
-            let spacing = Duration::from_secs_f64(1.0 / self.settings.max_requests_per_second);
-            self.next_request = Instant::now() + spacing;
-            let records: Vec<SealedRecord> =
-                keys.iter().map(|k| self.queue[k].stored.record.clone()).collect();
-            self.metrics.records.with_label_values(&["in_flight"]).set(records.len() as i64);
-            let started = std::time::Instant::now();
-            let (operation, result) = self.call(&records).await;
-            self.metrics
-                .api_duration
-                .with_label_values(&[operation])
-                .observe(started.elapsed().as_secs_f64());
-            self.metrics.records.with_label_values(&["in_flight"]).set(0);
-            let outcome = match &result {
-                Ok(_) => "success",
-                Err(failure) => outcome_label(failure),
-            };
-            self.health.record_outcome(outcome, self.clock.now());
-            if !matches!(&result, Err(failure) if classify(failure) == Disposition::Pause) {
-                self.health.set_paused(None);
-                self.metrics.submission_paused.set(0);
-            }
-            match result {
-                Ok(outcomes) => {
-                    self.metrics.api_requests.with_label_values(&[operation, "success"]).inc();
-                    self.settle_outcomes(&keys, outcomes);
-                }
-                Err(failure) => {
-                    self.metrics.api_requests.with_label_values(&[operation, outcome_label(&failure)]).inc();
-                    match classify(&failure) {
-                        Disposition::Retry => {
-                            tracing::warn!(records = keys.len(), error = %failure, "batch not delivered; will retry unchanged");
-                            keys.iter().for_each(|k| self.back_off(k));
-                        }
-                        Disposition::Isolate | Disposition::DeadLetter if keys.len() > 1 => {
-                            tracing::warn!(records = keys.len(), error = %failure, "batch refused as a whole; splitting it to find the bad records");
-                            let mut first = keys;
-                            let second = first.split_off(first.len() / 2);
-                            work.push(second);
-                            work.push(first);
-                        }
-                        Disposition::Isolate | Disposition::DeadLetter => {
-                            let code = failure.code().unwrap_or("error");
-                            let reason = match code {
-                                "DuplicateRequestException" => DeadReason::DuplicateRecord,
-                                "CustomerNotEntitledException" => DeadReason::CustomerNotSubscribed,
-                                _ => DeadReason::Invalid,
-                            };
-                            if reason == DeadReason::DuplicateRecord {
-                                tracing::error!(
-                                    hour = keys[0].0,
-                                    "DuplicateRequestException: this caller already reported another quantity for this dimension and hour"
-                                );
-                            }
-                            self.dead_letter(&keys[0], reason, format!("{code}: {}", failure.message));
-                            self.barrier();
-                        }
-                        Disposition::Pause => {
-                            tracing::error!(
-                                error = %failure,
-                                pause_secs = self.settings.pause.as_secs(),
-                                "submission paused: the service refuses meterd's configuration or credentials; records are kept"
-                            );
-                            self.health.set_paused(Some(failure.to_string()));
-                            self.metrics.submission_paused.set(1);
-                            self.paused_until = Some(Instant::now() + self.settings.pause);
-                            return true;
-                        }
+            match self.attempt(&keys).await {
+                Ok(outcomes) => self.settle_outcomes(&keys, outcomes),
+                Err(failure) => match self.apply_failure(keys, &failure) {
+                    Next::Continue => {}
+                    Next::Split(first, second) => {
+                        work.push(second);
+                        work.push(first);
                     }
-                }
+                    Next::Paused => return true,
+                },
             }
         }
         true
+    }
+
+    /// Waits for the rate limiter's next slot; false on shutdown.
+    async fn pace(&mut self, cancel: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep_until(self.next_request) => {}
+            _ = cancel.cancelled() => return false,
+        }
+        let spacing = Duration::from_secs_f64(1.0 / self.settings.max_requests_per_second);
+        self.next_request = Instant::now() + spacing;
+        true
+    }
+
+    /// One call for the records of `keys`, with its metrics and health.
+    async fn attempt(&mut self, keys: &[QueueKey]) -> Result<Vec<RecordOutcome>, ApiFailure> {
+        let records: Vec<SealedRecord> = keys.iter().map(|k| self.queue[k].stored.record.clone()).collect();
+        let metrics = &self.ctx.metrics;
+        metrics.records.with_label_values(&["in_flight"]).set(records.len() as i64);
+        let started = std::time::Instant::now();
+        let (operation, result) = self.call(&records).await;
+        metrics.api_duration.with_label_values(&[operation]).observe(started.elapsed().as_secs_f64());
+        metrics.records.with_label_values(&["in_flight"]).set(0);
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(failure) => outcome_label(failure),
+        };
+        metrics.api_requests.with_label_values(&[operation, outcome]).inc();
+        self.ctx.health.record_outcome(outcome, self.ctx.clock.now());
+        if !matches!(&result, Err(failure) if classify(failure) == Disposition::Pause) {
+            self.ctx.health.set_paused(None);
+            metrics.submission_paused.set(0);
+        }
+        result
+    }
+
+    /// Applies what [`classify`] decided for a failed call of `keys`.
+    fn apply_failure(&mut self, mut keys: Vec<QueueKey>, failure: &ApiFailure) -> Next {
+        let disposition = classify(failure);
+        let Some(reason) = disposition.dead_reason() else {
+            if disposition == Disposition::Pause {
+                self.pause(failure);
+                return Next::Paused;
+            }
+            tracing::warn!(records = keys.len(), error = %failure, "batch not delivered; will retry unchanged");
+            keys.iter().for_each(|k| self.back_off(k));
+            return Next::Continue;
+        };
+        if keys.len() > 1 {
+            tracing::warn!(records = keys.len(), error = %failure, "batch refused as a whole; splitting it to find the bad records");
+            let second = keys.split_off(keys.len() / 2);
+            return Next::Split(keys, second);
+        }
+        if reason == DeadReason::DuplicateRecord {
+            tracing::error!(
+                hour = keys[0].0,
+                "DuplicateRequestException: this caller already reported another quantity for this dimension and hour"
+            );
+        }
+        let code = failure.code().unwrap_or("error");
+        self.dead_letter(&keys[0], reason, format!("{code}: {}", failure.message));
+        self.barrier();
+        Next::Continue
+    }
+
+    /// Stops submitting for `submit.pause`: the service refuses the configuration or credentials.
+    fn pause(&mut self, failure: &ApiFailure) {
+        tracing::error!(
+            error = %failure,
+            pause_secs = self.settings.pause.as_secs(),
+            "submission paused: the service refuses meterd's configuration or credentials; records are kept"
+        );
+        self.ctx.health.set_paused(Some(failure.to_string()));
+        self.ctx.metrics.submission_paused.set(1);
+        self.paused_until = Some(Instant::now() + self.settings.pause);
     }
 
     /// One call for `records`: MeterUsage for a caller's own record, BatchMeterUsage otherwise.
@@ -315,7 +328,7 @@ impl<A: MeteringApi> Submitter<A> {
     }
 
     fn settle_outcomes(&mut self, keys: &[QueueKey], outcomes: Vec<RecordOutcome>) {
-        let now = self.clock.now();
+        let now = self.ctx.clock.now();
         for (key, outcome) in keys.iter().zip(outcomes) {
             let status = match outcome {
                 RecordOutcome::Accepted { metering_record_id } => {
@@ -347,7 +360,7 @@ impl<A: MeteringApi> Submitter<A> {
                     "unprocessed"
                 }
             };
-            self.metrics.records_submitted.with_label_values(&[status]).inc();
+            self.ctx.metrics.records_submitted.with_label_values(&[status]).inc();
         }
         self.barrier();
     }
@@ -362,7 +375,7 @@ impl<A: MeteringApi> Submitter<A> {
     fn dead_letter(&mut self, key: &QueueKey, reason: DeadReason, message: String) {
         let Some(mut entry) = self.queue.remove(key) else { return };
         tracing::warn!(reason = reason.as_str(), hour = key.0, %message, "record dead-lettered");
-        entry.stored.state = RecordState::DeadLetter { reason, message, at: self.clock.now() };
+        entry.stored.state = RecordState::DeadLetter { reason, message, at: self.ctx.clock.now() };
         self.persist(&entry.stored);
         *self.dead.entry(reason).or_default() += 1;
     }
@@ -396,7 +409,7 @@ impl<A: MeteringApi> Submitter<A> {
                     }
                     if let Err(err) = self.outbox.remove_record(&key) {
                         tracing::error!(%err, "failed to drop a dead letter; stopping");
-                        self.fatal.cancel();
+                        self.ctx.fail();
                     }
                     dropped += 1;
                 }
@@ -422,7 +435,7 @@ impl<A: MeteringApi> Submitter<A> {
     /// Deletes receipts and dead letters older than the retention.
     fn compact(&mut self) {
         self.next_compaction = Instant::now() + COMPACT_EVERY;
-        let before = self.clock.now() - self.settings.retention;
+        let before = self.ctx.clock.now() - self.settings.retention;
         match self.outbox.compact(before) {
             Ok(removed) if !removed.is_empty() => {
                 for stored in &removed {
@@ -446,7 +459,7 @@ impl<A: MeteringApi> Submitter<A> {
 
     /// Records past their deadline can no longer be accepted by the service.
     fn expire(&mut self) {
-        let now = self.clock.now();
+        let now = self.ctx.clock.now();
         let deadline = self.settings.deadline;
         let expired: Vec<QueueKey> =
             self.queue.keys().take_while(|(hour, _)| hour + deadline <= now).cloned().collect();
@@ -467,28 +480,28 @@ impl<A: MeteringApi> Submitter<A> {
     fn persist(&self, stored: &StoredRecord) {
         if let Err(err) = self.outbox.settle(stored) {
             tracing::error!(%err, "failed to record a submission result; stopping");
-            self.fatal.cancel();
+            self.ctx.fail();
         }
     }
 
     fn barrier(&self) {
         if let Err(err) = self.outbox.barrier() {
             tracing::error!(%err, "failed to make submission results durable; stopping");
-            self.fatal.cancel();
+            self.ctx.fail();
         }
     }
 
     fn update_gauges(&self) {
-        let records = &self.metrics.records;
+        let records = &self.ctx.metrics.records;
         records.with_label_values(&["pending"]).set(self.queue.len() as i64);
         records.with_label_values(&["accepted"]).set(self.accepted);
         records.with_label_values(&["dead_letter"]).set(self.dead.values().sum());
         for reason in DeadReason::ALL {
             let count = self.dead.get(&reason).copied().unwrap_or(0);
-            self.metrics.dead_letters.with_label_values(&[reason.as_str()]).set(count);
+            self.ctx.metrics.dead_letters.with_label_values(&[reason.as_str()]).set(count);
         }
-        let oldest = self.queue.keys().next().map_or(0, |(hour, _)| (self.clock.now() - hour).max(0));
-        self.metrics.oldest_unsubmitted_age.set(oldest);
+        let oldest = self.queue.keys().next().map_or(0, |(hour, _)| (self.ctx.clock.now() - hour).max(0));
+        self.ctx.metrics.oldest_unsubmitted_age.set(oldest);
     }
 }
 

@@ -47,136 +47,133 @@ pub struct Metrics {
     pub submission_paused: IntGauge,
 }
 
+/// `meterd_ack_latency_seconds` buckets: a group commit is one device flush, so sub-millisecond.
+const ACK_BUCKETS: [f64; 12] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
+/// `meterd_api_request_duration_seconds` buckets: up to the longest request timeout.
+const API_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Registers collectors in one registry.
+struct Registrar(Registry);
+
+impl Registrar {
+    fn reg<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0.register(Box::new(c.clone())).expect("metric names are unique");
+        c
+    }
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.reg(IntCounter::new(name, help).expect("valid"))
+    }
+    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.reg(IntCounterVec::new(Opts::new(name, help), labels).expect("valid"))
+    }
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.reg(IntGauge::new(name, help).expect("valid"))
+    }
+    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.reg(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid"))
+    }
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        self.reg(
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).expect("valid"),
+        )
+    }
+    fn histogram_vec(&self, name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.reg(HistogramVec::new(opts, labels).expect("valid"))
+    }
+}
+
 impl Metrics {
     pub fn new() -> Arc<Self> {
-        let registry = Registry::new();
-        fn reg<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
-            registry.register(Box::new(c.clone())).expect("metric names are unique");
-            c
-        }
-        let counter = |name: &str, help: &str| reg(&registry, IntCounter::new(name, help).expect("valid"));
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            reg(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid"))
-        };
-        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            reg(&registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid"))
-        };
+        let r = Registrar(Registry::new());
         let metrics = Self {
-            events_accepted: counter("meterd_events_accepted_total", "Events durably accepted and counted."),
-            events_rejected: counter_vec(
-                "meterd_events_rejected_total",
-                "Lines refused, by error code.",
-                &["reason"],
-            ),
-            events_duplicate: counter(
+            events_accepted: r.counter("meterd_events_accepted_total", "Events durably accepted and counted."),
+            events_rejected: r.counter_vec("meterd_events_rejected_total", "Lines refused, by error code.", &["reason"]),
+            events_duplicate: r.counter(
                 "meterd_events_duplicate_total",
                 "Events whose id was accepted before (answered ok, not counted again).",
             ),
-            ack_latency: reg(
-                &registry,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "meterd_ack_latency_seconds",
-                        "From reading an event to sending its reply, for events that were committed.",
-                    )
-                    .buckets(vec![
-                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
-                    ]),
-                )
-                .expect("valid"),
+            ack_latency: r.histogram(
+                "meterd_ack_latency_seconds",
+                "From reading an event to sending its reply, for events that were committed.",
+                &ACK_BUCKETS,
             ),
-            records: gauge_vec("meterd_records", "Records in the outbox, by state.", &["state"]),
-            oldest_unsubmitted_age: reg(
-                &registry,
-                IntGauge::new(
-                    "meterd_oldest_unsubmitted_record_age_seconds",
-                    "Seconds since the hour start of the oldest sealed record not yet settled (0 if none).",
-                )
-                .expect("valid"),
+            records: r.gauge_vec("meterd_records", "Records in the outbox, by state.", &["state"]),
+            oldest_unsubmitted_age: r.gauge(
+                "meterd_oldest_unsubmitted_record_age_seconds",
+                "Seconds since the hour start of the oldest sealed record not yet settled (0 if none).",
             ),
-            records_submitted: counter_vec(
+            records_submitted: r.counter_vec(
                 "meterd_records_submitted_total",
                 "Per-record results of BatchMeterUsage and MeterUsage.",
                 &["status"],
             ),
-            api_requests: counter_vec(
+            api_requests: r.counter_vec(
                 "meterd_api_requests_total",
                 "Metering Service calls, by outcome.",
                 &["operation", "outcome"],
             ),
-            api_duration: reg(
-                &registry,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "meterd_api_request_duration_seconds",
-                        "Metering Service call duration.",
-                    )
-                    .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
-                    &["operation"],
-                )
-                .expect("valid"),
+            api_duration: r.histogram_vec(
+                "meterd_api_request_duration_seconds",
+                "Metering Service call duration.",
+                &API_BUCKETS,
+                &["operation"],
             ),
-            dead_letters: gauge_vec(
-                "meterd_dead_letters",
-                "Dead letters in the outbox, by reason.",
-                &["reason"],
-            ),
-            late_events: counter_vec(
+            dead_letters: r.gauge_vec("meterd_dead_letters", "Dead letters in the outbox, by reason.", &["reason"]),
+            late_events: r.counter_vec(
                 "meterd_late_events_total",
                 "Events for an hour already sealed, by the late_events policy applied.",
                 &["policy"],
             ),
-            connections_refused: counter(
+            connections_refused: r.counter(
                 "meterd_connections_refused_total",
                 "Ingest connections refused because the peer's uid is not in ingest.allowed_uids.",
             ),
-            config_reloads: counter_vec(
+            config_reloads: r.counter_vec(
                 "meterd_config_reloads_total",
                 "SIGHUP reloads, by result (ok, or invalid: the old settings stay).",
                 &["result"],
             ),
-            outbox_bytes: reg(
-                &registry,
-                IntGauge::new("meterd_outbox_bytes", "The outbox's size on disk.").expect("valid"),
+            outbox_bytes: r.gauge("meterd_outbox_bytes", "The outbox's size on disk."),
+            submission_paused: r.gauge(
+                "meterd_submission_paused",
+                "1 while submission is paused because the service refuses meterd's configuration or credentials.",
             ),
-            submission_paused: reg(
-                &registry,
-                IntGauge::new(
-                    "meterd_submission_paused",
-                    "1 while submission is paused because the service refuses meterd's configuration or credentials.",
-                )
-                .expect("valid"),
-            ),
-            registry,
+            registry: r.0,
         };
-        // Export every bounded label value from the start, so dashboards and alerts see zeros.
+        metrics.prime();
+        Arc::new(metrics)
+    }
+
+    /// Exports every bounded label value from the start, so dashboards and alerts see zeros.
+    fn prime(&self) {
         for state in RECORD_STATES {
-            metrics.records.with_label_values(&[state]).set(0);
+            self.records.with_label_values(&[state]).set(0);
         }
-        for code in crate::ingest::ErrorCode::ALL {
-            metrics.events_rejected.with_label_values(&[code.as_str()]);
+        for code in crate::model::ErrorCode::ALL {
+            self.events_rejected.with_label_values(&[code.as_str()]);
         }
-        for reason in crate::outbox::DeadReason::ALL {
-            metrics.dead_letters.with_label_values(&[reason.as_str()]).set(0);
+        for reason in crate::model::DeadReason::ALL {
+            self.dead_letters.with_label_values(&[reason.as_str()]).set(0);
         }
         for policy in ["carry_forward", "reject"] {
-            metrics.late_events.with_label_values(&[policy]);
+            self.late_events.with_label_values(&[policy]);
         }
         for result in ["ok", "invalid"] {
-            metrics.config_reloads.with_label_values(&[result]);
+            self.config_reloads.with_label_values(&[result]);
         }
         for status in ["success", "customer_not_subscribed", "duplicate_record", "unprocessed"] {
-            metrics.records_submitted.with_label_values(&[status]);
+            self.records_submitted.with_label_values(&[status]);
         }
         for operation in OPERATIONS {
             for outcome in
                 ["success", "throttled", "server_error", "client_error", "timeout", "connection", "local"]
             {
-                metrics.api_requests.with_label_values(&[operation, outcome]);
+                self.api_requests.with_label_values(&[operation, outcome]);
             }
-            metrics.api_duration.with_label_values(&[operation]);
+            self.api_duration.with_label_values(&[operation]);
         }
-        Arc::new(metrics)
     }
 
     /// The text exposition format.

@@ -1,0 +1,376 @@
+//! The commit stage: one thread that owns the open hours. It takes every submission waiting in its
+//! queue (from any number of connections), checks and counts their events and logs the counted
+//! ones as one group commit. A second thread, the sync thread, runs the durability barrier and only
+//! then answers: while it waits on the device, the commit thread already logs the next groups, and
+//! the next barrier covers all of them. Groups are answered strictly in order, so a duplicate is
+//! never confirmed before the event it repeats is durable (the sync thread, `sync.rs`). At each checkpoint tick it
+//! seals the hours that are due, writes the changed state and trims the log, and hands newly sealed
+//! records to the submit stage once they are durable.
+//!
+//! On a storage failure nothing more can be promised: the events of the failed group are answered
+//! `storage_error`, every later one too, and the process stops so that a restart replays the truth
+//! from disk (the in-memory hours may hold events that were never made durable).
+
+mod sync;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregate::{Admission, AdmitError, Aggregator, Heartbeat, Rules};
+use crate::context::Context;
+use crate::model::Event;
+use crate::outbox::{Outbox, OutboxError, RecordState, Recovered, StoredRecord};
+use sync::{Delivery, Logged, spin_then_wait, sync_loop};
+
+/// Most events taken into one group commit.
+const MAX_GROUP_EVENTS: usize = 16 * 1024;
+
+/// The well-formed events of one read from one connection.
+pub struct Submission {
+    pub events: Vec<Event>,
+    pub received: Instant,
+    /// One outcome per event, in order.
+    pub reply: oneshot::Sender<Vec<Outcome>>,
+}
+
+pub enum Command {
+    Submit(Submission),
+    /// Time to seal what is due and checkpoint.
+    Tick,
+    /// New time rules after a reload.
+    Reconfigure(Rules),
+}
+
+/// The id an acknowledgement names: the client's own, or one made up from the commit it was in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckId {
+    Client(String),
+    Generated { commit: u64, index: u32 },
+}
+
+/// What became of one event of a [`Submission`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Durable and counted.
+    Counted(AckId),
+    /// Its id was accepted before: not counted again (the earlier event is durable).
+    Duplicate(String),
+    /// Refused by the aggregator's rules; nothing was counted.
+    Refused { id: Option<String>, error: AdmitError },
+    /// The outbox could not make it durable; nothing was counted.
+    NotStored { id: Option<String> },
+}
+
+impl Outcome {
+    /// Whether the client is told `ok`.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Counted(_) | Outcome::Duplicate(_))
+    }
+}
+
+/// What the commit stage is configured with.
+#[derive(Debug, Clone)]
+pub struct CommitSettings {
+    pub rules: Rules,
+    /// `storage.max_bytes`: above it the outbox counts as full.
+    pub max_bytes: u64,
+    /// `submit.heartbeat_dimensions` (meter_usage mode).
+    pub heartbeat: Option<Heartbeat>,
+}
+
+pub struct Committer {
+    ctx: Context,
+    outbox: Arc<Outbox>,
+    aggregator: Aggregator,
+    sealed_tx: mpsc::UnboundedSender<Vec<StoredRecord>>,
+    /// Sequence of the last group commit.
+    seq: u64,
+    checkpointed_seq: u64,
+    failed: Arc<AtomicBool>,
+    late_seen: (u64, u64),
+    max_bytes: u64,
+}
+
+/// Turns every `ok` outcome into `NotStored`: nothing of the group may be confirmed.
+fn refuse_acks(outcomes: &mut [Outcome]) {
+    for outcome in outcomes.iter_mut() {
+        let id = match outcome {
+            Outcome::Counted(AckId::Client(id)) | Outcome::Duplicate(id) => Some(std::mem::take(id)),
+            Outcome::Counted(AckId::Generated { .. }) => None,
+            Outcome::Refused { .. } | Outcome::NotStored { .. } => continue,
+        };
+        *outcome = Outcome::NotStored { id };
+    }
+}
+
+impl Committer {
+    /// Rebuilds the open hours from the checkpoint and the log after it.
+    pub fn recover(
+        ctx: Context,
+        outbox: Arc<Outbox>,
+        recovered: &mut Recovered,
+        settings: CommitSettings,
+        sealed_tx: mpsc::UnboundedSender<Vec<StoredRecord>>,
+    ) -> Self {
+        let mut aggregator = Aggregator::restore(
+            settings.rules,
+            std::mem::take(&mut recovered.buckets),
+            std::mem::take(&mut recovered.ids),
+            recovered.meta.sealed_through,
+        );
+        aggregator.set_heartbeat(settings.heartbeat);
+        for admitted in &recovered.log {
+            aggregator.apply(admitted);
+        }
+        tracing::info!(
+            open_records = aggregator.open_records(),
+            replayed_events = recovered.log.len(),
+            "open hours restored"
+        );
+        recovered.log = Vec::new();
+        Self {
+            ctx,
+            outbox,
+            aggregator,
+            sealed_tx,
+            seq: recovered.last_seq,
+            checkpointed_seq: recovered.meta.log_seq,
+            failed: Arc::new(AtomicBool::new(false)),
+            late_seen: (0, 0),
+            max_bytes: settings.max_bytes,
+        }
+    }
+
+    /// Runs until every sender of `commands` is gone, then writes a last checkpoint.
+    pub fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<(), OutboxError> {
+        self.checkpoint()?;
+        self.measure_outbox();
+        self.ctx.health.commit_turned();
+        let (sync_tx, sync_rx) = std::sync::mpsc::channel();
+        let sync = {
+            let (outbox, ctx, failed) = (self.outbox.clone(), self.ctx.clone(), self.failed.clone());
+            std::thread::Builder::new()
+                .name("meterd-sync".into())
+                .spawn(move || sync_loop(outbox, sync_rx, ctx, failed))
+                .map_err(OutboxError::Sync)?
+        };
+        let mut group: Vec<Submission> = Vec::new();
+        let try_next = |commands: &mut mpsc::Receiver<Command>| match commands.try_recv() {
+            Ok(command) => Ok(Some(command)),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(()),
+        };
+        while let Some(first) = spin_then_wait(&mut commands, try_next, |c| c.blocking_recv()) {
+            let tick = self.take_group(first, &mut commands, &mut group);
+            if !group.is_empty() {
+                let logged = self.commit(&mut group);
+                if sync_tx.send(logged).is_err() {
+                    break;
+                }
+            }
+            if tick && !self.failed() {
+                self.checkpoint()?;
+                self.measure_outbox();
+            }
+            self.ctx.health.commit_turned();
+        }
+        drop(sync_tx);
+        let _ = sync.join();
+        if self.failed() {
+            return Ok(());
+        }
+        self.checkpoint()
+    }
+
+    /// Takes `first` and whatever else is queued (up to [`MAX_GROUP_EVENTS`] events) into `group`;
+    /// returns whether a checkpoint tick was among them.
+    fn take_group(
+        &mut self,
+        first: Command,
+        commands: &mut mpsc::Receiver<Command>,
+        group: &mut Vec<Submission>,
+    ) -> bool {
+        let mut tick = false;
+        let mut events = 0;
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                Command::Tick => tick = true,
+                Command::Reconfigure(rules) => self.aggregator.set_rules(rules),
+                Command::Submit(submission) => {
+                    events += submission.events.len();
+                    group.push(submission);
+                }
+            }
+            if events < MAX_GROUP_EVENTS {
+                next = commands.try_recv().ok();
+            }
+        }
+        tick
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Stops meterd after a storage failure: nothing more can be promised.
+    fn storage_failed(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+        self.ctx.fail();
+    }
+
+    /// Checks, counts and logs one group; its outcomes wait in the returned [`Logged`] for the
+    /// barrier.
+    fn commit(&mut self, group: &mut Vec<Submission>) -> Logged {
+        if self.failed() {
+            let deliveries = group
+                .drain(..)
+                .map(|s| Delivery {
+                    outcomes: s.events.iter().map(|e| Outcome::NotStored { id: e.id.clone() }).collect(),
+                    reply: s.reply,
+                    received: s.received,
+                })
+                .collect();
+            return Logged { wrote: false, seq: self.seq, accepted: 0, deliveries };
+        }
+        let seq = self.seq + 1;
+        let (logged, mut deliveries) = self.admit_group(group, seq);
+        let mut wrote = false;
+        if !logged.is_empty() {
+            match self.outbox.append(seq, &logged) {
+                Ok(()) => {
+                    self.seq = seq;
+                    wrote = true;
+                }
+                Err(err) => {
+                    tracing::error!(%err, "outbox write failed; refusing everything from now on and stopping");
+                    self.storage_failed();
+                    for delivery in &mut deliveries {
+                        refuse_acks(&mut delivery.outcomes);
+                    }
+                    return Logged { wrote: false, seq: self.seq, accepted: 0, deliveries };
+                }
+            }
+        }
+        Logged { wrote, seq: self.seq, accepted: logged.len() as u64, deliveries }
+    }
+
+    /// Runs every event of `group` through the aggregator: what to log, and each one's outcome.
+    fn admit_group(
+        &mut self,
+        group: &mut Vec<Submission>,
+        seq: u64,
+    ) -> (Vec<crate::aggregate::Admitted>, Vec<Delivery>) {
+        let now = self.ctx.clock.now();
+        let mut logged = Vec::new();
+        let mut deliveries = Vec::with_capacity(group.len());
+        let mut duplicates = 0u64;
+        for submission in group.drain(..) {
+            let mut outcomes = Vec::with_capacity(submission.events.len());
+            for event in submission.events {
+                let client_id = event.id.clone();
+                outcomes.push(match self.aggregator.admit(event, now) {
+                    Ok(Admission::Counted { admitted, .. }) => {
+                        let id = match client_id {
+                            Some(id) => AckId::Client(id),
+                            None => AckId::Generated { commit: seq, index: logged.len() as u32 },
+                        };
+                        logged.push(admitted);
+                        Outcome::Counted(id)
+                    }
+                    Ok(Admission::Duplicate { id }) => {
+                        duplicates += 1;
+                        Outcome::Duplicate(id)
+                    }
+                    Err(error) => Outcome::Refused { id: client_id, error },
+                });
+            }
+            deliveries.push(Delivery { reply: submission.reply, outcomes, received: submission.received });
+        }
+        self.ctx.metrics.events_duplicate.inc_by(duplicates);
+        self.record_late_metrics();
+        self.ctx.metrics.records.with_label_values(&["open"]).set(self.aggregator.open_records() as i64);
+        (logged, deliveries)
+    }
+
+    fn record_late_metrics(&mut self) {
+        let (carried, rejected) = (self.aggregator.late_carried, self.aggregator.late_rejected);
+        let late = &self.ctx.metrics.late_events;
+        late.with_label_values(&["carry_forward"]).inc_by(carried - self.late_seen.0);
+        late.with_label_values(&["reject"]).inc_by(rejected - self.late_seen.1);
+        self.late_seen = (carried, rejected);
+    }
+
+    /// Updates the outbox size and whether it is full; full clears below 90 % of the limit, so
+    /// readiness does not flap at the boundary.
+    fn measure_outbox(&self) {
+        match self.outbox.size_on_disk() {
+            Ok(bytes) => {
+                self.ctx.metrics.outbox_bytes.set(bytes as i64);
+                let was_full = self.ctx.health.outbox_full();
+                let full = if was_full { bytes * 10 >= self.max_bytes * 9 } else { bytes > self.max_bytes };
+                if full != was_full {
+                    if full {
+                        tracing::error!(
+                            bytes,
+                            max_bytes = self.max_bytes,
+                            "outbox full: new events are refused with overloaded until submission drains it"
+                        );
+                    } else {
+                        tracing::info!(bytes, "outbox below its limit again: accepting events");
+                    }
+                    self.ctx.health.set_outbox_full(full);
+                }
+            }
+            Err(err) => tracing::warn!(%err, "cannot measure the outbox"),
+        }
+    }
+
+    /// Seals what is due, writes the changes, trims the log, and passes sealed records on.
+    fn checkpoint(&mut self) -> Result<(), OutboxError> {
+        let now = self.ctx.clock.now();
+        self.aggregator.seal_due(now);
+        let delta = self.aggregator.take_delta();
+        if delta.is_empty() && !delta.sealed_through_advanced && self.seq == self.checkpointed_seq {
+            return Ok(());
+        }
+        let sealing = !delta.sealed.is_empty();
+        if let Err(err) = self.outbox.checkpoint(self.seq, &delta, now, sealing) {
+            tracing::error!(%err, "outbox checkpoint failed; stopping");
+            self.storage_failed();
+            return Err(err);
+        }
+        self.checkpointed_seq = self.seq;
+        self.ctx.metrics.records.with_label_values(&["open"]).set(self.aggregator.open_records() as i64);
+        if sealing {
+            tracing::info!(records = delta.sealed.len(), "sealed hourly records");
+            let stored = delta
+                .sealed
+                .into_iter()
+                .map(|record| StoredRecord { record, sealed_at: now, state: RecordState::Pending })
+                .collect();
+            let _ = self.sealed_tx.send(stored);
+        }
+        Ok(())
+    }
+}
+
+/// Sends [`Command::Tick`] every `every` until `cancel`.
+pub async fn tick(commands: mpsc::Sender<Command>, every: Duration, cancel: CancellationToken) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                if commands.send(Command::Tick).await.is_err() {
+                    return;
+                }
+            }
+            _ = cancel.cancelled() => return,
+        }
+    }
+}

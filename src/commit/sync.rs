@@ -1,0 +1,96 @@
+//! The sync thread: runs the durability barrier for every group the commit thread logged
+//! meanwhile, and only then answers them, strictly in order.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::Outcome;
+use crate::context::Context;
+use crate::outbox::Outbox;
+
+/// How long the commit and sync threads poll for work before they park.
+const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
+
+/// One group commit waiting for its barrier.
+pub(super) struct Logged {
+    /// Whether the group wrote to the log (otherwise it only waits for earlier groups).
+    pub wrote: bool,
+    /// The log sequence of the last group written, as of this one.
+    pub seq: u64,
+    pub accepted: u64,
+    pub deliveries: Vec<Delivery>,
+}
+
+/// The outcomes of one submission, and where they go.
+pub(super) struct Delivery {
+    pub reply: oneshot::Sender<Vec<Outcome>>,
+    pub outcomes: Vec<Outcome>,
+    pub received: Instant,
+}
+
+/// Barrier, then answer, for every group logged meanwhile; until the commit thread hangs up.
+pub(super) fn sync_loop(
+    outbox: Arc<Outbox>,
+    mut groups: std::sync::mpsc::Receiver<Logged>,
+    ctx: Context,
+    failed: Arc<AtomicBool>,
+) {
+    let try_next = |groups: &mut std::sync::mpsc::Receiver<Logged>| match groups.try_recv() {
+        Ok(group) => Ok(Some(group)),
+        Err(std::sync::mpsc::TryRecvError::Empty) => Ok(None),
+        Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(()),
+    };
+    while let Some(first) = spin_then_wait(&mut groups, try_next, |groups| groups.recv().ok()) {
+        let mut batch = vec![first];
+        batch.extend(groups.try_iter());
+        let mut ok = !failed.load(Ordering::SeqCst);
+        if ok && batch.iter().any(|g| g.wrote) {
+            let seq = batch.iter().map(|g| g.seq).max().unwrap_or(0);
+            // The barrier, then the watermark: it never names a sequence sled does not hold.
+            if let Err(err) = outbox.barrier().and_then(|()| outbox.mark_durable(seq)) {
+                tracing::error!(%err, "outbox sync failed; refusing everything from now on and stopping");
+                failed.store(true, Ordering::SeqCst);
+                ctx.fail();
+                ok = false;
+            }
+        }
+        for group in batch {
+            if ok {
+                ctx.metrics.events_accepted.inc_by(group.accepted);
+            }
+            for Delivery { reply, mut outcomes, received } in group.deliveries {
+                if ok {
+                    let latency = received.elapsed().as_secs_f64();
+                    let acked = outcomes.iter().filter(|o| o.is_ok()).count();
+                    (0..acked).for_each(|_| ctx.metrics.ack_latency.observe(latency));
+                } else {
+                    super::refuse_acks(&mut outcomes);
+                }
+                let _ = reply.send(outcomes);
+            }
+        }
+    }
+}
+
+/// The next item of a queue: polls `try_next` (`Ok(None)` = empty, `Err` = closed) for up to
+/// [`SPIN_BEFORE_PARK`], yielding the CPU between tries, and only then parks in `wait`. Under load
+/// the next item usually comes within microseconds, and a futex wake-up would add more than that
+/// to every ack.
+pub(super) fn spin_then_wait<Q, T>(
+    queue: &mut Q,
+    try_next: impl Fn(&mut Q) -> Result<Option<T>, ()>,
+    wait: impl FnOnce(&mut Q) -> Option<T>,
+) -> Option<T> {
+    let started = Instant::now();
+    while started.elapsed() < SPIN_BEFORE_PARK {
+        match try_next(queue) {
+            Ok(Some(item)) => return Some(item),
+            Ok(None) => std::thread::yield_now(),
+            Err(()) => return None,
+        }
+    }
+    wait(queue)
+}

@@ -1,0 +1,184 @@
+//! The checks of values that parsed but cannot work, alone or together. Each problem is one line
+//! naming its key.
+
+use std::time::Duration;
+
+use super::Config;
+use crate::model::{self, Mode};
+
+impl Config {
+    /// Every problem of this configuration.
+    pub(super) fn problems(&self) -> Vec<String> {
+        let mut out = self.aws_problems();
+        out.extend(self.mode_problems());
+        out.extend(self.socket_problems());
+        out.extend(self.storage_problems());
+        out.extend(self.submit_problems());
+        out.extend(self.other_problems());
+        out
+    }
+
+    /// `[aws]` alone.
+    fn aws_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let aws = &self.aws;
+        if aws.product_code.chars().count() > model::MAX_NAME_CHARS
+            || !model::is_product_code(&aws.product_code)
+        {
+            out.push(format!(
+                "aws.product_code {:?} does not match {} (at most 255 characters)",
+                aws.product_code,
+                model::PRODUCT_CODE_PATTERN
+            ));
+        }
+        if aws.region.is_empty() {
+            out.push("aws.region must not be empty".into());
+        }
+        let url = &aws.endpoint_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            out.push(format!("aws.endpoint_url {:?} must start with http:// or https://", aws.endpoint_url));
+        }
+        for dimension in &aws.dimensions {
+            if dimension.is_empty() || dimension.chars().count() > model::MAX_NAME_CHARS {
+                out.push(format!("aws.dimensions: {dimension:?} must be 1 to 255 characters"));
+            }
+        }
+        out
+    }
+
+    /// The ingest and admin sockets.
+    fn socket_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.ingest.socket.as_os_str().is_empty() {
+            out.push("ingest.socket must not be empty".into());
+        }
+        for (key, mode) in
+            [("ingest.socket_mode", &self.ingest.socket_mode), ("admin.socket_mode", &self.admin.socket_mode)]
+        {
+            match u32::from_str_radix(mode, 8) {
+                Ok(bits) if bits <= 0o777 => {}
+                _ => out.push(format!("{key} {mode:?} must be octal permission bits such as \"0660\"")),
+            }
+        }
+        if !self.ingest.socket_group.is_empty()
+            && let Err(err) = crate::unix::resolve_group(&self.ingest.socket_group)
+        {
+            out.push(format!("ingest.socket_group: {err}"));
+        }
+        if self.admin.socket.as_os_str().is_empty() {
+            out.push("admin.socket must not be empty".into());
+        }
+        if self.admin.socket == self.ingest.socket {
+            out.push("admin.socket must differ from ingest.socket".into());
+        }
+        out
+    }
+
+    /// `[storage]` and ingest's line limit.
+    fn storage_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.storage.retention < Duration::from_secs(86_400) {
+            out.push("storage.retention must be at least 1d".into());
+        }
+        if self.storage.max_bytes < 1 << 20 {
+            out.push(format!(
+                "storage.max_bytes {} must be at least 1048576 (1 MiB)",
+                self.storage.max_bytes
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.ingest.max_line_bytes) {
+            out.push(format!(
+                "ingest.max_line_bytes {} must be between 1024 and 16777216",
+                self.ingest.max_line_bytes
+            ));
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            out.push("storage.data_dir must not be empty".into());
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&self.storage.checkpoint_interval)
+        {
+            out.push("storage.checkpoint_interval must be between 10ms and 60s".into());
+        }
+        out
+    }
+
+    /// `[submit]`.
+    fn submit_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let submit = &self.submit;
+        if submit.deadline > Duration::from_secs(24 * 3600) {
+            out.push("submit.deadline must be at most 24h, the longest window the service allows".into());
+        }
+        if submit.seal_delay + Duration::from_secs(3600) >= submit.deadline {
+            out.push(format!(
+                "submit.deadline ({}) must be longer than one hour plus submit.seal_delay ({}), or no record could be sent in time",
+                crate::duration::format(submit.deadline),
+                crate::duration::format(submit.seal_delay)
+            ));
+        }
+        if !(submit.max_requests_per_second > 0.0 && submit.max_requests_per_second <= 10.0) {
+            out.push(format!(
+                "submit.max_requests_per_second {} must be above 0 and at most 10 (the service's quota per account)",
+                submit.max_requests_per_second
+            ));
+        }
+        if submit.request_timeout.is_zero() {
+            out.push("submit.request_timeout must be above 0".into());
+        }
+        if submit.backoff_base.is_zero() || submit.backoff_base > submit.backoff_max {
+            out.push("submit.backoff_base must be above 0 and at most submit.backoff_max".into());
+        }
+        if submit.pause.is_zero() {
+            out.push("submit.pause must be above 0".into());
+        }
+        out
+    }
+
+    /// `[log]` and `[shutdown]`.
+    fn other_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            out.push(format!("log.level {:?} is not a valid filter", self.log.level));
+        }
+        if self.shutdown.grace < Duration::from_secs(1) {
+            out.push("shutdown.grace must be at least 1s".into());
+        }
+        out
+    }
+
+    /// The settings of `meter_usage` mode, heartbeats and RegisterUsage, which depend on each other.
+    fn mode_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let aws = &self.aws;
+        let metered = aws.mode == Mode::MeterUsage;
+        if metered && aws.product_code.is_empty() {
+            out.push(
+                "aws.product_code is required when aws.mode = \"meter_usage\" (MeterUsage names the product)"
+                    .into(),
+            );
+        }
+        if aws.register_usage && aws.product_code.is_empty() {
+            out.push("aws.product_code is required when aws.register_usage = true".into());
+        }
+        if aws.public_key_version < 1 {
+            out.push(format!("aws.public_key_version {} must be at least 1", aws.public_key_version));
+        }
+        if aws.nonce.chars().count() > model::MAX_NAME_CHARS {
+            out.push("aws.nonce must be at most 255 characters".into());
+        }
+        let heartbeat = &self.submit.heartbeat_dimensions;
+        if !heartbeat.is_empty() && !metered {
+            out.push(
+                "submit.heartbeat_dimensions needs aws.mode = \"meter_usage\": in batch mode a 0-quantity record would take the hour's only slot for a customer".into(),
+            );
+        }
+        for dimension in heartbeat {
+            if dimension.is_empty() || dimension.chars().count() > model::MAX_NAME_CHARS {
+                out.push(format!("submit.heartbeat_dimensions: {dimension:?} must be 1 to 255 characters"));
+            } else if !aws.dimensions.is_empty() && !aws.dimensions.contains(dimension) {
+                out.push(format!("submit.heartbeat_dimensions: {dimension:?} is not in aws.dimensions"));
+            }
+        }
+        out
+    }
+}

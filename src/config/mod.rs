@@ -1,0 +1,374 @@
+//! meterd's settings: built-in defaults ← a TOML file ← `METERD_<SECTION>__<KEY>` environment
+//! variables (figment). Every key is read on its own, so that one run reports every invalid value,
+//! unknown key and inconsistent combination at once; `main` turns that list into exit code 64.
+//!
+//! Each key is declared once, in the [`settings!`] invocation below: its type, default, how it is
+//! read, whether a reload (SIGHUP) applies it, and its doc. The structs, `Default`, [`KEYS`], the
+//! unknown-key check, reading, and reload all derive from that one declaration.
+//! `config/meterd.toml` and docs/configuration.md document every key (tests check both).
+
+mod check;
+mod read;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{LateEvents, Mode};
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One key of the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    pub section: &'static str,
+    pub key: &'static str,
+    /// Whether SIGHUP applies a new value (otherwise it waits for a restart).
+    pub reloadable: bool,
+}
+
+impl Setting {
+    /// `section.key`.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.section, self.key)
+    }
+}
+
+/// Declares every setting once. Per key: `name: Type = default, reader, reload|restart;` with its
+/// doc comment (and serde attributes) above it. `reader` is a function of [`read`]: `value`
+/// (serde), `duration` ("5m"), or `digits` (text the environment may have turned into a number).
+macro_rules! settings {
+    ($(
+        $(#[$section_meta:meta])*
+        [$section:ident] $Section:ident {
+            $(
+                $(#[$meta:meta])*
+                $key:ident: $ty:ty = $default:expr, $read:ident, $reload:ident;
+            )*
+        }
+    )*) => {
+        $(
+            $(#[$section_meta])*
+            #[derive(Debug, Clone, PartialEq, Serialize)]
+            pub struct $Section {
+                $( $(#[$meta])* pub $key: $ty, )*
+            }
+
+            impl Default for $Section {
+                fn default() -> Self {
+                    Self { $( $key: $default, )* }
+                }
+            }
+        )*
+
+        /// Every setting of `meterd run`.
+        #[derive(Debug, Clone, PartialEq, Serialize, Default)]
+        pub struct Config {
+            $( pub $section: $Section, )*
+        }
+
+        /// Every section and its keys, as the file and `METERD_<SECTION>__<KEY>` spell them.
+        pub const KEYS: &[(&str, &[&str])] = &[
+            $( (stringify!($section), &[ $( stringify!($key), )* ]), )*
+        ];
+
+        /// Every key, with whether a reload applies it.
+        pub const SETTINGS: &[Setting] = &[
+            $( $( Setting {
+                section: stringify!($section),
+                key: stringify!($key),
+                reloadable: reloadable!($reload),
+            }, )* )*
+        ];
+
+        /// Reads every key from `figment` over the defaults; each failure is one problem.
+        fn read_all(figment: &Figment, problems: &mut Vec<String>) -> Config {
+            let mut config = Config::default();
+            $( $(
+                match read::$read(figment, concat!(stringify!($section), ".", stringify!($key))) {
+                    Ok(value) => config.$section.$key = value,
+                    Err(problem) => problems.push(problem),
+                }
+            )* )*
+            config
+        }
+
+        /// Names of the keys whose values differ between `a` and `b`.
+        fn differing(a: &Config, b: &Config) -> Vec<&'static str> {
+            let mut out = Vec::new();
+            $( $(
+                if a.$section.$key != b.$section.$key {
+                    out.push(concat!(stringify!($section), ".", stringify!($key)));
+                }
+            )* )*
+            out
+        }
+
+        /// Copies the reloadable keys of `from` into `into`; returns the names of those that changed.
+        fn copy_reloadable(into: &mut Config, from: &Config) -> Vec<&'static str> {
+            let mut out = Vec::new();
+            $( $(
+                copy_if_reloadable!($reload, into.$section.$key, from.$section.$key,
+                    concat!(stringify!($section), ".", stringify!($key)), out);
+            )* )*
+            out
+        }
+    };
+}
+
+macro_rules! reloadable {
+    (reload) => {
+        true
+    };
+    (restart) => {
+        false
+    };
+}
+
+macro_rules! copy_if_reloadable {
+    (reload, $into:expr, $from:expr, $name:expr, $out:ident) => {
+        if $into != $from {
+            $into = $from.clone();
+            $out.push($name);
+        }
+    };
+    (restart, $into:expr, $from:expr, $name:expr, $out:ident) => {};
+}
+
+settings! {
+    [aws] AwsConfig {
+        /// Product code sent with records of events that name no license ARN; empty = none.
+        product_code: String = String::new(), value, restart;
+        region: String = "us-east-1".into(), value, restart;
+        /// Endpoint override (the sandbox, a VPC endpoint); empty = the SDK's default endpoint.
+        endpoint_url: String = String::new(), value, restart;
+        /// Dimensions events may name; empty = any.
+        dimensions: Vec<String> = Vec::new(), value, reload;
+        mode: Mode = Mode::Batch, value, restart;
+        /// Call RegisterUsage at start (paid container products); meterd is not ready until it
+        /// succeeds.
+        register_usage: bool = false, value, restart;
+        /// The public key version RegisterUsage names.
+        public_key_version: i32 = 1, value, restart;
+        /// The nonce RegisterUsage sends, to be found in the signature; empty = none.
+        nonce: String = String::new(), value, restart;
+    }
+    [ingest] IngestConfig {
+        socket: PathBuf = "/run/meterd/meterd.sock".into(), value, restart;
+        /// Permission bits of the socket file, as octal text ("0660"). An integer is read as octal
+        /// digits too, because the environment provider turns `0660` into the number 660.
+        socket_mode: String = "0660".into(), digits, restart;
+        max_line_bytes: usize = 64 * 1024, value, restart;
+        #[serde(with = "crate::duration::serde")]
+        future_tolerance: Duration = Duration::from_secs(5 * 60), duration, restart;
+        /// How long a connection waits for room in the commit queue before answering `overloaded`.
+        #[serde(with = "crate::duration::serde")]
+        overload_timeout: Duration = Duration::from_secs(5), duration, restart;
+        /// Group of the socket file (a name from /etc/group or a numeric gid); empty = meterd's own.
+        socket_group: String = String::new(), digits, restart;
+        /// When not empty, only peers with these uids (checked with SO_PEERCRED) may send events.
+        allowed_uids: Vec<u32> = Vec::new(), value, restart;
+    }
+    [storage] StorageConfig {
+        data_dir: PathBuf = "/var/lib/meterd".into(), value, restart;
+        /// How often the in-memory hours and ids are written to the outbox so the log can be
+        /// trimmed.
+        #[serde(with = "crate::duration::serde")]
+        checkpoint_interval: Duration = Duration::from_secs(1), duration, restart;
+        /// How long receipts and dead letters are kept after they settled.
+        #[serde(with = "crate::duration::serde")]
+        retention: Duration = Duration::from_secs(35 * 86_400), duration, restart;
+        /// The outbox's size on disk above which new events are refused with `overloaded`.
+        max_bytes: u64 = 1 << 30, value, restart;
+    }
+    [admin] AdminConfig {
+        /// The admin socket `meterd status`, `dlq` and `receipts` talk to.
+        socket: PathBuf = "/run/meterd/admin.sock".into(), value, restart;
+        socket_mode: String = "0600".into(), digits, restart;
+    }
+    [submit] SubmitConfig {
+        #[serde(with = "crate::duration::serde")]
+        seal_delay: Duration = Duration::from_secs(5 * 60), duration, reload;
+        /// A record not accepted this long after its hour start becomes an `expired` dead letter.
+        #[serde(with = "crate::duration::serde")]
+        deadline: Duration = Duration::from_secs(6 * 3600), duration, restart;
+        max_requests_per_second: f64 = 5.0, value, reload;
+        late_events: LateEvents = LateEvents::CarryForward, value, restart;
+        #[serde(with = "crate::duration::serde")]
+        request_timeout: Duration = Duration::from_secs(10), duration, restart;
+        #[serde(with = "crate::duration::serde")]
+        backoff_base: Duration = Duration::from_secs(1), duration, restart;
+        #[serde(with = "crate::duration::serde")]
+        backoff_max: Duration = Duration::from_secs(5 * 60), duration, restart;
+        /// How long submission stays paused after a configuration error before it tries again.
+        #[serde(with = "crate::duration::serde")]
+        pause: Duration = Duration::from_secs(60), duration, restart;
+        /// `meter_usage` mode: dimensions that get a 0-quantity record for every hour without usage.
+        heartbeat_dimensions: Vec<String> = Vec::new(), value, restart;
+    }
+    [metrics] MetricsConfig {
+        listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 9464)), value, restart;
+    }
+    [log] LogConfig {
+        format: LogFormat = LogFormat::Text, value, restart;
+        /// A tracing filter (`info`, `meterd=debug`); `RUST_LOG` overrides it.
+        level: String = "info".into(), value, reload;
+    }
+    [shutdown] ShutdownConfig {
+        #[serde(with = "crate::duration::serde")]
+        grace: Duration = Duration::from_secs(10), duration, restart;
+    }
+}
+
+/// Every problem found in one load, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .problems.join("\n  "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Loads defaults ← `file` ← the environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_over(Self::default(), file)
+    }
+
+    /// Like [`Config::load`], starting from `base` instead of the built-in defaults (the sandbox
+    /// uses this for its own defaults).
+    pub fn load_over(base: Config, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(base));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        // Only `SECTION__KEY` variables are settings; other METERD_* variables are not ours to judge.
+        figment =
+            figment.merge(Env::prefixed("METERD_").filter(|key| key.as_str().contains("__")).split("__"));
+        Self::extract(&figment)
+    }
+
+    fn extract(figment: &Figment) -> Result<Self, ConfigError> {
+        let mut problems = read::unknown_keys(figment);
+        let config = read_all(figment, &mut problems);
+        problems.extend(config.problems());
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
+    }
+
+    /// Names (`section.key`) of the keys whose values differ from `other`'s.
+    pub fn changed_keys(&self, other: &Config) -> Vec<&'static str> {
+        differing(self, other)
+    }
+
+    /// Takes the reloadable keys' values from `from` (a reloaded file); returns the names of those
+    /// that changed. Every other key keeps its running value.
+    pub fn apply_reloadable(&mut self, from: &Config) -> Vec<&'static str> {
+        copy_reloadable(self, from)
+    }
+
+    /// The socket file's permission bits.
+    pub fn socket_mode(&self) -> u32 {
+        u32::from_str_radix(&self.ingest.socket_mode, 8).unwrap_or(0o660)
+    }
+
+    /// The admin socket file's permission bits.
+    pub fn admin_socket_mode(&self) -> u32 {
+        u32::from_str_radix(&self.admin.socket_mode, 8).unwrap_or(0o600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_toml(text: &str) -> Result<Config, ConfigError> {
+        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+        Config::extract(&figment)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(load_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn values_parse() {
+        let config = load_toml(
+            "[aws]\nproduct_code = \"prod-1\"\ndimensions = [\"requests\"]\n\
+             [submit]\nseal_delay = \"90s\"\nlate_events = \"reject\"\n[log]\nformat = \"json\"",
+        )
+        .unwrap();
+        assert_eq!(config.aws.product_code, "prod-1");
+        assert_eq!(config.aws.dimensions, vec!["requests".to_string()]);
+        assert_eq!(config.submit.seal_delay, Duration::from_secs(90));
+        assert_eq!(config.submit.late_events, LateEvents::Reject);
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = load_toml(
+            "[aws]\nproduct_code = \"bad code!\"\nregion = 5\n\
+             [ingest]\nsocket_mode = \"999\"\nmax_line_bytes = \"lots\"\nbogus = 1\n\
+             [submit]\nseal_delay = \"5 minutes\"\nlate_events = \"drop\"\nmax_requests_per_second = 50\n\
+             [metrics]\nlisten = \"nowhere\"\n[extra]\nx = 1",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for expected in [
+            "aws.product_code \"bad code!\"",
+            "aws.region",
+            "ingest.max_line_bytes",
+            "unknown key `ingest.bogus`",
+            "submit.seal_delay",
+            "submit.late_events",
+            "metrics.listen",
+            "unknown section `extra`",
+            "ingest.socket_mode \"999\"",
+            "submit.max_requests_per_second 50",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        assert_eq!(err.problems.len(), 10, "{text}");
+    }
+
+    #[test]
+    fn meter_usage_settings_are_checked_together() {
+        let err = load_toml(
+            "[aws]\nmode = \"meter_usage\"\nregister_usage = true\npublic_key_version = 0\n\
+             dimensions = [\"cpu\"]\n[submit]\nheartbeat_dimensions = [\"cpu\", \"gpu\"]",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.problems,
+            [
+                "aws.product_code is required when aws.mode = \"meter_usage\" (MeterUsage names the product)",
+                "aws.product_code is required when aws.register_usage = true",
+                "aws.public_key_version 0 must be at least 1",
+                "submit.heartbeat_dimensions: \"gpu\" is not in aws.dimensions",
+            ]
+        );
+        let err = load_toml("[submit]\nheartbeat_dimensions = [\"cpu\"]").unwrap_err();
+        assert!(err.problems[0].starts_with("submit.heartbeat_dimensions needs aws.mode = \"meter_usage\""));
+        let config = load_toml(
+            "[aws]\nmode = \"meter_usage\"\nproduct_code = \"p\"\n[submit]\nheartbeat_dimensions = [\"cpu\"]",
+        )
+        .unwrap();
+        assert_eq!(config.aws.mode, Mode::MeterUsage);
+    }
+
+    #[test]
+    fn deadline_must_leave_time_to_submit() {
+        let err = load_toml("[submit]\nseal_delay = \"30m\"\ndeadline = \"1h\"").unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+        assert!(err.problems[0].contains("must be longer than one hour plus submit.seal_delay"));
+    }
+}

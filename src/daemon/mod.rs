@@ -1,0 +1,449 @@
+//! `meterd run`: wires the stages together, supervises them, and shuts them down in order.
+//!
+//! Start-up order ([`start`]): serve `/healthz` and `/readyz` (not ready yet) → open (and lock)
+//! the outbox and read it back → bind the ingest socket (or take systemd's) and the admin socket
+//! → replay the log into the open hours → start the commit thread, the submit loop, the
+//! checkpoint ticker and the listeners. Then [`Running::serve`] registers usage where configured
+//! and declares meterd ready (`/readyz`, `READY=1`) until a shutdown signal, a fatal failure, or
+//! a task that ends on its own. Shutdown order ([`Running::shutdown`]): `STOPPING=1` → stop
+//! accepting → answer every line already read → final checkpoint and fdatasync → stop submitting
+//! → remove the sockets meterd bound, all within `shutdown.grace`. SIGHUP reloads what can
+//! change while running (`reload.rs`).
+
+mod reload;
+mod supervise;
+mod watchdog;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminServer};
+use crate::aggregate::{Heartbeat, Rules};
+use crate::clock::Clock;
+use crate::commit::{self, CommitSettings, Committer};
+use crate::config::{Config, ConfigError};
+use crate::context::Context;
+use crate::ingest::{EventParser, IngestServer, SharedParser};
+use crate::model::{Mode, Scope};
+use crate::outbox::{Outbox, Recovered};
+use crate::submit::{Control, MeteringApi, RegisterRequest, RegistrationRefused, Settings, Submitter};
+use crate::systemd::Notifier;
+use crate::telemetry::health::RegistrationStatus;
+use crate::telemetry::metrics;
+use supervise::{End, Supervisor};
+
+pub use supervise::FAIL_TASK_ENV;
+
+/// Submissions the commit queue holds before connections wait (and, past `overload_timeout`, refuse).
+const COMMIT_QUEUE: usize = 4096;
+
+/// Where a running daemon can be reached.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub socket: PathBuf,
+    pub admin_socket: PathBuf,
+    pub metrics: SocketAddr,
+}
+
+/// Reads the configuration again, for SIGHUP.
+pub type Reloader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+
+/// What the host gives the daemon besides its configuration.
+pub struct Host {
+    /// The ingest socket systemd passed (socket activation), if any.
+    pub activated_socket: Option<std::os::unix::net::UnixListener>,
+    pub notifier: Notifier,
+    /// How to read the configuration again on SIGHUP; `None` ignores SIGHUP.
+    pub reload: Option<Reloader>,
+}
+
+impl Host {
+    /// No systemd, no reload: tests and embedders.
+    pub fn plain() -> Self {
+        Host { activated_socket: None, notifier: Notifier::disabled(), reload: None }
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    d.as_secs() as i64
+}
+
+/// The commit stage's time rules.
+fn rules(config: &Config) -> Rules {
+    Rules {
+        seal_delay: secs(config.submit.seal_delay),
+        deadline: secs(config.submit.deadline),
+        future_tolerance: secs(config.ingest.future_tolerance),
+        late_events: config.submit.late_events,
+    }
+}
+
+/// The submit stage's settings.
+fn settings(config: &Config) -> Settings {
+    Settings {
+        deadline: secs(config.submit.deadline),
+        max_requests_per_second: config.submit.max_requests_per_second,
+        backoff_base: config.submit.backoff_base,
+        backoff_max: config.submit.backoff_max,
+        pause: config.submit.pause,
+        retention: secs(config.storage.retention),
+    }
+}
+
+/// The heartbeat of `submit.heartbeat_dimensions`.
+fn heartbeat(config: &Config) -> Option<Heartbeat> {
+    let dimensions = &config.submit.heartbeat_dimensions;
+    (config.aws.mode == Mode::MeterUsage && !dimensions.is_empty()).then(|| Heartbeat {
+        scope: Scope::ProductCode(config.aws.product_code.clone()),
+        dimensions: dimensions.clone(),
+    })
+}
+
+/// RegisterUsage's arguments when `aws.register_usage` is on.
+fn registration(config: &Config) -> Option<RegisterRequest> {
+    config.aws.register_usage.then(|| RegisterRequest {
+        product_code: config.aws.product_code.clone(),
+        public_key_version: config.aws.public_key_version,
+        nonce: (!config.aws.nonce.is_empty()).then(|| config.aws.nonce.clone()),
+        backoff_base: config.submit.backoff_base,
+        backoff_max: config.submit.backoff_max,
+    })
+}
+
+/// Cancellation of each group of tasks, in shutdown order.
+struct Stops {
+    /// Ingest, admin, reload, watchdog and the ticker: everything that feeds the commit stage.
+    intake: CancellationToken,
+    submit: CancellationToken,
+    metrics: CancellationToken,
+}
+
+/// A started daemon: every stage runs under the supervisor.
+pub struct Running<A> {
+    ctx: Context,
+    api: A,
+    config: Config,
+    endpoints: Endpoints,
+    notifier: Arc<Notifier>,
+    supervisor: Supervisor,
+    stops: Stops,
+}
+
+/// Runs meterd until `shutdown` completes (or a stage fails), then shuts down in order.
+/// `ready` is told where the daemon listens once it accepts events.
+pub async fn run<A: MeteringApi + Clone + 'static>(
+    config: Config,
+    clock: Clock,
+    api: A,
+    host: Host,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(&Endpoints),
+) -> anyhow::Result<()> {
+    start(config, clock, api, host).await?.serve(shutdown, ready).await
+}
+
+/// Opens the outbox, binds the sockets and starts every stage (see the module header).
+pub async fn start<A: MeteringApi + Clone + 'static>(
+    config: Config,
+    clock: Clock,
+    api: A,
+    host: Host,
+) -> anyhow::Result<Running<A>> {
+    let Host { activated_socket, notifier, reload } = host;
+    let ctx = Context::new(clock);
+    if let Some(request) = registration(&config) {
+        ctx.health.set_registration(RegistrationStatus::pending(request.public_key_version));
+    }
+    let metrics_listener = metrics::bind(config.metrics.listen)
+        .await
+        .with_context(|| format!("failed to listen for metrics on {}", config.metrics.listen))?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    tracing::info!(metrics = %metrics_addr, "serving metrics, /healthz and /readyz");
+    let endpoints = Endpoints {
+        socket: config.ingest.socket.clone(),
+        admin_socket: config.admin.socket.clone(),
+        metrics: metrics_addr,
+    };
+    let stops = Stops {
+        intake: CancellationToken::new(),
+        submit: CancellationToken::new(),
+        metrics: CancellationToken::new(),
+    };
+    let (supervisor, notifier) = (Supervisor::new(), Arc::new(notifier));
+    let mut running = Running { ctx, api, config, endpoints, notifier, supervisor, stops };
+    let (metrics, health) = (running.ctx.metrics.clone(), running.ctx.health.clone());
+    let serve_metrics = metrics::serve(metrics_listener, metrics, health, running.stops.metrics.clone());
+    running.supervisor.spawn_unit("metrics", serve_metrics);
+
+    let config = &running.config;
+    let (outbox, mut recovered) = open_outbox(config).await?;
+    let (listener, owns_socket) = bind_ingest(config, activated_socket)?;
+    let admin_listener = crate::unix::bind_socket(&config.admin.socket, config.admin_socket_mode(), None)
+        .map_err(anyhow::Error::msg)?;
+    let pipeline = running.spawn_pipeline(&outbox, &mut recovered)?;
+    running.spawn_front(pipeline, Front { outbox, listener, admin_listener, owns_socket, reload });
+    Ok(running)
+}
+
+/// Where the listeners hand their work: the commit queue and the submit loop's controls.
+struct Pipeline {
+    commands: mpsc::Sender<commit::Command>,
+    controls: mpsc::Sender<Control>,
+}
+
+/// What the listeners are started with.
+struct Front {
+    outbox: Arc<Outbox>,
+    listener: tokio::net::UnixListener,
+    admin_listener: tokio::net::UnixListener,
+    owns_socket: bool,
+    reload: Option<Reloader>,
+}
+
+impl<A: MeteringApi + Clone + 'static> Running<A> {
+    /// The commit thread (after replaying the log into the open hours), the submit loop and the
+    /// checkpoint ticker.
+    fn spawn_pipeline(
+        &mut self,
+        outbox: &Arc<Outbox>,
+        recovered: &mut Recovered,
+    ) -> anyhow::Result<Pipeline> {
+        let (ctx, config) = (&self.ctx, &self.config);
+        let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
+        let commit_settings = CommitSettings {
+            rules: rules(config),
+            max_bytes: config.storage.max_bytes,
+            heartbeat: heartbeat(config),
+        };
+        let committer =
+            Committer::recover(ctx.clone(), outbox.clone(), recovered, commit_settings, sealed_tx);
+        let (commands, command_rx) = mpsc::channel(COMMIT_QUEUE);
+        spawn_commit_thread(&mut self.supervisor, committer, command_rx)?;
+
+        let records = std::mem::take(&mut recovered.records);
+        let submitter =
+            Submitter::new(ctx.clone(), self.api.clone(), outbox.clone(), records, settings(config));
+        let (controls, control_rx) = mpsc::channel(16);
+        self.supervisor.spawn_unit("submit", submitter.run(sealed_rx, control_rx, self.stops.submit.clone()));
+        let every = config.storage.checkpoint_interval;
+        self.supervisor
+            .spawn_unit("ticker", commit::tick(commands.clone(), every, self.stops.intake.clone()));
+        Ok(Pipeline { commands, controls })
+    }
+
+    /// The ingest and admin listeners, SIGHUP reload and the systemd watchdog.
+    fn spawn_front(&mut self, pipeline: Pipeline, front: Front) {
+        let (ctx, config, intake) = (&self.ctx, &self.config, &self.stops.intake);
+        let Pipeline { commands, controls } = pipeline;
+        let parser: SharedParser = Arc::new(RwLock::new(Arc::new(EventParser::new(
+            &config.aws.product_code,
+            &config.aws.dimensions,
+            config.aws.mode,
+        ))));
+        let server = IngestServer {
+            parser: parser.clone(),
+            commands: commands.clone(),
+            ctx: ctx.clone(),
+            max_line_bytes: config.ingest.max_line_bytes,
+            overload_timeout: config.ingest.overload_timeout,
+            allowed_uids: config.ingest.allowed_uids.clone(),
+            owns_socket: front.owns_socket,
+        };
+        let socket = config.ingest.socket.clone();
+        self.supervisor.spawn_unit("ingest", server.serve(front.listener, socket, intake.clone()));
+        let admin = AdminServer {
+            ctx: ctx.clone(),
+            outbox: front.outbox,
+            controls: controls.clone(),
+            data_dir: config.storage.data_dir.display().to_string(),
+            deadline: secs(config.submit.deadline),
+        };
+        let admin_socket = config.admin.socket.clone();
+        self.supervisor
+            .spawn_unit("admin", admin::serve(admin, front.admin_listener, admin_socket, intake.clone()));
+        if let Some(reload) = front.reload {
+            // Installed before READY=1: an early `systemctl reload` must not meet SIGHUP's default
+            // action, which ends the process.
+            let hangups = crate::telemetry::hangups();
+            let metrics = ctx.metrics.clone();
+            let live = reload::Live { config: config.clone(), parser, commands, controls, metrics };
+            self.supervisor
+                .spawn_unit("reload", reload::reload_on_hangup(live, reload, hangups, intake.clone()));
+        }
+        if let Some(every) = crate::systemd::watchdog_interval() {
+            let (health, checkpoint) = (ctx.health.clone(), config.storage.checkpoint_interval);
+            let pings = watchdog::watchdog(self.notifier.clone(), every, health, checkpoint, intake.clone());
+            self.supervisor.spawn_unit("watchdog", pings);
+        }
+    }
+}
+
+/// Opens (and locks) the outbox and reads it back.
+async fn open_outbox(config: &Config) -> anyhow::Result<(Arc<Outbox>, Recovered)> {
+    let data_dir = config.storage.data_dir.clone();
+    let (outbox, recovered) = tokio::task::spawn_blocking(move || Outbox::open(&data_dir))
+        .await
+        .context("outbox task panicked")??;
+    let outbox = Arc::new(outbox);
+    tracing::info!(
+        outbox = %outbox.dir().display(),
+        log_events = recovered.log.len(),
+        sealed_records = recovered.records.len(),
+        "outbox opened"
+    );
+    Ok((outbox, recovered))
+}
+
+/// The ingest listener (systemd's, or one meterd binds), and whether meterd owns its file.
+fn bind_ingest(
+    config: &Config,
+    activated: Option<std::os::unix::net::UnixListener>,
+) -> anyhow::Result<(tokio::net::UnixListener, bool)> {
+    if let Some(listener) = activated {
+        listener.set_nonblocking(true)?;
+        tracing::info!("serving the ingest socket systemd passed (socket activation)");
+        return Ok((tokio::net::UnixListener::from_std(listener)?, false));
+    }
+    let group = match config.ingest.socket_group.as_str() {
+        "" => None,
+        name => Some(crate::unix::resolve_group(name).map_err(anyhow::Error::msg)?),
+    };
+    let listener = crate::unix::bind_socket(&config.ingest.socket, config.socket_mode(), group)
+        .map_err(anyhow::Error::msg)?;
+    Ok((listener, true))
+}
+
+/// The commit stage runs on its own thread; a supervised task waits for its result, so that the
+/// thread's end (or panic) is seen like any task's.
+fn spawn_commit_thread(
+    supervisor: &mut Supervisor,
+    committer: Committer,
+    commands: mpsc::Receiver<commit::Command>,
+) -> anyhow::Result<()> {
+    let (done, result) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("meterd-commit".into())
+        .spawn(move || {
+            let _ = done.send(committer.run(commands));
+        })
+        .context("failed to start the commit thread")?;
+    supervisor.spawn("commit", async move {
+        match result.await {
+            Ok(result) => result.context("final checkpoint failed; the log replays what was acknowledged"),
+            Err(_) => anyhow::bail!("the commit thread ended without a result (it panicked)"),
+        }
+    });
+    Ok(())
+}
+
+impl<A: MeteringApi + Clone + 'static> Running<A> {
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// Registers usage where configured, declares meterd ready, and runs until `shutdown`, a
+    /// fatal failure, or a task that ends on its own; then shuts down within `shutdown.grace`.
+    pub async fn serve(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+        ready: impl FnOnce(&Endpoints),
+    ) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        let mut failure: Option<anyhow::Error> = None;
+        let serving = match self.register(&mut shutdown).await {
+            Ok(serving) => serving,
+            Err(refused) => {
+                failure = Some(refused.into());
+                false
+            }
+        };
+        if serving {
+            self.ctx.health.set_serving();
+            tracing::info!(socket = %self.endpoints.socket.display(), metrics = %self.endpoints.metrics, "meterd ready");
+            self.notifier.notify("READY=1\nSTATUS=accepting events");
+            ready(&self.endpoints);
+            tokio::select! {
+                _ = &mut shutdown => {}
+                _ = self.ctx.fatal.cancelled() => {}
+                (task, end) = self.supervisor.next_end() => {
+                    tracing::error!(task, "the {task} task {end} while meterd was running; stopping so that a restart replays the outbox");
+                    failure = Some(anyhow::anyhow!("the {task} task {end}"));
+                }
+            }
+        }
+        let grace = self.config.shutdown.grace;
+        let stopped = self.shutdown(grace).await;
+        match failure {
+            Some(failure) => Err(failure),
+            None => stopped,
+        }
+    }
+
+    /// RegisterUsage (`aws.register_usage`): a paid container product must not run unregistered,
+    /// so meterd is not ready until it succeeds, and a refusal ends it. `Ok(false)`: stopped (or
+    /// a stage failed) while registering.
+    async fn register(
+        &mut self,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<bool, RegistrationRefused> {
+        let Some(request) = registration(&self.config) else { return Ok(true) };
+        self.notifier.notify("STATUS=registering usage with AWS Marketplace");
+        tokio::select! {
+            result = crate::submit::register(&self.api, &request, &self.ctx) => result.map(|_| true),
+            _ = shutdown.as_mut() => Ok(false),
+            _ = self.ctx.fatal.cancelled() => Ok(false),
+            (task, end) = self.supervisor.next_end() => {
+                tracing::error!(task, "the {task} task {end} while meterd was registering; stopping");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Stops every stage in order within `grace` (see the module header).
+    pub async fn shutdown(mut self, grace: Duration) -> anyhow::Result<()> {
+        if self.ctx.failed() {
+            tracing::error!("a stage failed; shutting down");
+        }
+        self.notifier.notify("STOPPING=1\nSTATUS=stopping");
+        self.ctx.health.set_stopping();
+        let mut trouble = Vec::new();
+        let drained = tokio::time::timeout(grace, async {
+            self.stops.intake.cancel();
+            trouble
+                .extend(self.supervisor.wait_for(&["ingest", "admin", "reload", "watchdog", "ticker"]).await);
+            // Every sender of the commit queue is gone now: the commit thread checkpoints and ends.
+            trouble.extend(self.supervisor.wait_for(&["commit"]).await);
+            self.stops.submit.cancel();
+            trouble.extend(self.supervisor.wait_for(&["submit"]).await);
+        })
+        .await;
+        self.stops.metrics.cancel();
+        trouble.extend(self.supervisor.wait_for(&["metrics"]).await);
+        self.supervisor.abort_all();
+        if drained.is_err() {
+            anyhow::bail!(
+                "shutdown did not finish within {}; the log replays what was acknowledged",
+                crate::duration::format(grace)
+            );
+        }
+        if let Some((task, end)) = trouble.into_iter().find(|(_, end)| !matches!(end, End::Returned)) {
+            tracing::error!(task, "the {task} task {end} during shutdown");
+            return match end {
+                End::Failed(err) => Err(err),
+                end => Err(anyhow::anyhow!("the {task} task {end} during shutdown")),
+            };
+        }
+        if self.ctx.failed() {
+            anyhow::bail!("stopped after a storage failure");
+        }
+        tracing::info!("meterd stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,69 @@
+//! SIGHUP: read the configuration again and apply the settings that may change while running.
+//! Which ones those are is declared with each key in `config/mod.rs`; a change to any other key is
+//! logged and waits for a restart.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Reloader, rules, settings};
+use crate::commit::Command;
+use crate::config::Config;
+use crate::ingest::{EventParser, SharedParser};
+use crate::submit::Control;
+use crate::telemetry::metrics::Metrics;
+
+/// The running settings a reload can change, and where to send the changes.
+pub(super) struct Live {
+    pub config: Config,
+    pub parser: SharedParser,
+    pub commands: mpsc::Sender<Command>,
+    pub controls: mpsc::Sender<Control>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Applies the configuration again on every SIGHUP, until `cancel`.
+pub(super) async fn reload_on_hangup(
+    mut live: Live,
+    reload: Reloader,
+    mut hangups: mpsc::Receiver<()>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            Some(()) = hangups.recv() => {}
+            _ = cancel.cancelled() => return,
+        }
+        // Reading and checking one small file; quick enough for the runtime thread.
+        match reload() {
+            Ok(new) => live.apply(new).await,
+            Err(err) => {
+                live.metrics.config_reloads.with_label_values(&["invalid"]).inc();
+                tracing::error!("reload refused, the running settings stay: {err}");
+            }
+        }
+    }
+}
+
+impl Live {
+    /// Takes the reloadable keys of `file` and hands every stage its settings anew. Every other
+    /// key keeps its running value, so what runs and the next reload's comparison agree.
+    async fn apply(&mut self, file: Config) {
+        let applied = self.config.apply_reloadable(&file);
+        let restart = self.config.changed_keys(&file);
+        if !applied.is_empty() {
+            let new = &self.config;
+            let parser = EventParser::new(&new.aws.product_code, &new.aws.dimensions, new.aws.mode);
+            *self.parser.write().expect("parser lock") = Arc::new(parser);
+            let _ = self.commands.send(Command::Reconfigure(rules(new))).await;
+            let _ = self.controls.send(Control::Reconfigure(settings(new))).await;
+            crate::telemetry::set_level(&new.log.level);
+        }
+        self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+        tracing::info!(applied = ?applied, "configuration reloaded");
+        if !restart.is_empty() {
+            tracing::warn!(keys = ?restart, "these settings changed but take effect only after a restart");
+        }
+    }
+}

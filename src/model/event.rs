@@ -1,0 +1,68 @@
+//! A usage event as every stage sees it once it is well formed, and the error codes a client is
+//! answered with.
+
+use super::key::{Customer, Scope, TagSet};
+
+/// A well-formed usage event, not yet checked against time or earlier events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub scope: Scope,
+    pub customer: Customer,
+    pub dimension: String,
+    pub quantity: u32,
+    /// Epoch seconds; `None` means "when it was received".
+    pub timestamp: Option<i64>,
+    pub tags: TagSet,
+    /// The client's idempotency key.
+    pub id: Option<String>,
+}
+
+/// The error codes of the socket protocol (and the `reason` label of
+/// `meterd_events_rejected_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidJson,
+    MissingField,
+    InvalidField,
+    UnknownDimension,
+    OutOfWindow,
+    FutureTimestamp,
+    LineTooLong,
+    QuantityOverflow,
+    Overloaded,
+    StorageError,
+    /// The peer's uid is not in `ingest.allowed_uids`; the connection is closed after this line.
+    PermissionDenied,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::MissingField,
+        ErrorCode::InvalidField,
+        ErrorCode::UnknownDimension,
+        ErrorCode::OutOfWindow,
+        ErrorCode::FutureTimestamp,
+        ErrorCode::LineTooLong,
+        ErrorCode::QuantityOverflow,
+        ErrorCode::Overloaded,
+        ErrorCode::StorageError,
+        ErrorCode::PermissionDenied,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::MissingField => "missing_field",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::UnknownDimension => "unknown_dimension",
+            ErrorCode::OutOfWindow => "out_of_window",
+            ErrorCode::FutureTimestamp => "future_timestamp",
+            ErrorCode::LineTooLong => "line_too_long",
+            ErrorCode::QuantityOverflow => "quantity_overflow",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::StorageError => "storage_error",
+            ErrorCode::PermissionDenied => "permission_denied",
+        }
+    }
+}
