@@ -1,0 +1,3 @@
+module meterd.invalid/meterd
+
+go 1.19
