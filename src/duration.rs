@@ -61,6 +61,23 @@ pub fn format(duration: Duration) -> String {
     out
 }
 
+/// `#[serde(with = "meterd::duration::serde_opt")]` for `Option<Duration>` fields (serialized
+/// only when set: `skip_serializing_if = "Option::is_none"`).
+pub mod serde_opt {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => serializer.serialize_str(&format(*value)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+        super::serde::deserialize(deserializer).map(Some)
+    }
+}
+
 /// `#[serde(with = "meterd::duration::serde")]` for `Duration` fields.
 pub mod serde {
     use super::*;

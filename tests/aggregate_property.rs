@@ -66,6 +66,9 @@ impl Model {
         if hour + DEADLINE <= now {
             return Err(AdmitError::PastDeadline { at, deadline: DEADLINE });
         }
+        if meterd::clock::deadline(hour, DEADLINE) <= now {
+            return Err(AdmitError::MonthClosed { at });
+        }
         if hour <= self.sealed_hours_through || hour + 3600 + SEAL_DELAY <= now {
             match self.policy {
                 LateEvents::Reject => return Err(AdmitError::HourSealed { hour }),

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::record::{Allocation, SealedRecord};
-use crate::clock::hour_of;
+use crate::clock::{deadline, hour_of};
 use crate::model::{Customer, Event, LateEvents, MAX_ALLOCATIONS, MAX_QUANTITY, RecordKey, Scope, TagSet};
 
 /// How long a client id is remembered after its event was accepted.
@@ -83,6 +83,10 @@ pub enum AdmitError {
         "timestamp {at} is in an hour past the submit deadline ({deadline}s after its start); the service would refuse it"
     )]
     PastDeadline { at: i64, deadline: i64 },
+    #[error(
+        "timestamp {at} is in a billing month the service closed at 06:00 UTC on the 1st of the next month; the service would refuse it"
+    )]
+    MonthClosed { at: i64 },
     #[error("the hour starting {hour} is already sealed (late_events = reject)")]
     HourSealed { hour: i64 },
     #[error("the hour's total for this customer and dimension would reach {total}, above 2147483647")]
@@ -217,6 +221,9 @@ impl Aggregator {
         let hour = hour_of(at);
         if hour + self.rules.deadline <= now {
             return Err(AdmitError::PastDeadline { at, deadline: self.rules.deadline });
+        }
+        if deadline(hour, self.rules.deadline) <= now {
+            return Err(AdmitError::MonthClosed { at });
         }
         if !self.is_sealed(hour, now) {
             return Ok((hour, false));

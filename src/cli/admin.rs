@@ -132,7 +132,7 @@ pub fn status(target: &Target, json: bool) -> ExitCode {
                     &recovered,
                     &target.config.storage.data_dir.display().to_string(),
                     outbox.size_on_disk().unwrap_or(0),
-                    target.config.submit.deadline.as_secs() as i64,
+                    target.config.deadline().as_secs() as i64,
                     clock.now(),
                 )
             }

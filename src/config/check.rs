@@ -106,13 +106,18 @@ impl Config {
     fn submit_problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         let submit = &self.submit;
-        if submit.deadline > Duration::from_secs(24 * 3600) {
-            out.push("submit.deadline must be at most 24h, the longest window the service allows".into());
+        let (deadline, max) = (self.deadline(), self.max_deadline());
+        if deadline > max {
+            out.push(format!(
+                "submit.deadline must be at most {}, the longest window the service allows for {}",
+                crate::duration::format(max),
+                if self.aws.mode == Mode::Batch { "BatchMeterUsage" } else { "MeterUsage" }
+            ));
         }
-        if submit.seal_delay + Duration::from_secs(3600) >= submit.deadline {
+        if submit.seal_delay + Duration::from_secs(3600) >= deadline {
             out.push(format!(
                 "submit.deadline ({}) must be longer than one hour plus submit.seal_delay ({}), or no record could be sent in time",
-                crate::duration::format(submit.deadline),
+                crate::duration::format(deadline),
                 crate::duration::format(submit.seal_delay)
             ));
         }

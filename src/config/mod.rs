@@ -199,9 +199,11 @@ settings! {
     [submit] SubmitConfig {
         #[serde(with = "crate::duration::serde")]
         seal_delay: Duration = Duration::from_secs(5 * 60), duration, reload;
-        /// A record not accepted this long after its hour start becomes an `expired` dead letter.
-        #[serde(with = "crate::duration::serde")]
-        deadline: Duration = Duration::from_secs(6 * 3600), duration, restart;
+        /// A record not accepted this long after its hour start (or by the month-end close)
+        /// becomes an `expired` dead letter. Unset: what the operation allows, see
+        /// [`Config::deadline`].
+        #[serde(with = "crate::duration::serde_opt", skip_serializing_if = "Option::is_none")]
+        deadline: Option<Duration> = None, optional_duration, restart;
         max_requests_per_second: f64 = 5.0, value, reload;
         late_events: LateEvents = LateEvents::CarryForward, value, restart;
         #[serde(with = "crate::duration::serde")]
@@ -272,6 +274,20 @@ impl Config {
     /// that changed. Every other key keeps its running value.
     pub fn apply_reloadable(&mut self, from: &Config) -> Vec<&'static str> {
         copy_reloadable(self, from)
+    }
+
+    /// The longest window the service accepts a record in: 24 hours after its hour for
+    /// BatchMeterUsage, 6 for MeterUsage (a month's records also close at 06:00 UTC on the 1st).
+    pub fn max_deadline(&self) -> Duration {
+        match self.aws.mode {
+            Mode::Batch => Duration::from_secs(24 * 3600),
+            Mode::MeterUsage => Duration::from_secs(6 * 3600),
+        }
+    }
+
+    /// `submit.deadline`, or the operation's own window when it is unset.
+    pub fn deadline(&self) -> Duration {
+        self.submit.deadline.unwrap_or_else(|| self.max_deadline())
     }
 
     /// The socket file's permission bits.

@@ -21,6 +21,14 @@ pub(super) fn duration(figment: &Figment, key: &str) -> Result<Duration, String>
     figment.extract_inner::<Human>(key).map(|Human(d)| d).map_err(|e| e.to_string())
 }
 
+/// A duration that may be left unset (then a default that depends on other keys applies).
+pub(super) fn optional_duration(figment: &Figment, key: &str) -> Result<Option<Duration>, String> {
+    match figment.find_value(key) {
+        Err(_) | Ok(figment::value::Value::Empty(..)) => Ok(None),
+        Ok(_) => duration(figment, key).map(Some),
+    }
+}
+
 /// Text that the environment provider may have turned into a number: a socket mode (`0660`
 /// becomes 660) or a numeric group id. The number is read back as its digits.
 pub(super) fn digits(figment: &Figment, key: &str) -> Result<String, String> {

@@ -79,7 +79,7 @@ fn secs(d: Duration) -> i64 {
 fn rules(config: &Config) -> Rules {
     Rules {
         seal_delay: secs(config.submit.seal_delay),
-        deadline: secs(config.submit.deadline),
+        deadline: secs(config.deadline()),
         future_tolerance: secs(config.ingest.future_tolerance),
         late_events: config.submit.late_events,
     }
@@ -88,7 +88,7 @@ fn rules(config: &Config) -> Rules {
 /// The submit stage's settings.
 fn settings(config: &Config) -> Settings {
     Settings {
-        deadline: secs(config.submit.deadline),
+        deadline: secs(config.deadline()),
         max_requests_per_second: config.submit.max_requests_per_second,
         backoff_base: config.submit.backoff_base,
         backoff_max: config.submit.backoff_max,
@@ -263,7 +263,7 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
             outbox: front.outbox,
             controls: controls.clone(),
             data_dir: config.storage.data_dir.display().to_string(),
-            deadline: secs(config.submit.deadline),
+            deadline: secs(config.deadline()),
         };
         let admin_socket = config.admin.socket.clone();
         self.supervisor

@@ -10,7 +10,9 @@ use crate::model::ErrorCode;
 pub fn rejection(error: &AdmitError) -> Rejection {
     let code = match error {
         AdmitError::FutureTimestamp { .. } => ErrorCode::FutureTimestamp,
-        AdmitError::PastDeadline { .. } | AdmitError::HourSealed { .. } => ErrorCode::OutOfWindow,
+        AdmitError::PastDeadline { .. } | AdmitError::MonthClosed { .. } | AdmitError::HourSealed { .. } => {
+            ErrorCode::OutOfWindow
+        }
         AdmitError::QuantityOverflow { .. } => ErrorCode::QuantityOverflow,
         AdmitError::TooManyTagSets => ErrorCode::InvalidField,
     };

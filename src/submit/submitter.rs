@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::{ApiFailure, Disposition, FailureKind, MeteringApi, RecordOutcome, classify};
 use crate::aggregate::SealedRecord;
+use crate::clock::deadline;
 use crate::context::Context;
 use crate::model::{Customer, DeadReason, RecordKey, Scope};
 use crate::outbox::{Outbox, RecordState, StoredRecord};
@@ -460,15 +461,21 @@ impl<A: MeteringApi> Submitter<A> {
     /// Records past their deadline can no longer be accepted by the service.
     fn expire(&mut self) {
         let now = self.ctx.clock.now();
-        let deadline = self.settings.deadline;
+        let window = self.settings.deadline;
+        // Deadlines grow with the hour (the month close only ever shortens the last hours of a
+        // month), so the expired records are a prefix of the queue.
         let expired: Vec<QueueKey> =
-            self.queue.keys().take_while(|(hour, _)| hour + deadline <= now).cloned().collect();
+            self.queue.keys().take_while(|(hour, _)| deadline(*hour, window) <= now).cloned().collect();
         for key in &expired {
             let attempts = self.queue[key].attempts;
-            let message = format!(
-                "not accepted within {} of its hour start ({attempts} attempts)",
-                crate::duration::format(Duration::from_secs(deadline as u64))
-            );
+            let message = if deadline(key.0, window) < key.0 + window {
+                format!("not accepted before its billing month closed ({attempts} attempts)")
+            } else {
+                format!(
+                    "not accepted within {} of its hour start ({attempts} attempts)",
+                    crate::duration::format(Duration::from_secs(window as u64))
+                )
+            };
             self.dead_letter(key, DeadReason::Expired, message);
         }
         if !expired.is_empty() {
