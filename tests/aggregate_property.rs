@@ -1,9 +1,10 @@
 //! The aggregator against a plain model: a list of accepted events, summed only at the end.
 //! Random events (customers, dimensions, tag sets, ids, past and future timestamps, huge
 //! quantities) interleave with clock advances and sealing; every sealed record must equal the
-//! model's sum for its key, appear exactly once, and only once its hour is due.
+//! model's sum for its key, appear exactly once, and only once its hour is due. A late event goes
+//! to its own hour unless that key's hour was already sealed; an id names one event.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use meterd::aggregate::{Admission, AdmitError, Aggregator, Rules, SealedRecord};
 use meterd::model::{Customer, Event, LateEvents, MAX_QUANTITY, Scope};
@@ -38,12 +39,18 @@ fn tag_set(n: u8) -> Vec<(String, String)> {
 
 type Key = (u8, u8, i64);
 
+/// What an event says: customer, dimension, tag set, quantity, timestamp.
+type Content = (u8, u8, u8, u32, i64);
+
 /// The model: the rules written out plainly over a list of accepted events.
 struct Model {
     policy: LateEvents,
     accepted: Vec<(Key, u8, u32)>,
-    ids: HashMap<u8, i64>,
+    /// Id → its expiry and the event it named.
+    ids: HashMap<u8, (i64, Content)>,
     sealed_hours_through: i64,
+    /// Keys whose record was sealed.
+    sealed: HashSet<Key>,
 }
 
 impl Model {
@@ -54,10 +61,15 @@ impl Model {
     /// What the aggregator must answer: Ok(Some(hour)) counted, Ok(None) duplicate, Err(why).
     fn admit(&mut self, now: i64, at: i64, event: Sent) -> Result<Option<i64>, AdmitError> {
         let Sent { customer, dimension, tags, quantity, id } = event;
+        let content = (customer, dimension, tags, quantity, at);
         if let Some(id) = id
-            && self.ids.get(&id).is_some_and(|expiry| *expiry > now)
+            && let Some((_, earlier)) = self.ids.get(&id).filter(|(expiry, _)| *expiry > now)
         {
-            return Ok(None);
+            return if *earlier == content {
+                Ok(None)
+            } else {
+                Err(AdmitError::IdConflict { id: format!("id-{id}") })
+            };
         }
         if at > now + TOLERANCE {
             return Err(AdmitError::FutureTimestamp { at, ahead: at - now });
@@ -69,10 +81,18 @@ impl Model {
         if meterd::clock::deadline(hour, DEADLINE) <= now {
             return Err(AdmitError::MonthClosed { at });
         }
-        if hour <= self.sealed_hours_through || hour + 3600 + SEAL_DELAY <= now {
-            match self.policy {
-                LateEvents::Reject => return Err(AdmitError::HourSealed { hour }),
-                LateEvents::CarryForward => hour = now.div_euclid(3600) * 3600,
+        if self.sealed.contains(&(customer, dimension, hour)) {
+            if self.policy == LateEvents::Reject {
+                return Err(AdmitError::HourSealed { hour });
+            }
+            // Into the open hour, past any hour of this key sealed early; never into next month.
+            let own = hour;
+            hour = (now.div_euclid(3600) * 3600).max(own + 3600);
+            while self.sealed.contains(&(customer, dimension, hour)) {
+                hour += 3600;
+            }
+            if !meterd::clock::same_month(own, hour) {
+                return Err(AdmitError::CarryAcrossMonth { hour: own });
             }
         }
         let total = self.total((customer, dimension, hour)) + u64::from(quantity);
@@ -81,7 +101,7 @@ impl Model {
         }
         self.accepted.push(((customer, dimension, hour), tags, quantity));
         if let Some(id) = id {
-            self.ids.insert(id, now + 25 * 3600);
+            self.ids.insert(id, (now + 25 * 3600, content));
         }
         Ok(Some(hour))
     }
@@ -111,14 +131,22 @@ fn check(ops: Vec<Op>, policy: LateEvents) -> Result<(), TestCaseError> {
         late_events: policy,
     };
     let mut aggregator = Aggregator::new(rules);
-    let mut model =
-        Model { policy, accepted: Vec::new(), ids: HashMap::new(), sealed_hours_through: i64::MIN };
+    let mut model = Model {
+        policy,
+        accepted: Vec::new(),
+        ids: HashMap::new(),
+        sealed_hours_through: i64::MIN,
+        sealed: HashSet::new(),
+    };
     let mut now = START;
     let mut sealed: BTreeMap<Key, (SealedRecord, i64)> = BTreeMap::new();
     let mut seal = |aggregator: &mut Aggregator, model: &mut Model, now: i64| -> Result<(), TestCaseError> {
         aggregator.seal_due(now);
         model.sealed_hours_through =
             model.sealed_hours_through.max((now - SEAL_DELAY).div_euclid(3600) * 3600 - 3600);
+        let through = model.sealed_hours_through;
+        let due: Vec<Key> = model.accepted.iter().map(|(k, _, _)| *k).filter(|k| k.2 <= through).collect();
+        model.sealed.extend(due);
         for record in aggregator.take_delta().sealed {
             let key = key_of(&record);
             prop_assert!(key.2 + 3600 + SEAL_DELAY <= now, "sealed before its hour was due");
@@ -142,6 +170,7 @@ fn check(ops: Vec<Op>, policy: LateEvents) -> Result<(), TestCaseError> {
                     timestamp: Some(at),
                     tags: tag_set(tags),
                     id: id.map(|i| format!("id-{i}")),
+                    peer: 1000,
                 };
                 let want = model.admit(now, at, Sent { customer, dimension, tags, quantity, id });
                 let got = match aggregator.admit(event, now) {

@@ -100,36 +100,6 @@ fn a_10_mb_line_binary_garbage_and_a_torn_line_leave_the_connection_and_others_i
 }
 
 #[test]
-fn late_events_are_carried_forward_or_rejected_by_policy() {
-    let emu = Emu::start(|_| {});
-    let mut late = event("111111111111", "requests", 9);
-    late["timestamp"] = json!(hour_start(5) + 10);
-
-    let dir = tempfile::tempdir().unwrap();
-    let meterd = Launch::new(dir.path(), &emu).start();
-    let hour_before = now_secs() / 3600 * 3600;
-    assert_eq!(codes(&meterd.send(std::slice::from_ref(&late))), ["ok"]);
-    let hour_after = now_secs() / 3600 * 3600;
-    assert_eq!(meterd.metric("meterd_late_events_total{policy=\"carry_forward\"}"), 1.0);
-    assert!(meterd.signal("TERM").success());
-    emu.set_clock_offset(4 * 3600);
-    let _meterd = Launch::new(dir.path(), &emu).offset(4 * 3600).start();
-    let records = emu.wait_records(1, Duration::from_secs(20));
-    assert_eq!(records.len(), 1);
-    // Carried into the hour it was received in.
-    let hour = records[0]["hour"].as_i64().unwrap();
-    assert!(hour == hour_before || hour == hour_after, "{hour} not in [{hour_before}, {hour_after}]");
-    assert_eq!(records[0]["quantity"].as_u64(), Some(9));
-
-    let dir = tempfile::tempdir().unwrap();
-    let meterd = Launch::new(dir.path(), &emu).env("METERD_SUBMIT__LATE_EVENTS", "reject").start();
-    let replies = meterd.send(std::slice::from_ref(&late));
-    assert_eq!(codes(&replies), ["out_of_window"]);
-    assert!(replies[0]["message"].as_str().unwrap().contains("already sealed"));
-    assert_eq!(meterd.metric("meterd_late_events_total{policy=\"reject\"}"), 1.0);
-}
-
-#[test]
 fn meterd_send_prints_replies_and_fails_on_a_refusal() {
     let emu = Emu::start(|_| {});
     let dir = tempfile::tempdir().unwrap();

@@ -39,6 +39,8 @@ const (
 	CodeOverloaded       = "overloaded"
 	CodeStorageError     = "storage_error"
 	CodePermissionDenied = "permission_denied"
+	CodeIDConflict       = "id_conflict"
+	CodeRecordTooLarge   = "record_too_large"
 )
 
 const (

@@ -31,7 +31,9 @@ export type WireCode =
   | "quantity_overflow"
   | "overloaded"
   | "storage_error"
-  | "permission_denied";
+  | "permission_denied"
+  | "id_conflict"
+  | "record_too_large";
 
 export const DEFAULT_SOCKET: string;
 export const DEFAULT_TIMEOUT_MS: number;

@@ -1,5 +1,19 @@
 //! The open hours: one bucket per record key with its total and one allocation per tag set, the
-//! client ids seen in the last 25 hours, and the rule that decides when an hour is sealed.
+//! client ids seen in the last 25 hours ([`IdBook`]), what was already sealed ([`Frozen`]), and
+//! the rules that decide where an event is counted and when an hour is sealed.
+//!
+//! Where an event goes, in order:
+//!
+//! | check | outcome |
+//! |---|---|
+//! | its id was accepted before, for the same event / another event | `Duplicate` / `IdConflict` |
+//! | its timestamp is past `future_tolerance` ahead | `FutureTimestamp` |
+//! | its hour's record could no longer be accepted (deadline, month close) | `PastDeadline`, `MonthClosed` |
+//! | no record was sealed for its key and hour | counted in its own hour, even one past its seal point (sealed at the next checkpoint) |
+//! | one was (the key's hour is frozen) | `late_events`: refused (`HourSealed`), or carried into the open hour — the first hour from now on whose record for the key is not sealed, in the same billing month (`CarryAcrossMonth` otherwise) |
+//!
+//! A sealed record is never written again, whatever the clock does: after the clock steps back,
+//! an event for a sealed key and hour is late like any other.
 //!
 //! Everything here is plain data driven by explicit `now` arguments, so the property test can run
 //! days of hours in microseconds. The aggregator never does I/O: the commit stage logs what
@@ -9,17 +23,17 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{Allocation, SealedRecord};
-use crate::clock::{deadline, hour_of};
+use super::frozen::Frozen;
+use super::ids::{self, ClientId, IdBook, IdEntry, IdKey, Seen};
+use super::record::{Allocation, MAX_RECORD_BYTES, SealedRecord, allocation_len, base_len};
+use crate::clock::{deadline, hour_of, same_month};
 use crate::model::{Customer, Event, LateEvents, MAX_ALLOCATIONS, MAX_QUANTITY, RecordKey, Scope, TagSet};
-
-/// How long a client id is remembered after its event was accepted.
-pub const ID_TTL_SECS: i64 = 25 * 3600;
 
 /// The time rules, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rules {
     pub seal_delay: i64,
+    /// The operation's window after the hour start (the month close applies on top).
     pub deadline: i64,
     pub future_tolerance: i64,
     pub late_events: LateEvents,
@@ -43,6 +57,9 @@ pub struct Bucket {
     /// Changed since the last checkpoint.
     #[serde(skip)]
     dirty: bool,
+    /// An upper bound of the record's size in a request ([`MAX_RECORD_BYTES`] at most).
+    #[serde(skip)]
+    bytes: usize,
 }
 
 impl Bucket {
@@ -50,6 +67,11 @@ impl Bucket {
         let allocations =
             self.allocations.into_iter().map(|(tags, quantity)| Allocation { tags, quantity }).collect();
         SealedRecord { key, quantity: self.quantity, allocations }
+    }
+
+    /// Its size bound, computed from scratch (after a restore).
+    fn measure(&mut self, key: &RecordKey) {
+        self.bytes = base_len(key) + self.allocations.keys().map(allocation_len).sum::<usize>();
     }
 }
 
@@ -60,7 +82,7 @@ pub struct Admitted {
     pub key: RecordKey,
     pub tags: TagSet,
     pub quantity: u32,
-    pub id: Option<String>,
+    pub id: Option<ClientId>,
     /// When it was accepted, epoch seconds; its id is remembered from then on.
     pub at: i64,
 }
@@ -70,7 +92,7 @@ pub struct Admitted {
 pub enum Admission {
     /// Counted; log it before acknowledging. `carried` is set when it was moved to the open hour.
     Counted { admitted: Admitted, carried: bool },
-    /// Its id was accepted before: not counted again.
+    /// Its id was accepted before, for this same event: not counted again.
     Duplicate { id: String },
 }
 
@@ -89,12 +111,29 @@ pub enum AdmitError {
     MonthClosed { at: i64 },
     #[error("the hour starting {hour} is already sealed (late_events = reject)")]
     HourSealed { hour: i64 },
+    #[error(
+        "the hour starting {hour} is already sealed, and carrying the event into the open hour would move it into the next billing month"
+    )]
+    CarryAcrossMonth { hour: i64 },
     #[error("the hour's total for this customer and dimension would reach {total}, above 2147483647")]
     QuantityOverflow { total: u64 },
     #[error(
         "the hour's record for this customer and dimension already has 2500 tag sets, the service's limit"
     )]
     TooManyTagSets,
+    #[error(
+        "the hour's record for this customer and dimension would grow to about {bytes} bytes, more than one request can carry ({MAX_RECORD_BYTES}); use fewer or shorter tag sets"
+    )]
+    RecordTooLarge { bytes: usize },
+    #[error(
+        "id {id:?} was already used for a different event in the last 25 hours; give every event its own id"
+    )]
+    IdConflict { id: String },
+    #[error(
+        "this customer's usage in the hour starting {hour} was already reported {}; reporting it both with and without a license_arn would bill the customer twice",
+        if *.licensed_before { "with a license_arn" } else { "without a license_arn" }
+    )]
+    MixedScope { hour: i64, licensed_before: bool },
 }
 
 /// What changed since the last checkpoint.
@@ -102,8 +141,8 @@ pub enum AdmitError {
 pub struct Delta {
     pub changed: Vec<(RecordKey, Bucket)>,
     pub sealed: Vec<SealedRecord>,
-    pub new_ids: Vec<(String, i64)>,
-    pub expired_ids: Vec<String>,
+    pub new_ids: Vec<(IdKey, IdEntry)>,
+    pub expired_ids: Vec<IdKey>,
     /// Start of the last sealed hour, as of this delta.
     pub sealed_through: Option<i64>,
     /// Whether `sealed_through` moved since the last delta.
@@ -119,16 +158,18 @@ impl Delta {
     }
 }
 
-/// The open hours and remembered ids.
+/// Most hours a carried event skips over records sealed early for its key.
+const MAX_CARRY_HOURS: i64 = 48;
+
+/// The open hours, remembered ids and sealed keys.
 #[derive(Debug)]
 pub struct Aggregator {
     rules: Rules,
     buckets: HashMap<RecordKey, Bucket>,
-    ids: HashMap<String, i64>,
-    new_ids: Vec<(String, i64)>,
-    expired_ids: Vec<String>,
+    ids: IdBook,
+    frozen: Frozen,
     sealed: Vec<SealedRecord>,
-    /// Start of the last sealed hour; no event is counted at or before it.
+    /// Start of the last hour sealed as a whole; no record of it or before stays open.
     sealed_through: Option<i64>,
     sealed_through_changed: bool,
     heartbeat: Option<Heartbeat>,
@@ -141,9 +182,8 @@ impl Aggregator {
         Self {
             rules,
             buckets: HashMap::new(),
-            ids: HashMap::new(),
-            new_ids: Vec::new(),
-            expired_ids: Vec::new(),
+            ids: IdBook::default(),
+            frozen: Frozen::default(),
             sealed: Vec::new(),
             sealed_through: None,
             sealed_through_changed: false,
@@ -153,18 +193,33 @@ impl Aggregator {
         }
     }
 
-    /// Rebuilds the state a checkpoint saved; replay then re-applies the log after it.
+    /// Rebuilds the state a checkpoint saved; replay then re-applies the log after it, and
+    /// [`Aggregator::remember_sealed`] adds the records already sealed.
     pub fn restore(
         rules: Rules,
         buckets: Vec<(RecordKey, Bucket)>,
-        ids: Vec<(String, i64)>,
+        ids: Vec<(IdKey, IdEntry)>,
         sealed_through: Option<i64>,
     ) -> Self {
         let mut this = Self::new(rules);
-        this.buckets = buckets.into_iter().collect();
-        this.ids = ids.into_iter().collect();
+        this.buckets = buckets
+            .into_iter()
+            .map(|(key, mut bucket)| {
+                bucket.measure(&key);
+                this.frozen.note_scope(&key);
+                (key, bucket)
+            })
+            .collect();
+        this.ids = IdBook::restore(ids);
         this.sealed_through = sealed_through;
         this
+    }
+
+    /// Records sealed before (from the outbox): never written again.
+    pub fn remember_sealed<'a>(&mut self, keys: impl IntoIterator<Item = &'a RecordKey>) {
+        for key in keys {
+            self.frozen.insert(key);
+        }
     }
 
     /// New time rules after a reload; they apply from the next event and the next seal on.
@@ -180,31 +235,33 @@ impl Aggregator {
         self.buckets.len()
     }
 
-    fn is_sealed(&self, hour: i64, now: i64) -> bool {
+    /// Whether an hour is due for sealing as a whole.
+    fn is_due(&self, hour: i64, now: i64) -> bool {
         self.sealed_through.is_some_and(|through| hour <= through)
             || hour + 3600 + self.rules.seal_delay <= now
     }
 
-    /// Checks an event against time, earlier ids and the key's total, and counts it.
+    /// Checks an event against earlier ids, time, what is sealed and the key's total, and counts it.
     pub fn admit(&mut self, event: Event, now: i64) -> Result<Admission, AdmitError> {
-        if let Some(id) = &event.id
-            && self.ids.contains_key(id)
-        {
-            return Ok(Admission::Duplicate { id: event.id.unwrap_or_default() });
-        }
-        let (hour, carried) = self.hour_for(event.timestamp.unwrap_or(now), now)?;
-        let Event { scope, customer, dimension, quantity, tags, id, .. } = event;
-        let key = RecordKey { scope, customer, dimension, hour };
-        let bucket = self.buckets.get(&key);
-        let total = u64::from(bucket.map_or(0, |b| b.quantity)) + u64::from(quantity);
-        if total > u64::from(MAX_QUANTITY) {
-            return Err(AdmitError::QuantityOverflow { total });
-        }
-        if bucket
-            .is_some_and(|b| b.allocations.len() >= MAX_ALLOCATIONS && !b.allocations.contains_key(&tags))
-        {
-            return Err(AdmitError::TooManyTagSets);
-        }
+        let id = match &event.id {
+            None => None,
+            Some(id) => {
+                let digest = ids::digest(&event);
+                match self.ids.check(event.peer, id, digest) {
+                    Seen::Same => return Ok(Admission::Duplicate { id: id.clone() }),
+                    Seen::Conflict => return Err(AdmitError::IdConflict { id: id.clone() }),
+                    Seen::New => Some(ClientId {
+                        key: IdKey { peer: Some(event.peer), id: id.clone() },
+                        digest: Some(digest),
+                    }),
+                }
+            }
+        };
+        let at = event.timestamp.unwrap_or(now);
+        let Event { scope, customer, dimension, quantity, tags, .. } = event;
+        let mut key = RecordKey { scope, customer, dimension, hour: hour_of(at) };
+        let carried = self.place(&mut key, at, now)?;
+        self.check_room(&key, &tags, quantity)?;
         if carried {
             self.late_carried += 1;
         }
@@ -213,52 +270,86 @@ impl Aggregator {
         Ok(Admission::Counted { admitted, carried })
     }
 
-    /// The hour an event at `at` is counted in, and whether it was carried forward to it.
-    fn hour_for(&mut self, at: i64, now: i64) -> Result<(i64, bool), AdmitError> {
+    /// Decides the hour `key` is counted in (see the module header); returns whether the event
+    /// was carried forward.
+    fn place(&mut self, key: &mut RecordKey, at: i64, now: i64) -> Result<bool, AdmitError> {
         if at > now + self.rules.future_tolerance {
             return Err(AdmitError::FutureTimestamp { at, ahead: at - now });
         }
-        let hour = hour_of(at);
+        let hour = key.hour;
         if hour + self.rules.deadline <= now {
             return Err(AdmitError::PastDeadline { at, deadline: self.rules.deadline });
         }
         if deadline(hour, self.rules.deadline) <= now {
             return Err(AdmitError::MonthClosed { at });
         }
-        if !self.is_sealed(hour, now) {
-            return Ok((hour, false));
+        if !self.frozen.contains(key) {
+            return Ok(false);
         }
-        match self.rules.late_events {
-            LateEvents::Reject => {
-                self.late_rejected += 1;
-                Err(AdmitError::HourSealed { hour })
-            }
-            LateEvents::CarryForward => Ok((hour_of(now), true)),
+        if self.rules.late_events == LateEvents::Reject {
+            self.late_rejected += 1;
+            return Err(AdmitError::HourSealed { hour });
         }
+        key.hour = hour_of(now).max(hour + 3600);
+        while self.frozen.contains(key) && key.hour < hour + MAX_CARRY_HOURS * 3600 {
+            key.hour += 3600;
+        }
+        if self.frozen.contains(key) || !same_month(hour, key.hour) {
+            return Err(AdmitError::CarryAcrossMonth { hour });
+        }
+        Ok(true)
+    }
+
+    /// Whether the key's record has room for this event: the service's limits on the total, the
+    /// tag sets and the request size, and one kind of scope per customer and hour.
+    fn check_room(&self, key: &RecordKey, tags: &TagSet, quantity: u32) -> Result<(), AdmitError> {
+        if let Some(licensed_before) = self.frozen.mixes_scope(key) {
+            return Err(AdmitError::MixedScope { hour: key.hour, licensed_before });
+        }
+        let bucket = self.buckets.get(key);
+        let total = u64::from(bucket.map_or(0, |b| b.quantity)) + u64::from(quantity);
+        if total > u64::from(MAX_QUANTITY) {
+            return Err(AdmitError::QuantityOverflow { total });
+        }
+        let new_tag_set = !bucket.is_some_and(|b| b.allocations.contains_key(tags));
+        if new_tag_set && bucket.is_some_and(|b| b.allocations.len() >= MAX_ALLOCATIONS) {
+            return Err(AdmitError::TooManyTagSets);
+        }
+        let bytes = bucket.map_or_else(|| base_len(key), |b| b.bytes)
+            + if new_tag_set { allocation_len(tags) } else { 0 };
+        if bytes > MAX_RECORD_BYTES {
+            return Err(AdmitError::RecordTooLarge { bytes });
+        }
+        Ok(())
     }
 
     /// Counts an admitted event: from [`Aggregator::admit`], or from the log during replay.
     pub fn apply(&mut self, admitted: &Admitted) {
         let bucket = match self.buckets.get_mut(&admitted.key) {
             Some(bucket) => bucket,
-            None => self.buckets.entry(admitted.key.clone()).or_default(),
+            None => {
+                self.frozen.note_scope(&admitted.key);
+                let bucket = self.buckets.entry(admitted.key.clone()).or_default();
+                bucket.bytes = base_len(&admitted.key);
+                bucket
+            }
         };
         bucket.quantity += admitted.quantity;
         match bucket.allocations.get_mut(&admitted.tags) {
             Some(q) => *q += admitted.quantity,
             None => {
+                bucket.bytes += allocation_len(&admitted.tags);
                 bucket.allocations.insert(admitted.tags.clone(), admitted.quantity);
             }
         }
         bucket.dirty = true;
         if let Some(id) = &admitted.id {
-            let expiry = admitted.at + ID_TTL_SECS;
-            self.ids.insert(id.clone(), expiry);
-            self.new_ids.push((id.clone(), expiry));
+            self.ids.remember(id, admitted.at);
         }
     }
 
-    /// Seals every hour that ended `seal_delay` ago or earlier, and forgets expired ids.
+    /// Seals every record whose hour ended `seal_delay` ago or earlier (and every record of an
+    /// hour already sealed as a whole), and forgets expired ids and sealed keys past their deadline.
     pub fn seal_due(&mut self, now: i64) {
         let through = hour_of(now - self.rules.seal_delay) - 3600;
         let before = self.sealed_through;
@@ -266,36 +357,40 @@ impl Aggregator {
             self.sealed_through = Some(through);
             self.sealed_through_changed = true;
         }
-        let due: Vec<RecordKey> =
-            self.buckets.keys().filter(|k| self.is_sealed(k.hour, now)).cloned().collect();
+        let due: Vec<RecordKey> = self.buckets.keys().filter(|k| self.is_due(k.hour, now)).cloned().collect();
         for key in due {
             let bucket = self.buckets.remove(&key).expect("key was just listed");
+            self.frozen.insert(&key);
             self.sealed.push(bucket.seal(key));
         }
-        if let (Some(heartbeat), Some(before)) = (&self.heartbeat, before) {
-            // Every newly sealed hour still inside the deadline, including hours meterd was down
-            // for: the key is this instance's own, and 0 is its true usage then.
-            let first = (before + 3600).max(hour_of(now - self.rules.deadline) + 3600);
-            for hour in (first..=through).step_by(3600) {
-                for dimension in &heartbeat.dimensions {
-                    let key = RecordKey {
-                        scope: heartbeat.scope.clone(),
-                        customer: Customer::Caller,
-                        dimension: dimension.clone(),
-                        hour,
-                    };
-                    if !self.sealed.iter().any(|r| r.key == key) {
-                        self.sealed.push(SealedRecord { key, quantity: 0, allocations: Vec::new() });
-                    }
+        if let (Some(before), Some(through)) = (before, self.sealed_through) {
+            self.seal_heartbeats(before, through, now);
+        }
+        self.ids.expire(now);
+        // Kept an hour past every deadline; an older hour counts as sealed (see `Frozen`).
+        self.frozen.forget_before(hour_of(now - self.rules.deadline) - 3600);
+    }
+
+    /// The heartbeat's 0-quantity records for every hour newly sealed as a whole, including hours
+    /// meterd was down for, within the deadline: the key is this instance's own, and 0 is its true
+    /// usage then.
+    fn seal_heartbeats(&mut self, before: i64, through: i64, now: i64) {
+        let Some(heartbeat) = &self.heartbeat else { return };
+        let first = (before + 3600).max(hour_of(now - self.rules.deadline) + 3600);
+        for hour in (first..=through).step_by(3600) {
+            for dimension in &heartbeat.dimensions {
+                let key = RecordKey {
+                    scope: heartbeat.scope.clone(),
+                    customer: Customer::Caller,
+                    dimension: dimension.clone(),
+                    hour,
+                };
+                if !self.frozen.contains(&key) {
+                    self.frozen.insert(&key);
+                    self.sealed.push(SealedRecord { key, quantity: 0, allocations: Vec::new() });
                 }
             }
         }
-        let expired: Vec<String> =
-            self.ids.iter().filter(|(_, expiry)| **expiry <= now).map(|(id, _)| id.clone()).collect();
-        for id in &expired {
-            self.ids.remove(id);
-        }
-        self.expired_ids.extend(expired);
     }
 
     /// Hands over everything changed since the last call, for one checkpoint.
@@ -309,11 +404,12 @@ impl Aggregator {
         }
         let mut sealed = std::mem::take(&mut self.sealed);
         sealed.sort_by(|a, b| a.key.cmp(&b.key));
+        let (new_ids, expired_ids) = self.ids.take_changes();
         Delta {
             changed,
             sealed,
-            new_ids: std::mem::take(&mut self.new_ids),
-            expired_ids: std::mem::take(&mut self.expired_ids),
+            new_ids,
+            expired_ids,
             sealed_through: self.sealed_through,
             sealed_through_advanced: std::mem::take(&mut self.sealed_through_changed),
         }
@@ -351,6 +447,7 @@ mod tests {
             timestamp: None,
             tags: Vec::new(),
             id: None,
+            peer: 0,
         }
     }
 
@@ -407,5 +504,56 @@ mod tests {
         let hours: Vec<i64> = sealed(&mut aggregator, 100 * H + 600).iter().map(|s| s.1).collect();
         // Hours 91..=99 were sealed-through candidates; only those still inside 6h are sent.
         assert_eq!(hours, [95 * H, 96 * H, 97 * H, 98 * H, 99 * H, 95 * H, 96 * H, 97 * H, 98 * H, 99 * H]);
+    }
+
+    fn at(aggregator: &mut Aggregator, dimension: &str, timestamp: i64, now: i64) -> Result<i64, AdmitError> {
+        let mut event = event(dimension, 1);
+        event.timestamp = Some(timestamp);
+        match aggregator.admit(event, now)? {
+            Admission::Counted { admitted, .. } => Ok(admitted.key.hour),
+            Admission::Duplicate { .. } => panic!("no id, no duplicate"),
+        }
+    }
+
+    /// 2026-11-30T22:00:00Z: the last hours of November.
+    const NOV_30_22H: i64 = 1_796_076_000;
+
+    #[test]
+    fn a_sealed_key_carries_past_its_sealed_hours_but_never_into_the_next_month() {
+        let mut aggregator = Aggregator::new(rules());
+        let now = NOV_30_22H + 2 * H + 600; // Dec 1, 00:10: November 30 22:00 is sealed.
+        assert_eq!(at(&mut aggregator, "cpu", NOV_30_22H + 5, now), Ok(NOV_30_22H), "its own hour first");
+        aggregator.seal_due(now);
+        assert_eq!(aggregator.take_delta().sealed.len(), 1);
+        assert_eq!(
+            at(&mut aggregator, "cpu", NOV_30_22H + 9, now),
+            Err(AdmitError::CarryAcrossMonth { hour: NOV_30_22H }),
+            "carrying would move November usage into December"
+        );
+        // Within a month: past the sealed hour, to the open one.
+        let now = NOV_30_22H - 20 * H;
+        let mut aggregator = Aggregator::new(rules());
+        assert_eq!(at(&mut aggregator, "cpu", now - 3 * H, now), Ok(hour_of(now - 3 * H)));
+        aggregator.seal_due(now);
+        assert_eq!(at(&mut aggregator, "cpu", now - 3 * H, now), Ok(hour_of(now)));
+        assert_eq!(aggregator.late_carried, 1);
+    }
+
+    #[test]
+    fn after_the_clock_steps_back_a_sealed_key_goes_to_its_next_unsealed_hour() {
+        let mut aggregator = Aggregator::new(rules());
+        let now = NOV_30_22H - 20 * H + 600;
+        at(&mut aggregator, "cpu", now - 2 * H, now).unwrap();
+        at(&mut aggregator, "cpu", now - H, now).unwrap();
+        aggregator.seal_due(now);
+        assert_eq!(aggregator.take_delta().sealed.len(), 2);
+        // The clock is back two hours: "now" is in a sealed hour of this key, and so is the next.
+        let back = now - 2 * H;
+        assert_eq!(at(&mut aggregator, "cpu", back, back), Ok(hour_of(now)), "past both sealed hours");
+        assert_eq!(at(&mut aggregator, "gpu", back, back), Ok(hour_of(back)), "another key: its own hour");
+        aggregator.seal_due(back);
+        let sealed: Vec<(String, i64)> =
+            aggregator.take_delta().sealed.into_iter().map(|r| (r.key.dimension, r.key.hour)).collect();
+        assert_eq!(sealed, [("gpu".to_string(), hour_of(back))], "no sealed key is sealed again");
     }
 }

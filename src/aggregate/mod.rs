@@ -1,8 +1,11 @@
 //! Aggregation of usage events into hourly records per (product or license, customer, dimension,
 //! UTC hour): the open hours in [`Aggregator`], and the [`SealedRecord`] every later stage works on.
 
+mod frozen;
 mod hours;
+mod ids;
 mod record;
 
-pub use hours::{Admission, AdmitError, Admitted, Aggregator, Bucket, Delta, Heartbeat, ID_TTL_SECS, Rules};
-pub use record::{Allocation, SealedRecord};
+pub use hours::{Admission, AdmitError, Admitted, Aggregator, Bucket, Delta, Heartbeat, Rules};
+pub use ids::{ClientId, ID_TTL_SECS, IdEntry, IdKey, digest};
+pub use record::{Allocation, MAX_RECORD_BYTES, SealedRecord, allocation_len, base_len, json_str_len};

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{RecordKey, TagSet};
+use crate::model::{Customer, RecordKey, Scope, TagSet};
 
 /// The usage of one tag set within a record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,5 +25,49 @@ impl SealedRecord {
     /// Whether the record must be sent with `UsageAllocations`: only when some usage was tagged.
     pub fn has_tags(&self) -> bool {
         self.allocations.iter().any(|a| !a.tags.is_empty())
+    }
+}
+
+/// The most a record may take in a request body: a request (one record and its envelope, the
+/// product code included) must stay below the service's 1 MB.
+pub const MAX_RECORD_BYTES: usize = 990_000;
+
+/// Bytes a JSON string takes, quotes included, as the SDK writes it.
+pub fn json_str_len(text: &str) -> usize {
+    let escaped: usize = text
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum();
+    escaped + 2
+}
+
+/// An upper bound of a record's size in the request, without its allocations.
+pub fn base_len(key: &RecordKey) -> usize {
+    let customer = match &key.customer {
+        Customer::AwsAccountId(id) | Customer::Identifier(id) => json_str_len(id),
+        Customer::Caller => 0,
+    };
+    let license = match &key.scope {
+        Scope::LicenseArn(arn) => json_str_len(arn),
+        Scope::ProductCode(_) => 0,
+    };
+    // Member names, the timestamp, the quantity, punctuation and `"UsageAllocations":[]`.
+    160 + customer + license + json_str_len(&key.dimension)
+}
+
+/// An upper bound of one allocation's size in the request.
+pub fn allocation_len(tags: &TagSet) -> usize {
+    // `{"AllocatedUsageQuantity":2147483647,"Tags":[]},` and `{"Key":,"Value":},` per tag.
+    50 + tags.iter().map(|(key, value)| 18 + json_str_len(key) + json_str_len(value)).sum::<usize>()
+}
+
+impl SealedRecord {
+    /// An upper bound of the record's size in a request body.
+    pub fn encoded_len(&self) -> usize {
+        base_len(&self.key) + self.allocations.iter().map(|a| allocation_len(&a.tags)).sum::<usize>()
     }
 }

@@ -13,6 +13,7 @@
 
 mod sync;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::{Admission, AdmitError, Aggregator, Heartbeat, Rules};
 use crate::context::Context;
-use crate::model::Event;
+use crate::model::{Customer, Event};
 use crate::outbox::{Outbox, OutboxError, RecordState, Recovered, StoredRecord};
 use sync::{Delivery, Logged, spin_then_wait, sync_loop};
 
@@ -93,6 +94,10 @@ pub struct Committer {
     failed: Arc<AtomicBool>,
     late_seen: (u64, u64),
     max_bytes: u64,
+    /// The latest `now` seen, to notice a clock that steps back.
+    latest_now: i64,
+    /// Legacy customer identifiers warned about, and the UTC day of the warnings.
+    legacy_warned: (i64, HashSet<String>),
 }
 
 /// Turns every `ok` outcome into `NotStored`: nothing of the group may be confirmed.
@@ -123,6 +128,7 @@ impl Committer {
             recovered.meta.sealed_through,
         );
         aggregator.set_heartbeat(settings.heartbeat);
+        aggregator.remember_sealed(recovered.records.iter().map(|stored| &stored.record.key));
         for admitted in &recovered.log {
             aggregator.apply(admitted);
         }
@@ -132,6 +138,16 @@ impl Committer {
             "open hours restored"
         );
         recovered.log = Vec::new();
+        let now = ctx.clock.now();
+        if let Some(through) = recovered.meta.sealed_through
+            && crate::clock::hour_of(now) <= through
+        {
+            tracing::warn!(
+                now,
+                sealed_through = through,
+                "meterd's clock is behind the hours it has sealed (a restored snapshot, or a clock step); sealed hours stay sealed, events for them follow submit.late_events"
+            );
+        }
         Self {
             ctx,
             outbox,
@@ -142,6 +158,8 @@ impl Committer {
             failed: Arc::new(AtomicBool::new(false)),
             late_seen: (0, 0),
             max_bytes: settings.max_bytes,
+            latest_now: i64::MIN,
+            legacy_warned: (0, HashSet::new()),
         }
     }
 
@@ -265,7 +283,7 @@ impl Committer {
         group: &mut Vec<Submission>,
         seq: u64,
     ) -> (Vec<crate::aggregate::Admitted>, Vec<Delivery>) {
-        let now = self.ctx.clock.now();
+        let now = self.now();
         let mut logged = Vec::new();
         let mut deliveries = Vec::with_capacity(group.len());
         let mut duplicates = 0u64;
@@ -275,6 +293,7 @@ impl Committer {
                 let client_id = event.id.clone();
                 outcomes.push(match self.aggregator.admit(event, now) {
                     Ok(Admission::Counted { admitted, .. }) => {
+                        self.warn_legacy_customer(&admitted.key.customer, now);
                         let id = match client_id {
                             Some(id) => AckId::Client(id),
                             None => AckId::Generated { commit: seq, index: logged.len() as u32 },
@@ -295,6 +314,35 @@ impl Committer {
         self.record_late_metrics();
         self.ctx.metrics.records.with_label_values(&["open"]).set(self.aggregator.open_records() as i64);
         (logged, deliveries)
+    }
+
+    /// The clock's time, with a WARN when it stepped back since the last reading: hours already
+    /// sealed stay sealed (the aggregator sees to that), but late events become more likely.
+    fn now(&mut self) -> i64 {
+        let now = self.ctx.clock.now();
+        if now + 1 < self.latest_now {
+            tracing::warn!(
+                back_secs = self.latest_now - now,
+                "meterd's clock moved backwards (an NTP step or a restored snapshot); sealed hours stay sealed, events for them follow submit.late_events"
+            );
+        }
+        self.latest_now = self.latest_now.max(now);
+        now
+    }
+
+    /// One WARN per legacy customer identifier per UTC day: the field is deprecated.
+    fn warn_legacy_customer(&mut self, customer: &Customer, now: i64) {
+        let Customer::Identifier(identifier) = customer else { return };
+        let day = now.div_euclid(86_400);
+        if self.legacy_warned.0 != day {
+            self.legacy_warned = (day, HashSet::new());
+        }
+        if self.legacy_warned.1.insert(identifier.clone()) {
+            tracing::warn!(
+                customer_identifier = %identifier,
+                "customer_identifier is deprecated for BatchMeterUsage; new SaaS products must name customers by customer_aws_account_id with license_arn"
+            );
+        }
     }
 
     fn record_late_metrics(&mut self) {
@@ -332,7 +380,7 @@ impl Committer {
 
     /// Seals what is due, writes the changes, trims the log, and passes sealed records on.
     fn checkpoint(&mut self) -> Result<(), OutboxError> {
-        let now = self.ctx.clock.now();
+        let now = self.now();
         self.aggregator.seal_due(now);
         let delta = self.aggregator.take_delta();
         if delta.is_empty() && !delta.sealed_through_advanced && self.seq == self.checkpointed_seq {

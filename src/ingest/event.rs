@@ -241,6 +241,11 @@ impl EventParser {
             (None, Some(identifier)) => Customer::Identifier(name(identifier, "customer_identifier")?),
         };
         let scope = match present(raw.license_arn) {
+            Some(_) if matches!(customer, Customer::Identifier(_)) => {
+                return Err(invalid(
+                    "`customer_identifier` cannot be used with `license_arn`: license-based usage names the customer by `customer_aws_account_id`",
+                ));
+            }
             Some(arn) => {
                 let arn = string(arn, "license_arn")?;
                 if !model::is_license_arn(&arn) {
@@ -270,7 +275,7 @@ impl EventParser {
         let quantity = quantity(present(raw.quantity).ok_or_else(|| missing("quantity"))?)?;
         let timestamp = present(raw.timestamp).map(timestamp).transpose()?;
         let tags = present(raw.tags).map(tags).transpose()?.unwrap_or_default();
-        Ok(Event { scope, customer, dimension, quantity, timestamp, tags, id })
+        Ok(Event { scope, customer, dimension, quantity, timestamp, tags, id, peer: 0 })
     }
 }
 
@@ -324,6 +329,7 @@ mod tests {
                 timestamp: Some(1_795_342_500),
                 tags: vec![("env".into(), "prod".into()), ("team".into(), "a".into())],
                 id: Some("e-1".into()),
+                peer: 0,
             }
         );
     }
@@ -331,11 +337,24 @@ mod tests {
     #[test]
     fn license_events_carry_no_product_code() {
         let event = parser()
-            .parse(br#"{"customer_identifier":"c","license_arn":"arn:aws:license-manager::1:license:l-1","dimension":"storage","quantity":0,"timestamp":1795342500.9}"#)
+            .parse(br#"{"customer_aws_account_id":"1","license_arn":"arn:aws:license-manager::1:license:l-1","dimension":"storage","quantity":0,"timestamp":1795342500.9}"#)
             .unwrap();
         assert_eq!(event.scope, Scope::LicenseArn("arn:aws:license-manager::1:license:l-1".into()));
         assert_eq!(event.timestamp, Some(1_795_342_500));
-        assert_eq!(event.customer, Customer::Identifier("c".into()));
+        assert_eq!(event.customer, Customer::AwsAccountId("1".into()));
+    }
+
+    #[test]
+    fn the_legacy_customer_identifier_cannot_name_a_license() {
+        let err = parser()
+            .parse(br#"{"customer_identifier":"c","license_arn":"arn:aws:license-manager::1:license:l-1","dimension":"storage","quantity":1,"id":"k"}"#)
+            .unwrap_err();
+        assert_eq!(err.id.as_deref(), Some("k"));
+        assert_eq!(err.rejection.code, ErrorCode::InvalidField);
+        assert_eq!(
+            err.rejection.message,
+            "`customer_identifier` cannot be used with `license_arn`: license-based usage names the customer by `customer_aws_account_id`"
+        );
     }
 
     #[test]
@@ -397,7 +416,7 @@ mod tests {
                 "unknown field `colour`",
             ),
             (
-                r#"{"customer_identifier":"c","license_arn":"nope","dimension":"requests","quantity":1}"#,
+                r#"{"customer_aws_account_id":"1","license_arn":"nope","dimension":"requests","quantity":1}"#,
                 InvalidField,
                 "license ARN",
             ),

@@ -13,8 +13,11 @@ pub fn rejection(error: &AdmitError) -> Rejection {
         AdmitError::PastDeadline { .. } | AdmitError::MonthClosed { .. } | AdmitError::HourSealed { .. } => {
             ErrorCode::OutOfWindow
         }
+        AdmitError::CarryAcrossMonth { .. } => ErrorCode::OutOfWindow,
         AdmitError::QuantityOverflow { .. } => ErrorCode::QuantityOverflow,
-        AdmitError::TooManyTagSets => ErrorCode::InvalidField,
+        AdmitError::TooManyTagSets | AdmitError::MixedScope { .. } => ErrorCode::InvalidField,
+        AdmitError::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
+        AdmitError::IdConflict { .. } => ErrorCode::IdConflict,
     };
     Rejection::new(code, error.to_string())
 }

@@ -113,6 +113,9 @@ impl IngestServer {
     }
 
     async fn connection(self: Arc<Self>, stream: UnixStream, cancel: CancellationToken) {
+        // Ids are scoped to the sending uid; a peer whose credentials are unreadable shares one
+        // scope that no real uid has.
+        let peer = stream.peer_cred().map_or(u32::MAX, |cred| cred.uid());
         let (mut read, write) = stream.into_split();
         let (pending_tx, pending_rx) = mpsc::channel(MAX_PENDING_READS);
         let writer = tokio::spawn(write_replies(write, pending_rx, self.ctx.metrics.clone()));
@@ -126,7 +129,7 @@ impl IngestServer {
                 break;
             }
             let received = Instant::now();
-            let (slots, events) = self.parse(&mut framer);
+            let (slots, events) = self.parse(&mut framer, peer);
             if slots.is_empty() {
                 continue;
             }
@@ -140,7 +143,7 @@ impl IngestServer {
     }
 
     /// The frames of one read: a slot per line in order, and the well-formed events.
-    fn parse(&self, framer: &mut Framer) -> (Vec<Slot>, Vec<Event>) {
+    fn parse(&self, framer: &mut Framer, peer: u32) -> (Vec<Slot>, Vec<Event>) {
         let parser = self.parser.read().expect("parser lock").clone();
         let mut slots = Vec::new();
         let mut events = Vec::new();
@@ -150,7 +153,7 @@ impl IngestServer {
                 Frame::TooLong(len) => format!("line of {len} bytes is longer than {}", self.max_line_bytes),
                 Frame::Line(line) => match parser.parse(line) {
                     Ok(event) => {
-                        events.push(event);
+                        events.push(Event { peer, ..event });
                         match slots.last_mut() {
                             Some(Slot::Committed(n)) => *n += 1,
                             _ => slots.push(Slot::Committed(1)),

@@ -15,6 +15,8 @@ pub struct Event {
     pub tags: TagSet,
     /// The client's idempotency key.
     pub id: Option<String>,
+    /// The uid of the process that sent it (`SO_PEERCRED`); ids are scoped to it.
+    pub peer: u32,
 }
 
 /// The error codes of the socket protocol (and the `reason` label of
@@ -33,10 +35,14 @@ pub enum ErrorCode {
     StorageError,
     /// The peer's uid is not in `ingest.allowed_uids`; the connection is closed after this line.
     PermissionDenied,
+    /// The event's id was used for a different event.
+    IdConflict,
+    /// The event would grow its record past what one request can carry.
+    RecordTooLarge,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidJson,
         ErrorCode::MissingField,
         ErrorCode::InvalidField,
@@ -48,6 +54,8 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::StorageError,
         ErrorCode::PermissionDenied,
+        ErrorCode::IdConflict,
+        ErrorCode::RecordTooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +71,8 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::StorageError => "storage_error",
             ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::IdConflict => "id_conflict",
+            ErrorCode::RecordTooLarge => "record_too_large",
         }
     }
 }

@@ -1,9 +1,13 @@
 //! Byte layout of the outbox's keys (see the table in the parent module).
 
+use crate::aggregate::IdKey;
 use crate::model::RecordKey;
 
-/// The first byte of every value.
+/// The first byte of every value but log chunks.
 pub const FORMAT_VERSION: u8 = 1;
+
+/// The first byte of a log chunk: 2 since events carry their id's peer and digest.
+pub const LOG_FORMAT_VERSION: u8 = 2;
 
 /// sled segment size. sled writes any page larger than a quarter of it to an unsynced blob file.
 pub const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
@@ -21,6 +25,7 @@ pub const META: &[u8] = b"mcheckpoint";
 pub const LOG: u8 = b'l';
 pub const OPEN: u8 = b'o';
 pub const ID: u8 = b'i';
+pub const SCOPED_ID: u8 = b'j';
 pub const RECORD: u8 = b'r';
 
 pub fn log_key(seq: u64, chunk: u16) -> [u8; 11] {
@@ -41,11 +46,25 @@ pub fn open_key(key: &RecordKey) -> Vec<u8> {
     postcard::to_extend(key, vec![OPEN]).expect("a record key always encodes")
 }
 
-pub fn id_key(id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(id.len() + 1);
-    key.push(ID);
-    key.extend_from_slice(id.as_bytes());
+/// `j` + peer + id for a scoped id, `i` + id for a legacy one.
+pub fn id_key(id: &IdKey) -> Vec<u8> {
+    let mut key = Vec::with_capacity(id.id.len() + 5);
+    match id.peer {
+        Some(peer) => {
+            key.push(SCOPED_ID);
+            key.extend_from_slice(&peer.to_be_bytes());
+        }
+        None => key.push(ID),
+    }
+    key.extend_from_slice(id.id.as_bytes());
     key
+}
+
+/// The id a `j` key names; `None` for a key too short to name a peer.
+pub fn parse_scoped_id_key(key: &[u8]) -> Option<IdKey> {
+    let peer: [u8; 4] = key.get(1..5)?.try_into().ok()?;
+    let id = String::from_utf8_lossy(&key[5..]).into_owned();
+    (key[0] == SCOPED_ID).then(|| IdKey { peer: Some(u32::from_be_bytes(peer)), id })
 }
 
 /// Oldest hour first, so a scan meets records in deadline order.

@@ -8,10 +8,13 @@
 //! | `m` `checkpoint` | [`Meta`]: last log sequence folded into the checkpoint, last sealed hour | commit stage, at each checkpoint |
 //! | `l` seq:u64be chunk:u16be | `Vec<Admitted>`: the events of one group commit | commit stage, before it acknowledges |
 //! | `o` postcard(RecordKey) | [`Bucket`]: an open hour's running total | commit stage, at each checkpoint |
-//! | `i` client id | expiry, epoch seconds | commit stage, at each checkpoint |
-//! | `r` hour:u64be postcard(RecordKey) | [`StoredRecord`]: a sealed record and its state | commit stage seals, submit stage settles |
+//! | `j` peer uid:u32be, client id | [`IdEntry`]: expiry and the event's digest | commit stage, at each checkpoint |
+//! | `i` client id | legacy (written before ids were scoped and digested): expiry; read, then deleted when it expires | — |
+//! | `r` hour:u64be postcard(RecordKey) | [`StoredRecord`]: a sealed record and its state; never written twice by the commit stage | commit stage seals, submit stage settles |
 //!
-//! Every value is one format-version byte ([`FORMAT_VERSION`]) followed by postcard.
+//! Every value is one format-version byte ([`FORMAT_VERSION`]) followed by postcard, except that
+//! log chunks carry [`LOG_FORMAT_VERSION`]: version 2 events carry their id's peer and digest,
+//! version 1 chunks (an older meterd's) are read as events with legacy ids.
 //!
 //! ## Record states (`r` keys)
 //!
@@ -38,9 +41,9 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{Admitted, Bucket, Delta, SealedRecord};
+use crate::aggregate::{Admitted, Bucket, ClientId, Delta, IdEntry, IdKey, SealedRecord};
 use crate::model::{DeadReason, RecordKey};
-pub use layout::{FORMAT_VERSION, MAX_CHUNK_BYTES, SEGMENT_SIZE};
+pub use layout::{FORMAT_VERSION, LOG_FORMAT_VERSION, MAX_CHUNK_BYTES, SEGMENT_SIZE};
 
 /// Outbox failures. Any of them means the outbox can no longer promise durability.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +117,7 @@ impl StoredRecord {
 pub struct Recovered {
     pub meta: Meta,
     pub buckets: Vec<(RecordKey, Bucket)>,
-    pub ids: Vec<(String, i64)>,
+    pub ids: Vec<(IdKey, IdEntry)>,
     /// Events logged after the checkpoint, in commit order.
     pub log: Vec<Admitted>,
     /// The highest log sequence on disk (or the checkpoint's).
@@ -139,7 +142,7 @@ impl Recovered {
                 let seq = layout::log_seq(key).ok_or_else(|| corrupt("a log key is 11 bytes"))?;
                 if seq > self.meta.log_seq {
                     self.last_seq = self.last_seq.max(seq);
-                    self.log.extend(decode::<Vec<Admitted>>(key, value)?);
+                    self.log.extend(decode_log(key, value)?);
                 }
             }
             Some(layout::OPEN) => {
@@ -149,7 +152,13 @@ impl Recovered {
             }
             Some(layout::ID) => {
                 let id = String::from_utf8_lossy(&key[1..]).into_owned();
-                self.ids.push((id, decode(key, value)?));
+                let expiry: i64 = decode(key, value)?;
+                self.ids.push((IdKey { peer: None, id }, IdEntry { expiry, digest: None }));
+            }
+            Some(layout::SCOPED_ID) => {
+                let id_key =
+                    layout::parse_scoped_id_key(key).ok_or_else(|| corrupt("an id key names its peer"))?;
+                self.ids.push((id_key, decode(key, value)?));
             }
             Some(layout::RECORD) => self.records.push(decode(key, value)?),
             _ => return Err(corrupt("not a key meterd writes")),
@@ -194,6 +203,42 @@ fn open_watermark(path: &Path) -> Result<(File, u64), OutboxError> {
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_extend(value, vec![FORMAT_VERSION]).expect("postcard encodes every outbox type")
+}
+
+/// An event as a version-1 log chunk holds it: its id was neither scoped nor digested.
+#[derive(Deserialize)]
+struct AdmittedV1 {
+    key: RecordKey,
+    tags: crate::model::TagSet,
+    quantity: u32,
+    id: Option<String>,
+    at: i64,
+}
+
+/// A log chunk of either version.
+fn decode_log(key: &[u8], value: &[u8]) -> Result<Vec<Admitted>, OutboxError> {
+    let corrupt =
+        |reason: String| OutboxError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason };
+    match value.split_first() {
+        Some((&LOG_FORMAT_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string())),
+        Some((1, rest)) => {
+            let old: Vec<AdmittedV1> = postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string()))?;
+            Ok(old
+                .into_iter()
+                .map(|e| Admitted {
+                    key: e.key,
+                    tags: e.tags,
+                    quantity: e.quantity,
+                    id: e.id.map(|id| ClientId { key: IdKey { peer: None, id }, digest: None }),
+                    at: e.at,
+                })
+                .collect())
+        }
+        Some((version, _)) => Err(corrupt(format!(
+            "log format version {version}, this meterd reads 1 and {LOG_FORMAT_VERSION}"
+        ))),
+        None => Err(corrupt("empty value".into())),
+    }
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, OutboxError> {
@@ -266,7 +311,7 @@ impl Outbox {
         if let Some(value) = self.db.get(layout::META)? {
             out.absorb(layout::META, &value)?;
         }
-        for kind in [layout::LOG, layout::OPEN, layout::ID, layout::RECORD] {
+        for kind in [layout::LOG, layout::OPEN, layout::ID, layout::SCOPED_ID, layout::RECORD] {
             for item in self.db.scan_prefix([kind]) {
                 let (key, value) = item?;
                 out.absorb(&key, &value)?;
@@ -284,7 +329,7 @@ impl Outbox {
         let mut body: Vec<u8> = Vec::new();
         let mut count = 0usize;
         let seal = |body: &mut Vec<u8>, count: &mut usize, chunks: &mut Vec<Vec<u8>>| {
-            let mut value = vec![FORMAT_VERSION];
+            let mut value = vec![LOG_FORMAT_VERSION];
             value = postcard::to_extend(&*count, value).expect("a length always encodes");
             value.extend_from_slice(body);
             chunks.push(value);
@@ -336,11 +381,21 @@ impl Outbox {
         }
         for record in &delta.sealed {
             batch.remove(layout::open_key(&record.key));
+            let key = layout::record_key(&record.key);
+            // The aggregator never seals a key twice; should it ever, the first record stands.
+            if self.db.contains_key(&key)? {
+                tracing::error!(
+                    hour = record.key.hour,
+                    quantity = record.quantity,
+                    "a record for this key and hour was sealed before; keeping the first, never rewriting it"
+                );
+                continue;
+            }
             let stored = StoredRecord { record: record.clone(), sealed_at: now, state: RecordState::Pending };
-            batch.insert(layout::record_key(&record.key), encode(&stored));
+            batch.insert(key, encode(&stored));
         }
-        for (id, expiry) in &delta.new_ids {
-            batch.insert(layout::id_key(id), encode(expiry));
+        for (id, entry) in &delta.new_ids {
+            batch.insert(layout::id_key(id), encode(entry));
         }
         for id in &delta.expired_ids {
             batch.remove(layout::id_key(id));
