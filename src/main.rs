@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use meterd::admin::Selection;
 use meterd::cli::EXIT_CONFIG;
 use meterd::cli::admin::{self, Format, parse_time};
@@ -94,6 +94,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print a shell completion script to stdout (the packages install bash, zsh and fish ones).
+    Completions {
+        #[arg(value_enum)]
+        shell: meterd::cli::generate::Shell,
+    },
+    /// Write meterd.1 and one man page per subcommand into DIR (for packaging).
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 /// How the operator commands find meterd.
@@ -237,6 +245,10 @@ fn main() -> ExitCode {
         Command::Probe { which, config } => {
             with_config(config, |config| meterd::cli::probe::probe(config, which))
         }
+        Command::Completions { shell } => {
+            meterd::cli::generate::completions(Cli::command(), shell, &mut std::io::stdout())
+        }
+        Command::Manpages { dir } => meterd::cli::generate::manpages(Cli::command(), &dir),
         Command::Emulator { listen, config } => {
             meterd::telemetry::init_stderr();
             let config = match EmulatorConfig::load(config.as_deref()) {
