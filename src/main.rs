@@ -54,6 +54,18 @@ enum Command {
         #[command(subcommand)]
         action: ReceiptsAction,
     },
+    /// Seal a customer's open hours now, the current one included, and submit them at once (for
+    /// a customer who is unsubscribing). Later events for those hours go to the next hour.
+    Flush {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The customer's AWS account id or customer identifier.
+        #[arg(long, required_unless_present = "all")]
+        customer: Option<String>,
+        /// Every open hour of every customer: the sandbox only, to see a record billed now.
+        #[arg(long, conflicts_with = "customer")]
+        all: bool,
+    },
     /// Validate a configuration and print every problem (exit 64 if any).
     CheckConfig {
         #[arg(long)]
@@ -235,6 +247,7 @@ fn main() -> ExitCode {
             let until = until.unwrap_or_else(|| meterd::clock::Clock::default().now() + 1);
             with_target(target, |t| admin::receipts_export(t, since, until, format))
         }
+        Command::Flush { target, customer, all: _ } => with_target(target, |t| admin::flush(t, customer)),
         Command::CheckConfig { config, sandbox } => admin::check_config(config.as_deref(), sandbox),
         Command::ResolveCustomer { token, config, json } => {
             with_config(config, |config| admin::resolve_customer(config, &token, json))

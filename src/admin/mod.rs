@@ -4,7 +4,8 @@
 //! Protocol: one JSON request line (`{"command":"status"}`, `{"command":"dlq_list"}`, …); the
 //! answer is zero or more `{"record":{…}}` lines, then one closing line: `{"ok":true,"count":N}`,
 //! `{"ok":true,"status":{…}}` or `{"ok":false,"error":"…"}`. Changes to records (retry, drop) go
-//! through the submit loop, which owns their states; reads scan the outbox.
+//! through the submit loop, which owns their states; a flush goes to the commit stage, which owns
+//! the open hours; reads scan the outbox.
 
 mod server;
 mod view;
@@ -34,6 +35,11 @@ pub enum Request {
         since: i64,
         until: i64,
     },
+    /// Seals a customer's open hours now, the current one included, so they are submitted at
+    /// once (an unsubscribe window). `None`: every open hour, which only the sandbox allows.
+    Flush {
+        customer: Option<String>,
+    },
 }
 
 impl Request {
@@ -50,7 +56,9 @@ impl Request {
                 matches!(stored.state, RecordState::Accepted { .. })
                     && (*since..*until).contains(&stored.record.key.hour)
             }
-            Request::Status | Request::DlqRetry { .. } | Request::DlqDrop { .. } => false,
+            Request::Status | Request::DlqRetry { .. } | Request::DlqDrop { .. } | Request::Flush { .. } => {
+                false
+            }
         }
     }
 }

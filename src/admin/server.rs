@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::view::{RecordView, StatusReport, select, time_text};
 use super::{Line, Request};
+use crate::commit::Command;
 use crate::context::Context;
 use crate::outbox::{Outbox, OutboxError, StoredRecord};
 use crate::submit::Control;
@@ -22,6 +23,10 @@ pub struct AdminServer {
     pub ctx: Context,
     pub outbox: Arc<Outbox>,
     pub controls: mpsc::Sender<Control>,
+    /// The commit stage, for `flush`.
+    pub commands: mpsc::Sender<Command>,
+    /// Whether this is the sandbox, where `flush` may close every open hour at once.
+    pub sandbox: bool,
     pub data_dir: String,
     /// `submit.deadline` in seconds.
     pub deadline: i64,
@@ -89,6 +94,24 @@ impl AdminServer {
             Request::DlqList | Request::Receipts { .. } => self.list(&request).await,
             Request::DlqRetry { selection } => self.change(selection, true).await,
             Request::DlqDrop { selection } => self.change(selection, false).await,
+            Request::Flush { customer } => self.flush(customer).await,
+        }
+    }
+
+    /// Seals the matching open hours now; answers how many records were sealed.
+    async fn flush(&self, customer: Option<String>) -> Vec<Line> {
+        if customer.is_none() && !self.sandbox {
+            return vec![Line::error(
+                "flushing every open hour closes the current hour early for every customer; only the sandbox allows it (name one: meterd flush --customer ID)",
+            )];
+        }
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Flush { customer, reply }).await.is_err() {
+            return vec![Line::error("meterd is stopping")];
+        }
+        match answer.await {
+            Ok(count) => vec![Line::Count { ok: true, count }],
+            Err(_) => vec![Line::error("meterd is stopping")],
         }
     }
 

@@ -371,6 +371,18 @@ impl Aggregator {
         self.frozen.forget_before(hour_of(now - self.rules.deadline) - 3600);
     }
 
+    /// Seals the open records `matches` picks now, whatever their hour (`meterd flush`). Their
+    /// keys' hours are frozen like any sealed one: later events for them are late.
+    pub fn seal_now(&mut self, matches: impl Fn(&RecordKey) -> bool) -> usize {
+        let chosen: Vec<RecordKey> = self.buckets.keys().filter(|k| matches(k)).cloned().collect();
+        for key in &chosen {
+            let bucket = self.buckets.remove(key).expect("key was just listed");
+            self.frozen.insert(key);
+            self.sealed.push(bucket.seal(key.clone()));
+        }
+        chosen.len()
+    }
+
     /// The heartbeat's 0-quantity records for every hour newly sealed as a whole, including hours
     /// meterd was down for, within the deadline: the key is this instance's own, and 0 is its true
     /// usage then.

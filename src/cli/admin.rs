@@ -258,6 +258,26 @@ pub fn dlq_change(target: &Target, selection: Selection, retry: bool) -> ExitCod
     }
 }
 
+/// `meterd flush --customer ID` (or `--all`, sandbox only): needs the running daemon, which owns
+/// the open hours.
+pub fn flush(target: &Target, customer: Option<String>) -> ExitCode {
+    match target.ask(&Request::Flush { customer }) {
+        Ok(Some(lines)) => match lines.into_iter().last() {
+            Some(Line::Count { count, .. }) => {
+                println!("sealed {count} record(s); they are submitted now");
+                ExitCode::SUCCESS
+            }
+            Some(Line::Error { error, .. }) => fail(error),
+            _ => fail("meterd gave no answer"),
+        },
+        Ok(None) => fail(format!(
+            "meterd is not running (no admin socket at {}); only a running meterd holds open hours",
+            target.socket.display()
+        )),
+        Err(err) => fail(err),
+    }
+}
+
 /// `meterd receipts export --since … --until …`: accepted records whose hour starts in the range.
 pub fn receipts_export(target: &Target, since: i64, until: i64, format: Format) -> ExitCode {
     let request = Request::Receipts { since, until };

@@ -15,14 +15,15 @@ use crate::systemd::Notifier;
 pub const SANDBOX_ACCESS_KEY: &str = "AKIDMETERDSANDBOX";
 pub const SANDBOX_SECRET_KEY: &str = "meterd-sandbox-secret";
 
-/// Defaults of `--sandbox`: everything under `./meterd-sandbox`, metrics on loopback.
+/// Defaults of `--sandbox`: everything under `./meterd-sandbox`, metrics on a free loopback port
+/// (printed at start), so that several sandboxes never collide.
 pub fn sandbox_defaults() -> Config {
     let mut config = Config::default();
     config.aws.product_code = "prod-sandbox".into();
     config.ingest.socket = "meterd-sandbox/meterd.sock".into();
     config.storage.data_dir = "meterd-sandbox/data".into();
     config.admin.socket = "meterd-sandbox/admin.sock".into();
-    config.metrics.listen = "127.0.0.1:9464".parse().expect("a valid address");
+    config.metrics.listen = "127.0.0.1:0".parse().expect("a valid address");
     config
 }
 
@@ -71,6 +72,7 @@ pub fn run(file: Option<&Path>, sandbox: bool) -> ExitCode {
         activated_socket,
         notifier: Notifier::from_env(),
         reload: Some(Box::new(move || Config::load_over(base.clone(), file.as_deref()))),
+        sandbox,
     };
     match runtime.block_on(serve(config, clock, host, sandbox)) {
         Ok(()) => ExitCode::SUCCESS,

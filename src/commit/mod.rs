@@ -44,6 +44,12 @@ pub enum Command {
     Tick,
     /// New time rules after a reload.
     Reconfigure(Rules),
+    /// Seal the open hours of this customer (`None`: all) now, checkpoint, and answer how many
+    /// records were sealed.
+    Flush {
+        customer: Option<String>,
+        reply: oneshot::Sender<usize>,
+    },
 }
 
 /// The id an acknowledgement names: the client's own, or one made up from the commit it was in.
@@ -98,6 +104,8 @@ pub struct Committer {
     latest_now: i64,
     /// Legacy customer identifiers warned about, and the UTC day of the warnings.
     legacy_warned: (i64, HashSet<String>),
+    /// Flushes waiting for the checkpoint that makes their records durable, with their counts.
+    flushed: Vec<(oneshot::Sender<usize>, usize)>,
 }
 
 /// Turns every `ok` outcome into `NotStored`: nothing of the group may be confirmed.
@@ -160,6 +168,7 @@ impl Committer {
             max_bytes: settings.max_bytes,
             latest_now: i64::MIN,
             legacy_warned: (0, HashSet::new()),
+            flushed: Vec::new(),
         }
     }
 
@@ -193,6 +202,9 @@ impl Committer {
             if tick && !self.failed() {
                 self.checkpoint()?;
                 self.measure_outbox();
+                for (reply, count) in self.flushed.drain(..) {
+                    let _ = reply.send(count);
+                }
             }
             self.ctx.health.commit_turned();
         }
@@ -219,6 +231,16 @@ impl Committer {
             match command {
                 Command::Tick => tick = true,
                 Command::Reconfigure(rules) => self.aggregator.set_rules(rules),
+                Command::Flush { customer, reply } => {
+                    let sealed = self.aggregator.seal_now(|key| match (&customer, &key.customer) {
+                        (None, _) => true,
+                        (Some(want), Customer::AwsAccountId(id) | Customer::Identifier(id)) => want == id,
+                        (Some(_), Customer::Caller) => false,
+                    });
+                    tracing::info!(customer = ?customer, records = sealed, "open hours flushed: sealed now and submitted next");
+                    self.flushed.push((reply, sealed));
+                    tick = true;
+                }
                 Command::Submit(submission) => {
                     events += submission.events.len();
                     group.push(submission);

@@ -62,12 +62,14 @@ pub struct Host {
     pub notifier: Notifier,
     /// How to read the configuration again on SIGHUP; `None` ignores SIGHUP.
     pub reload: Option<Reloader>,
+    /// `meterd run --sandbox`: a few operator commands may do more (`flush` of every hour).
+    pub sandbox: bool,
 }
 
 impl Host {
     /// No systemd, no reload: tests and embedders.
     pub fn plain() -> Self {
-        Host { activated_socket: None, notifier: Notifier::disabled(), reload: None }
+        Host { activated_socket: None, notifier: Notifier::disabled(), reload: None, sandbox: false }
     }
 }
 
@@ -156,7 +158,7 @@ pub async fn start<A: MeteringApi + Clone + 'static>(
     api: A,
     host: Host,
 ) -> anyhow::Result<Running<A>> {
-    let Host { activated_socket, notifier, reload } = host;
+    let Host { activated_socket, notifier, reload, sandbox } = host;
     let ctx = Context::new(clock);
     if let Some(request) = registration(&config) {
         ctx.health.set_registration(RegistrationStatus::pending(request.public_key_version));
@@ -188,7 +190,7 @@ pub async fn start<A: MeteringApi + Clone + 'static>(
     let admin_listener = crate::unix::bind_socket(&config.admin.socket, config.admin_socket_mode(), None)
         .map_err(anyhow::Error::msg)?;
     let pipeline = running.spawn_pipeline(&outbox, &mut recovered)?;
-    running.spawn_front(pipeline, Front { outbox, listener, admin_listener, owns_socket, reload });
+    running.spawn_front(pipeline, Front { outbox, listener, admin_listener, owns_socket, reload, sandbox });
     Ok(running)
 }
 
@@ -205,6 +207,7 @@ struct Front {
     admin_listener: tokio::net::UnixListener,
     owns_socket: bool,
     reload: Option<Reloader>,
+    sandbox: bool,
 }
 
 impl<A: MeteringApi + Clone + 'static> Running<A> {
@@ -262,6 +265,8 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
             ctx: ctx.clone(),
             outbox: front.outbox,
             controls: controls.clone(),
+            commands: commands.clone(),
+            sandbox: front.sandbox,
             data_dir: config.storage.data_dir.display().to_string(),
             deadline: secs(config.deadline()),
         };
