@@ -104,9 +104,13 @@ impl SocketFile {
         Ok((listener, file))
     }
 
-    /// The file of a socket systemd passed (socket activation), as it is now.
-    pub fn passed(path: &Path) -> SocketFile {
-        SocketFile { path: path.to_path_buf(), identity: identity(path).ok(), rebind: None }
+    /// The file of a socket systemd passed (socket activation): the path it is bound to, as it
+    /// is now. A socket without a path, or whose file meterd cannot see, is not watched.
+    pub fn passed(listener: &std::os::unix::net::UnixListener) -> SocketFile {
+        let address = listener.local_addr().ok();
+        let path = address.as_ref().and_then(|a| a.as_pathname()).map(Path::to_path_buf).unwrap_or_default();
+        let identity = identity(&path).ok();
+        SocketFile { path, identity, rebind: None }
     }
 
     pub fn path(&self) -> &Path {
@@ -114,6 +118,10 @@ impl SocketFile {
     }
 
     pub fn state(&self) -> FileState {
+        if self.identity.is_none() {
+            // Not watched (see `passed`).
+            return FileState::Ours;
+        }
         match identity(&self.path) {
             Ok(now) if Some(now) == self.identity => FileState::Ours,
             Ok(_) => FileState::Replaced,

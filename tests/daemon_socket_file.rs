@@ -92,3 +92,22 @@ fn a_socket_file_replaced_by_another_process_is_not_ready_and_survives_shutdown(
     impostor.set_nonblocking(false).unwrap();
     let (_conn, _) = impostor.accept().expect("and it is the other process's");
 }
+
+#[test]
+fn a_removed_socket_file_passed_by_systemd_is_reported_not_bound_again() {
+    let emu = Emu::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("meterd.sock");
+    let passed = UnixListener::bind(&socket).unwrap();
+    let meterd = Launch::new(dir.path(), &emu).activated(&passed).start();
+    drop(passed);
+    assert!(accepts_events(&socket));
+
+    std::fs::remove_file(&socket).unwrap();
+    wait_until("/readyz fails", Duration::from_secs(10), || meterd.get("/readyz").0 == 503);
+    let (_, body) = meterd.get("/readyz");
+    assert!(body.contains("was removed; it belongs to systemd (socket activation)"), "{body}");
+    assert_eq!(error_logs(&meterd, "belongs to systemd").len(), 1, "{:#?}", meterd.logs());
+    assert!(!meterd_socket_exists(dir.path(), "meterd.sock"), "systemd's socket is not bound again");
+    assert!(meterd.signal("TERM").success());
+}

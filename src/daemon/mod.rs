@@ -318,7 +318,7 @@ fn bind_ingest(
     if let Some(listener) = activated {
         listener.set_nonblocking(true)?;
         tracing::info!("serving the ingest socket systemd passed (socket activation)");
-        let file = SocketFile::passed(&config.ingest.socket);
+        let file = SocketFile::passed(&listener);
         return Ok(Watched::new(tokio::net::UnixListener::from_std(listener)?, file, "ingest"));
     }
     let group = match config.ingest.socket_group.as_str() {
