@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod duration;
 pub mod emulator;
 pub mod ingest;
+pub mod listen;
 pub mod model;
 pub mod outbox;
 pub mod submit;

@@ -1,10 +1,12 @@
-//! The daemon's side of the admin socket.
+//! The daemon's side of the admin socket. At most `admin.max_connections` connections are served
+//! at once (one more gets an error line and is closed), and a connection that sends no request
+//! line within [`REQUEST_TIMEOUT`] is answered with an error and closed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -12,11 +14,16 @@ use super::view::{RecordView, StatusReport, select, time_text};
 use super::{Line, Request};
 use crate::commit::Command;
 use crate::context::Context;
+use crate::listen::{self, Backoff, Cap, Refusals};
 use crate::outbox::{Outbox, OutboxError, StoredRecord};
 use crate::submit::Control;
+use crate::unix::{Accepted, Watched};
 
 /// Longest request line read.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+/// How long a connection may take to send its request line (`meterd status` sends it at once).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the admin socket needs from the daemon.
 pub struct AdminServer {
@@ -30,45 +37,64 @@ pub struct AdminServer {
     pub data_dir: String,
     /// `submit.deadline` in seconds.
     pub deadline: i64,
+    /// Connections served at once (`admin.max_connections`).
+    pub max_connections: usize,
 }
 
-/// Answers admin connections until `cancel`, then removes the socket file.
-pub async fn serve(
-    server: AdminServer,
-    listener: UnixListener,
-    socket: std::path::PathBuf,
-    cancel: CancellationToken,
-) {
+/// Answers admin connections until `cancel`, then removes the socket file if it is still the one
+/// meterd bound.
+pub async fn serve(server: AdminServer, mut listener: Watched, cancel: CancellationToken) {
     let server = Arc::new(server);
+    let metrics = &server.ctx.metrics;
+    let label = ["admin"];
+    let cap = Cap::new(
+        server.max_connections,
+        metrics.connections.with_label_values(&label),
+        metrics.connections_over_limit.with_label_values(&label),
+    );
+    let refusals = Refusals::default();
+    let mut backoff = Backoff::new("admin", metrics.accept_errors.with_label_values(&label));
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(server.clone().connection(stream));
-                }
-                Err(err) => {
-                    tracing::warn!(%err, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.next() => accepted,
             _ = cancel.cancelled() => break,
+        };
+        match accepted {
+            // Readiness is about events; a lost admin socket is logged by the listener.
+            Accepted::Trouble(_) => {}
+            Accepted::Connection(Err(err)) => backoff.pause(&err, &cancel).await,
+            Accepted::Connection(Ok(stream)) => {
+                backoff.succeeded();
+                match cap.admit() {
+                    Some(slot) => {
+                        tokio::spawn(server.clone().connection(stream, slot));
+                    }
+                    None => {
+                        let message = format!(
+                            "meterd has admin.max_connections ({}) connections open; retry later",
+                            cap.max()
+                        );
+                        refusals.refuse(stream, Line::error(message).to_json().into_bytes());
+                    }
+                }
+            }
         }
     }
-    drop(listener);
-    let _ = std::fs::remove_file(&socket);
+    listener.close();
 }
 
 impl AdminServer {
-    async fn connection(self: Arc<Self>, stream: UnixStream) {
+    async fn connection(self: Arc<Self>, stream: UnixStream, _slot: listen::Slot) {
         let (read, mut write) = stream.into_split();
         let mut line = String::new();
         let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES);
-        let lines = match reader.read_line(&mut line).await {
-            Ok(_) => match serde_json::from_str::<Request>(&line) {
+        let lines = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+            Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
                 Ok(request) => self.answer(request).await,
                 Err(err) => vec![Line::error(format!("invalid request: {err}"))],
             },
-            Err(err) => vec![Line::error(format!("unreadable request: {err}"))],
+            Ok(Err(err)) => vec![Line::error(format!("unreadable request: {err}"))],
+            Err(_) => vec![Line::error("no request line within 10s; closing")],
         };
         let mut out = String::new();
         for line in lines {

@@ -12,6 +12,7 @@ impl Config {
         let mut out = self.aws_problems();
         out.extend(self.mode_problems());
         out.extend(self.socket_problems());
+        out.extend(self.connection_problems());
         out.extend(self.storage_problems());
         out.extend(self.submit_problems());
         out.extend(self.other_problems());
@@ -70,6 +71,29 @@ impl Config {
         }
         if self.admin.socket == self.ingest.socket {
             out.push("admin.socket must differ from ingest.socket".into());
+        }
+        out
+    }
+
+    /// The listeners' connection limits.
+    fn connection_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let caps = [
+            ("ingest.max_connections", self.ingest.max_connections),
+            ("admin.max_connections", self.admin.max_connections),
+            ("metrics.max_connections", self.metrics.max_connections),
+        ];
+        for (key, cap) in caps {
+            if !(1..=1_000_000).contains(&cap) {
+                out.push(format!("{key} {cap} must be between 1 and 1000000"));
+            }
+        }
+        let budget = self.ingest.max_pending_reply_bytes;
+        if !(64 * 1024..=1 << 30).contains(&budget) {
+            out.push(format!("ingest.max_pending_reply_bytes {budget} must be between 65536 and 1073741824"));
+        }
+        if self.metrics.idle_timeout < Duration::from_secs(1) {
+            out.push("metrics.idle_timeout must be at least 1s".into());
         }
         out
     }

@@ -178,6 +178,11 @@ settings! {
         socket_group: String = String::new(), digits, restart;
         /// When not empty, only peers with these uids (checked with SO_PEERCRED) may send events.
         allowed_uids: Vec<u32> = Vec::new(), value, restart;
+        /// Connections served at once; one more gets one `overloaded` line and is closed.
+        max_connections: usize = 512, value, restart;
+        /// Reply bytes a connection may have unsent (its client not reading) before meterd stops
+        /// reading from it.
+        max_pending_reply_bytes: usize = 1 << 20, value, restart;
     }
     [storage] StorageConfig {
         data_dir: PathBuf = "/var/lib/meterd".into(), value, restart;
@@ -195,6 +200,8 @@ settings! {
         /// The admin socket `meterd status`, `dlq` and `receipts` talk to.
         socket: PathBuf = "/run/meterd/admin.sock".into(), value, restart;
         socket_mode: String = "0600".into(), digits, restart;
+        /// Connections served at once; one more gets an error line and is closed.
+        max_connections: usize = 16, value, restart;
     }
     [submit] SubmitConfig {
         #[serde(with = "crate::duration::serde")]
@@ -220,6 +227,11 @@ settings! {
     }
     [metrics] MetricsConfig {
         listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 9464)), value, restart;
+        /// Connections served at once; more are accepted and closed at once.
+        max_connections: usize = 32, value, restart;
+        /// A connection on which no request starts for this long is closed.
+        #[serde(with = "crate::duration::serde")]
+        idle_timeout: Duration = Duration::from_secs(10), duration, restart;
     }
     [log] LogConfig {
         format: LogFormat = LogFormat::Text, value, restart;

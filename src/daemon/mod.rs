@@ -37,6 +37,7 @@ use crate::submit::{Control, MeteringApi, RegisterRequest, RegistrationRefused, 
 use crate::systemd::Notifier;
 use crate::telemetry::health::RegistrationStatus;
 use crate::telemetry::metrics;
+use crate::unix::{SocketFile, Watched};
 use supervise::{End, Supervisor};
 
 pub use supervise::FAIL_TASK_ENV;
@@ -160,6 +161,9 @@ pub async fn start<A: MeteringApi + Clone + 'static>(
 ) -> anyhow::Result<Running<A>> {
     let Host { activated_socket, notifier, reload, sandbox } = host;
     let ctx = Context::new(clock);
+    let caps = config.ingest.max_connections + config.admin.max_connections + config.metrics.max_connections;
+    let fds = crate::listen::reserve_fds(caps as u64).map_err(anyhow::Error::msg)?;
+    tracing::debug!(fds, "open-file limit");
     if let Some(request) = registration(&config) {
         ctx.health.set_registration(RegistrationStatus::pending(request.public_key_version));
     }
@@ -181,16 +185,23 @@ pub async fn start<A: MeteringApi + Clone + 'static>(
     let (supervisor, notifier) = (Supervisor::new(), Arc::new(notifier));
     let mut running = Running { ctx, api, config, endpoints, notifier, supervisor, stops };
     let (metrics, health) = (running.ctx.metrics.clone(), running.ctx.health.clone());
-    let serve_metrics = metrics::serve(metrics_listener, metrics, health, running.stops.metrics.clone());
+    let limits = metrics::HttpLimits {
+        max_connections: running.config.metrics.max_connections,
+        idle_timeout: running.config.metrics.idle_timeout,
+    };
+    let serve_metrics =
+        metrics::serve(metrics_listener, metrics, health, limits, running.stops.metrics.clone());
     running.supervisor.spawn_unit("metrics", serve_metrics);
 
     let config = &running.config;
     let (outbox, mut recovered) = open_outbox(config).await?;
-    let (listener, owns_socket) = bind_ingest(config, activated_socket)?;
-    let admin_listener = crate::unix::bind_socket(&config.admin.socket, config.admin_socket_mode(), None)
-        .map_err(anyhow::Error::msg)?;
+    let listener = bind_ingest(config, activated_socket)?;
+    let (admin_listener, admin_file) =
+        SocketFile::bind(&config.admin.socket, config.admin_socket_mode(), None)
+            .map_err(anyhow::Error::msg)?;
+    let admin_listener = Watched::new(admin_listener, admin_file, "admin");
     let pipeline = running.spawn_pipeline(&outbox, &mut recovered)?;
-    running.spawn_front(pipeline, Front { outbox, listener, admin_listener, owns_socket, reload, sandbox });
+    running.spawn_front(pipeline, Front { outbox, listener, admin_listener, reload, sandbox });
     Ok(running)
 }
 
@@ -203,9 +214,8 @@ struct Pipeline {
 /// What the listeners are started with.
 struct Front {
     outbox: Arc<Outbox>,
-    listener: tokio::net::UnixListener,
-    admin_listener: tokio::net::UnixListener,
-    owns_socket: bool,
+    listener: Watched,
+    admin_listener: Watched,
     reload: Option<Reloader>,
     sandbox: bool,
 }
@@ -257,10 +267,10 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
             max_line_bytes: config.ingest.max_line_bytes,
             overload_timeout: config.ingest.overload_timeout,
             allowed_uids: config.ingest.allowed_uids.clone(),
-            owns_socket: front.owns_socket,
+            max_connections: config.ingest.max_connections,
+            max_pending_reply_bytes: config.ingest.max_pending_reply_bytes,
         };
-        let socket = config.ingest.socket.clone();
-        self.supervisor.spawn_unit("ingest", server.serve(front.listener, socket, intake.clone()));
+        self.supervisor.spawn_unit("ingest", server.serve(front.listener, intake.clone()));
         let admin = AdminServer {
             ctx: ctx.clone(),
             outbox: front.outbox,
@@ -269,10 +279,9 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
             sandbox: front.sandbox,
             data_dir: config.storage.data_dir.display().to_string(),
             deadline: secs(config.deadline()),
+            max_connections: config.admin.max_connections,
         };
-        let admin_socket = config.admin.socket.clone();
-        self.supervisor
-            .spawn_unit("admin", admin::serve(admin, front.admin_listener, admin_socket, intake.clone()));
+        self.supervisor.spawn_unit("admin", admin::serve(admin, front.admin_listener, intake.clone()));
         if let Some(reload) = front.reload {
             // Installed before READY=1: an early `systemctl reload` must not meet SIGHUP's default
             // action, which ends the process.
@@ -306,23 +315,24 @@ async fn open_outbox(config: &Config) -> anyhow::Result<(Arc<Outbox>, Recovered)
     Ok((outbox, recovered))
 }
 
-/// The ingest listener (systemd's, or one meterd binds), and whether meterd owns its file.
+/// The ingest listener: systemd's (its file watched, never removed), or one meterd binds.
 fn bind_ingest(
     config: &Config,
     activated: Option<std::os::unix::net::UnixListener>,
-) -> anyhow::Result<(tokio::net::UnixListener, bool)> {
+) -> anyhow::Result<Watched> {
     if let Some(listener) = activated {
         listener.set_nonblocking(true)?;
         tracing::info!("serving the ingest socket systemd passed (socket activation)");
-        return Ok((tokio::net::UnixListener::from_std(listener)?, false));
+        let file = SocketFile::passed(&listener);
+        return Ok(Watched::new(tokio::net::UnixListener::from_std(listener)?, file, "ingest"));
     }
     let group = match config.ingest.socket_group.as_str() {
         "" => None,
         name => Some(crate::unix::resolve_group(name).map_err(anyhow::Error::msg)?),
     };
-    let listener = crate::unix::bind_socket(&config.ingest.socket, config.socket_mode(), group)
-        .map_err(anyhow::Error::msg)?;
-    Ok((listener, true))
+    let (listener, file) =
+        SocketFile::bind(&config.ingest.socket, config.socket_mode(), group).map_err(anyhow::Error::msg)?;
+    Ok(Watched::new(listener, file, "ingest"))
 }
 
 /// The commit stage runs on its own thread; a supervised task waits for its result, so that the

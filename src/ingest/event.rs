@@ -87,10 +87,14 @@ fn string(raw: &RawValue, field: &str) -> Result<String, Rejection> {
     serde_json::from_str(raw.get()).map_err(|_| invalid(format!("`{field}` must be a string")))
 }
 
+/// A dimension or customer: 1 to 255 UTF-16 code units, as the service counts them.
 fn name(raw: &RawValue, field: &str) -> Result<String, Rejection> {
     let text = string(raw, field)?;
-    if text.is_empty() || text.chars().count() > model::MAX_NAME_CHARS {
-        return Err(invalid(format!("`{field}` must be 1 to 255 characters")));
+    let len = model::service_len(&text);
+    if !(1..=model::MAX_NAME_CHARS).contains(&len) {
+        return Err(invalid(format!(
+            "`{field}` must be 1 to 255 UTF-16 code units (as the Metering Service counts them); it has {len}"
+        )));
     }
     Ok(text)
 }
@@ -128,27 +132,57 @@ fn timestamp(raw: &RawValue) -> Result<i64, Rejection> {
     }
 }
 
-fn tags(raw: &RawValue) -> Result<TagSet, Rejection> {
-    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(raw.get())
-        .map_err(|_| invalid("`tags` must be an object of string keys and string values"))?;
-    if map.len() > model::MAX_TAGS {
-        return Err(invalid(format!("`tags` has {} pairs; at most 5 are allowed", map.len())));
+/// The members of a JSON object in the order written, a repeated key included (a map keeps only
+/// its last value, which would hide the mistake).
+struct Members(Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
     }
-    let mut out = TagSet::with_capacity(map.len());
-    for (key, value) in map {
+}
+
+fn tags(raw: &RawValue) -> Result<TagSet, Rejection> {
+    let Members(mut members) = serde_json::from_str(raw.get())
+        .map_err(|_| invalid("`tags` must be an object of string keys and string values"))?;
+    // Sorted by key: the set's canonical order, and a repeated key lands next to itself.
+    members.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(pair) = members.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+        return Err(invalid(format!("`tags` has the key {:?} twice; each key may appear once", pair[0].0)));
+    }
+    if members.len() > model::MAX_TAGS {
+        return Err(invalid(format!("`tags` has {} pairs; at most 5 are allowed", members.len())));
+    }
+    let mut out = TagSet::with_capacity(members.len());
+    for (key, value) in members {
         let serde_json::Value::String(value) = value else {
             return Err(invalid(format!("tag `{key}` must have a string value")));
         };
+        // The tag pattern admits only ASCII, so its lengths in UTF-16 code units are its bytes.
         let key_ok =
-            (1..=model::MAX_TAG_KEY_CHARS).contains(&key.chars().count()) && model::is_tag_text(&key);
+            (1..=model::MAX_TAG_KEY_CHARS).contains(&model::service_len(&key)) && model::is_tag_text(&key);
         if !key_ok {
             return Err(invalid(format!(
                 "tag key {key:?} must be 1 to 100 characters matching {}",
                 model::TAG_PATTERN
             )));
         }
-        let value_ok =
-            (1..=model::MAX_TAG_VALUE_CHARS).contains(&value.chars().count()) && model::is_tag_text(&value);
+        let value_ok = (1..=model::MAX_TAG_VALUE_CHARS).contains(&model::service_len(&value))
+            && model::is_tag_text(&value);
         if !value_ok {
             return Err(invalid(format!(
                 "tag `{key}` value {value:?} must be 1 to 256 characters matching {}",
@@ -157,7 +191,6 @@ fn tags(raw: &RawValue) -> Result<TagSet, Rejection> {
         }
         out.push((key, value));
     }
-    // serde_json's map is ordered by key, so the set is already in its canonical order.
     Ok(out)
 }
 
@@ -431,6 +464,38 @@ mod tests {
             assert_eq!(got, code, "{line}: {message}");
             assert!(message.contains(needle), "{line}: {message:?} lacks {needle:?}");
         }
+    }
+
+    #[test]
+    fn names_are_measured_in_utf16_code_units() {
+        let line = |dimension: &str| {
+            format!(r#"{{"customer_identifier":"c","dimension":"{dimension}","quantity":1}}"#).into_bytes()
+        };
+        let any = EventParser::new("prod-1", &[], Mode::Batch);
+        let longest = format!("{}a", "\u{1F600}".repeat(127));
+        assert_eq!(any.parse(&line(&longest)).unwrap().dimension, longest);
+        let err = any.parse(&line(&"\u{1F600}".repeat(128))).unwrap_err();
+        assert_eq!(
+            err.rejection.message,
+            "`dimension` must be 1 to 255 UTF-16 code units (as the Metering Service counts them); it has 256"
+        );
+        assert!(any.parse(&line(&"\u{e9}".repeat(255))).is_ok(), "a BMP character is one unit");
+    }
+
+    #[test]
+    fn tags_are_canonical_and_a_repeated_key_is_refused() {
+        let event = parser()
+            .parse(br#"{"customer_identifier":"c","dimension":"requests","quantity":1,"tags":{"z":"1","a":"2"}}"#)
+            .unwrap();
+        assert_eq!(event.tags, vec![("a".into(), "2".into()), ("z".into(), "1".into())]);
+        let (code, message) = refused(
+            r#"{"customer_identifier":"c","dimension":"requests","quantity":1,"tags":{"k":"1","k":"1"}}"#,
+        );
+        assert_eq!(code, ErrorCode::InvalidField);
+        assert_eq!(message, "`tags` has the key \"k\" twice; each key may appear once");
+        let (_, message) =
+            refused(r#"{"customer_identifier":"c","dimension":"requests","quantity":1,"tags":[]}"#);
+        assert_eq!(message, "`tags` must be an object of string keys and string values");
     }
 
     #[test]

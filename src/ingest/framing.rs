@@ -3,7 +3,10 @@
 //! A line ends at `\n` (a `\r` before it is dropped); blank lines are skipped. A line longer than
 //! the limit is never buffered whole: once the buffered part of an unfinished line passes the
 //! limit it is dropped, the rest is discarded as it arrives, and one [`Frame::Skipped`] marks its
-//! end. An unfinished fragment at end of stream is never a frame: it may be a torn write.
+//! end. An unfinished fragment at end of stream is never a frame: it may be a torn write. The
+//! caller may stop taking frames part-way (its reply budget is spent) and take the rest later.
+
+use std::ops::ControlFlow;
 
 /// Bytes read at a time.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -41,25 +44,26 @@ impl Framer {
         &mut self.buf
     }
 
-    /// Hands every complete frame in the buffer to `each`, in order, then keeps only the
-    /// unfinished rest (or drops it, if it is already over the limit).
-    pub fn frames(&mut self, mut each: impl FnMut(Frame<'_>)) {
+    /// Hands the complete frames in the buffer to `each`, in order, until `each` breaks or none
+    /// is left; then keeps only what was not taken (an unfinished rest is dropped if it is already
+    /// over the limit). Returns whether `each` broke off, with complete frames perhaps left.
+    pub fn frames(&mut self, mut each: impl FnMut(Frame<'_>) -> ControlFlow<()>) -> bool {
         let mut start = 0;
         while let Some(at) = self.buf[start..].iter().position(|&b| b == b'\n') {
             let line = &self.buf[start..start + at];
             start += at + 1;
-            if std::mem::take(&mut self.skipping) {
-                each(Frame::Skipped);
-                continue;
-            }
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            if line.len() > self.max_line {
-                each(Frame::TooLong(line.len()));
+            let frame = if std::mem::take(&mut self.skipping) {
+                Frame::Skipped
             } else {
-                each(Frame::Line(line));
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                if line.len() > self.max_line { Frame::TooLong(line.len()) } else { Frame::Line(line) }
+            };
+            if each(frame).is_break() {
+                self.buf.drain(..start);
+                return true;
             }
         }
         self.buf.drain(..start);
@@ -69,6 +73,7 @@ impl Framer {
         if self.skipping {
             self.buf.clear();
         }
+        false
     }
 }
 
@@ -87,7 +92,8 @@ mod tests {
                     Frame::Line(line) => Ok(line.to_vec()),
                     Frame::TooLong(len) => Err(Some(len)),
                     Frame::Skipped => Err(None),
-                })
+                });
+                ControlFlow::Continue(())
             });
         }
         out
@@ -120,10 +126,39 @@ mod tests {
         let mut seen = Vec::new();
         for chunk in [&b"abcdef"[..], b"ghijkl", b"mn\nok\n"] {
             framer.buffer().extend_from_slice(chunk);
-            framer.frames(|frame| seen.push(format!("{frame:?}")));
+            framer.frames(|frame| {
+                seen.push(format!("{frame:?}"));
+                ControlFlow::Continue(())
+            });
             assert!(framer.buf.len() <= 4, "the over-long line is not kept");
         }
         assert_eq!(seen, ["Skipped", "Line([111, 107])"]);
+    }
+
+    #[test]
+    fn frames_left_when_the_caller_stops_come_next_time() {
+        let mut framer = Framer::new(16);
+        framer.buffer().extend_from_slice(b"one\ntwo\nthree\nfou");
+        let mut seen = Vec::new();
+        let mut take = |framer: &mut Framer, most: usize| {
+            framer.frames(|frame| {
+                seen.push(format!("{frame:?}"));
+                if seen.len() % most == 0 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            })
+        };
+        assert!(take(&mut framer, 2), "stopped after two frames");
+        assert!(!take(&mut framer, 2), "one frame was left, then none");
+        framer.buffer().extend_from_slice(b"r\n");
+        take(&mut framer, 2);
+        assert_eq!(
+            seen,
+            [
+                "Line([111, 110, 101])",
+                "Line([116, 119, 111])",
+                "Line([116, 104, 114, 101, 101])",
+                "Line([102, 111, 117, 114])"
+            ]
+        );
     }
 
     #[test]

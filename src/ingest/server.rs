@@ -1,18 +1,25 @@
 //! The ingest socket: accepting connections, framing lines, and answering in order.
 //!
-//! Each connection has a reader and a writer. The reader turns every read into one submission of
-//! its well-formed events (so a pipelining client costs one queue hop per read, not per line) and
-//! queues, in line order, either a ready reply (a refused line) or a slot for the commit stage's
-//! answer. The writer sends replies in that order. Framing (`framing.rs`) turns the bytes into lines;
-//! a line over `max_line_bytes` is answered `line_too_long`.
+//! Each connection has a reader and a writer. The reader turns each read into submissions of its
+//! well-formed events (one per read, so a pipelining client costs one queue hop per read, not per
+//! line) and queues, in line order, either a ready reply (a refused line) or a slot for the commit
+//! stage's answer. The writer sends replies in that order. Framing (`framing.rs`) turns the bytes
+//! into lines; a line over `max_line_bytes` is answered `line_too_long`.
+//!
+//! Limits. The replies a connection has not sent yet may take `max_pending_reply_bytes` (refused
+//! lines at their exact size, committed events at an estimate until answered); past that the
+//! reader stops reading until the client reads, so a client that never reads costs bounded memory
+//! and its writes block. At most `max_connections` connections are served; one more gets one
+//! `overloaded` line and is closed. An idle connection is never closed: applications keep one
+//! open for hours, and the cap bounds what idle connections can hold.
 
-use std::path::PathBuf;
+use std::ops::ControlFlow;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::UnixStream;
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,11 +28,21 @@ use super::framing::{Frame, Framer, READ_CHUNK};
 use super::reply::Reply;
 use crate::commit::{Command, Outcome, Submission};
 use crate::context::Context;
+use crate::listen::{self, Backoff, Cap, Refusals};
 use crate::model::{ErrorCode, Event};
 use crate::telemetry::metrics::Metrics;
+use crate::unix::{Accepted, Watched};
 
-/// Read batches a connection may have waiting for replies before it stops reading.
-const MAX_PENDING_READS: usize = 64;
+/// Reply bytes one batch of lines may cost before the rest of a read goes in the next batch: a
+/// read of ordinary events stays one batch; a read of thousands of refused lines is split.
+const BATCH_REPLY_BYTES: usize = 256 * 1024;
+
+/// What the reply to a committed event is taken to cost until it is known (an `ok` line with a
+/// generated id), plus the length of the client's id.
+const COMMITTED_REPLY_BYTES: usize = 48;
+
+/// Once meterd is stopping, how long a write may wait for a client that does not read.
+const UNREAD_AT_SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// The event parser, replaced whole when a reload changes the dimension allowlist.
 pub type SharedParser = Arc<RwLock<Arc<EventParser>>>;
@@ -39,13 +56,16 @@ pub struct IngestServer {
     pub overload_timeout: Duration,
     /// Empty = any peer that can open the socket.
     pub allowed_uids: Vec<u32>,
-    /// Whether meterd bound the socket file (and so removes it at shutdown). A socket passed by
-    /// systemd belongs to systemd and stays.
-    pub owns_socket: bool,
+    /// Connections served at once (`ingest.max_connections`).
+    pub max_connections: usize,
+    /// Reply bytes a connection may have unsent before it stops reading
+    /// (`ingest.max_pending_reply_bytes`).
+    pub max_pending_reply_bytes: usize,
 }
 
 enum Slot {
-    Ready(Reply),
+    /// The next this many bytes of the batch's ready replies.
+    Ready(usize),
     /// The next `count` replies come from the commit stage.
     Committed(usize),
 }
@@ -58,47 +78,64 @@ enum Answer {
     Refused(Vec<Reply>),
 }
 
+/// One batch of lines on its way to the writer.
+#[derive(Default)]
 struct Pending {
+    /// The refused lines' replies, written out, in line order.
+    ready: Vec<u8>,
     slots: Vec<Slot>,
     answer: Option<Answer>,
+    /// Bytes taken from the connection's reply budget, given back once the replies are sent.
+    cost: usize,
 }
 
 impl IngestServer {
-    /// Accepts connections until `cancel`, then stops accepting, removes the socket file, and
-    /// waits for every connection to answer the lines it has read.
-    pub async fn serve(self, listener: UnixListener, socket: PathBuf, cancel: CancellationToken) {
+    /// Accepts connections until `cancel`, then stops accepting, removes the socket file (if it
+    /// is still the one meterd bound), and waits for every connection to answer the lines it has
+    /// read. Tells readiness when the socket file is lost or replaced, and when it is back.
+    pub async fn serve(self, mut listener: Watched, cancel: CancellationToken) {
         let this = Arc::new(self);
         let tracker = TaskTracker::new();
+        let metrics = &this.ctx.metrics;
+        let label = ["ingest"];
+        let cap = Cap::new(
+            this.max_connections,
+            metrics.connections.with_label_values(&label),
+            metrics.connections_over_limit.with_label_values(&label),
+        );
+        let refusals = Refusals::default();
+        let mut backoff = Backoff::new("ingest", metrics.accept_errors.with_label_values(&label));
         loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        if let Some(refusal) = this.refusal(&stream) {
-                            tracker.spawn(refuse_connection(stream, refusal));
-                        } else {
-                            tracker.spawn(this.clone().connection(stream, cancel.clone()));
-                        }
-                    }
-                    Err(err) => {
-                        tracing::warn!(%err, "ingest accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                },
+            let accepted = tokio::select! {
+                accepted = listener.next() => accepted,
                 _ = cancel.cancelled() => break,
+            };
+            match accepted {
+                Accepted::Trouble(trouble) => this.ctx.health.set_socket_trouble(trouble),
+                Accepted::Connection(Err(err)) => backoff.pause(&err, &cancel).await,
+                Accepted::Connection(Ok(stream)) => {
+                    backoff.succeeded();
+                    if let Some(refusal) = this.refusal(&stream) {
+                        refusals.refuse(stream, refusal);
+                    } else if let Some(slot) = cap.admit() {
+                        tracker.spawn(this.clone().connection(stream, slot, cancel.clone()));
+                    } else {
+                        let message = format!(
+                            "meterd has ingest.max_connections ({}) connections open; retry later",
+                            cap.max()
+                        );
+                        refusals.refuse(stream, line(Reply::rejected(None, ErrorCode::Overloaded, message)));
+                    }
+                }
             }
         }
-        drop(listener);
-        if this.owns_socket
-            && let Err(err) = std::fs::remove_file(&socket)
-        {
-            tracing::warn!(%err, socket = %socket.display(), "failed to remove socket file");
-        }
+        listener.close();
         tracker.close();
         tracker.wait().await;
     }
 
-    /// Why this peer may not send events, if it may not.
-    fn refusal(&self, stream: &UnixStream) -> Option<Reply> {
+    /// The refusal line for this peer, if it may not send events.
+    fn refusal(&self, stream: &UnixStream) -> Option<Vec<u8>> {
         if self.allowed_uids.is_empty() {
             return None;
         }
@@ -109,18 +146,21 @@ impl IngestServer {
         };
         tracing::warn!(%message, "ingest connection refused");
         self.ctx.metrics.connections_refused.inc();
-        Some(Reply::rejected(None, ErrorCode::PermissionDenied, message))
+        Some(line(Reply::rejected(None, ErrorCode::PermissionDenied, message)))
     }
 
-    async fn connection(self: Arc<Self>, stream: UnixStream, cancel: CancellationToken) {
+    async fn connection(self: Arc<Self>, stream: UnixStream, slot: listen::Slot, cancel: CancellationToken) {
         // Ids are scoped to the sending uid; a peer whose credentials are unreadable shares one
         // scope that no real uid has.
         let peer = stream.peer_cred().map_or(u32::MAX, |cred| cred.uid());
         let (mut read, write) = stream.into_split();
-        let (pending_tx, pending_rx) = mpsc::channel(MAX_PENDING_READS);
-        let writer = tokio::spawn(write_replies(write, pending_rx, self.ctx.metrics.clone()));
+        let budget = Arc::new(Semaphore::new(self.max_pending_reply_bytes));
+        let (pending_tx, pending_rx) = mpsc::unbounded_channel();
+        let writer =
+            Writer { budget: budget.clone(), metrics: self.ctx.metrics.clone(), cancel: cancel.clone() };
+        let writer = tokio::spawn(writer.run(write, pending_rx));
         let mut framer = Framer::new(self.max_line_bytes);
-        loop {
+        'reading: loop {
             let read_result = tokio::select! {
                 result = read.read_buf(framer.buffer()) => result,
                 _ = cancel.cancelled() => break,
@@ -129,54 +169,98 @@ impl IngestServer {
                 break;
             }
             let received = Instant::now();
-            let (slots, events) = self.parse(&mut framer, peer);
-            if slots.is_empty() {
-                continue;
-            }
-            let answer = self.answer(events, received).await;
-            if pending_tx.send(Pending { slots, answer }).await.is_err() {
-                break;
+            loop {
+                let (mut pending, events) = self.parse(&mut framer, peer);
+                if pending.slots.is_empty() {
+                    break;
+                }
+                let Some(permit) = self.reserve(&budget, pending.cost, &cancel).await else { break 'reading };
+                pending.cost = permit.num_permits();
+                permit.forget();
+                pending.answer = self.answer(events, received).await;
+                if pending_tx.send(pending).is_err() {
+                    break 'reading;
+                }
             }
         }
         drop(pending_tx);
         let _ = writer.await;
+        drop(slot);
     }
 
-    /// The frames of one read: a slot per line in order, and the well-formed events.
-    fn parse(&self, framer: &mut Framer, peer: u32) -> (Vec<Slot>, Vec<Event>) {
+    /// Takes `cost` bytes (at most the whole budget) from the connection's reply budget. While the
+    /// client has not read enough of its replies this waits, and the connection reads nothing.
+    /// `None` once meterd is stopping or the writer has ended.
+    async fn reserve<'b>(
+        &self,
+        budget: &'b Semaphore,
+        cost: usize,
+        cancel: &CancellationToken,
+    ) -> Option<SemaphorePermit<'b>> {
+        let cost = cost.min(self.max_pending_reply_bytes) as u32;
+        if let Ok(permit) = budget.try_acquire_many(cost) {
+            return Some(permit);
+        }
+        self.ctx.metrics.ingest_reads_paused.inc();
+        tokio::select! {
+            permit = budget.acquire_many(cost) => permit.ok(),
+            _ = cancel.cancelled() => None,
+        }
+    }
+
+    /// The next batch of complete lines in the framer: a slot per line in order, the refused
+    /// lines' replies, the well-formed events, and what the replies will cost. A batch ends after
+    /// [`BATCH_REPLY_BYTES`] of replies or with the last complete line.
+    fn parse(&self, framer: &mut Framer, peer: u32) -> (Pending, Vec<Event>) {
         let parser = self.parser.read().expect("parser lock").clone();
-        let mut slots = Vec::new();
+        let mut pending = Pending::default();
         let mut events = Vec::new();
+        let mut committed_cost = 0;
         framer.frames(|frame| {
-            let refusal = match frame {
-                Frame::Skipped => format!("line longer than {} bytes; skipped", self.max_line_bytes),
-                Frame::TooLong(len) => format!("line of {len} bytes is longer than {}", self.max_line_bytes),
+            let before = pending.ready.len();
+            match frame {
                 Frame::Line(line) => match parser.parse(line) {
                     Ok(event) => {
+                        committed_cost += COMMITTED_REPLY_BYTES + event.id.as_ref().map_or(0, String::len);
                         events.push(Event { peer, ..event });
-                        match slots.last_mut() {
+                        match pending.slots.last_mut() {
                             Some(Slot::Committed(n)) => *n += 1,
-                            _ => slots.push(Slot::Committed(1)),
+                            _ => pending.slots.push(Slot::Committed(1)),
                         }
-                        return;
                     }
                     Err(err) => {
-                        self.ctx
-                            .metrics
-                            .events_rejected
-                            .with_label_values(&[err.rejection.code.as_str()])
-                            .inc();
-                        slots.push(Slot::Ready(Reply::Err(err)));
-                        return;
+                        let code = err.rejection.code;
+                        self.ctx.metrics.events_rejected.with_label_values(&[code.as_str()]).inc();
+                        Reply::Err(err).write_to(&mut pending.ready);
                     }
                 },
-            };
-            slots.push(Slot::Ready(self.refuse(None, ErrorCode::LineTooLong, refusal)));
+                Frame::Skipped => {
+                    let message = format!("line longer than {} bytes; skipped", self.max_line_bytes);
+                    self.refuse(ErrorCode::LineTooLong, message).write_to(&mut pending.ready);
+                }
+                Frame::TooLong(len) => {
+                    let message = format!("line of {len} bytes is longer than {}", self.max_line_bytes);
+                    self.refuse(ErrorCode::LineTooLong, message).write_to(&mut pending.ready);
+                }
+            }
+            let written = pending.ready.len() - before;
+            if written > 0 {
+                match pending.slots.last_mut() {
+                    Some(Slot::Ready(n)) => *n += written,
+                    _ => pending.slots.push(Slot::Ready(written)),
+                }
+            }
+            if pending.ready.len() + committed_cost >= BATCH_REPLY_BYTES {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
         });
-        (slots, events)
+        pending.cost = pending.ready.len() + committed_cost;
+        (pending, events)
     }
 
-    /// Hands the events of one read to the commit stage, unless meterd cannot take them now.
+    /// Hands the events of one batch to the commit stage, unless meterd cannot take them now.
     async fn answer(&self, events: Vec<Event>, received: Instant) -> Option<Answer> {
         if events.is_empty() {
             return None;
@@ -197,9 +281,9 @@ impl IngestServer {
         }
     }
 
-    fn refuse(&self, id: Option<String>, code: ErrorCode, message: String) -> Reply {
+    fn refuse(&self, code: ErrorCode, message: String) -> Reply {
         self.ctx.metrics.events_rejected.with_label_values(&[code.as_str()]).inc();
-        Reply::rejected(id, code, message)
+        Reply::rejected(None, code, message)
     }
 
     /// Answers every event `overloaded` with `reason`.
@@ -223,19 +307,11 @@ fn submitted(command: Command) -> Vec<Event> {
     }
 }
 
-/// Sends the refusal line and closes the connection. What the peer already sent is read and
-/// dropped first (for at most a second), because closing a socket with unread data resets it and
-/// the peer might lose the refusal line.
-async fn refuse_connection(mut stream: UnixStream, refusal: Reply) {
+/// `reply` as one line of bytes.
+fn line(reply: Reply) -> Vec<u8> {
     let mut out = Vec::new();
-    refusal.write_to(&mut out);
-    let _ = stream.write_all(&out).await;
-    let _ = stream.shutdown().await;
-    let mut sink = [0u8; 4096];
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Ok(1..) = stream.read(&mut sink).await {}
-    })
-    .await;
+    reply.write_to(&mut out);
+    out
 }
 
 /// The replies to an [`Answer`]; outcomes the commit stage never sent (it stopped) are
@@ -259,48 +335,86 @@ async fn answered(answer: Answer, metrics: &Metrics) -> Vec<Reply> {
         .collect()
 }
 
-/// Sends the replies of each read in order, coalescing reads that are already answered into one
-/// write. Replies already formatted go out before waiting on a group commit.
-async fn write_replies(
-    mut write: tokio::net::unix::OwnedWriteHalf,
-    mut pending: mpsc::Receiver<Pending>,
+/// The writing half of a connection.
+struct Writer {
+    /// The connection's reply budget: the writer gives bytes back once they are sent.
+    budget: Arc<Semaphore>,
     metrics: Arc<Metrics>,
-) {
-    let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    while let Some(Pending { slots, answer }) = pending.recv().await {
-        let mut committed = match answer {
-            Some(answer) => {
-                if !out.is_empty() && !answer.is_ready() {
-                    if write.write_all(&out).await.is_err() {
-                        return;
+    cancel: CancellationToken,
+}
+
+impl Writer {
+    /// Sends the replies of each batch in order, coalescing batches that are already answered
+    /// into one write. Replies already formatted go out before waiting on a group commit. When it
+    /// ends (the client is gone) it closes the budget, which stops the reader.
+    async fn run(
+        self,
+        mut write: tokio::net::unix::OwnedWriteHalf,
+        mut pending: mpsc::UnboundedReceiver<Pending>,
+    ) {
+        let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        let mut reserved = 0;
+        while let Some(Pending { ready, slots, answer, cost }) = pending.recv().await {
+            let mut committed = match answer {
+                Some(answer) => {
+                    if !out.is_empty()
+                        && !answer.is_ready()
+                        && !self.send(&mut write, &mut out, &mut reserved).await
+                    {
+                        break;
                     }
-                    out.clear();
+                    answered(answer, &self.metrics).await.into_iter()
                 }
-                answered(answer, &metrics).await.into_iter()
+                None => Vec::new().into_iter(),
+            };
+            let mut at = 0;
+            for slot in slots {
+                match slot {
+                    Slot::Ready(len) => {
+                        out.extend_from_slice(&ready[at..at + len]);
+                        at += len;
+                    }
+                    Slot::Committed(count) => {
+                        for _ in 0..count {
+                            committed.next().unwrap_or_else(stopped).write_to(&mut out);
+                        }
+                    }
+                }
             }
-            None => Vec::new().into_iter(),
+            reserved += cost;
+            if (pending.is_empty() || out.len() >= READ_CHUNK)
+                && !self.send(&mut write, &mut out, &mut reserved).await
+            {
+                break;
+            }
+        }
+        if !out.is_empty() {
+            self.send(&mut write, &mut out, &mut reserved).await;
+        }
+        self.budget.close();
+        let _ = write.shutdown().await;
+    }
+
+    /// Writes `out` and gives its `reserved` bytes back to the budget. False if the client is
+    /// gone, or if meterd is stopping and the client has not read for [`UNREAD_AT_SHUTDOWN`].
+    async fn send(
+        &self,
+        write: &mut tokio::net::unix::OwnedWriteHalf,
+        out: &mut Vec<u8>,
+        reserved: &mut usize,
+    ) -> bool {
+        let stopping = async {
+            self.cancel.cancelled().await;
+            tokio::time::sleep(UNREAD_AT_SHUTDOWN).await;
         };
-        for slot in slots {
-            match slot {
-                Slot::Ready(reply) => reply.write_to(&mut out),
-                Slot::Committed(count) => {
-                    for _ in 0..count {
-                        committed.next().unwrap_or_else(stopped).write_to(&mut out);
-                    }
-                }
-            }
-        }
-        if pending.is_empty() || out.len() >= READ_CHUNK {
-            if write.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
-        }
+        let sent = tokio::select! {
+            result = write.write_all(out) => result.is_ok(),
+            _ = stopping => false,
+        };
+        out.clear();
+        self.budget.add_permits(std::mem::take(reserved));
+        sent
     }
-    if !out.is_empty() {
-        let _ = write.write_all(&out).await;
-    }
-    let _ = write.shutdown().await;
 }
 
 /// The reply to an event the commit stage never answered.

@@ -1,10 +1,15 @@
 //! The Metering Service model's field constraints, shared by the emulator (which enforces them as
 //! the service does) and ingest (which refuses an event the service would refuse later).
+//!
+//! The model's lengths are counted as the service counts them: in UTF-16 code units
+//! ([`service_len`]), so a character outside the Basic Multilingual Plane (an emoji) counts twice.
 
-/// Longest dimension, customer id or customer identifier the model allows.
+/// Longest dimension, customer id or customer identifier the model allows, in UTF-16 code units.
 pub const MAX_NAME_CHARS: usize = 255;
 /// Most tags in one usage allocation.
 pub const MAX_TAGS: usize = 5;
+/// Longest tag key and value, in UTF-16 code units (the tag pattern admits only ASCII, so these
+/// are also bytes).
 pub const MAX_TAG_KEY_CHARS: usize = 100;
 pub const MAX_TAG_VALUE_CHARS: usize = 256;
 /// Most usage allocations (distinct tag sets) in one record.
@@ -15,6 +20,11 @@ pub const TAG_PATTERN: &str = "^[a-zA-Z0-9+ -=._:\\/@]+$";
 pub const ACCOUNT_ID_PATTERN: &str = "^[0-9]+$";
 pub const DECIMAL_PATTERN: &str = "^(0|[1-9][0-9]{0,9})(\\.[0-9]{1,6})?$";
 pub const LICENSE_ARN_PATTERN: &str = "^arn:aws[a-zA-Z-]*:[A-Za-z0-9][A-Za-z0-9_/.-]{0,62}:[A-Za-z0-9_/.-]{0,63}:[A-Za-z0-9_/.-]{0,63}:[A-Za-z0-9][A-Za-z0-9:_/+=,@.-]{0,1023}$";
+
+/// The length of `text` as the service measures it: UTF-16 code units.
+pub fn service_len(text: &str) -> usize {
+    text.encode_utf16().count()
+}
 
 pub fn is_product_code(text: &str) -> bool {
     text.chars().all(|c| c.is_ascii_alphanumeric() || "-/=:_.@".contains(c))
@@ -64,6 +74,14 @@ mod tests {
         assert!(!is_tag_text("brace{"));
         assert!(!is_tag_text("caf\u{e9}"));
         assert!(!is_tag_text("a>b"));
+    }
+
+    #[test]
+    fn lengths_are_utf16_code_units() {
+        assert_eq!(service_len("requests"), 8);
+        assert_eq!(service_len("caf\u{e9}"), 4, "a BMP character is one unit");
+        assert_eq!(service_len("\u{1F600}"), 2, "an emoji is a surrogate pair");
+        assert_eq!(service_len(&"\u{1F600}".repeat(200)), 400);
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct Health {
     commit_turn_ms: AtomicU64,
     submission: Mutex<SubmissionState>,
     registration: Mutex<Option<RegistrationStatus>>,
+    /// Why clients cannot reach the ingest socket through its path, while they cannot.
+    socket_trouble: Mutex<Option<String>>,
 }
 
 /// Where RegisterUsage stands (`aws.register_usage`).
@@ -82,6 +84,7 @@ impl Health {
             commit_turn_ms: AtomicU64::new(0),
             submission: Mutex::new(SubmissionState::default()),
             registration: Mutex::new(None),
+            socket_trouble: Mutex::new(None),
         }
     }
 
@@ -125,6 +128,11 @@ impl Health {
         *self.registration.lock().expect("health lock") = Some(status);
     }
 
+    /// The ingest listener reports that its socket file is lost or replaced (`Some`), or back.
+    pub fn set_socket_trouble(&self, trouble: Option<String>) {
+        *self.socket_trouble.lock().expect("health lock") = trouble;
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let submission = self.submission.lock().expect("health lock").clone();
         let registration = self.registration.lock().expect("health lock").clone();
@@ -147,6 +155,9 @@ impl Health {
         }
         if let Some(reason) = &submission.paused {
             not_ready.push(format!("submission paused: {reason}"));
+        }
+        if let Some(trouble) = self.socket_trouble.lock().expect("health lock").clone() {
+            not_ready.push(trouble);
         }
         Snapshot { uptime: self.started.elapsed(), not_ready, submission, registration }
     }

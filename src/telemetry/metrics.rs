@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -12,10 +13,12 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::health::Health;
-use tokio_util::sync::CancellationToken;
+use crate::listen::{Backoff, Cap, Slot};
 
 /// Values of the `operation` label: the Metering Service calls meterd makes.
 pub const OPERATIONS: [&str; 3] = ["BatchMeterUsage", "MeterUsage", "RegisterUsage"];
@@ -27,6 +30,9 @@ pub const METRICS_PATH: &str = "/metrics";
 
 /// Values of `meterd_records{state}`.
 pub const RECORD_STATES: [&str; 5] = ["open", "pending", "in_flight", "accepted", "dead_letter"];
+
+/// Values of the `listener` label.
+pub const LISTENERS: [&str; 3] = ["ingest", "admin", "metrics"];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -42,6 +48,10 @@ pub struct Metrics {
     pub dead_letters: IntGaugeVec,
     pub late_events: IntCounterVec,
     pub connections_refused: IntCounter,
+    pub connections: IntGaugeVec,
+    pub connections_over_limit: IntCounterVec,
+    pub accept_errors: IntCounterVec,
+    pub ingest_reads_paused: IntCounter,
     pub config_reloads: IntCounterVec,
     pub outbox_bytes: IntGauge,
     pub submission_paused: IntGauge,
@@ -130,6 +140,21 @@ impl Metrics {
                 "meterd_connections_refused_total",
                 "Ingest connections refused because the peer's uid is not in ingest.allowed_uids.",
             ),
+            connections: r.gauge_vec("meterd_connections", "Connections open, by listener.", &["listener"]),
+            connections_over_limit: r.counter_vec(
+                "meterd_connections_over_limit_total",
+                "Connections closed at once because their listener had max_connections open, by listener.",
+                &["listener"],
+            ),
+            accept_errors: r.counter_vec(
+                "meterd_accept_errors_total",
+                "Failed accepts (such as EMFILE), by listener; each is followed by a pause of 10ms to 1s.",
+                &["listener"],
+            ),
+            ingest_reads_paused: r.counter(
+                "meterd_ingest_reads_paused_total",
+                "Times an ingest connection stopped reading because its unread replies reached ingest.max_pending_reply_bytes.",
+            ),
             config_reloads: r.counter_vec(
                 "meterd_config_reloads_total",
                 "SIGHUP reloads, by result (ok, or invalid: the old settings stay).",
@@ -160,6 +185,11 @@ impl Metrics {
         for policy in ["carry_forward", "reject"] {
             self.late_events.with_label_values(&[policy]);
         }
+        for listener in LISTENERS {
+            self.connections.with_label_values(&[listener]).set(0);
+            self.connections_over_limit.with_label_values(&[listener]);
+            self.accept_errors.with_label_values(&[listener]);
+        }
         for result in ["ok", "invalid"] {
             self.config_reloads.with_label_values(&[result]);
         }
@@ -184,34 +214,73 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics`, `/healthz` and `/readyz` until `cancel`.
+/// How many connections the metrics listener keeps, and for how long without a request.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    /// A connection on which no request starts for this long is closed: an idle keep-alive
+    /// connection, and one that sends its request too slowly.
+    pub idle_timeout: Duration,
+}
+
+/// Serves `GET /metrics`, `/healthz` and `/readyz` until `cancel`. A connection over
+/// `limits.max_connections` is accepted and closed at once.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    limits: HttpLimits,
     cancel: CancellationToken,
 ) {
+    let label = ["metrics"];
+    let cap = Cap::new(
+        limits.max_connections,
+        metrics.connections.with_label_values(&label),
+        metrics.connections_over_limit.with_label_values(&label),
+    );
+    let mut backoff = Backoff::new("metrics", metrics.accept_errors.with_label_values(&label));
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(err) => {
-                    tracing::warn!(%err, "metrics accept failed");
+                    backoff.pause(&err, &cancel).await;
                     continue;
                 }
             },
             _ = cancel.cancelled() => return,
         };
-        let (metrics, health) = (metrics.clone(), health.clone());
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (metrics, health) = (metrics.clone(), health.clone());
-                async move { Ok::<_, Infallible>(respond(&req, &metrics, &health)) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-        });
+        backoff.succeeded();
+        if let Some(slot) = cap.admit() {
+            tokio::spawn(connection(stream, slot, metrics.clone(), health.clone(), limits.idle_timeout));
+        }
     }
+}
+
+/// One HTTP/1.1 connection, closed once no request has started for `idle_timeout`.
+async fn connection(
+    stream: TcpStream,
+    slot: Slot,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    idle_timeout: Duration,
+) {
+    let requests = Arc::new(Notify::new());
+    let started = requests.clone();
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        started.notify_one();
+        let response = respond(&req, &metrics, &health);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let served = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+    let idle = async { while tokio::time::timeout(idle_timeout, requests.notified()).await.is_ok() {} };
+    // Dropping the connection closes its socket.
+    tokio::select! {
+        _ = served => {}
+        _ = idle => {}
+    }
+    drop(slot);
 }
 
 fn respond(
