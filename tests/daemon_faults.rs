@@ -93,7 +93,7 @@ fn customer_not_subscribed_and_out_of_window_records_become_dead_letters() {
     // 6h to 7h old and refused.
     let emu = Emu::start(|c| {
         c.catalogue.subscribed_customers = Some(vec!["300000000000".into(), "300000000001".into()]);
-        c.window = Duration::from_secs(5 * 3600 + 1800);
+        c.window = Some(Duration::from_secs(5 * 3600 + 1800));
     });
     let dir = tempfile::tempdir().unwrap();
     let mut sent = events(3, |_| "requests", hour_start(0));

@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 
 const OTHER_KEY: &str = "AKIDMETERDOTHERTASK";
 
+/// `meter_usage` mode, with MeterUsage's own 6-hour deadline.
 fn metered<'a>(dir: &'a std::path::Path, emu: &Emu) -> Launch<'a> {
-    Launch::new(dir, emu).env("METERD_AWS__MODE", "meter_usage")
+    Launch::new(dir, emu).env("METERD_AWS__MODE", "meter_usage").env("METERD_SUBMIT__DEADLINE", "6h")
 }
 
 fn usage(dimension: &str, quantity: u64, timestamp: i64) -> Value {
@@ -198,14 +199,15 @@ fn heartbeat_dimensions_get_a_zero_record_for_every_hour_without_usage() {
     // The first hour meterd has not sealed when it starts at `t`, and the last it has sealed.
     let first = |t: i64| (t - 300).div_euclid(3600) * 3600;
     let last = |t: i64| first(t) - 3600;
-    // First started six hours ago (by its clock), with some cpu usage, then stopped.
-    let six_ago = 6 * 3600;
-    let from = first(now_secs() - six_ago);
-    let meterd = launch(-six_ago).start();
-    let used_at = now_secs() - six_ago;
+    // First started four hours ago (by its clock), with some cpu usage, then stopped; every hour
+    // since is still inside MeterUsage's 6-hour deadline.
+    let four_ago = 4 * 3600;
+    let from = first(now_secs() - four_ago);
+    let meterd = launch(-four_ago).start();
+    let used_at = now_secs() - four_ago;
     assert!(meterd.send(&[usage("cpu", 8, used_at)]).iter().all(|r| r["ok"] == true));
     assert!(meterd.signal("TERM").success());
-    assert_eq!(from, first(now_secs() - six_ago), "the test ran across a seal boundary; run it again");
+    assert_eq!(from, first(now_secs() - four_ago), "the test ran across a seal boundary; run it again");
 
     // Back at the real time: every hour from the first unsealed one to the last ended one.
     let through = last(now_secs());

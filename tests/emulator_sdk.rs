@@ -351,7 +351,7 @@ async fn timestamps_outside_the_window_fail_the_whole_batch() {
     let now = now_secs();
     let message = expect_error!(
         one(&client, record("1", "d", 1, now - 60))
-            .usage_records(record("2", "d", 1, now - 6 * 3600 - 60))
+            .usage_records(record("2", "d", 1, now - 24 * 3600 - 60))
             .send(),
         "TimestampOutOfBoundsException",
         400
@@ -369,8 +369,45 @@ async fn timestamps_outside_the_window_fail_the_whole_batch() {
 }
 
 #[tokio::test]
+async fn each_operation_has_its_own_window_and_a_month_closes_at_six_on_the_first() {
+    let emulator = start(EmulatorConfig::default()).await;
+    let client = client(&emulator.endpoint_url(), "AKIDWINDOWS");
+    let now = now_secs();
+    // BatchMeterUsage accepts a record until 24 hours after it, MeterUsage until 6 hours.
+    one(&client, record("1", "d", 1, now - 23 * 3600)).send().await.unwrap();
+    let message = expect_error!(
+        one(&client, record("2", "d", 1, now - 24 * 3600 - 60)).send(),
+        "TimestampOutOfBoundsException",
+        400
+    );
+    assert!(message.contains("outside the accepted window"), "{message}");
+    meter(&client, "d", 1, now - 5 * 3600).send().await.unwrap();
+    expect_error!(meter(&client, "d", 1, now - 6 * 3600 - 60).send(), "TimestampOutOfBoundsException", 400);
+
+    // November closes at 06:00 UTC on December 1st, within the 24 hours.
+    const DEC_1: i64 = 1_796_083_200; // 2026-12-01T00:00:00Z
+    let set_now = |at: i64| control(emulator.addr(), "POST", "/_emulator/clock", json!({ "now": at }));
+    set_now(DEC_1 + 5 * 3600).await;
+    one(&client, record("3", "d", 1, DEC_1 - 3600)).send().await.unwrap();
+    set_now(DEC_1 + 6 * 3600).await;
+    let message = expect_error!(
+        one(&client, record("4", "d", 1, DEC_1 - 3600)).send(),
+        "TimestampOutOfBoundsException",
+        400
+    );
+    assert_eq!(
+        message,
+        "Timestamp 1796079600 is in a billing month that closed at 1796104800 (06:00 UTC on the 1st of the next month)"
+    );
+    one(&client, record("5", "d", 1, DEC_1)).send().await.unwrap();
+    let hours: Vec<i64> = records(emulator.addr()).await.iter().map(|r| r["hour"].as_i64().unwrap()).collect();
+    assert_eq!(hours.len(), 4);
+    assert_eq!(hours[2..], [DEC_1 - 3600, DEC_1]);
+}
+
+#[tokio::test]
 async fn the_window_and_clock_are_configurable() {
-    let config = EmulatorConfig { window: Duration::from_secs(24 * 3600), ..EmulatorConfig::default() };
+    let config = EmulatorConfig { window: Some(Duration::from_secs(24 * 3600)), ..EmulatorConfig::default() };
     let emulator = start(config).await;
     let client = client(&emulator.endpoint_url(), "AKIDCLOCK");
     let now = now_secs();

@@ -115,13 +115,27 @@ impl State {
         }
     }
 
-    fn check_window(config: &EmulatorConfig, timestamp: i64, now: i64) -> Result<(), ApiError> {
-        let earliest = now - config.window.as_secs() as i64;
+    /// The operation's window back from `now` (a timestamp that old or older is refused), the
+    /// clock-skew tolerance ahead, and the month close: no record of a billing month is accepted
+    /// from 06:00 UTC on the 1st of the next month (for MeterUsage the 6-hour window ends first).
+    fn check_window(
+        config: &EmulatorConfig,
+        operation: Operation,
+        timestamp: i64,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        let earliest = now - config.window(operation.name()).as_secs() as i64;
         let latest = now + config.future_tolerance.as_secs() as i64;
-        if timestamp < earliest || timestamp > latest {
-            return Err(ApiError::client(
-                "TimestampOutOfBoundsException",
-                format!("Timestamp {timestamp} is outside the accepted window [{earliest}, {latest}]"),
+        let refused = |message: String| Err(ApiError::client("TimestampOutOfBoundsException", message));
+        if timestamp <= earliest || timestamp > latest {
+            return refused(format!(
+                "Timestamp {timestamp} is outside the accepted window ({earliest}, {latest}]"
+            ));
+        }
+        let close = crate::clock::month_close(hour_of(timestamp));
+        if now >= close {
+            return refused(format!(
+                "Timestamp {timestamp} is in a billing month that closed at {close} (06:00 UTC on the 1st of the next month)"
             ));
         }
         Ok(())
@@ -202,7 +216,7 @@ impl State {
             check_allocations(record.quantity, record.decimal, record.allocations.as_deref())?;
         }
         for record in &input.records {
-            Self::check_window(config, record.timestamp, now)?;
+            Self::check_window(config, Operation::BatchMeterUsage, record.timestamp, now)?;
         }
         Ok((licensed, product))
     }
@@ -294,7 +308,7 @@ impl State {
                 "Exception thrown when the customer does not have a valid subscription for the product",
             ));
         }
-        Self::check_window(config, input.timestamp, now)?;
+        Self::check_window(config, Operation::MeterUsage, input.timestamp, now)?;
         let hour = hour_of(input.timestamp);
         let key = RecordKey::meter(&caller.access_key_id, &input.product_code, &input.dimension, hour);
         let record = AcceptedRecord {
