@@ -140,12 +140,35 @@ async fn a_changed_quantity_for_the_same_hour_is_a_duplicate_record() {
 }
 
 #[tokio::test]
-async fn customer_fields_treat_empty_identifier_as_absent() {
+async fn an_empty_customer_identifier_counts_as_present() {
     let emulator = start(EmulatorConfig::default()).await;
     let client = client(&emulator.endpoint_url(), "AKIDCUST");
     let hour = hour_start(1);
-    // The Rust SDK sends "CustomerIdentifier": "" next to the account id; that must be accepted.
+    // The unmodified Rust SDK sends "CustomerIdentifier": "" next to the account id; the emulator
+    // refuses both fields together, whatever one of them holds.
+    let raw = raw_client(&emulator.endpoint_url(), "AKIDCUST");
+    let message =
+        expect_error!(one(&raw, record("111122223333", "d", 1, hour)).send(), "InvalidCustomerIdentifierException", 400);
+    assert_eq!(message, "A usage record can specify CustomerIdentifier or CustomerAWSAccountId, not both");
+    let licensed = UsageRecord::builder()
+        .customer_aws_account_id("111122223333")
+        .license_arn(LICENSE)
+        .dimension("d")
+        .quantity(1)
+        .timestamp(DateTime::from_secs(hour))
+        .build()
+        .unwrap();
+    let message = expect_error!(
+        raw.batch_meter_usage().usage_records(licensed.clone()).send(),
+        "InvalidCustomerIdentifierException",
+        400
+    );
+    assert_eq!(message, "CustomerIdentifier is not supported with LicenseArn; use CustomerAWSAccountId");
+    assert!(records(emulator.addr()).await.is_empty());
+    // Without the empty member (meterd's interceptor strips it) both go through.
     let ok = one(&client, record("111122223333", "d", 1, hour)).send().await.unwrap();
+    assert_eq!(statuses(&ok), vec![UsageRecordResultStatus::Success]);
+    let ok = client.batch_meter_usage().usage_records(licensed).send().await.unwrap();
     assert_eq!(statuses(&ok), vec![UsageRecordResultStatus::Success]);
     let both = UsageRecord::builder()
         .customer_identifier("legacy-customer")
@@ -175,8 +198,8 @@ async fn customer_fields_treat_empty_identifier_as_absent() {
     let out = one(&client, legacy).send().await.unwrap();
     assert_eq!(statuses(&out), vec![UsageRecordResultStatus::Success]);
     let stored = records(emulator.addr()).await;
-    assert_eq!(stored.len(), 2);
-    assert_eq!(stored[1]["customer_identifier"], "legacy-customer");
+    assert_eq!(stored.len(), 3);
+    assert_eq!(stored[2]["customer_identifier"], "legacy-customer");
     assert!(stored[0].get("customer_identifier").is_none());
 }
 

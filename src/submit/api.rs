@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use aws_sdk_marketplacemetering as metering;
 use metering::config::http::HttpResponse;
+use metering::config::interceptors::BeforeTransmitInterceptorContextMut;
+use metering::config::{ConfigBag, Intercept, RuntimeComponents};
 use metering::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use metering::types::{Tag, UsageAllocation, UsageRecord, UsageRecordResult, UsageRecordResultStatus};
 
@@ -159,8 +161,10 @@ pub struct SdkMeteringApi {
 }
 
 impl SdkMeteringApi {
+    /// Wraps `client`, adding [`StripEmptyFields`] to its interceptors.
     pub fn new(client: metering::Client) -> Self {
-        Self { client }
+        let config = client.config().to_builder().interceptor(StripEmptyFields).build();
+        Self { client: metering::Client::from_conf(config) }
     }
 
     /// A client with aws-config's default credential chain (environment, profile, EC2 IMDSv2, ECS
@@ -249,6 +253,58 @@ impl SdkMeteringApi {
             Ok(_) => Err(local("the service metered a DryRun request instead of refusing it".into())),
         }
     }
+}
+
+/// Removes every member whose value is `""` from a request body before it is signed.
+///
+/// The Rust SDK serialises `UsageRecord.CustomerIdentifier` as `""` on every record, also next to
+/// `CustomerAWSAccountId`, which BatchMeterUsage must not get together with it (and new SaaS
+/// products must not send at all). The service does not document what it makes of the empty
+/// string; a body without it is unambiguous. No member of the model means anything as `""`
+/// (meterd leaves optional fields unset rather than empty), so every empty string goes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StripEmptyFields;
+
+impl Intercept for StripEmptyFields {
+    fn name(&self) -> &'static str {
+        "StripEmptyFields"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        _config: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let request = context.request_mut();
+        let Some(stripped) = request.body().bytes().and_then(strip_empty_strings) else {
+            return Ok(());
+        };
+        request.headers_mut().insert("content-length", stripped.len().to_string());
+        *request.body_mut() = stripped.into();
+        Ok(())
+    }
+}
+
+/// `body` without its `""` members (at any depth), if it is JSON that had any.
+pub fn strip_empty_strings(body: &[u8]) -> Option<Vec<u8>> {
+    fn strip(value: &mut serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::Object(members) => {
+                let before = members.len();
+                members.retain(|_, v| v.as_str() != Some(""));
+                let nested = members.values_mut().fold(false, |changed, v| strip(v) || changed);
+                nested || members.len() != before
+            }
+            serde_json::Value::Array(items) => items.iter_mut().fold(false, |changed, v| strip(v) || changed),
+            _ => false,
+        }
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if !strip(&mut value) {
+        return None;
+    }
+    serde_json::to_vec(&value).ok()
 }
 
 /// SDK retries off (the submit loop retries, through its rate limiter) and a per-attempt timeout.
@@ -422,6 +478,18 @@ mod tests {
 
     fn service(status: u16, code: &str) -> ApiFailure {
         ApiFailure { kind: FailureKind::Service { status, code: code.into() }, message: String::new() }
+    }
+
+    #[test]
+    fn empty_strings_are_stripped_at_any_depth() {
+        let body = br#"{"ProductCode":"p","UsageRecords":[{"CustomerIdentifier":"","CustomerAWSAccountId":"1","Dimension":"d"}]}"#;
+        let stripped: serde_json::Value = serde_json::from_slice(&strip_empty_strings(body).unwrap()).unwrap();
+        assert_eq!(
+            stripped,
+            serde_json::json!({"ProductCode": "p", "UsageRecords": [{"CustomerAWSAccountId": "1", "Dimension": "d"}]})
+        );
+        assert_eq!(strip_empty_strings(br#"{"ProductCode":"p","Nested":[{"a":1}]}"#), None, "nothing to strip");
+        assert_eq!(strip_empty_strings(b""), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod submitter;
 
 pub use api::{
     ApiFailure, Disposition, MeteringApi, RecordOutcome, Registration, ResolvedCustomer, SdkMeteringApi,
-    classify,
+    StripEmptyFields, classify,
 };
 pub use register::{RegisterRequest, RegistrationRefused, register};
 pub use submitter::{Control, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, Settings, Submitter};

@@ -95,7 +95,7 @@ impl Service {
     pub fn call(&self, operation: Operation, caller: &Caller, body: &Map<String, Value>) -> Answer {
         let mut state = self.lock();
         let now = epoch(shift(SystemTime::now(), state.clock_offset_secs));
-        if let Some(err) = state.faults.take_error() {
+        if let Some(err) = state.faults.take_error(body) {
             return Answer::Reply(Err(err));
         }
         if !state.quota.admit(&caller.access_key_id) {

@@ -407,9 +407,16 @@ impl State {
     }
 }
 
-/// A BatchMeterUsage record names its customer by exactly one of its two fields.
+/// A BatchMeterUsage record names its customer by exactly one of its two fields. A field sent
+/// as `""` is present: the service does not say what it does with an empty `CustomerIdentifier`
+/// next to `CustomerAWSAccountId` (the Rust SDK sends one unless it is stripped), so the
+/// emulator refuses it rather than let a sender rely on it.
 fn check_customer_fields(record: &wire::UsageRecord) -> Result<(), ApiError> {
     match (&record.customer_identifier, &record.customer_aws_account_id) {
+        (Some(id), None) if id.is_empty() => Err(ApiError::client(
+            "InvalidCustomerIdentifierException",
+            "CustomerIdentifier must not be empty",
+        )),
         (Some(_), Some(_)) => Err(ApiError::client(
             "InvalidCustomerIdentifierException",
             "A usage record can specify CustomerIdentifier or CustomerAWSAccountId, not both",
