@@ -68,30 +68,29 @@ pub enum Disposition {
     /// Transient: resend the same records unchanged after a backoff.
     Retry,
     /// One record spoils the batch: split it until the bad records stand alone; one refused alone
-    /// is an `invalid` dead letter.
+    /// is an `invalid` dead letter, unless every record of the batch was refused alone with the
+    /// same error, which is a configuration problem (a pause).
     Isolate,
     /// The record can never be accepted: a dead letter for this reason (a batch is split first,
     /// so that only the refused record goes).
     DeadLetter(DeadReason),
-    /// The configuration or credentials are wrong: stop submitting, keep everything, alert.
+    /// Not billable yet, perhaps later (a subscription that has not started): keep the record,
+    /// ask again every `submit.subscription_recheck`, and make it a dead letter for this reason
+    /// if its deadline comes first.
+    Recheck(DeadReason),
+    /// An error no model names: back off this batch only (split once, to see whether one record
+    /// is the cause) while the others go on.
+    BackOff,
+    /// The account, credentials or configuration are refused, for every record alike: stop
+    /// submitting, keep everything, alert.
     Pause,
-}
-
-impl Disposition {
-    /// The dead letter a record refused alone becomes, if any.
-    pub fn dead_reason(self) -> Option<DeadReason> {
-        match self {
-            Disposition::Isolate => Some(DeadReason::Invalid),
-            Disposition::DeadLetter(reason) => Some(reason),
-            Disposition::Retry | Disposition::Pause => None,
-        }
-    }
 }
 
 /// Decides what a failed call means for its records: the one place that reads service errors.
 pub fn classify(failure: &ApiFailure) -> Disposition {
     let (status, code) = match &failure.kind {
         FailureKind::Timeout | FailureKind::Connection => return Disposition::Retry,
+        // No credentials, or a request that cannot be signed: nothing would go anywhere.
         FailureKind::Local => return Disposition::Pause,
         FailureKind::Service { status, code } => (*status, code.as_str()),
     };
@@ -110,12 +109,27 @@ pub fn classify(failure: &ApiFailure) -> Disposition {
         | "SerializationException" => Disposition::Isolate,
         // MeterUsage: this caller already reported another quantity for this dimension and hour.
         "DuplicateRequestException" => Disposition::DeadLetter(DeadReason::DuplicateRecord),
-        "CustomerNotEntitledException" => Disposition::DeadLetter(DeadReason::CustomerNotSubscribed),
+        // MeterUsage's CustomerNotSubscribed: the buyer's subscription may start a little later.
+        "CustomerNotEntitledException" => Disposition::Recheck(DeadReason::CustomerNotSubscribed),
+        // About the account, the credentials or meterd's configuration, never one record's content.
+        "InvalidProductCodeException"
+        | "DisabledApiException"
+        | "InvalidEndpointRegionException"
+        | "AccessDeniedException"
+        | "UnauthorizedException"
+        | "UnrecognizedClientException"
+        | "InvalidSignatureException"
+        | "SignatureDoesNotMatch"
+        | "IncompleteSignature"
+        | "MissingAuthenticationTokenException"
+        | "InvalidClientTokenId"
+        | "ExpiredTokenException" => Disposition::Pause,
         _ if status >= 500 || status == 429 => Disposition::Retry,
-        // InvalidProductCodeException, DisabledApiException, InvalidEndpointRegionException,
-        // AccessDeniedException, signature and credential errors, and anything unknown: a person
-        // must look, and nothing may be thrown away meanwhile.
-        _ => Disposition::Pause,
+        // 401 and 403 say who is calling is refused, whatever the request holds.
+        _ if status == 401 || status == 403 => Disposition::Pause,
+        // Any other client error: unknown, so it may be about one record; it must not hold back
+        // the others.
+        _ => Disposition::BackOff,
     }
 }
 
@@ -508,13 +522,15 @@ mod tests {
             (service(400, "InvalidLicenseException"), Isolate),
             (service(413, "ValidationException"), Isolate),
             (service(400, "DuplicateRequestException"), DeadLetter(DeadReason::DuplicateRecord)),
-            (service(400, "CustomerNotEntitledException"), DeadLetter(DeadReason::CustomerNotSubscribed)),
+            (service(400, "CustomerNotEntitledException"), Recheck(DeadReason::CustomerNotSubscribed)),
             (service(400, "InvalidProductCodeException"), Pause),
             (service(400, "DisabledApiException"), Pause),
             (service(400, "InvalidEndpointRegionException"), Pause),
             (service(400, "AccessDeniedException"), Pause),
             (service(403, "InvalidSignatureException"), Pause),
-            (service(400, "SomethingNew"), Pause),
+            (service(403, "SomethingNew"), Pause),
+            (service(400, "SomethingNew"), BackOff),
+            (service(413, "Unknown"), BackOff),
             (ApiFailure { kind: FailureKind::Timeout, message: String::new() }, Retry),
             (ApiFailure { kind: FailureKind::Connection, message: String::new() }, Retry),
             (ApiFailure { kind: FailureKind::Local, message: String::new() }, Pause),

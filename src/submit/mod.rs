@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod register;
+mod send;
+pub mod size;
 mod submitter;
 
 pub use api::{
@@ -10,4 +12,5 @@ pub use api::{
     StripEmptyFields, classify,
 };
 pub use register::{RegisterRequest, RegistrationRefused, register};
-pub use submitter::{Control, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, Settings, Submitter};
+pub use size::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
+pub use submitter::{Control, Settings, Submitter};
