@@ -568,6 +568,41 @@ async fn meter_usage_keeps_one_record_per_caller_dimension_and_hour() {
 }
 
 #[tokio::test]
+async fn a_client_token_repeats_its_answer_and_refuses_other_parameters() {
+    let emulator = start(EmulatorConfig::default()).await;
+    let client = client(&emulator.endpoint_url(), "AKIDTOKEN");
+    let hour = hour_start(1);
+    let first = meter(&client, "hosts", 5, hour).client_token("token-1").send().await.unwrap();
+    let again = meter(&client, "hosts", 5, hour).client_token("token-1").send().await.unwrap();
+    assert_eq!(again.metering_record_id(), first.metering_record_id());
+    let message = expect_error!(
+        meter(&client, "hosts", 6, hour).client_token("token-1").send(),
+        "IdempotencyConflictException",
+        400
+    );
+    assert_eq!(message, "The ClientToken is being used for multiple requests with different parameters");
+    expect_error!(
+        meter(&client, "gpus", 5, hour).client_token("token-1").send(),
+        "IdempotencyConflictException",
+        400
+    );
+    // Another token for the same hour is the hourly rule's business, as without tokens.
+    expect_error!(
+        meter(&client, "hosts", 6, hour).client_token("token-2").send(),
+        "DuplicateRequestException",
+        400
+    );
+    // Tokens belong to their caller.
+    let other = common::client(&emulator.endpoint_url(), "AKIDOTHER");
+    meter(&other, "hosts", 6, hour).client_token("token-1").send().await.unwrap();
+    let stored = records(emulator.addr()).await;
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0]["client_token"], "token-1");
+    let logged: Vec<Value> = requests(emulator.addr()).await.iter().map(|r| r["client_token"].clone()).collect();
+    assert_eq!(logged, ["token-1", "token-1", "token-1", "token-1", "token-2", "token-1"]);
+}
+
+#[tokio::test]
 async fn meter_usage_dry_run_window_entitlement_and_allocations() {
     let mut config = EmulatorConfig::default();
     config.catalogue.entitled_callers = Some(vec!["AKIDBUYER".into()]);

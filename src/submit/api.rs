@@ -15,7 +15,7 @@ use metering::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use metering::types::{Tag, UsageAllocation, UsageRecord, UsageRecordResult, UsageRecordResultStatus};
 
 use crate::aggregate::SealedRecord;
-use crate::model::{Customer, DeadReason, Scope};
+use crate::model::{Customer, DeadReason, RecordKey, Scope};
 
 /// How one record of a BatchMeterUsage call came back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,6 +347,19 @@ fn failure<E: ProvideErrorMetadata + std::error::Error + 'static>(
     ApiFailure { kind, message: DisplayErrorContext(&err).to_string() }
 }
 
+/// The MeterUsage `ClientToken` of the record with `key`: 64 hex digits of SHA-256 over its
+/// postcard-encoded key. The same for every attempt, on every start, so that a retry after a
+/// lost answer can only ever repeat the first call (the service answers a token it saw with the
+/// same parameters with its first answer).
+pub fn client_token(key: &RecordKey) -> String {
+    use sha2::{Digest, Sha256};
+    let encoded = postcard::to_allocvec(key).expect("a record key always encodes");
+    let mut hash = Sha256::new();
+    hash.update(b"meterd MeterUsage ClientToken v1\0");
+    hash.update(&encoded);
+    format!("{:x}", hash.finalize())
+}
+
 fn local(message: String) -> ApiFailure {
     ApiFailure { kind: FailureKind::Local, message }
 }
@@ -452,6 +465,7 @@ impl MeteringApi for SdkMeteringApi {
             .usage_quantity(record.quantity as i32)
             .timestamp(metering::primitives::DateTime::from_secs(record.key.hour))
             .set_usage_allocations(usage_allocations(record)?)
+            .client_token(client_token(&record.key))
             .send()
             .await
             .map_err(failure)?;

@@ -257,6 +257,7 @@ impl State {
                 allocations: allocations_json(record.allocations.as_deref()),
                 accepted_at: now,
                 exact_quantity: record.quantity,
+                client_token: None,
             };
             match self.accepted.accept(key, accepted) {
                 Ok(id) => results
@@ -299,6 +300,32 @@ impl State {
         if input.dry_run {
             return Err(self.dry_run(caller));
         }
+        // A token seen before: the same parameters get the first answer, others are a conflict.
+        let token = input.client_token.as_ref().map(|t| (caller.access_key_id.clone(), t.clone()));
+        if let Some((parameters, answer)) = token.as_ref().and_then(|t| self.client_tokens.get(t)) {
+            if *parameters == input.parameters() {
+                return Ok(answer.clone());
+            }
+            return Err(ApiError::client(
+                "IdempotencyConflictException",
+                "The ClientToken is being used for multiple requests with different parameters",
+            ));
+        }
+        let answer = self.meter_usage_applied(config, caller, &input, now)?;
+        if let Some(token) = token {
+            self.client_tokens.insert(token, (input.parameters(), answer.clone()));
+        }
+        Ok(answer)
+    }
+
+    /// MeterUsage's checks and its record, once the `ClientToken` is new.
+    fn meter_usage_applied(
+        &mut self,
+        config: &EmulatorConfig,
+        caller: &Caller,
+        input: &wire::MeterUsageInput,
+        now: i64,
+    ) -> Result<Value, ApiError> {
         self.check_product(&input.product_code)?;
         self.check_dimension(&input.dimension, &input.product_code)?;
         check_allocations(input.quantity, input.decimal, input.allocations.as_deref())?;
@@ -326,6 +353,7 @@ impl State {
             allocations: allocations_json(input.allocations.as_deref()),
             accepted_at: now,
             exact_quantity: input.quantity,
+            client_token: input.client_token.clone(),
         };
         match self.accepted.accept(key, record) {
             Ok(id) => Ok(json!({"MeteringRecordId": id})),

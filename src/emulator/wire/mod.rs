@@ -122,6 +122,29 @@ pub struct MeterUsageInput {
     pub decimal: bool,
     pub dry_run: bool,
     pub allocations: Option<Vec<Allocation>>,
+    pub client_token: Option<String>,
+}
+
+impl MeterUsageInput {
+    /// Every parameter but the token, quantities by value and allocations in a fixed order: what
+    /// a retry with the same `ClientToken` must repeat.
+    pub fn parameters(&self) -> String {
+        let mut allocations: Vec<(Vec<(String, String)>, u64)> = self
+            .allocations
+            .iter()
+            .flatten()
+            .map(|a| {
+                let mut tags = a.tags.clone();
+                tags.sort();
+                (tags, a.quantity.0)
+            })
+            .collect();
+        allocations.sort();
+        format!(
+            "{:?}",
+            (&self.product_code, self.timestamp, &self.dimension, self.quantity.0, allocations)
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -280,7 +303,8 @@ pub fn meter_usage(body: &Map<String, Value>) -> Result<MeterUsageInput, ApiErro
     let dim = dimension(&mut check, "UsageDimension", top.string("UsageDimension", "UsageDimension")?);
     let (quantity, decimal) = quantity(&top, &mut check, "UsageQuantity", "UsageQuantityAsDecimal", "")?;
     let dry_run = top.boolean("DryRun", "DryRun")?.unwrap_or(false);
-    if let Some(token) = top.string("ClientToken", "ClientToken")? {
+    let client_token = top.string("ClientToken", "ClientToken")?;
+    if let Some(token) = client_token {
         check.length("ClientToken", token, 1, 64);
     }
     let allocations = allocations(&top, &mut check, "")?;
@@ -292,6 +316,7 @@ pub fn meter_usage(body: &Map<String, Value>) -> Result<MeterUsageInput, ApiErro
         decimal,
         dry_run,
         allocations,
+        client_token: client_token.map(str::to_string),
     })
 }
 
