@@ -95,7 +95,11 @@ fn nothing_is_metered_or_acknowledged_before_register_usage_succeeds() {
     let mut stream = UnixStream::connect(&meterd.socket).expect("the socket is bound while registering");
     let event = json!({ "dimension": "cpu", "quantity": 3, "id": "early" });
     writeln!(stream, "{event}").unwrap();
-    assert_eq!(send_and_wait(&mut stream, Duration::from_millis(1500)), None, "acknowledged while registering");
+    assert_eq!(
+        send_and_wait(&mut stream, Duration::from_millis(1500)),
+        None,
+        "acknowledged while registering"
+    );
     assert!(meter_requests(&emu).is_empty(), "MeterUsage sent while registering: {:?}", meter_requests(&emu));
     assert_eq!(meterd.get("/readyz").0, 503);
 
@@ -111,7 +115,8 @@ fn nothing_is_metered_or_acknowledged_before_register_usage_succeeds() {
         .filter(|r| r["outcome"] != "ThrottlingException")
         .map(|r| (r["operation"].as_str().unwrap().to_string(), r["outcome"].as_str().unwrap().to_string()))
         .collect();
-    let expected = [("RegisterUsage", "ok"), ("MeterUsage", "ok")].map(|(o, r)| (o.to_string(), r.to_string()));
+    let expected =
+        [("RegisterUsage", "ok"), ("MeterUsage", "ok")].map(|(o, r)| (o.to_string(), r.to_string()));
     assert_eq!(sequence, expected);
     assert_eq!(emu.records()[0]["caller"], ACCESS_KEY);
 }

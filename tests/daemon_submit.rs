@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::daemon::{Emu, Launch, Meterd, PRODUCT, event, find};
 use common::{hour_start, now_secs};
@@ -54,15 +54,6 @@ fn dead_letters(dir: &std::path::Path, emu: &Emu) -> Vec<Value> {
     let (code, out, err) = Meterd::cli(&Launch::new(dir, emu), &["dlq", "export", "--format", "json"]);
     assert_eq!(code, 0, "{err}");
     serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().clone()
-}
-
-/// Waits until `check` holds, for at most `within`.
-fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < within, "not within {within:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -137,7 +128,9 @@ fn a_record_too_large_to_send_is_dead_lettered_unsent_and_holds_back_no_one() {
         let mut records = vec![oversized(hour)];
         records.extend((1..30).map(|i| plain(i, hour)));
         for record in records {
-            outbox.settle(&StoredRecord { record, sealed_at: now_secs(), state: RecordState::Pending }).unwrap();
+            outbox
+                .settle(&StoredRecord { record, sealed_at: now_secs(), state: RecordState::Pending })
+                .unwrap();
         }
         outbox.barrier().unwrap();
     }
@@ -190,9 +183,14 @@ fn a_customer_never_subscribed_is_dead_lettered_at_its_deadline_with_the_last_an
     // Start again 6 seconds before the hour's deadline (12 hours in these tests).
     let offset = hour + 12 * 3600 - 6 - now_secs();
     emu.set_clock_offset(offset);
-    let meterd = Launch::new(dir.path(), &emu).offset(offset).env("METERD_SUBMIT__SUBSCRIPTION_RECHECK", "1s").start();
+    let meterd =
+        Launch::new(dir.path(), &emu).offset(offset).env("METERD_SUBMIT__SUBSCRIPTION_RECHECK", "1s").start();
     meterd.wait_metric("meterd_records{state=\"accepted\"}", 1.0, Duration::from_secs(10));
-    meterd.wait_metric("meterd_dead_letters{reason=\"customer_not_subscribed\"}", 1.0, Duration::from_secs(70));
+    meterd.wait_metric(
+        "meterd_dead_letters{reason=\"customer_not_subscribed\"}",
+        1.0,
+        Duration::from_secs(70),
+    );
     assert_eq!(meterd.metric("meterd_dead_letters{reason=\"expired\"}"), 0.0);
     assert!(emu.statuses()["CustomerNotSubscribed"] >= 2);
     drop(meterd);

@@ -147,8 +147,11 @@ async fn an_empty_customer_identifier_counts_as_present() {
     // The unmodified Rust SDK sends "CustomerIdentifier": "" next to the account id; the emulator
     // refuses both fields together, whatever one of them holds.
     let raw = raw_client(&emulator.endpoint_url(), "AKIDCUST");
-    let message =
-        expect_error!(one(&raw, record("111122223333", "d", 1, hour)).send(), "InvalidCustomerIdentifierException", 400);
+    let message = expect_error!(
+        one(&raw, record("111122223333", "d", 1, hour)).send(),
+        "InvalidCustomerIdentifierException",
+        400
+    );
     assert_eq!(message, "A usage record can specify CustomerIdentifier or CustomerAWSAccountId, not both");
     let licensed = UsageRecord::builder()
         .customer_aws_account_id("111122223333")
@@ -423,7 +426,8 @@ async fn each_operation_has_its_own_window_and_a_month_closes_at_six_on_the_firs
         "Timestamp 1796079600 is in a billing month that closed at 1796104800 (06:00 UTC on the 1st of the next month)"
     );
     one(&client, record("5", "d", 1, DEC_1)).send().await.unwrap();
-    let hours: Vec<i64> = records(emulator.addr()).await.iter().map(|r| r["hour"].as_i64().unwrap()).collect();
+    let hours: Vec<i64> =
+        records(emulator.addr()).await.iter().map(|r| r["hour"].as_i64().unwrap()).collect();
     assert_eq!(hours.len(), 4);
     assert_eq!(hours[2..], [DEC_1 - 3600, DEC_1]);
 }
@@ -598,7 +602,8 @@ async fn a_client_token_repeats_its_answer_and_refuses_other_parameters() {
     let stored = records(emulator.addr()).await;
     assert_eq!(stored.len(), 2);
     assert_eq!(stored[0]["client_token"], "token-1");
-    let logged: Vec<Value> = requests(emulator.addr()).await.iter().map(|r| r["client_token"].clone()).collect();
+    let logged: Vec<Value> =
+        requests(emulator.addr()).await.iter().map(|r| r["client_token"].clone()).collect();
     assert_eq!(logged, ["token-1", "token-1", "token-1", "token-1", "token-2", "token-1"]);
 }
 

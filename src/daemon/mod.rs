@@ -275,7 +275,8 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
             allowed_uids: config.ingest.allowed_uids.clone(),
             owns_socket: front.owns_socket,
         };
-        let (socket, listener, owns_socket) = (config.ingest.socket.clone(), front.listener, front.owns_socket);
+        let (socket, listener, owns_socket) =
+            (config.ingest.socket.clone(), front.listener, front.owns_socket);
         let (registered, intake_stop) = (self.registered.subscribe(), intake.clone());
         self.supervisor.spawn_unit("ingest", async move {
             tokio::select! {

@@ -179,16 +179,21 @@ mod tests {
 
     #[test]
     fn an_error_for_one_customer_spares_the_others() {
-        let mut faults = Faults::default();
-        faults.error = Some(InjectedError {
-            kind: "SomethingNewException".into(),
-            status: 400,
-            message: None,
-            count: 2,
-            customer: Some("111122223333".into()),
-        });
+        let mut faults = Faults {
+            error: Some(InjectedError {
+                kind: "SomethingNewException".into(),
+                status: 400,
+                message: None,
+                count: 2,
+                customer: Some("111122223333".into()),
+            }),
+            ..Faults::default()
+        };
         let body = |customer: &str| {
-            serde_json::json!({"UsageRecords": [{"CustomerAWSAccountId": customer}]}).as_object().unwrap().clone()
+            serde_json::json!({"UsageRecords": [{"CustomerAWSAccountId": customer}]})
+                .as_object()
+                .unwrap()
+                .clone()
         };
         assert!(faults.take_error(&body("444455556666")).is_none());
         assert_eq!(faults.take_error(&body("111122223333")).unwrap().kind, "SomethingNewException");

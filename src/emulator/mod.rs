@@ -213,7 +213,14 @@ async fn api(
     ) {
         Ok(caller) => caller,
         Err(err) => {
-            service.log(Some(operation), None, err.status, err.kind.to_string(), None, Sent::unread(body.len()));
+            service.log(
+                Some(operation),
+                None,
+                err.status,
+                err.kind.to_string(),
+                None,
+                Sent::unread(body.len()),
+            );
             return Ok(api_error_response(&err));
         }
     };

@@ -302,17 +302,26 @@ impl Intercept for StripEmptyFields {
 
 /// `body` without its `""` members (at any depth), if it is JSON that had any.
 pub fn strip_empty_strings(body: &[u8]) -> Option<Vec<u8>> {
+    // Every member is visited (no short cut): each may hold empty strings of its own.
     fn strip(value: &mut serde_json::Value) -> bool {
+        let mut changed = false;
         match value {
             serde_json::Value::Object(members) => {
                 let before = members.len();
                 members.retain(|_, v| v.as_str() != Some(""));
-                let nested = members.values_mut().fold(false, |changed, v| strip(v) || changed);
-                nested || members.len() != before
+                changed = members.len() != before;
+                for member in members.values_mut() {
+                    changed |= strip(member);
+                }
             }
-            serde_json::Value::Array(items) => items.iter_mut().fold(false, |changed, v| strip(v) || changed),
-            _ => false,
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    changed |= strip(item);
+                }
+            }
+            _ => {}
         }
+        changed
     }
     let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
     if !strip(&mut value) {
@@ -511,12 +520,17 @@ mod tests {
     #[test]
     fn empty_strings_are_stripped_at_any_depth() {
         let body = br#"{"ProductCode":"p","UsageRecords":[{"CustomerIdentifier":"","CustomerAWSAccountId":"1","Dimension":"d"}]}"#;
-        let stripped: serde_json::Value = serde_json::from_slice(&strip_empty_strings(body).unwrap()).unwrap();
+        let stripped: serde_json::Value =
+            serde_json::from_slice(&strip_empty_strings(body).unwrap()).unwrap();
         assert_eq!(
             stripped,
             serde_json::json!({"ProductCode": "p", "UsageRecords": [{"CustomerAWSAccountId": "1", "Dimension": "d"}]})
         );
-        assert_eq!(strip_empty_strings(br#"{"ProductCode":"p","Nested":[{"a":1}]}"#), None, "nothing to strip");
+        assert_eq!(
+            strip_empty_strings(br#"{"ProductCode":"p","Nested":[{"a":1}]}"#),
+            None,
+            "nothing to strip"
+        );
         assert_eq!(strip_empty_strings(b""), None);
     }
 

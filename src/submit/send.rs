@@ -198,7 +198,8 @@ impl<A: MeteringApi> Submitter<A> {
                 keys.iter().for_each(|k| self.back_off(k, failure));
             }
             Disposition::Recheck(reason) => {
-                keys.iter().for_each(|k| self.await_subscription(k, reason, format!("{code}: {}", failure.message)));
+                keys.iter()
+                    .for_each(|k| self.await_subscription(k, reason, format!("{code}: {}", failure.message)));
             }
             Disposition::Isolate | Disposition::DeadLetter(_) if keys.len() > 1 => {
                 tracing::warn!(records = keys.len(), error = %failure, "batch refused as a whole; splitting it to find the bad records");

@@ -26,7 +26,8 @@ fn members(record: &SealedRecord) -> Map<String, Value> {
     let caller = key.customer == Customer::Caller;
     let mut out = Map::new();
     out.insert("Timestamp".into(), json!(key.hour));
-    let (dimension, quantity) = if caller { ("UsageDimension", "UsageQuantity") } else { ("Dimension", "Quantity") };
+    let (dimension, quantity) =
+        if caller { ("UsageDimension", "UsageQuantity") } else { ("Dimension", "Quantity") };
     out.insert(dimension.into(), json!(key.dimension));
     out.insert(quantity.into(), json!(record.quantity));
     match &key.customer {
@@ -99,12 +100,14 @@ mod tests {
 
     #[test]
     fn sizes_are_those_of_the_compact_json_body() {
-        let plain = record(Customer::AwsAccountId("111122223333".into()), Scope::ProductCode("p".into()), &[]);
+        let plain =
+            record(Customer::AwsAccountId("111122223333".into()), Scope::ProductCode("p".into()), &[]);
         let expected = r#"{"CustomerAWSAccountId":"111122223333","Dimension":"requests","Quantity":7,"Timestamp":1796079600}"#;
         assert_eq!(record_bytes(&plain), expected.len());
         let body = format!(r#"{{"ProductCode":"p","UsageRecords":[{expected},{expected}]}}"#);
         assert_eq!(request_bytes(&[&plain, &plain]), body.len());
-        let tagged = record(Customer::Identifier("c".into()), Scope::LicenseArn("arn".into()), &[("team", "a\"b")]);
+        let tagged =
+            record(Customer::Identifier("c".into()), Scope::LicenseArn("arn".into()), &[("team", "a\"b")]);
         let expected = r#"{"CustomerIdentifier":"c","Dimension":"requests","LicenseArn":"arn","Quantity":7,"Timestamp":1796079600,"UsageAllocations":[{"AllocatedUsageQuantity":7,"Tags":[{"Key":"team","Value":"a\"b"}]}]}"#;
         assert_eq!(request_bytes(&[&tagged]), r#"{"UsageRecords":[]}"#.len() + expected.len());
         let own = record(Customer::Caller, Scope::ProductCode("p".into()), &[]);

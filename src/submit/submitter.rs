@@ -352,7 +352,10 @@ impl<A: MeteringApi> Submitter<A> {
             self.dead_letter(key, reason, message);
         }
         if !expired.is_empty() {
-            tracing::error!(records = expired.len(), "records reached their deadline before the service accepted them");
+            tracing::error!(
+                records = expired.len(),
+                "records reached their deadline before the service accepted them"
+            );
             self.barrier();
         }
     }
@@ -365,8 +368,9 @@ impl<A: MeteringApi> Submitter<A> {
         let window = self.settings.deadline;
         if let Some((reason, answer)) = &entry.awaiting {
             let every = crate::duration::format(self.settings.subscription_recheck);
-            let message =
-                format!("{answer} (checked again every {every} until the record's deadline; {attempts} attempts)");
+            let message = format!(
+                "{answer} (checked again every {every} until the record's deadline; {attempts} attempts)"
+            );
             return (*reason, message);
         }
         let last = entry.last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default();

@@ -140,10 +140,7 @@ impl MeterUsageInput {
             })
             .collect();
         allocations.sort();
-        format!(
-            "{:?}",
-            (&self.product_code, self.timestamp, &self.dimension, self.quantity.0, allocations)
-        )
+        format!("{:?}", (&self.product_code, self.timestamp, &self.dimension, self.quantity.0, allocations))
     }
 }
 
