@@ -44,6 +44,7 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ("submit", "backoff_base", r#""2s""#),
     ("submit", "backoff_max", r#""1m""#),
     ("submit", "pause", r#""30s""#),
+    ("submit", "subscription_recheck", r#""30m""#),
     ("submit", "heartbeat_dimensions", r#"["cpu"]"#),
     ("metrics", "listen", r#""127.0.0.1:9999""#),
     ("metrics", "max_connections", "8"),

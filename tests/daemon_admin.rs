@@ -31,16 +31,24 @@ fn dead_letter_id(launch: &Launch, customer: &str) -> String {
         .to_string()
 }
 
+/// The dimension the listing (the emulator's catalogue) lacks: its records become `invalid` dead
+/// letters. (A customer not subscribed is offered again until the record's deadline.)
+const MISSING: &str = "gpu_hours";
+
+fn listing_without_missing(c: &mut meterd::emulator::EmulatorConfig) {
+    c.catalogue.dimensions = Some(vec!["requests".into()]);
+}
+
 #[test]
 fn status_dead_letters_and_receipts_online_and_offline() {
-    let emu = Emu::start(|c| c.catalogue.subscribed_customers = Some(vec![SUBSCRIBED.into()]));
+    let emu = Emu::start(listing_without_missing);
     let dir = tempfile::tempdir().unwrap();
     let hour = hour_start(0);
     let meterd = Launch::new(dir.path(), &emu).start();
-    let events: Vec<Value> = [(SUBSCRIBED, 5), (RETRIED, 7), (DROPPED, 9)]
+    let events: Vec<Value> = [(SUBSCRIBED, "requests", 5), (RETRIED, MISSING, 7), (DROPPED, MISSING, 9)]
         .iter()
-        .map(|(customer, quantity)| {
-            let mut e = event(customer, "requests", *quantity);
+        .map(|(customer, dimension, quantity)| {
+            let mut e = event(customer, dimension, *quantity);
             e["timestamp"] = json!(hour + 1);
             e
         })
@@ -50,11 +58,7 @@ fn status_dead_letters_and_receipts_online_and_offline() {
     emu.set_clock_offset(LATER);
     let launch = || Launch::new(dir.path(), &emu).offset(LATER);
     let meterd = launch().start();
-    meterd.wait_metric(
-        "meterd_dead_letters{reason=\"customer_not_subscribed\"}",
-        2.0,
-        Duration::from_secs(30),
-    );
+    meterd.wait_metric("meterd_dead_letters{reason=\"invalid\"}", 2.0, Duration::from_secs(30));
     meterd.wait_metric("meterd_records{state=\"accepted\"}", 1.0, Duration::from_secs(10));
 
     // status, from the daemon
@@ -65,8 +69,9 @@ fn status_dead_letters_and_receipts_online_and_offline() {
     assert_eq!(status["records"]["accepted"], 1);
     assert_eq!(status["records"]["dead_letter"], 2);
     assert_eq!(status["records"]["pending"], 0);
-    assert_eq!(status["dead_letters"]["customer_not_subscribed"], 2);
-    assert_eq!(status["last_submission"][0], "success");
+    assert_eq!(status["dead_letters"]["invalid"], 2);
+    // The last call was one of the refused records, sent alone.
+    assert_eq!(status["last_submission"][0], "client_error");
     assert_eq!(status["paused"], Value::Null);
     assert_eq!(status["not_ready"], json!([]));
     assert!(status["outbox_bytes"].as_u64().unwrap() > 0);
@@ -87,10 +92,7 @@ fn status_dead_letters_and_receipts_online_and_offline() {
     let (code, shown, _) = Meterd::cli(&launch(), &["dlq", "show", &retried]);
     assert_eq!(code, 0);
     let shown = json_out(&shown);
-    assert_eq!(
-        (shown["quantity"].as_u64(), shown["reason"].as_str()),
-        (Some(7), Some("customer_not_subscribed"))
-    );
+    assert_eq!((shown["quantity"].as_u64(), shown["reason"].as_str()), (Some(7), Some("invalid")));
     let (code, csv, _) = Meterd::cli(&launch(), &["dlq", "export", "--format", "csv"]);
     assert_eq!(code, 0);
     let rows: Vec<&str> = csv.lines().collect();
@@ -111,17 +113,17 @@ fn status_dead_letters_and_receipts_online_and_offline() {
     assert_eq!(receipts[0]["metering_record_id"], accepted["metering_record_id"]);
     assert_eq!(receipts[0]["quantity"], 5);
 
-    // drop needs --yes; retry after the customer subscribed; drop the other
+    // drop needs --yes; retry after the dimension was added to the listing; drop the other
     let (code, _, stderr) = Meterd::cli(&launch(), &["dlq", "drop", &dropped]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--yes"));
     let mut catalogue = emu.control("GET", "/_emulator/catalogue", Value::Null);
-    catalogue["subscribed_customers"] = json!([SUBSCRIBED, RETRIED]);
+    catalogue["dimensions"] = json!(["requests", MISSING]);
     emu.control("PUT", "/_emulator/catalogue", catalogue);
     let (code, out, stderr) = Meterd::cli(&launch(), &["dlq", "retry", &retried]);
     assert_eq!((code, out.trim()), (0, "retried 1 dead letter(s)"), "{stderr}");
     meterd.wait_metric("meterd_records{state=\"accepted\"}", 2.0, Duration::from_secs(10));
-    assert_eq!(find(&emu.records(), RETRIED, "requests", hour).unwrap()["quantity"], 7);
+    assert_eq!(find(&emu.records(), RETRIED, MISSING, hour).unwrap()["quantity"], 7);
     let (code, out, _) = Meterd::cli(&launch(), &["dlq", "drop", &dropped, "--yes"]);
     assert_eq!((code, out.trim()), (0, "dropped 1 dead letter(s)"));
     meterd.wait_metric("meterd_records{state=\"dead_letter\"}", 0.0, Duration::from_secs(5));
@@ -231,13 +233,13 @@ fn readiness_fails_while_submission_is_paused() {
 
 #[test]
 fn receipts_and_dead_letters_are_compacted_after_the_retention() {
-    let emu = Emu::start(|c| c.catalogue.subscribed_customers = Some(vec![SUBSCRIBED.into()]));
+    let emu = Emu::start(listing_without_missing);
     let dir = tempfile::tempdir().unwrap();
     let meterd = Launch::new(dir.path(), &emu).start();
-    let events: Vec<Value> = [SUBSCRIBED, RETRIED]
+    let events: Vec<Value> = [(SUBSCRIBED, "requests"), (RETRIED, MISSING)]
         .iter()
-        .map(|customer| {
-            let mut e = event(customer, "requests", 2);
+        .map(|(customer, dimension)| {
+            let mut e = event(customer, dimension, 2);
             e["timestamp"] = json!(hour_start(0) + 1);
             e
         })

@@ -1,5 +1,5 @@
 //! What the service throws at meterd: throttling, HTTP 500, UnprocessedRecords, a bad record
-//! inside a full batch, CustomerNotSubscribed, an out-of-window record, a configuration error.
+//! inside a full batch, an out-of-window record, a configuration error.
 
 mod common;
 
@@ -87,30 +87,23 @@ fn an_invalid_dimension_in_a_full_batch_dead_letters_only_that_record() {
 }
 
 #[test]
-fn customer_not_subscribed_and_out_of_window_records_become_dead_letters() {
+fn an_out_of_window_record_becomes_a_dead_letter_and_the_rest_goes() {
     // The service's window (5h30m) is shorter than meterd's deadline (12h). Four hours on, the
     // current hour is 4h to 5h old and accepted, whatever the minute; the hour two hours back is
-    // 6h to 7h old and refused.
-    let emu = Emu::start(|c| {
-        c.catalogue.subscribed_customers = Some(vec!["300000000000".into(), "300000000001".into()]);
-        c.window = Duration::from_secs(5 * 3600 + 1800);
-    });
+    // 6h to 7h old and refused. (A customer not subscribed is kept and asked again:
+    // tests/daemon_submit.rs.)
+    let emu = Emu::start(|c| c.window = Some(Duration::from_secs(5 * 3600 + 1800)));
     let dir = tempfile::tempdir().unwrap();
     let mut sent = events(3, |_| "requests", hour_start(0));
     sent.extend(events(1, |_| "requests", hour_start(2)));
     let meterd = sealed_and_submitting(&emu, dir.path(), &sent);
-    meterd.wait_metric(
-        "meterd_dead_letters{reason=\"customer_not_subscribed\"}",
-        1.0,
-        Duration::from_secs(30),
-    );
     meterd.wait_metric("meterd_dead_letters{reason=\"invalid\"}", 1.0, Duration::from_secs(30));
-    meterd.wait_metric("meterd_records{state=\"accepted\"}", 2.0, Duration::from_secs(10));
+    meterd.wait_metric("meterd_records{state=\"accepted\"}", 3.0, Duration::from_secs(10));
     let records = emu.records();
-    assert_eq!(records.len(), 2);
-    assert!(find(&records, "300000000002", "requests", hour_start(0)).is_none());
+    assert_eq!(records.len(), 3);
     assert!(find(&records, "300000000000", "requests", hour_start(2)).is_none());
     assert!(outcomes(&emu).contains(&"TimestampOutOfBoundsException".to_string()));
+    assert_eq!(meterd.metric("meterd_submission_paused"), 0.0);
 }
 
 #[test]

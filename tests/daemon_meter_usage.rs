@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 const OTHER_KEY: &str = "AKIDMETERDOTHERTASK";
 
-/// meterd in `meter_usage` mode, with MeterUsage's 6-hour window (the harness's 12h is for batch).
+/// `meter_usage` mode, with MeterUsage's own 6-hour deadline.
 fn metered<'a>(dir: &'a std::path::Path, emu: &Emu) -> Launch<'a> {
     Launch::new(dir, emu).env("METERD_AWS__MODE", "meter_usage").env("METERD_SUBMIT__DEADLINE", "6h")
 }
@@ -199,8 +199,8 @@ fn heartbeat_dimensions_get_a_zero_record_for_every_hour_without_usage() {
     // The first hour meterd has not sealed when it starts at `t`, and the last it has sealed.
     let first = |t: i64| (t - 300).div_euclid(3600) * 3600;
     let last = |t: i64| first(t) - 3600;
-    // First started four hours ago (by its clock), with some cpu usage, then stopped: every hour
-    // since is inside MeterUsage's 6-hour window.
+    // First started four hours ago (by its clock), with some cpu usage, then stopped; every hour
+    // since is still inside MeterUsage's 6-hour deadline.
     let four_ago = 4 * 3600;
     let from = first(now_secs() - four_ago);
     let meterd = launch(-four_ago).start();

@@ -140,12 +140,38 @@ async fn a_changed_quantity_for_the_same_hour_is_a_duplicate_record() {
 }
 
 #[tokio::test]
-async fn customer_fields_treat_empty_identifier_as_absent() {
+async fn an_empty_customer_identifier_counts_as_present() {
     let emulator = start(EmulatorConfig::default()).await;
     let client = client(&emulator.endpoint_url(), "AKIDCUST");
     let hour = hour_start(1);
-    // The Rust SDK sends "CustomerIdentifier": "" next to the account id; that must be accepted.
+    // The unmodified Rust SDK sends "CustomerIdentifier": "" next to the account id; the emulator
+    // refuses both fields together, whatever one of them holds.
+    let raw = raw_client(&emulator.endpoint_url(), "AKIDCUST");
+    let message = expect_error!(
+        one(&raw, record("111122223333", "d", 1, hour)).send(),
+        "InvalidCustomerIdentifierException",
+        400
+    );
+    assert_eq!(message, "A usage record can specify CustomerIdentifier or CustomerAWSAccountId, not both");
+    let licensed = UsageRecord::builder()
+        .customer_aws_account_id("111122223333")
+        .license_arn(LICENSE)
+        .dimension("d")
+        .quantity(1)
+        .timestamp(DateTime::from_secs(hour))
+        .build()
+        .unwrap();
+    let message = expect_error!(
+        raw.batch_meter_usage().usage_records(licensed.clone()).send(),
+        "InvalidCustomerIdentifierException",
+        400
+    );
+    assert_eq!(message, "CustomerIdentifier is not supported with LicenseArn; use CustomerAWSAccountId");
+    assert!(records(emulator.addr()).await.is_empty());
+    // Without the empty member (meterd's interceptor strips it) both go through.
     let ok = one(&client, record("111122223333", "d", 1, hour)).send().await.unwrap();
+    assert_eq!(statuses(&ok), vec![UsageRecordResultStatus::Success]);
+    let ok = client.batch_meter_usage().usage_records(licensed).send().await.unwrap();
     assert_eq!(statuses(&ok), vec![UsageRecordResultStatus::Success]);
     let both = UsageRecord::builder()
         .customer_identifier("legacy-customer")
@@ -175,8 +201,8 @@ async fn customer_fields_treat_empty_identifier_as_absent() {
     let out = one(&client, legacy).send().await.unwrap();
     assert_eq!(statuses(&out), vec![UsageRecordResultStatus::Success]);
     let stored = records(emulator.addr()).await;
-    assert_eq!(stored.len(), 2);
-    assert_eq!(stored[1]["customer_identifier"], "legacy-customer");
+    assert_eq!(stored.len(), 3);
+    assert_eq!(stored[2]["customer_identifier"], "legacy-customer");
     assert!(stored[0].get("customer_identifier").is_none());
 }
 
@@ -351,7 +377,7 @@ async fn timestamps_outside_the_window_fail_the_whole_batch() {
     let now = now_secs();
     let message = expect_error!(
         one(&client, record("1", "d", 1, now - 60))
-            .usage_records(record("2", "d", 1, now - 6 * 3600 - 60))
+            .usage_records(record("2", "d", 1, now - 24 * 3600 - 60))
             .send(),
         "TimestampOutOfBoundsException",
         400
@@ -369,8 +395,46 @@ async fn timestamps_outside_the_window_fail_the_whole_batch() {
 }
 
 #[tokio::test]
+async fn each_operation_has_its_own_window_and_a_month_closes_at_six_on_the_first() {
+    let emulator = start(EmulatorConfig::default()).await;
+    let client = client(&emulator.endpoint_url(), "AKIDWINDOWS");
+    let now = now_secs();
+    // BatchMeterUsage accepts a record until 24 hours after it, MeterUsage until 6 hours.
+    one(&client, record("1", "d", 1, now - 23 * 3600)).send().await.unwrap();
+    let message = expect_error!(
+        one(&client, record("2", "d", 1, now - 24 * 3600 - 60)).send(),
+        "TimestampOutOfBoundsException",
+        400
+    );
+    assert!(message.contains("outside the accepted window"), "{message}");
+    meter(&client, "d", 1, now - 5 * 3600).send().await.unwrap();
+    expect_error!(meter(&client, "d", 1, now - 6 * 3600 - 60).send(), "TimestampOutOfBoundsException", 400);
+
+    // November closes at 06:00 UTC on December 1st, within the 24 hours.
+    const DEC_1: i64 = 1_796_083_200; // 2026-12-01T00:00:00Z
+    let set_now = |at: i64| control(emulator.addr(), "POST", "/_emulator/clock", json!({ "now": at }));
+    set_now(DEC_1 + 5 * 3600).await;
+    one(&client, record("3", "d", 1, DEC_1 - 3600)).send().await.unwrap();
+    set_now(DEC_1 + 6 * 3600).await;
+    let message = expect_error!(
+        one(&client, record("4", "d", 1, DEC_1 - 3600)).send(),
+        "TimestampOutOfBoundsException",
+        400
+    );
+    assert_eq!(
+        message,
+        "Timestamp 1796079600 is in a billing month that closed at 1796104800 (06:00 UTC on the 1st of the next month)"
+    );
+    one(&client, record("5", "d", 1, DEC_1)).send().await.unwrap();
+    let hours: Vec<i64> =
+        records(emulator.addr()).await.iter().map(|r| r["hour"].as_i64().unwrap()).collect();
+    assert_eq!(hours.len(), 4);
+    assert_eq!(hours[2..], [DEC_1 - 3600, DEC_1]);
+}
+
+#[tokio::test]
 async fn the_window_and_clock_are_configurable() {
-    let config = EmulatorConfig { window: Duration::from_secs(24 * 3600), ..EmulatorConfig::default() };
+    let config = EmulatorConfig { window: Some(Duration::from_secs(24 * 3600)), ..EmulatorConfig::default() };
     let emulator = start(config).await;
     let client = client(&emulator.endpoint_url(), "AKIDCLOCK");
     let now = now_secs();
@@ -505,6 +569,42 @@ async fn meter_usage_keeps_one_record_per_caller_dimension_and_hour() {
     );
     assert_eq!(stored[0]["operation"], "MeterUsage");
     assert_eq!(stored[0]["timestamp"], hour + 10);
+}
+
+#[tokio::test]
+async fn a_client_token_repeats_its_answer_and_refuses_other_parameters() {
+    let emulator = start(EmulatorConfig::default()).await;
+    let client = client(&emulator.endpoint_url(), "AKIDTOKEN");
+    let hour = hour_start(1);
+    let first = meter(&client, "hosts", 5, hour).client_token("token-1").send().await.unwrap();
+    let again = meter(&client, "hosts", 5, hour).client_token("token-1").send().await.unwrap();
+    assert_eq!(again.metering_record_id(), first.metering_record_id());
+    let message = expect_error!(
+        meter(&client, "hosts", 6, hour).client_token("token-1").send(),
+        "IdempotencyConflictException",
+        400
+    );
+    assert_eq!(message, "The ClientToken is being used for multiple requests with different parameters");
+    expect_error!(
+        meter(&client, "gpus", 5, hour).client_token("token-1").send(),
+        "IdempotencyConflictException",
+        400
+    );
+    // Another token for the same hour is the hourly rule's business, as without tokens.
+    expect_error!(
+        meter(&client, "hosts", 6, hour).client_token("token-2").send(),
+        "DuplicateRequestException",
+        400
+    );
+    // Tokens belong to their caller.
+    let other = common::client(&emulator.endpoint_url(), "AKIDOTHER");
+    meter(&other, "hosts", 6, hour).client_token("token-1").send().await.unwrap();
+    let stored = records(emulator.addr()).await;
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0]["client_token"], "token-1");
+    let logged: Vec<Value> =
+        requests(emulator.addr()).await.iter().map(|r| r["client_token"].clone()).collect();
+    assert_eq!(logged, ["token-1", "token-1", "token-1", "token-1", "token-2", "token-1"]);
 }
 
 #[tokio::test]

@@ -156,7 +156,7 @@ async fn failures_are_classified() {
         failure_of(&api, &bad_dimension).await,
         (service(400, "InvalidUsageDimensionException"), Disposition::Isolate)
     );
-    let too_old = vec![sealed("1", "d", hour_start(8), &[(&[], 1)])];
+    let too_old = vec![sealed("1", "d", hour_start(25), &[(&[], 1)])];
     assert_eq!(
         failure_of(&api, &too_old).await,
         (service(400, "TimestampOutOfBoundsException"), Disposition::Isolate)

@@ -100,7 +100,6 @@ async fn serve(mut config: Config, clock: Clock, host: Host, sandbox: bool) -> a
     }
     let emulator_config = EmulatorConfig {
         region: config.aws.region.clone(),
-        window: config.deadline(),
         credentials: vec![Credential {
             access_key_id: SANDBOX_ACCESS_KEY.into(),
             secret_access_key: SANDBOX_SECRET_KEY.into(),

@@ -157,6 +157,9 @@ impl Config {
         if submit.backoff_base.is_zero() || submit.backoff_base > submit.backoff_max {
             out.push("submit.backoff_base must be above 0 and at most submit.backoff_max".into());
         }
+        if submit.subscription_recheck < Duration::from_secs(1) {
+            out.push("submit.subscription_recheck must be at least 1s".into());
+        }
         if submit.pause.is_zero() {
             out.push("submit.pause must be above 0".into());
         }

@@ -222,6 +222,10 @@ settings! {
         /// How long submission stays paused after a configuration error before it tries again.
         #[serde(with = "crate::duration::serde")]
         pause: Duration = Duration::from_secs(60), duration, restart;
+        /// How often a record whose customer is not subscribed (yet) is offered again, until its
+        /// deadline makes it a `customer_not_subscribed` dead letter.
+        #[serde(with = "crate::duration::serde")]
+        subscription_recheck: Duration = Duration::from_secs(10 * 60), duration, restart;
         /// `meter_usage` mode: dimensions that get a 0-quantity record for every hour without usage.
         heartbeat_dimensions: Vec<String> = Vec::new(), value, restart;
     }

@@ -5,7 +5,9 @@
 //! → replay the log into the open hours → start the commit thread, the submit loop, the
 //! checkpoint ticker and the listeners. Then [`Running::serve`] registers usage where configured
 //! and declares meterd ready (`/readyz`, `READY=1`) until a shutdown signal, a fatal failure, or
-//! a task that ends on its own. Shutdown order ([`Running::shutdown`]): `STOPPING=1` → stop
+//! a task that ends on its own. With `aws.register_usage`, nothing is metered before RegisterUsage
+//! has succeeded at this start: the submit loop sends nothing, and the ingest socket (bound, so
+//! that clients' connections wait in its backlog) accepts no connection until then. Shutdown order ([`Running::shutdown`]): `STOPPING=1` → stop
 //! accepting → answer every line already read → final checkpoint and fdatasync → stop submitting
 //! → remove the sockets meterd bound, all within `shutdown.grace`. SIGHUP reloads what can
 //! change while running (`reload.rs`).
@@ -21,7 +23,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminServer};
@@ -96,6 +98,7 @@ fn settings(config: &Config) -> Settings {
         backoff_base: config.submit.backoff_base,
         backoff_max: config.submit.backoff_max,
         pause: config.submit.pause,
+        subscription_recheck: config.submit.subscription_recheck,
         retention: secs(config.storage.retention),
     }
 }
@@ -137,6 +140,15 @@ pub struct Running<A> {
     notifier: Arc<Notifier>,
     supervisor: Supervisor,
     stops: Stops,
+    /// Whether this start may meter: true once RegisterUsage succeeded, or when it is off.
+    registered: watch::Sender<bool>,
+}
+
+/// Completes once `registered` turns true; never if it cannot any more.
+async fn cleared(mut registered: watch::Receiver<bool>) {
+    if registered.wait_for(|registered| *registered).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Runs meterd until `shutdown` completes (or a stage fails), then shuts down in order.
@@ -183,7 +195,8 @@ pub async fn start<A: MeteringApi + Clone + 'static>(
         metrics: CancellationToken::new(),
     };
     let (supervisor, notifier) = (Supervisor::new(), Arc::new(notifier));
-    let mut running = Running { ctx, api, config, endpoints, notifier, supervisor, stops };
+    let (registered, _) = watch::channel(registration(&config).is_none());
+    let mut running = Running { ctx, api, config, endpoints, notifier, supervisor, stops, registered };
     let (metrics, health) = (running.ctx.metrics.clone(), running.ctx.health.clone());
     let limits = metrics::HttpLimits {
         max_connections: running.config.metrics.max_connections,
@@ -244,7 +257,13 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
         let submitter =
             Submitter::new(ctx.clone(), self.api.clone(), outbox.clone(), records, settings(config));
         let (controls, control_rx) = mpsc::channel(16);
-        self.supervisor.spawn_unit("submit", submitter.run(sealed_rx, control_rx, self.stops.submit.clone()));
+        let submit = submitter.run(
+            sealed_rx,
+            control_rx,
+            cleared(self.registered.subscribe()),
+            self.stops.submit.clone(),
+        );
+        self.supervisor.spawn_unit("submit", submit);
         let every = config.storage.checkpoint_interval;
         self.supervisor
             .spawn_unit("ticker", commit::tick(commands.clone(), every, self.stops.intake.clone()));
@@ -270,7 +289,13 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
             max_connections: config.ingest.max_connections,
             max_pending_reply_bytes: config.ingest.max_pending_reply_bytes,
         };
-        self.supervisor.spawn_unit("ingest", server.serve(front.listener, intake.clone()));
+        let (listener, registered, intake_stop) = (front.listener, self.registered.subscribe(), intake.clone());
+        self.supervisor.spawn_unit("ingest", async move {
+            tokio::select! {
+                () = cleared(registered) => server.serve(listener, intake_stop).await,
+                () = intake_stop.cancelled() => listener.close(),
+            }
+        });
         let admin = AdminServer {
             ctx: ctx.clone(),
             outbox: front.outbox,
@@ -411,7 +436,11 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
         let Some(request) = registration(&self.config) else { return Ok(true) };
         self.notifier.notify("STATUS=registering usage with AWS Marketplace");
         tokio::select! {
-            result = crate::submit::register(&self.api, &request, &self.ctx) => result.map(|_| true),
+            result = crate::submit::register(&self.api, &request, &self.ctx) => {
+                result?;
+                self.registered.send_replace(true);
+                Ok(true)
+            }
             _ = shutdown.as_mut() => Ok(false),
             _ = self.ctx.fatal.cancelled() => Ok(false),
             (task, end) = self.supervisor.next_end() => {

@@ -1,4 +1,4 @@
-//! The emulator's settings: what the service accepts (the catalogue), its window and quota, and
+//! The emulator's settings: what the service accepts (the catalogue), its windows and quota, and
 //! how strictly it checks signatures. Read from a TOML file; the catalogue can also be replaced at
 //! runtime through `PUT /_emulator/catalogue`.
 
@@ -17,9 +17,15 @@ use serde::{Deserialize, Serialize};
 pub struct EmulatorConfig {
     /// The region requests must be signed for (`<date>/<region>/aws-marketplace/aws4_request`).
     pub region: String,
-    /// How far in the past a usage timestamp may lie (AWS: 6 hours for MeterUsage).
+    /// How far in the past a BatchMeterUsage timestamp may lie (AWS: 24 hours).
     #[serde(with = "crate::duration::serde")]
-    pub window: Duration,
+    pub batch_meter_usage_window: Duration,
+    /// How far in the past a MeterUsage timestamp may lie (AWS: 6 hours).
+    #[serde(with = "crate::duration::serde")]
+    pub meter_usage_window: Duration,
+    /// One window for both operations, overriding the two above (tests that move clocks).
+    #[serde(with = "crate::duration::serde_opt", skip_serializing_if = "Option::is_none")]
+    pub window: Option<Duration>,
     /// How far in the future a usage timestamp may lie before it is refused (clock skew).
     #[serde(with = "crate::duration::serde")]
     pub future_tolerance: Duration,
@@ -39,7 +45,9 @@ impl Default for EmulatorConfig {
     fn default() -> Self {
         Self {
             region: "us-east-1".into(),
-            window: Duration::from_secs(6 * 3600),
+            batch_meter_usage_window: Duration::from_secs(24 * 3600),
+            meter_usage_window: Duration::from_secs(6 * 3600),
+            window: None,
             future_tolerance: Duration::from_secs(5 * 60),
             requests_per_second: 10.0,
             burst: 10,
@@ -136,6 +144,14 @@ pub enum ConfigError {
 }
 
 impl EmulatorConfig {
+    /// How far back `operation`'s timestamps may lie (`BatchMeterUsage` or `MeterUsage`).
+    pub fn window(&self, operation: &str) -> Duration {
+        self.window.unwrap_or(match operation {
+            "MeterUsage" => self.meter_usage_window,
+            _ => self.batch_meter_usage_window,
+        })
+    }
+
     /// Reads a TOML file over the defaults and checks the values.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(figment::providers::Serialized::defaults(Self::default()));

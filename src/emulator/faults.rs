@@ -3,6 +3,7 @@
 //! it affects, so the emulator's request log shows exactly which requests were faulted.
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::wire::ApiError;
 
@@ -40,6 +41,23 @@ pub struct InjectedError {
     pub message: Option<String>,
     #[serde(default = "default_injected_count")]
     pub count: u32,
+    /// Only requests with a usage record for this customer (`CustomerAWSAccountId` or
+    /// `CustomerIdentifier`) get the error; others pass. Absent: every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
+}
+
+impl InjectedError {
+    /// Whether this request (its body) is one the error is for.
+    fn applies_to(&self, body: &Map<String, Value>) -> bool {
+        let Some(customer) = &self.customer else { return true };
+        let records = body.get("UsageRecords").and_then(Value::as_array);
+        records.into_iter().flatten().any(|record| {
+            ["CustomerAWSAccountId", "CustomerIdentifier"]
+                .iter()
+                .any(|field| record.get(*field).and_then(Value::as_str) == Some(customer.as_str()))
+        })
+    }
 }
 
 fn default_injected_status() -> u16 {
@@ -88,9 +106,10 @@ impl Faults {
         Ok(())
     }
 
-    /// The error the next request gets, if any: an injected error, then throttling, then a 500.
-    pub fn take_error(&mut self) -> Option<ApiError> {
-        if let Some(injected) = self.error.as_mut().filter(|e| e.count > 0) {
+    /// The error the request with `body` gets, if any: an injected error (if it is for this
+    /// request), then throttling, then a 500.
+    pub fn take_error(&mut self, body: &Map<String, Value>) -> Option<ApiError> {
+        if let Some(injected) = self.error.as_mut().filter(|e| e.count > 0 && e.applies_to(body)) {
             injected.count -= 1;
             let message = injected.message.clone().unwrap_or_else(|| format!("injected {}", injected.kind));
             let err = ApiError::new(injected.status, injected.kind.clone(), message);
@@ -142,13 +161,42 @@ mod tests {
     #[test]
     fn counted_faults_are_taken_in_order() {
         let mut faults = Faults { throttle: 1, http_500: 1, ..Faults::default() };
-        faults.error =
-            Some(InjectedError { kind: "DisabledApiException".into(), status: 400, message: None, count: 1 });
-        let kinds: Vec<String> =
-            (0..4).map(|_| faults.take_error().map(|e| e.kind.to_string()).unwrap_or_default()).collect();
+        faults.error = Some(InjectedError {
+            kind: "DisabledApiException".into(),
+            status: 400,
+            message: None,
+            count: 1,
+            customer: None,
+        });
+        let kinds: Vec<String> = (0..4)
+            .map(|_| faults.take_error(&Map::new()).map(|e| e.kind.to_string()).unwrap_or_default())
+            .collect();
         assert_eq!(
             kinds,
             ["DisabledApiException", "ThrottlingException", "InternalServiceErrorException", ""]
         );
+    }
+
+    #[test]
+    fn an_error_for_one_customer_spares_the_others() {
+        let mut faults = Faults {
+            error: Some(InjectedError {
+                kind: "SomethingNewException".into(),
+                status: 400,
+                message: None,
+                count: 2,
+                customer: Some("111122223333".into()),
+            }),
+            ..Faults::default()
+        };
+        let body = |customer: &str| {
+            serde_json::json!({"UsageRecords": [{"CustomerAWSAccountId": customer}]})
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        assert!(faults.take_error(&body("444455556666")).is_none());
+        assert_eq!(faults.take_error(&body("111122223333")).unwrap().kind, "SomethingNewException");
+        assert_eq!(faults.error.as_ref().unwrap().count, 1);
     }
 }

@@ -49,7 +49,7 @@ pub use config::{Catalogue, ConfigError, Credential, EmulatorConfig, Registratio
 pub use faults::{Faults, InjectedError};
 pub use service::{AcceptedRecord, RequestLog};
 
-use service::{Answer, Operation, Service};
+use service::{Answer, Operation, Sent, Service};
 use wire::ApiError;
 
 /// The emulated Marketplace Metering Service, ready to serve on any number of listeners.
@@ -164,14 +164,14 @@ async fn handle(service: Arc<Service>, request: Request<Incoming>) -> Result<Res
             format!("Request body must be smaller than {} bytes", limit + 1),
         )
     };
-    if declared.is_some_and(|len| len > limit as u64) {
-        service.log(None, None, 413, "ValidationException".into(), None, 0);
+    if let Some(len) = declared.filter(|len| *len > limit as u64) {
+        service.log(None, None, 413, "ValidationException".into(), None, Sent::unread(len as usize));
         return Ok(api_error_response(&too_large()));
     }
     let body = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            service.log(None, None, 413, "ValidationException".into(), None, 0);
+            service.log(None, None, 413, "ValidationException".into(), None, Sent::unread(limit + 1));
             return Ok(api_error_response(&too_large()));
         }
         // The client went away mid-body; nothing to answer.
@@ -196,7 +196,7 @@ async fn api(
             _ => {
                 let err =
                     ApiError::client("UnknownOperationException", format!("Unknown operation {target:?}"));
-                service.log(None, None, err.status, err.kind.to_string(), None, 0);
+                service.log(None, None, err.status, err.kind.to_string(), None, Sent::unread(body.len()));
                 return Ok(api_error_response(&err));
             }
         };
@@ -213,7 +213,14 @@ async fn api(
     ) {
         Ok(caller) => caller,
         Err(err) => {
-            service.log(Some(operation), None, err.status, err.kind.to_string(), None, 0);
+            service.log(
+                Some(operation),
+                None,
+                err.status,
+                err.kind.to_string(),
+                None,
+                Sent::unread(body.len()),
+            );
             return Ok(api_error_response(&err));
         }
     };
@@ -221,24 +228,21 @@ async fn api(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let (answer, records) = match wire::parse_body(body) {
-        Ok(map) => {
-            let records = map.get("UsageRecords").and_then(Value::as_array).map_or(0, Vec::len);
-            (service.call(operation, &caller, &map), records)
-        }
-        Err(err) => (Answer::Reply(Err(err)), 0),
+    let (answer, sent) = match wire::parse_body(body) {
+        Ok(map) => (service.call(operation, &caller, &map), Sent::of(body.len(), &map)),
+        Err(err) => (Answer::Reply(Err(err)), Sent::unread(body.len())),
     };
     match answer {
         Answer::Drop => {
-            service.log(Some(operation), Some(&caller), 0, "dropped".into(), None, records);
+            service.log(Some(operation), Some(&caller), 0, "dropped".into(), None, sent);
             Err(DropConnection)
         }
         Answer::Reply(Ok(value)) => {
-            service.log(Some(operation), Some(&caller), 200, "ok".into(), Some(&value), records);
+            service.log(Some(operation), Some(&caller), 200, "ok".into(), Some(&value), sent);
             Ok(json_response(StatusCode::OK, "application/x-amz-json-1.1", &value, None))
         }
         Answer::Reply(Err(err)) => {
-            service.log(Some(operation), Some(&caller), err.status, err.kind.to_string(), None, records);
+            service.log(Some(operation), Some(&caller), err.status, err.kind.to_string(), None, sent);
             Ok(api_error_response(&err))
         }
     }

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use aws_sdk_marketplacemetering as metering;
 use metering::config::http::HttpResponse;
+use metering::config::interceptors::BeforeTransmitInterceptorContextMut;
+use metering::config::{ConfigBag, Intercept, RuntimeComponents};
 use metering::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use metering::types::{Tag, UsageAllocation, UsageRecord, UsageRecordResult, UsageRecordResultStatus};
 
 use crate::aggregate::SealedRecord;
-use crate::model::{Customer, DeadReason, Scope};
+use crate::model::{Customer, DeadReason, RecordKey, Scope};
 
 /// How one record of a BatchMeterUsage call came back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,30 +68,29 @@ pub enum Disposition {
     /// Transient: resend the same records unchanged after a backoff.
     Retry,
     /// One record spoils the batch: split it until the bad records stand alone; one refused alone
-    /// is an `invalid` dead letter.
+    /// is an `invalid` dead letter, unless every record of the batch was refused alone with the
+    /// same error, which is a configuration problem (a pause).
     Isolate,
     /// The record can never be accepted: a dead letter for this reason (a batch is split first,
     /// so that only the refused record goes).
     DeadLetter(DeadReason),
-    /// The configuration or credentials are wrong: stop submitting, keep everything, alert.
+    /// Not billable yet, perhaps later (a subscription that has not started): keep the record,
+    /// ask again every `submit.subscription_recheck`, and make it a dead letter for this reason
+    /// if its deadline comes first.
+    Recheck(DeadReason),
+    /// An error no model names: back off this batch only (split once, to see whether one record
+    /// is the cause) while the others go on.
+    BackOff,
+    /// The account, credentials or configuration are refused, for every record alike: stop
+    /// submitting, keep everything, alert.
     Pause,
-}
-
-impl Disposition {
-    /// The dead letter a record refused alone becomes, if any.
-    pub fn dead_reason(self) -> Option<DeadReason> {
-        match self {
-            Disposition::Isolate => Some(DeadReason::Invalid),
-            Disposition::DeadLetter(reason) => Some(reason),
-            Disposition::Retry | Disposition::Pause => None,
-        }
-    }
 }
 
 /// Decides what a failed call means for its records: the one place that reads service errors.
 pub fn classify(failure: &ApiFailure) -> Disposition {
     let (status, code) = match &failure.kind {
         FailureKind::Timeout | FailureKind::Connection => return Disposition::Retry,
+        // No credentials, or a request that cannot be signed: nothing would go anywhere.
         FailureKind::Local => return Disposition::Pause,
         FailureKind::Service { status, code } => (*status, code.as_str()),
     };
@@ -108,12 +109,27 @@ pub fn classify(failure: &ApiFailure) -> Disposition {
         | "SerializationException" => Disposition::Isolate,
         // MeterUsage: this caller already reported another quantity for this dimension and hour.
         "DuplicateRequestException" => Disposition::DeadLetter(DeadReason::DuplicateRecord),
-        "CustomerNotEntitledException" => Disposition::DeadLetter(DeadReason::CustomerNotSubscribed),
+        // MeterUsage's CustomerNotSubscribed: the buyer's subscription may start a little later.
+        "CustomerNotEntitledException" => Disposition::Recheck(DeadReason::CustomerNotSubscribed),
+        // About the account, the credentials or meterd's configuration, never one record's content.
+        "InvalidProductCodeException"
+        | "DisabledApiException"
+        | "InvalidEndpointRegionException"
+        | "AccessDeniedException"
+        | "UnauthorizedException"
+        | "UnrecognizedClientException"
+        | "InvalidSignatureException"
+        | "SignatureDoesNotMatch"
+        | "IncompleteSignature"
+        | "MissingAuthenticationTokenException"
+        | "InvalidClientTokenId"
+        | "ExpiredTokenException" => Disposition::Pause,
         _ if status >= 500 || status == 429 => Disposition::Retry,
-        // InvalidProductCodeException, DisabledApiException, InvalidEndpointRegionException,
-        // AccessDeniedException, signature and credential errors, and anything unknown: a person
-        // must look, and nothing may be thrown away meanwhile.
-        _ => Disposition::Pause,
+        // 401 and 403 say who is calling is refused, whatever the request holds.
+        _ if status == 401 || status == 403 => Disposition::Pause,
+        // Any other client error: unknown, so it may be about one record; it must not hold back
+        // the others.
+        _ => Disposition::BackOff,
     }
 }
 
@@ -159,8 +175,10 @@ pub struct SdkMeteringApi {
 }
 
 impl SdkMeteringApi {
+    /// Wraps `client`, adding [`StripEmptyFields`] to its interceptors.
     pub fn new(client: metering::Client) -> Self {
-        Self { client }
+        let config = client.config().to_builder().interceptor(StripEmptyFields).build();
+        Self { client: metering::Client::from_conf(config) }
     }
 
     /// A client with aws-config's default credential chain (environment, profile, EC2 IMDSv2, ECS
@@ -251,6 +269,67 @@ impl SdkMeteringApi {
     }
 }
 
+/// Removes every member whose value is `""` from a request body before it is signed.
+///
+/// The Rust SDK serialises `UsageRecord.CustomerIdentifier` as `""` on every record, also next to
+/// `CustomerAWSAccountId`, which BatchMeterUsage must not get together with it (and new SaaS
+/// products must not send at all). The service does not document what it makes of the empty
+/// string; a body without it is unambiguous. No member of the model means anything as `""`
+/// (meterd leaves optional fields unset rather than empty), so every empty string goes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StripEmptyFields;
+
+impl Intercept for StripEmptyFields {
+    fn name(&self) -> &'static str {
+        "StripEmptyFields"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        _config: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let request = context.request_mut();
+        let Some(stripped) = request.body().bytes().and_then(strip_empty_strings) else {
+            return Ok(());
+        };
+        request.headers_mut().insert("content-length", stripped.len().to_string());
+        *request.body_mut() = stripped.into();
+        Ok(())
+    }
+}
+
+/// `body` without its `""` members (at any depth), if it is JSON that had any.
+pub fn strip_empty_strings(body: &[u8]) -> Option<Vec<u8>> {
+    // Every member is visited (no short cut): each may hold empty strings of its own.
+    fn strip(value: &mut serde_json::Value) -> bool {
+        let mut changed = false;
+        match value {
+            serde_json::Value::Object(members) => {
+                let before = members.len();
+                members.retain(|_, v| v.as_str() != Some(""));
+                changed = members.len() != before;
+                for member in members.values_mut() {
+                    changed |= strip(member);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    changed |= strip(item);
+                }
+            }
+            _ => {}
+        }
+        changed
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if !strip(&mut value) {
+        return None;
+    }
+    serde_json::to_vec(&value).ok()
+}
+
 /// SDK retries off (the submit loop retries, through its rate limiter) and a per-attempt timeout.
 fn one_attempt(builder: metering::config::Builder, attempt_timeout: Duration) -> metering::config::Builder {
     builder.retry_config(metering::config::retry::RetryConfig::disabled()).timeout_config(
@@ -275,6 +354,19 @@ fn failure<E: ProvideErrorMetadata + std::error::Error + 'static>(
         _ => FailureKind::Local,
     };
     ApiFailure { kind, message: DisplayErrorContext(&err).to_string() }
+}
+
+/// The MeterUsage `ClientToken` of the record with `key`: 64 hex digits of SHA-256 over its
+/// postcard-encoded key. The same for every attempt, on every start, so that a retry after a
+/// lost answer can only ever repeat the first call (the service answers a token it saw with the
+/// same parameters with its first answer).
+pub fn client_token(key: &RecordKey) -> String {
+    use sha2::{Digest, Sha256};
+    let encoded = postcard::to_allocvec(key).expect("a record key always encodes");
+    let mut hash = Sha256::new();
+    hash.update(b"meterd MeterUsage ClientToken v1\0");
+    hash.update(&encoded);
+    format!("{:x}", hash.finalize())
 }
 
 fn local(message: String) -> ApiFailure {
@@ -382,6 +474,7 @@ impl MeteringApi for SdkMeteringApi {
             .usage_quantity(record.quantity as i32)
             .timestamp(metering::primitives::DateTime::from_secs(record.key.hour))
             .set_usage_allocations(usage_allocations(record)?)
+            .client_token(client_token(&record.key))
             .send()
             .await
             .map_err(failure)?;
@@ -425,6 +518,23 @@ mod tests {
     }
 
     #[test]
+    fn empty_strings_are_stripped_at_any_depth() {
+        let body = br#"{"ProductCode":"p","UsageRecords":[{"CustomerIdentifier":"","CustomerAWSAccountId":"1","Dimension":"d"}]}"#;
+        let stripped: serde_json::Value =
+            serde_json::from_slice(&strip_empty_strings(body).unwrap()).unwrap();
+        assert_eq!(
+            stripped,
+            serde_json::json!({"ProductCode": "p", "UsageRecords": [{"CustomerAWSAccountId": "1", "Dimension": "d"}]})
+        );
+        assert_eq!(
+            strip_empty_strings(br#"{"ProductCode":"p","Nested":[{"a":1}]}"#),
+            None,
+            "nothing to strip"
+        );
+        assert_eq!(strip_empty_strings(b""), None);
+    }
+
+    #[test]
     fn classification_follows_the_service_rules() {
         use Disposition::*;
         let cases = [
@@ -440,13 +550,15 @@ mod tests {
             (service(400, "InvalidLicenseException"), Isolate),
             (service(413, "ValidationException"), Isolate),
             (service(400, "DuplicateRequestException"), DeadLetter(DeadReason::DuplicateRecord)),
-            (service(400, "CustomerNotEntitledException"), DeadLetter(DeadReason::CustomerNotSubscribed)),
+            (service(400, "CustomerNotEntitledException"), Recheck(DeadReason::CustomerNotSubscribed)),
             (service(400, "InvalidProductCodeException"), Pause),
             (service(400, "DisabledApiException"), Pause),
             (service(400, "InvalidEndpointRegionException"), Pause),
             (service(400, "AccessDeniedException"), Pause),
             (service(403, "InvalidSignatureException"), Pause),
-            (service(400, "SomethingNew"), Pause),
+            (service(403, "SomethingNew"), Pause),
+            (service(400, "SomethingNew"), BackOff),
+            (service(413, "Unknown"), BackOff),
             (ApiFailure { kind: FailureKind::Timeout, message: String::new() }, Retry),
             (ApiFailure { kind: FailureKind::Connection, message: String::new() }, Retry),
             (ApiFailure { kind: FailureKind::Local, message: String::new() }, Pause),

@@ -3,11 +3,14 @@
 
 pub mod api;
 pub mod register;
+mod send;
+pub mod size;
 mod submitter;
 
 pub use api::{
     ApiFailure, Disposition, MeteringApi, RecordOutcome, Registration, ResolvedCustomer, SdkMeteringApi,
-    classify,
+    StripEmptyFields, classify,
 };
 pub use register::{RegisterRequest, RegistrationRefused, register};
-pub use submitter::{Control, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, Settings, Submitter};
+pub use size::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
+pub use submitter::{Control, Settings, Submitter};

@@ -1,12 +1,26 @@
 //! The submit loop: sealed records in, receipts and dead letters out.
 //!
 //! Records wait in deadline order. A batch is up to 25 due records of one scope (one product code,
-//! or license ARNs), kept under the 1 MB body limit, sent at most `max_requests_per_second`. What a
-//! failure means is decided by [`classify`]: retry the same records after a backoff with full
-//! jitter, split the batch to isolate a bad record, or pause everything on a configuration error.
-//! A record is never changed: every attempt sends the frozen [`SealedRecord`].
+//! or license ARNs), its request under the 1 MB body limit ([`super::size`]), sent at most
+//! `max_requests_per_second` ([`super::send`]). What a failure means is decided by [`classify`](super::api::classify);
+//! a record is never changed: every attempt sends the frozen [`SealedRecord`].
+//!
+//! | what happened to a record | what the loop does |
+//! |---|---|
+//! | accepted | a receipt |
+//! | throttled, 5xx, timeout, lost answer, unprocessed | retried unchanged after a backoff with full jitter |
+//! | its batch refused by a validation error | split until it stands alone; refused alone: an `invalid` dead letter, unless every record of the batch was refused alone with the same error (a pause) |
+//! | `CustomerNotSubscribed`, `CustomerNotEntitledException` | kept, asked again every `submit.subscription_recheck`; a `customer_not_subscribed` dead letter if its deadline comes first |
+//! | an error no model names | its batch split once, the part still refused backed off; the rest goes on |
+//! | a configuration or credential error | everything paused for `submit.pause`, kept |
+//! | its request alone would be over 1 MB | an `invalid` dead letter, never sent |
+//! | its deadline passed | an `expired` dead letter naming the last error |
+//!
+//! With `aws.register_usage`, the loop sends nothing until RegisterUsage has succeeded at this
+//! start (the `cleared` future of [`Submitter::run`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,20 +28,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::api::{ApiFailure, Disposition, FailureKind, MeteringApi, RecordOutcome, classify};
+use super::api::MeteringApi;
+use super::size::{MAX_BATCH_BYTES, request_bytes};
 use crate::aggregate::SealedRecord;
 use crate::clock::deadline;
 use crate::context::Context;
-use crate::model::{Customer, DeadReason, RecordKey, Scope};
+use crate::model::{DeadReason, RecordKey};
 use crate::outbox::{Outbox, RecordState, StoredRecord};
 
 /// How often settled records older than `storage.retention` are compacted away.
 const COMPACT_EVERY: Duration = Duration::from_secs(3600);
-
-/// Most records in one BatchMeterUsage call.
-pub const MAX_BATCH_RECORDS: usize = 25;
-/// Request bodies stay below this (the service's limit is 1 MB).
-pub const MAX_BATCH_BYTES: usize = 1_000_000;
 
 /// Submission timing, from `[submit]`.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +48,8 @@ pub struct Settings {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub pause: Duration,
+    /// How often a record whose customer is not subscribed (yet) is offered again.
+    pub subscription_recheck: Duration,
     /// Seconds receipts and dead letters are kept after they settled.
     pub retention: i64,
 }
@@ -54,39 +66,42 @@ pub enum Control {
     Reconfigure(Settings),
 }
 
-struct Entry {
-    stored: StoredRecord,
-    attempts: u32,
-    next_at: Instant,
+/// A pending record and what the loop knows about it.
+pub(super) struct Entry {
+    pub(super) stored: StoredRecord,
+    /// Bytes its request takes alone.
+    pub(super) bytes: usize,
+    pub(super) attempts: u32,
+    pub(super) next_at: Instant,
+    /// Not billable yet: the service's answer, which becomes the dead letter if the record's
+    /// deadline comes first.
+    pub(super) awaiting: Option<(DeadReason, String)>,
+    /// The last failure, named in an `expired` dead letter.
+    pub(super) last_error: Option<String>,
 }
 
 /// Queue order: oldest hour first, so the nearest deadline goes first.
-type QueueKey = (i64, RecordKey);
+pub(super) type QueueKey = (i64, RecordKey);
 
 fn queue_key(record: &SealedRecord) -> QueueKey {
     (record.key.hour, record.key.clone())
 }
 
-/// What to do after a failed call.
-enum Next {
-    /// Go on with the remaining work.
-    Continue,
-    /// Send these two halves of the batch separately.
-    Split(Vec<QueueKey>, Vec<QueueKey>),
-    /// Submission is paused: stop this batch.
-    Paused,
-}
-
 pub struct Submitter<A> {
-    ctx: Context,
-    api: A,
+    pub(super) ctx: Context,
+    pub(super) api: A,
     outbox: Arc<Outbox>,
-    settings: Settings,
-    queue: BTreeMap<QueueKey, Entry>,
-    accepted: i64,
+    pub(super) settings: Settings,
+    pub(super) queue: BTreeMap<QueueKey, Entry>,
+    pub(super) accepted: i64,
     dead: HashMap<DeadReason, i64>,
-    next_request: Instant,
-    paused_until: Option<Instant>,
+    /// Queued records whose customer was not subscribed at the last answer.
+    pub(super) awaiting: i64,
+    pub(super) next_request: Instant,
+    pub(super) paused_until: Option<Instant>,
+    /// The validation error every record of a batch was refused alone with, while it holds: the
+    /// batch is not split again for it.
+    pub(super) systemic: Option<String>,
     next_compaction: Instant,
 }
 
@@ -107,8 +122,10 @@ impl<A: MeteringApi> Submitter<A> {
             queue: BTreeMap::new(),
             accepted: 0,
             dead: HashMap::new(),
+            awaiting: 0,
             next_request: Instant::now(),
             paused_until: None,
+            systemic: None,
             next_compaction: Instant::now(),
         };
         for stored in records {
@@ -121,25 +138,49 @@ impl<A: MeteringApi> Submitter<A> {
         if !this.queue.is_empty() {
             tracing::info!(records = this.queue.len(), "resending sealed records that were not confirmed");
         }
+        this.barrier();
         this.update_gauges();
         this
     }
 
+    /// Queues a pending record, unless its request could never be sent: that one is an `invalid`
+    /// dead letter at once (durable at the caller's next barrier).
     fn enqueue(&mut self, stored: StoredRecord) {
-        let entry = Entry { attempts: 0, next_at: Instant::now(), stored };
-        self.queue.insert(queue_key(&entry.stored.record), entry);
+        let bytes = request_bytes(&[&stored.record]);
+        let key = queue_key(&stored.record);
+        let entry =
+            Entry { attempts: 0, next_at: Instant::now(), stored, bytes, awaiting: None, last_error: None };
+        self.queue.insert(key.clone(), entry);
+        if bytes >= MAX_BATCH_BYTES {
+            let message = format!(
+                "its request would be {bytes} bytes; the service takes requests under 1 MB ({MAX_BATCH_BYTES} bytes)"
+            );
+            tracing::error!(hour = key.0, bytes, "a record is too large to send; it was never sent");
+            self.dead_letter(&key, DeadReason::Invalid, message);
+        }
     }
 
-    /// Runs until `cancel`; a call in progress is finished first.
+    fn enqueue_all(&mut self, records: Vec<StoredRecord>) {
+        records.into_iter().for_each(|r| self.enqueue(r));
+        self.barrier();
+    }
+
+    /// Runs until `cancel`; a call in progress is finished first. Nothing is sent before
+    /// `cleared` completes (RegisterUsage at this start, where it is on); records and controls
+    /// are taken meanwhile.
     pub async fn run(
         mut self,
         mut sealed: mpsc::UnboundedReceiver<Vec<StoredRecord>>,
         mut controls: mpsc::Receiver<Control>,
+        cleared: impl Future<Output = ()>,
         cancel: CancellationToken,
     ) {
+        if !self.wait_until_cleared(cleared, &mut sealed, &mut controls, &cancel).await {
+            return;
+        }
         loop {
             while let Ok(records) = sealed.try_recv() {
-                records.into_iter().for_each(|r| self.enqueue(r));
+                self.enqueue_all(records);
             }
             while let Ok(control) = controls.try_recv() {
                 self.control(control);
@@ -161,7 +202,7 @@ impl<A: MeteringApi> Submitter<A> {
                     wake.unwrap_or(now + Duration::from_secs(60)).min(now + Duration::from_secs(60));
                 tokio::select! {
                     received = sealed.recv() => match received {
-                        Some(records) => records.into_iter().for_each(|r| self.enqueue(r)),
+                        Some(records) => self.enqueue_all(records),
                         None => if self.queue.is_empty() { return },
                     },
                     Some(control) = controls.recv() => self.control(control),
@@ -178,203 +219,43 @@ impl<A: MeteringApi> Submitter<A> {
         }
     }
 
-    /// Due records of the first due record's scope, up to 25 and under the size limit; a
-    /// MeterUsage record goes alone.
-    fn next_batch(&self, now: Instant) -> Vec<QueueKey> {
-        let mut due = self.queue.iter().filter(|(_, e)| e.next_at <= now);
-        let Some((first_key, first)) = due.next() else { return Vec::new() };
-        if first.stored.record.key.customer == Customer::Caller {
-            return vec![first_key.clone()];
-        }
-        let scope_of = |e: &Entry| match &e.stored.record.key.scope {
-            Scope::ProductCode(code) => Some(code.clone()),
-            Scope::LicenseArn(_) => None,
-        };
-        let scope = scope_of(first);
-        let mut size = 200 + estimated_size(&first.stored.record);
-        let mut batch = vec![first_key.clone()];
-        for (key, entry) in due {
-            if batch.len() == MAX_BATCH_RECORDS {
-                break;
-            }
-            if scope_of(entry) != scope {
-                continue;
-            }
-            let more = estimated_size(&entry.stored.record);
-            if size + more >= MAX_BATCH_BYTES {
-                break;
-            }
-            size += more;
-            batch.push(key.clone());
-        }
-        batch
-    }
-
-    /// Sends a batch, splitting it as needed. Returns false when the loop must stop.
-    async fn send(&mut self, batch: Vec<QueueKey>, cancel: &CancellationToken) -> bool {
-        let mut work = vec![batch];
-        while let Some(keys) = work.pop() {
-            if keys.is_empty() {
-                continue;
-            }
-            if !self.pace(cancel).await {
-                return false;
-            }
-            match self.attempt(&keys).await {
-                Ok(outcomes) => self.settle_outcomes(&keys, outcomes),
-                Err(failure) => match self.apply_failure(keys, &failure) {
-                    Next::Continue => {}
-                    Next::Split(first, second) => {
-                        work.push(second);
-                        work.push(first);
-                    }
-                    Next::Paused => return true,
-                },
-            }
-        }
-        true
-    }
-
-    /// Waits for the rate limiter's next slot; false on shutdown.
-    async fn pace(&mut self, cancel: &CancellationToken) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep_until(self.next_request) => {}
-            _ = cancel.cancelled() => return false,
-        }
-        let spacing = Duration::from_secs_f64(1.0 / self.settings.max_requests_per_second);
-        self.next_request = Instant::now() + spacing;
-        true
-    }
-
-    /// One call for the records of `keys`, with its metrics and health.
-    async fn attempt(&mut self, keys: &[QueueKey]) -> Result<Vec<RecordOutcome>, ApiFailure> {
-        let records: Vec<SealedRecord> = keys.iter().map(|k| self.queue[k].stored.record.clone()).collect();
-        let metrics = &self.ctx.metrics;
-        metrics.records.with_label_values(&["in_flight"]).set(records.len() as i64);
-        let started = std::time::Instant::now();
-        let (operation, result) = self.call(&records).await;
-        metrics.api_duration.with_label_values(&[operation]).observe(started.elapsed().as_secs_f64());
-        metrics.records.with_label_values(&["in_flight"]).set(0);
-        let outcome = match &result {
-            Ok(_) => "success",
-            Err(failure) => outcome_label(failure),
-        };
-        metrics.api_requests.with_label_values(&[operation, outcome]).inc();
-        self.ctx.health.record_outcome(outcome, self.ctx.clock.now());
-        if !matches!(&result, Err(failure) if classify(failure) == Disposition::Pause) {
-            self.ctx.health.set_paused(None);
-            metrics.submission_paused.set(0);
-        }
-        result
-    }
-
-    /// Applies what [`classify`] decided for a failed call of `keys`.
-    fn apply_failure(&mut self, mut keys: Vec<QueueKey>, failure: &ApiFailure) -> Next {
-        let disposition = classify(failure);
-        let Some(reason) = disposition.dead_reason() else {
-            if disposition == Disposition::Pause {
-                self.pause(failure);
-                return Next::Paused;
-            }
-            tracing::warn!(records = keys.len(), error = %failure, "batch not delivered; will retry unchanged");
-            keys.iter().for_each(|k| self.back_off(k));
-            return Next::Continue;
-        };
-        if keys.len() > 1 {
-            tracing::warn!(records = keys.len(), error = %failure, "batch refused as a whole; splitting it to find the bad records");
-            let second = keys.split_off(keys.len() / 2);
-            return Next::Split(keys, second);
-        }
-        if reason == DeadReason::DuplicateRecord {
-            tracing::error!(
-                hour = keys[0].0,
-                "DuplicateRequestException: this caller already reported another quantity for this dimension and hour"
-            );
-        }
-        let code = failure.code().unwrap_or("error");
-        self.dead_letter(&keys[0], reason, format!("{code}: {}", failure.message));
-        self.barrier();
-        Next::Continue
-    }
-
-    /// Stops submitting for `submit.pause`: the service refuses the configuration or credentials.
-    fn pause(&mut self, failure: &ApiFailure) {
-        tracing::error!(
-            error = %failure,
-            pause_secs = self.settings.pause.as_secs(),
-            "submission paused: the service refuses meterd's configuration or credentials; records are kept"
-        );
-        self.ctx.health.set_paused(Some(failure.to_string()));
-        self.ctx.metrics.submission_paused.set(1);
-        self.paused_until = Some(Instant::now() + self.settings.pause);
-    }
-
-    /// One call for `records`: MeterUsage for a caller's own record, BatchMeterUsage otherwise.
-    async fn call(&self, records: &[SealedRecord]) -> (&'static str, Result<Vec<RecordOutcome>, ApiFailure>) {
-        let key = &records[0].key;
-        match (&key.customer, &key.scope) {
-            (Customer::Caller, Scope::ProductCode(code)) => {
-                let result = self.api.meter_usage(code, &records[0]).await;
-                let outcome = result.map(|id| vec![RecordOutcome::Accepted { metering_record_id: id }]);
-                ("MeterUsage", outcome)
-            }
-            (_, scope) => {
-                let product_code = match scope {
-                    Scope::ProductCode(code) => Some(code.as_str()),
-                    Scope::LicenseArn(_) => None,
-                };
-                ("BatchMeterUsage", self.api.batch_meter_usage(product_code, records).await)
-            }
-        }
-    }
-
-    fn settle_outcomes(&mut self, keys: &[QueueKey], outcomes: Vec<RecordOutcome>) {
-        let now = self.ctx.clock.now();
-        for (key, outcome) in keys.iter().zip(outcomes) {
-            let status = match outcome {
-                RecordOutcome::Accepted { metering_record_id } => {
-                    let mut entry = self.queue.remove(key).expect("a sent record is queued");
-                    entry.stored.state = RecordState::Accepted { metering_record_id, at: now };
-                    self.persist(&entry.stored);
-                    self.accepted += 1;
-                    "success"
+    /// Takes sealed records and controls until `cleared`; false on shutdown.
+    async fn wait_until_cleared(
+        &mut self,
+        cleared: impl Future<Output = ()>,
+        sealed: &mut mpsc::UnboundedReceiver<Vec<StoredRecord>>,
+        controls: &mut mpsc::Receiver<Control>,
+        cancel: &CancellationToken,
+    ) -> bool {
+        tokio::pin!(cleared);
+        let mut announced = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return false,
+                () = &mut cleared => return true,
+                Some(records) = sealed.recv() => self.enqueue_all(records),
+                Some(control) = controls.recv() => self.control(control),
+                _ = tokio::time::sleep(Duration::from_millis(100)), if !announced => {
+                    announced = true;
+                    tracing::info!(records = self.queue.len(), "submission waits for RegisterUsage to succeed");
                 }
-                RecordOutcome::CustomerNotSubscribed => {
-                    let message =
-                        "CustomerNotSubscribed: the customer has no subscription to the product".into();
-                    self.dead_letter(key, DeadReason::CustomerNotSubscribed, message);
-                    "customer_not_subscribed"
-                }
-                RecordOutcome::DuplicateRecord => {
-                    tracing::error!(
-                        hour = key.0,
-                        "DuplicateRecord: another quantity was already billed for this record's key"
-                    );
-                    let message =
-                        "DuplicateRecord: a different quantity was already billed for this key and hour"
-                            .into();
-                    self.dead_letter(key, DeadReason::DuplicateRecord, message);
-                    "duplicate_record"
-                }
-                RecordOutcome::Unprocessed => {
-                    self.back_off(key);
-                    "unprocessed"
-                }
-            };
-            self.ctx.metrics.records_submitted.with_label_values(&[status]).inc();
+            }
+            self.update_gauges();
         }
-        self.barrier();
     }
 
-    fn back_off(&mut self, key: &QueueKey) {
-        let settings = self.settings;
-        let Some(entry) = self.queue.get_mut(key) else { return };
-        entry.attempts += 1;
-        entry.next_at = Instant::now() + backoff(settings.backoff_base, settings.backoff_max, entry.attempts);
+    /// Removes a record from the queue.
+    pub(super) fn take(&mut self, key: &QueueKey) -> Option<Entry> {
+        let entry = self.queue.remove(key)?;
+        if entry.awaiting.is_some() {
+            self.awaiting -= 1;
+        }
+        Some(entry)
     }
 
-    fn dead_letter(&mut self, key: &QueueKey, reason: DeadReason, message: String) {
-        let Some(mut entry) = self.queue.remove(key) else { return };
+    pub(super) fn dead_letter(&mut self, key: &QueueKey, reason: DeadReason, message: String) {
+        let Some(mut entry) = self.take(key) else { return };
         tracing::warn!(reason = reason.as_str(), hour = key.0, %message, "record dead-lettered");
         entry.stored.state = RecordState::DeadLetter { reason, message, at: self.ctx.clock.now() };
         self.persist(&entry.stored);
@@ -467,38 +348,58 @@ impl<A: MeteringApi> Submitter<A> {
         let expired: Vec<QueueKey> =
             self.queue.keys().take_while(|(hour, _)| deadline(*hour, window) <= now).cloned().collect();
         for key in &expired {
-            let attempts = self.queue[key].attempts;
-            let message = if deadline(key.0, window) < key.0 + window {
-                format!("not accepted before its billing month closed ({attempts} attempts)")
-            } else {
-                format!(
-                    "not accepted within {} of its hour start ({attempts} attempts)",
-                    crate::duration::format(Duration::from_secs(window as u64))
-                )
-            };
-            self.dead_letter(key, DeadReason::Expired, message);
+            let (reason, message) = self.expiry(key);
+            self.dead_letter(key, reason, message);
         }
         if !expired.is_empty() {
-            tracing::error!(records = expired.len(), "records expired before the service accepted them");
+            tracing::error!(
+                records = expired.len(),
+                "records reached their deadline before the service accepted them"
+            );
             self.barrier();
         }
     }
 
-    fn persist(&self, stored: &StoredRecord) {
+    /// The dead letter a record becomes at its deadline: the service's last answer for one that
+    /// was waiting for its customer's subscription, `expired` (with the last error) otherwise.
+    fn expiry(&self, key: &QueueKey) -> (DeadReason, String) {
+        let entry = &self.queue[key];
+        let attempts = entry.attempts;
+        let window = self.settings.deadline;
+        if let Some((reason, answer)) = &entry.awaiting {
+            let every = crate::duration::format(self.settings.subscription_recheck);
+            let message = format!(
+                "{answer} (checked again every {every} until the record's deadline; {attempts} attempts)"
+            );
+            return (*reason, message);
+        }
+        let last = entry.last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default();
+        let message = if deadline(key.0, window) < key.0 + window {
+            format!("not accepted before its billing month closed ({attempts} attempts{last})")
+        } else {
+            format!(
+                "not accepted within {} of its hour start ({attempts} attempts{last})",
+                crate::duration::format(Duration::from_secs(window as u64))
+            )
+        };
+        (DeadReason::Expired, message)
+    }
+
+    pub(super) fn persist(&self, stored: &StoredRecord) {
         if let Err(err) = self.outbox.settle(stored) {
             tracing::error!(%err, "failed to record a submission result; stopping");
             self.ctx.fail();
         }
     }
 
-    fn barrier(&self) {
+    pub(super) fn barrier(&self) {
         if let Err(err) = self.outbox.barrier() {
             tracing::error!(%err, "failed to make submission results durable; stopping");
             self.ctx.fail();
         }
     }
 
-    fn update_gauges(&self) {
+    pub(super) fn update_gauges(&self) {
         let records = &self.ctx.metrics.records;
         records.with_label_values(&["pending"]).set(self.queue.len() as i64);
         records.with_label_values(&["accepted"]).set(self.accepted);
@@ -509,45 +410,6 @@ impl<A: MeteringApi> Submitter<A> {
         }
         let oldest = self.queue.keys().next().map_or(0, |(hour, _)| (self.ctx.clock.now() - hour).max(0));
         self.ctx.metrics.oldest_unsubmitted_age.set(oldest);
-    }
-}
-
-/// A generous estimate of a record's JSON size in the request body.
-fn estimated_size(record: &SealedRecord) -> usize {
-    let key = &record.key;
-    let customer = match &key.customer {
-        Customer::AwsAccountId(id) | Customer::Identifier(id) => id.len(),
-        Customer::Caller => 0,
-    };
-    let license = match &key.scope {
-        Scope::LicenseArn(arn) => arn.len(),
-        Scope::ProductCode(_) => 0,
-    };
-    let allocations: usize = record
-        .allocations
-        .iter()
-        .map(|a| 64 + a.tags.iter().map(|(k, v)| 32 + 2 * (k.len() + v.len())).sum::<usize>())
-        .sum();
-    // JSON escaping can at most double a string; six bytes per char covers \u escapes of control bytes.
-    160 + 6 * (customer + license + key.dimension.len()) + allocations
-}
-
-/// The wait before attempt `attempts + 1`: full jitter, anywhere between now and an exponential
-/// ceiling of `base · 2^(attempts-1)`, at most `max`.
-pub(super) fn backoff(base: Duration, max: Duration, attempts: u32) -> Duration {
-    let ceiling =
-        base.saturating_mul(1u32.checked_shl(attempts.clamp(1, 20) - 1).unwrap_or(u32::MAX)).min(max);
-    ceiling.mul_f64(fastrand::f64())
-}
-
-/// The `outcome` label of `meterd_api_requests_total` for a failed call.
-pub(super) fn outcome_label(failure: &ApiFailure) -> &'static str {
-    match &failure.kind {
-        FailureKind::Service { code, .. } if code == "ThrottlingException" => "throttled",
-        FailureKind::Service { status, .. } if *status >= 500 => "server_error",
-        FailureKind::Service { .. } => "client_error",
-        FailureKind::Timeout => "timeout",
-        FailureKind::Connection => "connection",
-        FailureKind::Local => "local",
+        self.ctx.metrics.records_awaiting_subscription.set(self.awaiting);
     }
 }

@@ -55,6 +55,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub outbox_bytes: IntGauge,
     pub submission_paused: IntGauge,
+    pub records_awaiting_subscription: IntGauge,
 }
 
 /// `meterd_ack_latency_seconds` buckets: a group commit is one device flush, so sub-millisecond.
@@ -164,6 +165,10 @@ impl Metrics {
             submission_paused: r.gauge(
                 "meterd_submission_paused",
                 "1 while submission is paused because the service refuses meterd's configuration or credentials.",
+            ),
+            records_awaiting_subscription: r.gauge(
+                "meterd_records_awaiting_subscription",
+                "Pending records whose customer was not subscribed at the last answer; offered again every submit.subscription_recheck until their deadline.",
             ),
             registry: r.0,
         };

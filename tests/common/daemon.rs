@@ -22,12 +22,12 @@ pub struct Emu {
 }
 
 impl Emu {
-    /// Signatures verified for [`ACCESS_KEY`]; a 12-hour window to match [`Meterd::start`]'s deadline.
+    /// Signatures verified for [`ACCESS_KEY`]; the service's own windows (24 hours for
+    /// BatchMeterUsage, 6 for MeterUsage), which hold [`Meterd::start`]'s deadlines.
     pub fn start(configure: impl FnOnce(&mut EmulatorConfig)) -> Emu {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let mut config = EmulatorConfig {
-            window: Duration::from_secs(12 * 3600),
             credentials: vec![meterd::emulator::Credential {
                 access_key_id: ACCESS_KEY.into(),
                 secret_access_key: super::SECRET.into(),

@@ -26,19 +26,29 @@ pub async fn start(config: EmulatorConfig) -> RunningEmulator {
 }
 
 /// An SDK client for `url`, signing as `access_key` in [`REGION`], with SDK retries off so that
-/// each call is exactly one request.
+/// each call is exactly one request, and meterd's [`StripEmptyFields`] interceptor: without it
+/// the Rust SDK sends `"CustomerIdentifier": ""`, which the emulator refuses next to
+/// `CustomerAWSAccountId` (see [`raw_client`]).
+///
+/// [`StripEmptyFields`]: meterd::submit::StripEmptyFields
 pub fn client(url: &str, access_key: &str) -> Client {
     client_with(url, access_key, SECRET, REGION, RetryConfig::disabled())
 }
 
+/// Like [`client`], without the interceptor: the SDK's body exactly as it serialises it.
+pub fn raw_client(url: &str, access_key: &str) -> Client {
+    let config = config_builder(url, access_key, SECRET, REGION).retry_config(RetryConfig::disabled());
+    Client::from_conf(config.build())
+}
+
 pub fn client_with(url: &str, access_key: &str, secret: &str, region: &str, retry: RetryConfig) -> Client {
-    Client::from_conf(config_builder(url, access_key, secret, region).retry_config(retry).build())
+    Client::from_conf(config_builder_stripping(url, access_key, secret, region).retry_config(retry).build())
 }
 
 /// Like [`client`], giving up on each attempt after `attempt_timeout`.
 pub fn client_with_timeout(url: &str, access_key: &str, attempt_timeout: Duration) -> Client {
     let timeouts = TimeoutConfig::builder().operation_attempt_timeout(attempt_timeout).build();
-    let config = config_builder(url, access_key, SECRET, REGION)
+    let config = config_builder_stripping(url, access_key, SECRET, REGION)
         .retry_config(RetryConfig::disabled())
         .timeout_config(timeouts)
         .build();
@@ -56,6 +66,15 @@ fn config_builder(
         .region(Region::new(region.to_string()))
         .endpoint_url(url)
         .credentials_provider(Credentials::new(access_key, secret, None, None, "test"))
+}
+
+fn config_builder_stripping(
+    url: &str,
+    access_key: &str,
+    secret: &str,
+    region: &str,
+) -> aws_sdk_marketplacemetering::config::Builder {
+    config_builder(url, access_key, secret, region).interceptor(meterd::submit::StripEmptyFields)
 }
 
 pub fn now_secs() -> i64 {

@@ -36,6 +36,9 @@ pub struct AcceptedRecord {
     pub allocations: Vec<Value>,
     /// When the emulator accepted it, epoch seconds on the emulator's clock.
     pub accepted_at: i64,
+    /// The MeterUsage `ClientToken` of the call that stored it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_token: Option<String>,
     /// The quantity duplicates are compared by, in millionths (so `5` and `"5.0"` are the same).
     #[serde(skip)]
     pub(super) exact_quantity: Quantity,
@@ -139,6 +142,7 @@ mod tests {
             quantity: Quantity::from_units(quantity).to_json(),
             allocations: Vec::new(),
             accepted_at: 3700,
+            client_token: None,
             exact_quantity: Quantity::from_units(quantity),
         }
     }

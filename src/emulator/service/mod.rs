@@ -14,7 +14,7 @@ mod operations;
 mod quota;
 mod request_log;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,7 +27,7 @@ use super::wire::ApiError;
 
 pub use dedup::AcceptedRecord;
 pub use operations::Operation;
-pub use request_log::RequestLog;
+pub use request_log::{RequestLog, Sent};
 
 use dedup::DedupStore;
 use quota::Quota;
@@ -39,6 +39,8 @@ struct State {
     accepted: DedupStore,
     /// (caller, product) pairs that have called RegisterUsage successfully.
     registrations: HashSet<(String, String)>,
+    /// MeterUsage answers by (caller, `ClientToken`): the parameters sent and the answer given.
+    client_tokens: HashMap<(String, String), (String, Value)>,
     requests: RequestLogBook,
     quota: Quota,
     clock_offset_secs: i64,
@@ -64,6 +66,7 @@ impl Service {
             faults: Faults::default(),
             accepted: DedupStore::default(),
             registrations: HashSet::new(),
+            client_tokens: HashMap::new(),
             requests: RequestLogBook::new(),
             quota: Quota::new(config.requests_per_second, config.burst),
             clock_offset_secs: 0,
@@ -95,7 +98,7 @@ impl Service {
     pub fn call(&self, operation: Operation, caller: &Caller, body: &Map<String, Value>) -> Answer {
         let mut state = self.lock();
         let now = epoch(shift(SystemTime::now(), state.clock_offset_secs));
-        if let Some(err) = state.faults.take_error() {
+        if let Some(err) = state.faults.take_error(body) {
             return Answer::Reply(Err(err));
         }
         if !state.quota.admit(&caller.access_key_id) {
@@ -116,7 +119,7 @@ impl Service {
         status: u16,
         outcome: String,
         body: Option<&Value>,
-        records: usize,
+        sent: Sent,
     ) {
         let mut state = self.lock();
         let now = epoch(shift(SystemTime::now(), state.clock_offset_secs));
@@ -127,7 +130,9 @@ impl Service {
             caller: caller.map(|c| c.access_key_id.clone()),
             status,
             outcome,
-            records,
+            records: sent.records,
+            bytes: sent.bytes,
+            client_token: sent.client_token,
             statuses: request_log::statuses(body),
         });
     }
@@ -140,12 +145,13 @@ impl Service {
         self.lock().requests.entries()
     }
 
-    /// Forgets accepted records, the request log, faults, quota and registrations; keeps the
-    /// catalogue and the clock.
+    /// Forgets accepted records, the request log, faults, quota, registrations and client tokens;
+    /// keeps the catalogue and the clock.
     pub fn reset(&self) {
         let mut state = self.lock();
         state.accepted.clear();
         state.registrations.clear();
+        state.client_tokens.clear();
         state.requests.clear();
         state.quota.clear();
         state.faults = Faults::default();

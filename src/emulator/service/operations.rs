@@ -115,13 +115,27 @@ impl State {
         }
     }
 
-    fn check_window(config: &EmulatorConfig, timestamp: i64, now: i64) -> Result<(), ApiError> {
-        let earliest = now - config.window.as_secs() as i64;
+    /// The operation's window back from `now` (a timestamp that old or older is refused), the
+    /// clock-skew tolerance ahead, and the month close: no record of a billing month is accepted
+    /// from 06:00 UTC on the 1st of the next month (for MeterUsage the 6-hour window ends first).
+    fn check_window(
+        config: &EmulatorConfig,
+        operation: Operation,
+        timestamp: i64,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        let earliest = now - config.window(operation.name()).as_secs() as i64;
         let latest = now + config.future_tolerance.as_secs() as i64;
-        if timestamp < earliest || timestamp > latest {
-            return Err(ApiError::client(
-                "TimestampOutOfBoundsException",
-                format!("Timestamp {timestamp} is outside the accepted window [{earliest}, {latest}]"),
+        let refused = |message: String| Err(ApiError::client("TimestampOutOfBoundsException", message));
+        if timestamp <= earliest || timestamp > latest {
+            return refused(format!(
+                "Timestamp {timestamp} is outside the accepted window ({earliest}, {latest}]"
+            ));
+        }
+        let close = crate::clock::month_close(hour_of(timestamp));
+        if now >= close {
+            return refused(format!(
+                "Timestamp {timestamp} is in a billing month that closed at {close} (06:00 UTC on the 1st of the next month)"
             ));
         }
         Ok(())
@@ -202,7 +216,7 @@ impl State {
             check_allocations(record.quantity, record.decimal, record.allocations.as_deref())?;
         }
         for record in &input.records {
-            Self::check_window(config, record.timestamp, now)?;
+            Self::check_window(config, Operation::BatchMeterUsage, record.timestamp, now)?;
         }
         Ok((licensed, product))
     }
@@ -243,6 +257,7 @@ impl State {
                 allocations: allocations_json(record.allocations.as_deref()),
                 accepted_at: now,
                 exact_quantity: record.quantity,
+                client_token: None,
             };
             match self.accepted.accept(key, accepted) {
                 Ok(id) => results
@@ -285,6 +300,32 @@ impl State {
         if input.dry_run {
             return Err(self.dry_run(caller));
         }
+        // A token seen before: the same parameters get the first answer, others are a conflict.
+        let token = input.client_token.as_ref().map(|t| (caller.access_key_id.clone(), t.clone()));
+        if let Some((parameters, answer)) = token.as_ref().and_then(|t| self.client_tokens.get(t)) {
+            if *parameters == input.parameters() {
+                return Ok(answer.clone());
+            }
+            return Err(ApiError::client(
+                "IdempotencyConflictException",
+                "The ClientToken is being used for multiple requests with different parameters",
+            ));
+        }
+        let answer = self.meter_usage_applied(config, caller, &input, now)?;
+        if let Some(token) = token {
+            self.client_tokens.insert(token, (input.parameters(), answer.clone()));
+        }
+        Ok(answer)
+    }
+
+    /// MeterUsage's checks and its record, once the `ClientToken` is new.
+    fn meter_usage_applied(
+        &mut self,
+        config: &EmulatorConfig,
+        caller: &Caller,
+        input: &wire::MeterUsageInput,
+        now: i64,
+    ) -> Result<Value, ApiError> {
         self.check_product(&input.product_code)?;
         self.check_dimension(&input.dimension, &input.product_code)?;
         check_allocations(input.quantity, input.decimal, input.allocations.as_deref())?;
@@ -294,7 +335,7 @@ impl State {
                 "Exception thrown when the customer does not have a valid subscription for the product",
             ));
         }
-        Self::check_window(config, input.timestamp, now)?;
+        Self::check_window(config, Operation::MeterUsage, input.timestamp, now)?;
         let hour = hour_of(input.timestamp);
         let key = RecordKey::meter(&caller.access_key_id, &input.product_code, &input.dimension, hour);
         let record = AcceptedRecord {
@@ -312,6 +353,7 @@ impl State {
             allocations: allocations_json(input.allocations.as_deref()),
             accepted_at: now,
             exact_quantity: input.quantity,
+            client_token: input.client_token.clone(),
         };
         match self.accepted.accept(key, record) {
             Ok(id) => Ok(json!({"MeteringRecordId": id})),
@@ -393,9 +435,16 @@ impl State {
     }
 }
 
-/// A BatchMeterUsage record names its customer by exactly one of its two fields.
+/// A BatchMeterUsage record names its customer by exactly one of its two fields. A field sent
+/// as `""` is present: the service does not say what it does with an empty `CustomerIdentifier`
+/// next to `CustomerAWSAccountId` (the Rust SDK sends one unless it is stripped), so the
+/// emulator refuses it rather than let a sender rely on it.
 fn check_customer_fields(record: &wire::UsageRecord) -> Result<(), ApiError> {
     match (&record.customer_identifier, &record.customer_aws_account_id) {
+        (Some(id), None) if id.is_empty() => Err(ApiError::client(
+            "InvalidCustomerIdentifierException",
+            "CustomerIdentifier must not be empty",
+        )),
         (Some(_), Some(_)) => Err(ApiError::client(
             "InvalidCustomerIdentifierException",
             "A usage record can specify CustomerIdentifier or CustomerAWSAccountId, not both",

@@ -22,9 +22,38 @@ pub struct RequestLog {
     /// `"ok"`, the error's name, or `"dropped"` when the connection was closed after applying.
     pub outcome: String,
     pub records: usize,
+    /// The request body's length.
+    pub bytes: usize,
+    /// A MeterUsage request's `ClientToken`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_token: Option<String>,
     /// Per-record statuses of a BatchMeterUsage call, plus `Unprocessed`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub statuses: BTreeMap<&'static str, usize>,
+}
+
+/// What the log keeps of a request itself.
+#[derive(Debug, Clone, Default)]
+pub struct Sent {
+    pub records: usize,
+    pub bytes: usize,
+    pub client_token: Option<String>,
+}
+
+impl Sent {
+    /// A request whose body could not be read as an operation's input.
+    pub fn unread(bytes: usize) -> Self {
+        Self { bytes, ..Self::default() }
+    }
+
+    /// A request with this body.
+    pub fn of(bytes: usize, body: &serde_json::Map<String, Value>) -> Self {
+        Self {
+            records: body.get("UsageRecords").and_then(Value::as_array).map_or(0, Vec::len),
+            bytes,
+            client_token: body.get("ClientToken").and_then(Value::as_str).map(str::to_string),
+        }
+    }
 }
 
 /// The log itself.
@@ -95,6 +124,8 @@ mod tests {
             status: 200,
             outcome: outcome.into(),
             records: 0,
+            bytes: 0,
+            client_token: None,
             statuses: BTreeMap::new(),
         }
     }

@@ -89,7 +89,8 @@ pub struct UsageRecord {
     pub raw: Value,
     /// Epoch seconds, truncated.
     pub timestamp: i64,
-    /// `CustomerIdentifier`, with `""` read as absent (the Rust SDK always sends the field).
+    /// `CustomerIdentifier` as sent: `""` is present. The Rust SDK sends `""` when the field is
+    /// unset, and the service does not document what it makes of it, so the emulator is strict.
     pub customer_identifier: Option<String>,
     pub customer_aws_account_id: Option<String>,
     pub license_arn: Option<String>,
@@ -121,6 +122,26 @@ pub struct MeterUsageInput {
     pub decimal: bool,
     pub dry_run: bool,
     pub allocations: Option<Vec<Allocation>>,
+    pub client_token: Option<String>,
+}
+
+impl MeterUsageInput {
+    /// Every parameter but the token, quantities by value and allocations in a fixed order: what
+    /// a retry with the same `ClientToken` must repeat.
+    pub fn parameters(&self) -> String {
+        let mut allocations: Vec<(Vec<(String, String)>, u64)> = self
+            .allocations
+            .iter()
+            .flatten()
+            .map(|a| {
+                let mut tags = a.tags.clone();
+                tags.sort();
+                (tags, a.quantity.0)
+            })
+            .collect();
+        allocations.sort();
+        format!("{:?}", (&self.product_code, self.timestamp, &self.dimension, self.quantity.0, allocations))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -244,7 +265,7 @@ pub fn batch_meter_usage(body: &Map<String, Value>) -> Result<BatchMeterUsageInp
         records.push(UsageRecord {
             raw: item.clone(),
             timestamp: timestamp.unwrap_or_default(),
-            customer_identifier: customer_identifier.filter(|c| !c.is_empty()).map(str::to_string),
+            customer_identifier: customer_identifier.map(str::to_string),
             customer_aws_account_id: account.map(str::to_string),
             license_arn: license.map(str::to_string),
             dimension: dim,
@@ -279,7 +300,8 @@ pub fn meter_usage(body: &Map<String, Value>) -> Result<MeterUsageInput, ApiErro
     let dim = dimension(&mut check, "UsageDimension", top.string("UsageDimension", "UsageDimension")?);
     let (quantity, decimal) = quantity(&top, &mut check, "UsageQuantity", "UsageQuantityAsDecimal", "")?;
     let dry_run = top.boolean("DryRun", "DryRun")?.unwrap_or(false);
-    if let Some(token) = top.string("ClientToken", "ClientToken")? {
+    let client_token = top.string("ClientToken", "ClientToken")?;
+    if let Some(token) = client_token {
         check.length("ClientToken", token, 1, 64);
     }
     let allocations = allocations(&top, &mut check, "")?;
@@ -291,6 +313,7 @@ pub fn meter_usage(body: &Map<String, Value>) -> Result<MeterUsageInput, ApiErro
         decimal,
         dry_run,
         allocations,
+        client_token: client_token.map(str::to_string),
     })
 }
 
@@ -389,13 +412,13 @@ mod tests {
     }
 
     #[test]
-    fn empty_customer_identifier_counts_as_absent() {
+    fn an_empty_customer_identifier_is_present() {
         let input = batch_meter_usage(&body(json!({"ProductCode": "p", "UsageRecords": [
             {"Timestamp": 1.5e9, "Dimension": "d", "Quantity": 3, "CustomerIdentifier": "", "CustomerAWSAccountId": "111122223333"}
         ]})))
         .unwrap();
         let record = &input.records[0];
-        assert_eq!(record.customer_identifier, None);
+        assert_eq!(record.customer_identifier.as_deref(), Some(""));
         assert_eq!(record.customer(), Some("111122223333"));
         assert_eq!(record.timestamp, 1_500_000_000);
         assert_eq!(record.quantity, Quantity::from_units(3));
