@@ -31,6 +31,7 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ("storage", "checkpoint_interval", r#""2s""#),
     ("storage", "retention", r#""2d""#),
     ("storage", "max_bytes", "2097152"),
+    ("storage", "min_free_bytes", "0"),
     ("admin", "socket", r#""/tmp/other-admin.sock""#),
     ("admin", "socket_mode", r#""0660""#),
     ("submit", "seal_delay", r#""10m""#),
