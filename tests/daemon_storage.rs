@@ -119,7 +119,9 @@ fn a_full_disk_answers_storage_error_and_loses_nothing_acknowledged() {
     let data = dir.path().join("data");
     mount_tmpfs(&data, "2m");
     let _unmount = Unmount(&data);
-    let meterd = Launch::new(dir.path(), &emu).start();
+    // Without the free-space floor (which would refuse to start on 2 MiB): the disk can still fill
+    // between two measurements, and then this is what happens.
+    let meterd = Launch::new(dir.path(), &emu).env("METERD_STORAGE__MIN_FREE_BYTES", "0").start();
     let (sent, replies) = flood(&meterd, "d", |r| refused_with(r, "storage_error") > 0);
     assert!(refused_with(&replies, "storage_error") > 0, "the disk never filled after {} events", sent.len());
     let first_error = replies.iter().position(|r| r["error"] == "storage_error").unwrap();
@@ -140,6 +142,7 @@ fn a_full_disk_answers_storage_error_and_loses_nothing_acknowledged() {
     let status = Command::new("mount").args(["-o", "remount,size=64m"]).arg(&data).status().unwrap();
     assert!(status.success());
     emu.set_clock_offset(LATER);
-    let _meterd = Launch::new(dir.path(), &emu).offset(LATER).start();
+    let _meterd =
+        Launch::new(dir.path(), &emu).offset(LATER).env("METERD_STORAGE__MIN_FREE_BYTES", "0").start();
     assert_billed(&emu, &totals);
 }

@@ -65,14 +65,19 @@ impl Target {
         Ok(Some(lines))
     }
 
-    /// Opens the data dir of a stopped daemon.
+    /// Reads the data dir of a stopped daemon, without writing to it (a private copy: see
+    /// `Outbox::open_read_only`). A data dir that does not exist or holds no outbox is an error:
+    /// with no daemon to ask and nothing to read, there is no status to give.
     fn open_offline(&self) -> Result<(Outbox, crate::outbox::Recovered), String> {
-        match Outbox::open_for_reading(&self.config.storage.data_dir) {
+        match Outbox::open_read_only(&self.config.storage.data_dir) {
             Ok((outbox, recovered, lost)) => {
                 if let Some(lost) = lost {
                     eprintln!("meterd: warning: {lost}");
                 }
                 Ok((outbox, recovered))
+            }
+            Err(err @ (OutboxError::NoDataDir { .. } | OutboxError::NoOutbox { .. })) => {
+                Err(format!("{err}; name meterd's data dir with --config or METERD_STORAGE__DATA_DIR"))
             }
             Err(OutboxError::Locked { pid, .. }) => Err(format!(
                 "meterd (pid {pid}) holds {} but its admin socket {} does not answer",

@@ -375,29 +375,52 @@ impl Committer {
         self.late_seen = (carried, rejected);
     }
 
-    /// Updates the outbox size and whether it is full; full clears below 90 % of the limit, so
-    /// readiness does not flap at the boundary.
+    /// Updates the outbox size and whether it is full: over `storage.max_bytes`, or less than
+    /// `storage.min_free_bytes` free on its filesystem. Each limit clears with a margin, so that
+    /// readiness does not flap at the boundary: below 90 % of max_bytes, above 110 % of
+    /// min_free_bytes.
     fn measure_outbox(&self) {
-        match self.outbox.size_on_disk() {
-            Ok(bytes) => {
-                self.ctx.metrics.outbox_bytes.set(bytes as i64);
-                let was_full = self.ctx.health.outbox_full();
-                let full = if was_full { bytes * 10 >= self.max_bytes * 9 } else { bytes > self.max_bytes };
-                if full != was_full {
-                    if full {
-                        tracing::error!(
-                            bytes,
-                            max_bytes = self.max_bytes,
-                            "outbox full: new events are refused with overloaded until submission drains it"
-                        );
-                    } else {
-                        tracing::info!(bytes, "outbox below its limit again: accepting events");
-                    }
-                    self.ctx.health.set_outbox_full(full);
-                }
-            }
-            Err(err) => tracing::warn!(%err, "cannot measure the outbox"),
+        let room = match self.outbox.room() {
+            Ok(room) => room,
+            Err(err) => return tracing::warn!(%err, "cannot measure the outbox"),
+        };
+        let (bytes, free, min_free) = (room.bytes, room.free_bytes, room.min_free_bytes);
+        self.ctx.metrics.outbox_bytes.set(bytes as i64);
+        let was = self.ctx.health.outbox_fullness();
+        let full = crate::telemetry::health::OutboxFull {
+            over_max_bytes: if was.over_max_bytes {
+                bytes.saturating_mul(10) >= self.max_bytes.saturating_mul(9)
+            } else {
+                bytes > self.max_bytes
+            },
+            low_free_space: if was.low_free_space {
+                free.saturating_mul(10) <= min_free.saturating_mul(11)
+            } else {
+                free < min_free
+            },
+        };
+        if full == was {
+            return;
         }
+        if full.over_max_bytes && !was.over_max_bytes {
+            tracing::error!(
+                bytes,
+                max_bytes = self.max_bytes,
+                "outbox full: new events are refused with overloaded until submission drains it"
+            );
+        }
+        if full.low_free_space && !was.low_free_space {
+            tracing::error!(
+                free_bytes = free,
+                min_free_bytes = min_free,
+                "outbox full: less than storage.min_free_bytes free on the outbox's filesystem; new \
+                 events are refused with overloaded until space is freed"
+            );
+        }
+        if was.any() && !full.any() {
+            tracing::info!(bytes, free_bytes = free, "outbox below its limits again: accepting events");
+        }
+        self.ctx.health.set_outbox_full(full);
     }
 
     /// Seals what is due, writes the changes, trims the log, and passes sealed records on.

@@ -195,6 +195,9 @@ settings! {
         retention: Duration = Duration::from_secs(35 * 86_400), duration, restart;
         /// The outbox's size on disk above which new events are refused with `overloaded`.
         max_bytes: u64 = 1 << 30, value, restart;
+        /// Free space the data dir's filesystem must keep: below it the outbox is full like over
+        /// `max_bytes`, and meterd does not start (sled would write on a full disk); 0 = no check.
+        min_free_bytes: u64 = 64 << 20, value, restart;
     }
     [admin] AdminConfig {
         /// The admin socket `meterd status`, `dlq` and `receipts` talk to.

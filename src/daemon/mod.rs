@@ -326,8 +326,8 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
 
 /// Opens (and locks) the outbox and reads it back.
 async fn open_outbox(config: &Config) -> anyhow::Result<(Arc<Outbox>, Recovered)> {
-    let data_dir = config.storage.data_dir.clone();
-    let (outbox, recovered) = tokio::task::spawn_blocking(move || Outbox::open(&data_dir))
+    let (data_dir, min_free) = (config.storage.data_dir.clone(), config.storage.min_free_bytes);
+    let (outbox, recovered) = tokio::task::spawn_blocking(move || Outbox::open(&data_dir, min_free))
         .await
         .context("outbox task panicked")??;
     let outbox = Arc::new(outbox);

@@ -31,8 +31,17 @@
 //! (a log chunk is at most [`MAX_CHUNK_BYTES`]) is small enough that even a full leaf of them stays
 //! below the blob threshold of the [`SEGMENT_SIZE`] meterd configures. docs/durability.md has the
 //! whole argument.
+//!
+//! ## Opening
+//! The daemon ([`Outbox::open`]) creates and locks the data dir, refuses to start with less than
+//! `storage.min_free_bytes` free before sled writes anything, and removes the unfinished snapshot
+//! files an interrupted sled write can leave (`disk.rs`). The operator's offline commands
+//! ([`Outbox::open_read_only`]) never write to the data dir: they open a private copy
+//! (`offline.rs`).
 
+mod disk;
 mod layout;
+mod offline;
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -43,9 +52,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Admitted, Bucket, ClientId, Delta, IdEntry, IdKey, SealedRecord};
 use crate::model::{DeadReason, RecordKey};
+pub use disk::Room;
 pub use layout::{FORMAT_VERSION, LOG_FORMAT_VERSION, MAX_CHUNK_BYTES, SEGMENT_SIZE};
+use offline::PrivateCopy;
 
-/// Outbox failures. Any of them means the outbox can no longer promise durability.
+/// `<data_dir>/meterd.lock`: the flock, and the pid of the meterd holding it.
+const LOCK_FILE: &str = "meterd.lock";
+/// `<data_dir>/outbox`: sled's directory.
+const OUTBOX_DIR: &str = "outbox";
+
+/// Outbox failures: at open, each naming the path and the way out; after it, a write or sync that
+/// failed, after which the outbox can no longer promise durability.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     #[error("failed to create data dir {path}: {source}")]
@@ -57,10 +74,27 @@ pub enum OutboxError {
     #[error("failed to lock {path}: {source}")]
     Lock { path: PathBuf, source: std::io::Error },
     #[error(
-        "failed to open the outbox at {path}: {source}; if its files are damaged, see \"A damaged \
-         outbox\" in docs/operations.md"
+        "failed to open the outbox at {path}: {source}; see \"The outbox does not open\" in \
+         docs/operations.md"
     )]
     Open { path: PathBuf, source: sled::Error },
+    #[error(
+        "only {free} bytes are free on the filesystem of {path}, less than storage.min_free_bytes \
+         ({min_free}): meterd does not open its outbox on a full disk. Nothing is lost; free space \
+         there and start meterd again (under systemd, Restart=on-failure does)"
+    )]
+    NoSpace { path: PathBuf, free: u64, min_free: u64 },
+    #[error("failed to measure the free space on the filesystem of {path}: {source}")]
+    FreeSpace { path: PathBuf, source: std::io::Error },
+    #[error("there is no data dir at {path} (storage.data_dir), so there is nothing to read")]
+    NoDataDir { path: PathBuf },
+    #[error(
+        "{path} (storage.data_dir) holds no meterd outbox (no outbox/db): meterd has never run with \
+         this data dir, or it is not meterd's data dir"
+    )]
+    NoOutbox { path: PathBuf },
+    #[error("failed to copy the outbox at {path} to read it without writing to it: {source}")]
+    ReadCopy { path: PathBuf, source: std::io::Error },
     #[error("outbox write failed: {0}")]
     Write(#[from] sled::Error),
     #[error("outbox fdatasync failed: {0}")]
@@ -175,15 +209,20 @@ pub struct Outbox {
     dir: PathBuf,
     /// `<data_dir>/watermark`: the highest log sequence known durable.
     watermark: File,
+    /// `storage.min_free_bytes` (0 for an offline read).
+    min_free_bytes: u64,
     _lock: File,
+    /// For an offline read, the private copy it opened; removed after sled is closed (fields drop
+    /// in order).
+    _copy: Option<PrivateCopy>,
 }
 
 /// The watermark file: [`FORMAT_VERSION`], then the log sequence as u64 big-endian.
 const WATERMARK_FILE: &str = "watermark";
 
-/// Opens the watermark and reads the sequence it names (0 for a new one).
-fn open_watermark(path: &Path) -> Result<(File, u64), OutboxError> {
-    let unreadable = |reason: String| OutboxError::Watermark { path: path.to_path_buf(), reason };
+/// Opens the watermark and reads the sequence it names (0 for a new one); errors name `named`.
+fn open_watermark(path: &Path, named: &Path) -> Result<(File, u64), OutboxError> {
+    let unreadable = |reason: String| OutboxError::Watermark { path: named.to_path_buf(), reason };
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -254,25 +293,43 @@ fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, OutboxErro
 }
 
 impl Outbox {
-    /// Locks `data_dir`, opens (or creates) the outbox and reads everything back.
-    /// Refuses an outbox that holds less than was acknowledged ([`OutboxError::Lost`]).
-    pub fn open(data_dir: &Path) -> Result<(Outbox, Recovered), OutboxError> {
-        match Self::open_for_reading(data_dir)? {
+    /// The daemon's open: creates and locks `data_dir`, refuses to go on with less than
+    /// `min_free_bytes` (0: no check) free on its filesystem before sled writes anything, opens (or
+    /// creates) the outbox and reads everything back. Refuses an outbox that holds less than was
+    /// acknowledged ([`OutboxError::Lost`]).
+    pub fn open(data_dir: &Path, min_free_bytes: u64) -> Result<(Outbox, Recovered), OutboxError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| OutboxError::CreateDir { path: data_dir.to_path_buf(), source })?;
+        let lock = lock(data_dir)?;
+        disk::check_free(data_dir, min_free_bytes)?;
+        match Self::open_locked(data_dir, data_dir, lock, min_free_bytes, None)? {
             (_, _, Some(lost)) => Err(lost),
             (outbox, recovered, None) => Ok((outbox, recovered)),
         }
     }
 
-    /// Like [`Outbox::open`], but a damaged outbox is opened anyway, with the loss beside it, so
-    /// that the operator's offline commands can still export what it holds.
-    pub fn open_for_reading(
-        data_dir: &Path,
+    /// For the operator's commands while meterd is stopped: reads `data_dir` without writing to
+    /// it, through a private copy (`offline.rs`). A damaged outbox is opened anyway, with the loss
+    /// beside it, so that what it still holds can be exported. A data dir that does not exist or
+    /// holds no outbox is an error, not a new empty outbox.
+    pub fn open_read_only(data_dir: &Path) -> Result<(Outbox, Recovered, Option<OutboxError>), OutboxError> {
+        let copy = offline::copy_stopped(data_dir)?;
+        let lock = lock(copy.root())?;
+        let root = copy.root().to_path_buf();
+        Self::open_locked(&root, data_dir, lock, 0, Some(copy))
+    }
+
+    /// Opens the outbox under `root` (locked by `lock`); errors and the loss name `named` instead.
+    fn open_locked(
+        root: &Path,
+        named: &Path,
+        lock: File,
+        min_free_bytes: u64,
+        copy: Option<PrivateCopy>,
     ) -> Result<(Outbox, Recovered, Option<OutboxError>), OutboxError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|source| OutboxError::CreateDir { path: data_dir.to_path_buf(), source })?;
-        let lock = lock(data_dir)?;
-        let dir = data_dir.join("outbox");
-        let open_err = |source| OutboxError::Open { path: dir.clone(), source };
+        let dir = root.join(OUTBOX_DIR);
+        disk::remove_unfinished_snapshots(&dir)?;
+        let open_err = |source| OutboxError::Open { path: named.join(OUTBOX_DIR), source };
         let db = sled::Config::new()
             .path(&dir)
             .segment_size(SEGMENT_SIZE)
@@ -283,18 +340,17 @@ impl Outbox {
             .map_err(open_err)?;
         let db_file = File::open(dir.join("db")).map_err(|e| open_err(e.into()))?;
         // The files sled just created must survive a power cut too.
-        for path in [&dir, data_dir] {
+        for path in [&dir, root] {
             File::open(path).and_then(|d| d.sync_all()).map_err(OutboxError::Sync)?;
         }
-        let watermark_path = data_dir.join(WATERMARK_FILE);
-        let (watermark, expected) = open_watermark(&watermark_path)?;
-        let outbox = Outbox { db, db_file, dir, watermark, _lock: lock };
+        let (watermark, expected) = open_watermark(&root.join(WATERMARK_FILE), &named.join(WATERMARK_FILE))?;
+        let outbox = Outbox { db, db_file, dir, watermark, min_free_bytes, _lock: lock, _copy: copy };
         let recovered = outbox.recover()?;
         // sled treats a damaged stretch of its log like a torn write and recovers only what comes
         // before it, without an error. The watermark is how meterd notices.
         let lost = (recovered.last_seq < expected).then(|| OutboxError::Lost {
-            path: outbox.dir.join("db"),
-            watermark: watermark_path,
+            path: named.join(OUTBOX_DIR).join("db"),
+            watermark: named.join(WATERMARK_FILE),
             found: recovered.last_seq,
             expected,
         });
@@ -457,6 +513,15 @@ impl Outbox {
         Ok(self.db.size_on_disk()?)
     }
 
+    /// The outbox's size and the room left on its filesystem, against `storage.min_free_bytes`.
+    pub fn room(&self) -> Result<Room, OutboxError> {
+        Ok(Room {
+            bytes: self.size_on_disk()?,
+            free_bytes: disk::free_bytes(&self.dir)?,
+            min_free_bytes: self.min_free_bytes,
+        })
+    }
+
     /// Records a sealed record's new state; durable after the next [`Outbox::barrier`].
     pub fn settle(&self, stored: &StoredRecord) -> Result<(), OutboxError> {
         self.db.insert(layout::record_key(&stored.record.key), encode(stored))?;
@@ -482,7 +547,7 @@ impl Outbox {
 
 /// Takes the data dir's lock and writes our pid into it, so a second meterd can say who holds it.
 fn lock(data_dir: &Path) -> Result<File, OutboxError> {
-    let path = data_dir.join("meterd.lock");
+    let path = data_dir.join(LOCK_FILE);
     let lock_err = |source| OutboxError::Lock { path: path.clone(), source };
     let mut file = std::fs::OpenOptions::new()
         .read(true)

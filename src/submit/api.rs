@@ -44,13 +44,34 @@ pub enum FailureKind {
     Local,
 }
 
-/// A failed call: what kind of failure, and the SDK's full description of it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
+/// A failed call: what kind of failure, a short description fit to store and show, and the SDK's
+/// full description for the log.
+///
+/// It displays as `<summary>: <message> [<detail>]`, the form `telemetry::health` expects of a
+/// pause reason: `/readyz` shows only the summary (the service's error code), the ERROR log and
+/// `meterd status` all of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiFailure {
     pub kind: FailureKind,
+    /// Short and safe to store: the service's own message (its code is in `kind`), or what failed
+    /// on the way. A dead letter keeps `<code>: <message>`.
     pub message: String,
+    /// The SDK's full description: request id, headers and the raw answer. For the log and the
+    /// admin socket only; empty when meterd made the failure up itself.
+    pub detail: String,
 }
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.summary(), self.message)?;
+        if !self.detail.is_empty() {
+            write!(f, " [{}]", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiFailure {}
 
 impl ApiFailure {
     /// The service's error name, if the service answered.
@@ -58,6 +79,17 @@ impl ApiFailure {
         match &self.kind {
             FailureKind::Service { code, .. } => Some(code),
             _ => None,
+        }
+    }
+
+    /// A few words that say what failed and reveal nothing of the account: the service's error
+    /// code, or the kind of failure.
+    pub fn summary(&self) -> &str {
+        match &self.kind {
+            FailureKind::Service { code, .. } => code,
+            FailureKind::Timeout => "timeout",
+            FailureKind::Connection => "connection failed",
+            FailureKind::Local => "request not sent",
         }
     }
 }
@@ -339,6 +371,8 @@ fn one_attempt(builder: metering::config::Builder, attempt_timeout: Duration) ->
     )
 }
 
+/// Reads an SDK error: its kind, the service's own message (or the error's chain of causes) to
+/// store and show, and `DisplayErrorContext`'s dump, with the raw answer, as the detail.
 fn failure<E: ProvideErrorMetadata + std::error::Error + 'static>(
     err: SdkError<E, HttpResponse>,
 ) -> ApiFailure {
@@ -353,7 +387,25 @@ fn failure<E: ProvideErrorMetadata + std::error::Error + 'static>(
         },
         _ => FailureKind::Local,
     };
-    ApiFailure { kind, message: DisplayErrorContext(&err).to_string() }
+    let message = match (&kind, err.message()) {
+        (FailureKind::Service { .. }, Some(message)) if !message.is_empty() => message.to_string(),
+        (FailureKind::Service { status, .. }, _) => format!("HTTP {status}, without a message"),
+        _ => causes(&err),
+    };
+    ApiFailure { kind, message, detail: DisplayErrorContext(&err).to_string() }
+}
+
+/// An error and its sources by their `Display`, without the `Debug` dump (and so without the raw
+/// answer) that `DisplayErrorContext` appends.
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(source) = next {
+        out.push_str(": ");
+        out.push_str(&source.to_string());
+        next = source.source();
+    }
+    out
 }
 
 /// The MeterUsage `ClientToken` of the record with `key`: 64 hex digits of SHA-256 over its
@@ -370,7 +422,7 @@ pub fn client_token(key: &RecordKey) -> String {
 }
 
 fn local(message: String) -> ApiFailure {
-    ApiFailure { kind: FailureKind::Local, message }
+    ApiFailure { kind: FailureKind::Local, message, detail: String::new() }
 }
 
 /// The wire form of a sealed record: `Timestamp` is the hour start, allocations only when some
@@ -483,6 +535,7 @@ impl MeteringApi for SdkMeteringApi {
             None => Err(ApiFailure {
                 kind: FailureKind::Connection,
                 message: "MeterUsage answered without a MeteringRecordId".into(),
+                detail: String::new(),
             }),
         }
     }
@@ -514,7 +567,11 @@ mod tests {
     use super::*;
 
     fn service(status: u16, code: &str) -> ApiFailure {
-        ApiFailure { kind: FailureKind::Service { status, code: code.into() }, message: String::new() }
+        ApiFailure {
+            kind: FailureKind::Service { status, code: code.into() },
+            message: String::new(),
+            detail: String::new(),
+        }
     }
 
     #[test]
@@ -559,12 +616,28 @@ mod tests {
             (service(403, "SomethingNew"), Pause),
             (service(400, "SomethingNew"), BackOff),
             (service(413, "Unknown"), BackOff),
-            (ApiFailure { kind: FailureKind::Timeout, message: String::new() }, Retry),
-            (ApiFailure { kind: FailureKind::Connection, message: String::new() }, Retry),
-            (ApiFailure { kind: FailureKind::Local, message: String::new() }, Pause),
+            (ApiFailure { kind: FailureKind::Timeout, ..local(String::new()) }, Retry),
+            (ApiFailure { kind: FailureKind::Connection, ..local(String::new()) }, Retry),
+            (local(String::new()), Pause),
         ];
         for (failure, expected) in cases {
             assert_eq!(classify(&failure), expected, "{:?}", failure.kind);
         }
+    }
+
+    #[test]
+    fn a_failure_shows_its_code_and_message_and_logs_the_detail() {
+        let failure = ApiFailure {
+            kind: FailureKind::Service { status: 400, code: "AccessDeniedException".into() },
+            message: "User: arn:aws:sts::123456789012:assumed-role/r/i is not authorized".into(),
+            detail: "service error: … x-amzn-requestid: 1f2e …".into(),
+        };
+        assert_eq!(failure.summary(), "AccessDeniedException");
+        assert_eq!(
+            failure.to_string(),
+            "AccessDeniedException: User: arn:aws:sts::123456789012:assumed-role/r/i is not authorized \
+             [service error: … x-amzn-requestid: 1f2e …]"
+        );
+        assert_eq!(local("no region".into()).to_string(), "request not sent: no region");
     }
 }
