@@ -19,6 +19,7 @@ pub mod context;
 pub mod daemon;
 pub mod duration;
 pub mod emulator;
+pub mod fleet;
 pub mod ingest;
 pub mod listen;
 pub mod model;

@@ -52,6 +52,14 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ("metrics", "idle_timeout", r#""30s""#),
     ("log", "format", r#""json""#),
     ("log", "level", r#""debug""#),
+    ("fleet", "database_url", r#""postgres://meterd@127.0.0.1:5432/metering""#),
+    ("fleet", "password_file", r#""/tmp/password""#),
+    ("fleet", "ca_file", r#""/tmp/ca.pem""#),
+    ("fleet", "schema", r#""billing""#),
+    ("fleet", "host_id", r#""host-1""#),
+    ("fleet", "close_after", r#""15m""#),
+    ("fleet", "host_timeout", r#""3m""#),
+    ("fleet", "lease_ttl", r#""20s""#),
     ("shutdown", "grace", r#""3s""#),
 ];
 

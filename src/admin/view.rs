@@ -77,6 +77,7 @@ impl RecordView {
             RecordState::DeadLetter { reason, message, .. } => {
                 ("dead_letter", None, Some(reason.as_str().to_string()), Some(message.clone()))
             }
+            RecordState::Shipped { .. } => ("shipped", None, None, None),
         };
         RecordView {
             id: record_id(key),
@@ -225,8 +226,10 @@ impl StatusReport {
         deadline: i64,
         now: i64,
     ) -> Self {
-        let mut counts: BTreeMap<String, u64> =
-            ["open", "pending", "accepted", "dead_letter"].iter().map(|s| (s.to_string(), 0)).collect();
+        let mut counts: BTreeMap<String, u64> = ["open", "pending", "accepted", "dead_letter", "shipped"]
+            .iter()
+            .map(|s| (s.to_string(), 0))
+            .collect();
         let mut dead: BTreeMap<String, u64> =
             DeadReason::ALL.iter().map(|r| (r.as_str().to_string(), 0)).collect();
         let mut oldest: Option<RecordKey> = None;
@@ -239,6 +242,7 @@ impl StatusReport {
                     "pending"
                 }
                 RecordState::Accepted { .. } => "accepted",
+                RecordState::Shipped { .. } => "shipped",
                 RecordState::DeadLetter { reason, .. } => {
                     *dead.entry(reason.as_str().to_string()).or_default() += 1;
                     "dead_letter"

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::{Admission, AdmitError, Aggregator, Heartbeat, Rules};
@@ -87,6 +87,8 @@ pub struct CommitSettings {
     pub max_bytes: u64,
     /// `submit.heartbeat_dimensions` (meter_usage mode).
     pub heartbeat: Option<Heartbeat>,
+    /// Told the last sealed hour after each checkpoint (fleet mode's shipped-through hour).
+    pub sealed_through: watch::Sender<Option<i64>>,
 }
 
 pub struct Committer {
@@ -94,6 +96,7 @@ pub struct Committer {
     outbox: Arc<Outbox>,
     aggregator: Aggregator,
     sealed_tx: mpsc::UnboundedSender<Vec<StoredRecord>>,
+    sealed_through: watch::Sender<Option<i64>>,
     /// Sequence of the last group commit.
     seq: u64,
     checkpointed_seq: u64,
@@ -161,6 +164,7 @@ impl Committer {
             outbox,
             aggregator,
             sealed_tx,
+            sealed_through: settings.sealed_through,
             seq: recovered.last_seq,
             checkpointed_seq: recovered.meta.log_seq,
             failed: Arc::new(AtomicBool::new(false)),
@@ -448,6 +452,8 @@ impl Committer {
                 .collect();
             let _ = self.sealed_tx.send(stored);
         }
+        // After the records: whoever sees this hour also finds its records in the channel.
+        self.sealed_through.send_replace(delta.sealed_through);
         Ok(())
     }
 }

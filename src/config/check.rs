@@ -16,6 +16,45 @@ impl Config {
         out.extend(self.storage_problems());
         out.extend(self.submit_problems());
         out.extend(self.other_problems());
+        out.extend(self.fleet_problems());
+        out
+    }
+
+    /// `[fleet]`, when fleet mode is on.
+    fn fleet_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let fleet = &self.fleet;
+        if !self.fleet() {
+            return out;
+        }
+        let url = &fleet.database_url;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            out.push("fleet.database_url must start with postgres:// or postgresql://".into());
+        }
+        if self.aws.mode == Mode::MeterUsage {
+            out.push("fleet mode needs aws.mode = \"batch\": MeterUsage records belong to each instance, task or pod".into());
+        }
+        let identifier = |s: &str| {
+            s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        if !identifier(&fleet.schema) || fleet.schema.len() > 63 {
+            out.push(format!("fleet.schema {:?} must be a lowercase identifier (a-z, 0-9, _)", fleet.schema));
+        }
+        if fleet.lease_ttl < Duration::from_secs(3) {
+            out.push("fleet.lease_ttl must be at least 3s".into());
+        }
+        if fleet.host_timeout < fleet.lease_ttl {
+            out.push("fleet.host_timeout must be at least fleet.lease_ttl".into());
+        }
+        let room = self.deadline().saturating_sub(Duration::from_secs(3600) + self.submit.seal_delay);
+        if fleet.close_after >= room {
+            out.push(format!(
+                "fleet.close_after ({}) must leave time to submit before submit.deadline ({})",
+                crate::duration::format(fleet.close_after),
+                crate::duration::format(self.deadline())
+            ));
+        }
         out
     }
 

@@ -245,6 +245,31 @@ settings! {
         /// A tracing filter (`info`, `meterd=debug`); `RUST_LOG` overrides it.
         level: String = "info".into(), value, reload;
     }
+    [fleet] FleetConfig {
+        /// PostgreSQL connection string (`postgres://user@host:5432/db?sslmode=verify-full`);
+        /// fleet mode is on when it is set.
+        database_url: String = String::new(), value, restart;
+        /// A file holding the database password, so that it is in neither the URL nor the unit;
+        /// `PGPASSWORD` works too.
+        password_file: PathBuf = PathBuf::new(), value, restart;
+        /// PEM file with the CA that signs the server's certificate (`sslmode=verify-ca` or
+        /// `verify-full`; RDS: the region's bundle); empty: the system's roots.
+        ca_file: PathBuf = PathBuf::new(), value, restart;
+        /// The schema meterd creates and migrates its tables in.
+        schema: String = "meterd".into(), value, restart;
+        /// This host's id, stable across restarts and unique in the fleet; empty: derived (ECS
+        /// task ARN, pod name, machine id).
+        host_id: String = String::new(), value, restart;
+        /// How long after an hour ends the fleet waits for every live host's partials.
+        #[serde(with = "crate::duration::serde")]
+        close_after: Duration = Duration::from_secs(10 * 60), duration, restart;
+        /// A host that has not beaten its heart this long is not waited for.
+        #[serde(with = "crate::duration::serde")]
+        host_timeout: Duration = Duration::from_secs(2 * 60), duration, restart;
+        /// The submitter lease's lifetime; it is renewed every third of it.
+        #[serde(with = "crate::duration::serde")]
+        lease_ttl: Duration = Duration::from_secs(30), duration, restart;
+    }
     [shutdown] ShutdownConfig {
         #[serde(with = "crate::duration::serde")]
         grace: Duration = Duration::from_secs(10), duration, restart;
@@ -307,6 +332,11 @@ impl Config {
     /// `submit.deadline`, or the operation's own window when it is unset.
     pub fn deadline(&self) -> Duration {
         self.submit.deadline.unwrap_or_else(|| self.max_deadline())
+    }
+
+    /// Whether fleet mode is on.
+    pub fn fleet(&self) -> bool {
+        !self.fleet.database_url.is_empty()
     }
 
     /// The socket file's permission bits.

@@ -32,9 +32,12 @@ use crate::clock::Clock;
 use crate::commit::{self, CommitSettings, Committer};
 use crate::config::{Config, ConfigError};
 use crate::context::Context;
+use crate::fleet::FleetSettings;
+use crate::fleet::holder::Holder;
+use crate::fleet::ship::Shipper;
 use crate::ingest::{EventParser, IngestServer, SharedParser};
 use crate::model::{Mode, Scope};
-use crate::outbox::{Outbox, Recovered};
+use crate::outbox::{Outbox, RecordState, Recovered, StoredRecord};
 use crate::submit::{Control, MeteringApi, RegisterRequest, RegistrationRefused, Settings, Submitter};
 use crate::systemd::Notifier;
 use crate::telemetry::health::RegistrationStatus;
@@ -142,6 +145,33 @@ pub struct Running<A> {
     stops: Stops,
     /// Whether this start may meter: true once RegisterUsage succeeded, or when it is off.
     registered: watch::Sender<bool>,
+    /// Fleet mode's database and settings.
+    fleet: Option<FleetRuntime>,
+    /// Where the shutdown sends a flush of every open hour (fleet mode: partials are summed, so a
+    /// host that stops seals its hours now and ships them).
+    flush_on_stop: Option<mpsc::Sender<commit::Command>>,
+}
+
+/// Fleet mode's database and settings, shared by the ship stage and the lease loop.
+#[derive(Clone)]
+struct FleetRuntime {
+    target: crate::fleet::db::Target,
+    settings: Arc<FleetSettings>,
+}
+
+impl FleetRuntime {
+    async fn new(config: &Config) -> anyhow::Result<Self> {
+        let host_id = crate::fleet::host::host_id(&config.fleet.host_id).await.map_err(anyhow::Error::msg)?;
+        let fleet = &config.fleet;
+        let target = crate::fleet::db::Target::new(
+            &fleet.database_url,
+            &fleet.password_file,
+            &fleet.ca_file,
+            &fleet.schema,
+        )?;
+        tracing::info!(host_id = %host_id, schema = %fleet.schema, "fleet mode: partials go to PostgreSQL");
+        Ok(Self { target, settings: Arc::new(FleetSettings::new(config, host_id)) })
+    }
 }
 
 /// Completes once `registered` turns true; never if it cannot any more.
@@ -196,7 +226,19 @@ pub async fn start<A: MeteringApi + Clone + 'static>(
     };
     let (supervisor, notifier) = (Supervisor::new(), Arc::new(notifier));
     let (registered, _) = watch::channel(registration(&config).is_none());
-    let mut running = Running { ctx, api, config, endpoints, notifier, supervisor, stops, registered };
+    let fleet = if config.fleet() { Some(FleetRuntime::new(&config).await?) } else { None };
+    let mut running = Running {
+        ctx,
+        api,
+        config,
+        endpoints,
+        notifier,
+        supervisor,
+        stops,
+        registered,
+        fleet,
+        flush_on_stop: None,
+    };
     let (metrics, health) = (running.ctx.metrics.clone(), running.ctx.health.clone());
     let limits = metrics::HttpLimits {
         max_connections: running.config.metrics.max_connections,
@@ -243,10 +285,12 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
     ) -> anyhow::Result<Pipeline> {
         let (ctx, config) = (&self.ctx, &self.config);
         let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
+        let (sealed_through, sealed_through_rx) = watch::channel(None);
         let commit_settings = CommitSettings {
             rules: rules(config),
             max_bytes: config.storage.max_bytes,
             heartbeat: heartbeat(config),
+            sealed_through,
         };
         let committer =
             Committer::recover(ctx.clone(), outbox.clone(), recovered, commit_settings, sealed_tx);
@@ -254,20 +298,62 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
         spawn_commit_thread(&mut self.supervisor, committer, command_rx)?;
 
         let records = std::mem::take(&mut recovered.records);
-        let submitter =
-            Submitter::new(ctx.clone(), self.api.clone(), outbox.clone(), records, settings(config));
         let (controls, control_rx) = mpsc::channel(16);
-        let submit = submitter.run(
-            sealed_rx,
-            control_rx,
-            cleared(self.registered.subscribe()),
-            self.stops.submit.clone(),
-        );
-        self.supervisor.spawn_unit("submit", submit);
+        if let Some(fleet) = self.fleet.clone() {
+            self.spawn_fleet(fleet, outbox, records, sealed_rx, sealed_through_rx);
+            // In fleet mode a host submits nothing of its own: the shutdown flush seals its open
+            // hours as partials, and dead-letter retries are the fleet's (docs/fleet.md).
+            self.flush_on_stop = Some(commands.clone());
+        } else {
+            let submitter =
+                Submitter::new(ctx.clone(), self.api.clone(), outbox.clone(), records, settings(config));
+            let submit = submitter.run(
+                sealed_rx,
+                control_rx,
+                cleared(self.registered.subscribe()),
+                self.stops.submit.clone(),
+            );
+            self.supervisor.spawn_unit("submit", submit);
+        }
+        let config = &self.config;
         let every = config.storage.checkpoint_interval;
         self.supervisor
             .spawn_unit("ticker", commit::tick(commands.clone(), every, self.stops.intake.clone()));
         Ok(Pipeline { commands, controls })
+    }
+
+    /// Fleet mode: the ship stage takes the sealed records (partials) and this host's unshipped
+    /// ones; the lease loop closes hours and submits while it holds the lease.
+    fn spawn_fleet(
+        &mut self,
+        fleet: FleetRuntime,
+        outbox: &Arc<Outbox>,
+        records: Vec<StoredRecord>,
+        sealed: mpsc::UnboundedReceiver<Vec<StoredRecord>>,
+        sealed_through: watch::Receiver<Option<i64>>,
+    ) {
+        let pending = records
+            .into_iter()
+            .filter(|stored| stored.state == RecordState::Pending)
+            .map(|stored| ((stored.record.key.hour, crate::admin::record_id(&stored.record.key)), stored))
+            .collect();
+        let shipper = Shipper {
+            ctx: self.ctx.clone(),
+            settings: fleet.settings.clone(),
+            target: fleet.target.clone(),
+            outbox: outbox.clone(),
+            pending,
+            sealed_through,
+        };
+        self.supervisor.spawn_unit("ship", shipper.run(sealed, self.stops.submit.clone()));
+        let holder = Holder {
+            ctx: self.ctx.clone(),
+            settings: fleet.settings,
+            target: fleet.target,
+            api: self.api.clone(),
+            submit: settings(&self.config),
+        };
+        self.supervisor.spawn_unit("fleet", holder.run(self.stops.submit.clone()));
     }
 
     /// The ingest and admin listeners, SIGHUP reload and the systemd watchdog.
@@ -289,7 +375,8 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
             max_connections: config.ingest.max_connections,
             max_pending_reply_bytes: config.ingest.max_pending_reply_bytes,
         };
-        let (listener, registered, intake_stop) = (front.listener, self.registered.subscribe(), intake.clone());
+        let (listener, registered, intake_stop) =
+            (front.listener, self.registered.subscribe(), intake.clone());
         self.supervisor.spawn_unit("ingest", async move {
             tokio::select! {
                 () = cleared(registered) => server.serve(listener, intake_stop).await,
@@ -358,6 +445,16 @@ fn bind_ingest(
     let (listener, file) =
         SocketFile::bind(&config.ingest.socket, config.socket_mode(), group).map_err(anyhow::Error::msg)?;
     Ok(Watched::new(listener, file, "ingest"))
+}
+
+/// Seals every open hour now, before the commit thread's last checkpoint (fleet mode's scale-in).
+async fn flush_open_hours(commands: mpsc::Sender<commit::Command>) {
+    let (reply, sealed) = oneshot::channel();
+    if commands.send(commit::Command::Flush { customer: None, reply }).await.is_ok()
+        && let Ok(count) = sealed.await
+    {
+        tracing::info!(records = count, "stopping: open hours sealed now, to be shipped before exit");
+    }
 }
 
 /// The commit stage runs on its own thread; a supervised task waits for its result, so that the
@@ -462,10 +559,13 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
             self.stops.intake.cancel();
             trouble
                 .extend(self.supervisor.wait_for(&["ingest", "admin", "reload", "watchdog", "ticker"]).await);
+            if let Some(commands) = self.flush_on_stop.take() {
+                flush_open_hours(commands).await;
+            }
             // Every sender of the commit queue is gone now: the commit thread checkpoints and ends.
             trouble.extend(self.supervisor.wait_for(&["commit"]).await);
             self.stops.submit.cancel();
-            trouble.extend(self.supervisor.wait_for(&["submit"]).await);
+            trouble.extend(self.supervisor.wait_for(&["submit", "ship", "fleet"]).await);
         })
         .await;
         self.stops.metrics.cancel();

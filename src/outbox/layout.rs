@@ -22,6 +22,8 @@ pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 
 pub const META: &[u8] = b"mcheckpoint";
+/// This outbox's instance id (fleet partial ids), made when first asked for.
+pub const INSTANCE: &[u8] = b"minstance";
 pub const LOG: u8 = b'l';
 pub const OPEN: u8 = b'o';
 pub const ID: u8 = b'i';

@@ -23,6 +23,7 @@
 //! | `Pending` | sealed, frozen, not yet confirmed (possibly sent) | `Accepted`, `DeadLetter` |
 //! | `Accepted` | the service returned Success; holds the MeteringRecordId | final |
 //! | `DeadLetter` | can never be accepted; holds the reason and the service's message | final |
+//! | `Shipped` | fleet mode: a partial committed to the fleet database, which bills it | final |
 //!
 //! ## Durability
 //! sled's `flush` writes with `sync_file_range`, which neither flushes the device cache nor the
@@ -124,8 +125,19 @@ pub struct Meta {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecordState {
     Pending,
-    Accepted { metering_record_id: String, at: i64 },
-    DeadLetter { reason: DeadReason, message: String, at: i64 },
+    Accepted {
+        metering_record_id: String,
+        at: i64,
+    },
+    DeadLetter {
+        reason: DeadReason,
+        message: String,
+        at: i64,
+    },
+    /// Fleet mode: the record is this host's partial, committed to the fleet database.
+    Shipped {
+        at: i64,
+    },
 }
 
 /// A sealed record as the outbox keeps it.
@@ -141,7 +153,9 @@ impl StoredRecord {
     pub fn settled_at(&self) -> Option<i64> {
         match &self.state {
             RecordState::Pending => None,
-            RecordState::Accepted { at, .. } | RecordState::DeadLetter { at, .. } => Some(*at),
+            RecordState::Accepted { at, .. }
+            | RecordState::DeadLetter { at, .. }
+            | RecordState::Shipped { at } => Some(*at),
         }
     }
 }
@@ -168,6 +182,7 @@ impl Recovered {
             reason: reason.to_string(),
         };
         match key.first().copied() {
+            _ if key == layout::INSTANCE => {}
             _ if key == layout::META => {
                 self.meta = decode(key, value)?;
                 self.last_seq = self.last_seq.max(self.meta.log_seq);
@@ -537,6 +552,24 @@ impl Outbox {
         let mut bytes = [FORMAT_VERSION; 9];
         bytes[1..].copy_from_slice(&seq.to_be_bytes());
         self.watermark.write_all_at(&bytes, 0).map_err(OutboxError::Sync)
+    }
+
+    /// A random id made once per outbox: a data dir started afresh gets a new one. Fleet partial
+    /// ids begin with it, so they are never reused. Made durable by the next barrier.
+    pub fn instance(&self) -> String {
+        if let Ok(Some(value)) = self.db.get(layout::INSTANCE) {
+            return String::from_utf8_lossy(&value).into_owned();
+        }
+        let id = format!("{:016x}", fastrand::u64(..));
+        match self.db.compare_and_swap(layout::INSTANCE, None as Option<&[u8]>, Some(id.as_bytes())) {
+            Ok(Ok(())) => id,
+            _ => self
+                .db
+                .get(layout::INSTANCE)
+                .ok()
+                .flatten()
+                .map_or(id, |v| String::from_utf8_lossy(&v).into_owned()),
+        }
     }
 
     pub fn barrier(&self) -> Result<(), OutboxError> {

@@ -5,6 +5,7 @@ pub mod api;
 pub mod register;
 mod send;
 pub mod size;
+mod store;
 mod submitter;
 
 pub use api::{
@@ -13,4 +14,5 @@ pub use api::{
 };
 pub use register::{RegisterRequest, RegistrationRefused, register};
 pub use size::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
+pub use store::{Store, StoreError};
 pub use submitter::{Control, Settings, Submitter};

@@ -30,11 +30,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::MeteringApi;
 use super::size::{MAX_BATCH_BYTES, request_bytes};
+use super::store::Store;
 use crate::aggregate::SealedRecord;
 use crate::clock::deadline;
 use crate::context::Context;
 use crate::model::{DeadReason, RecordKey};
-use crate::outbox::{Outbox, RecordState, StoredRecord};
+use crate::outbox::{RecordState, StoredRecord};
 
 /// How often settled records older than `storage.retention` are compacted away.
 const COMPACT_EVERY: Duration = Duration::from_secs(3600);
@@ -90,7 +91,7 @@ fn queue_key(record: &SealedRecord) -> QueueKey {
 pub struct Submitter<A> {
     pub(super) ctx: Context,
     pub(super) api: A,
-    outbox: Arc<Outbox>,
+    store: Arc<dyn Store>,
     pub(super) settings: Settings,
     pub(super) queue: BTreeMap<QueueKey, Entry>,
     pub(super) accepted: i64,
@@ -110,14 +111,14 @@ impl<A: MeteringApi> Submitter<A> {
     pub fn new(
         ctx: Context,
         api: A,
-        outbox: Arc<Outbox>,
+        store: Arc<dyn Store>,
         records: Vec<StoredRecord>,
         settings: Settings,
     ) -> Self {
         let mut this = Self {
             ctx,
             api,
-            outbox,
+            store,
             settings,
             queue: BTreeMap::new(),
             accepted: 0,
@@ -133,6 +134,8 @@ impl<A: MeteringApi> Submitter<A> {
                 RecordState::Pending => this.enqueue(stored),
                 RecordState::Accepted { .. } => this.accepted += 1,
                 RecordState::DeadLetter { reason, .. } => *this.dead.entry(*reason).or_default() += 1,
+                // A fleet partial: the fleet database bills it, not this loop.
+                RecordState::Shipped { .. } => {}
             }
         }
         if !this.queue.is_empty() {
@@ -179,6 +182,10 @@ impl<A: MeteringApi> Submitter<A> {
             return;
         }
         loop {
+            if self.store.fenced() {
+                tracing::warn!("this submit loop's store is fenced (the lease moved on); it stops");
+                return;
+            }
             while let Ok(records) = sealed.try_recv() {
                 self.enqueue_all(records);
             }
@@ -289,7 +296,7 @@ impl<A: MeteringApi> Submitter<A> {
                         tracing::warn!(reason = reason.as_str(), hour = key.hour, quantity = stored.record.quantity, %message, "dead letter dropped by an operator");
                         *self.dead.entry(*reason).or_default() -= 1;
                     }
-                    if let Err(err) = self.outbox.remove_record(&key) {
+                    if let Err(err) = self.store.remove_record(&key) {
                         tracing::error!(%err, "failed to drop a dead letter; stopping");
                         self.ctx.fail();
                     }
@@ -304,7 +311,7 @@ impl<A: MeteringApi> Submitter<A> {
     }
 
     fn dead_letter_record(&self, key: &RecordKey) -> Option<StoredRecord> {
-        match self.outbox.record(key) {
+        match self.store.record(key) {
             Ok(Some(stored)) if matches!(stored.state, RecordState::DeadLetter { .. }) => Some(stored),
             Ok(_) => None,
             Err(err) => {
@@ -318,13 +325,13 @@ impl<A: MeteringApi> Submitter<A> {
     fn compact(&mut self) {
         self.next_compaction = Instant::now() + COMPACT_EVERY;
         let before = self.ctx.clock.now() - self.settings.retention;
-        match self.outbox.compact(before) {
+        match self.store.compact(before) {
             Ok(removed) if !removed.is_empty() => {
                 for stored in &removed {
                     match &stored.state {
                         RecordState::Accepted { .. } => self.accepted -= 1,
                         RecordState::DeadLetter { reason, .. } => *self.dead.entry(*reason).or_default() -= 1,
-                        RecordState::Pending => {}
+                        RecordState::Pending | RecordState::Shipped { .. } => {}
                     }
                 }
                 tracing::info!(
@@ -386,14 +393,18 @@ impl<A: MeteringApi> Submitter<A> {
     }
 
     pub(super) fn persist(&self, stored: &StoredRecord) {
-        if let Err(err) = self.outbox.settle(stored) {
-            tracing::error!(%err, "failed to record a submission result; stopping");
-            self.ctx.fail();
+        match self.store.settle(stored) {
+            Ok(()) => {}
+            Err(err) if self.store.fenced() => tracing::warn!(%err, "another submitter took over"),
+            Err(err) => {
+                tracing::error!(%err, "failed to record a submission result; stopping");
+                self.ctx.fail();
+            }
         }
     }
 
     pub(super) fn barrier(&self) {
-        if let Err(err) = self.outbox.barrier() {
+        if let Err(err) = self.store.barrier() {
             tracing::error!(%err, "failed to make submission results durable; stopping");
             self.ctx.fail();
         }

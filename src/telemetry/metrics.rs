@@ -56,6 +56,12 @@ pub struct Metrics {
     pub outbox_bytes: IntGauge,
     pub submission_paused: IntGauge,
     pub records_awaiting_subscription: IntGauge,
+    pub fleet_partials_shipped: IntCounter,
+    pub fleet_ship_errors: IntCounter,
+    pub fleet_backlog: IntGauge,
+    pub fleet_lease_held: IntGauge,
+    pub fleet_hours_closed: IntCounter,
+    pub fleet_late_partials: IntCounterVec,
 }
 
 /// `meterd_ack_latency_seconds` buckets: a group commit is one device flush, so sub-millisecond.
@@ -170,6 +176,25 @@ impl Metrics {
                 "meterd_records_awaiting_subscription",
                 "Pending records whose customer was not subscribed at the last answer; offered again every submit.subscription_recheck until their deadline.",
             ),
+            fleet_partials_shipped: r.counter(
+                "meterd_fleet_partials_shipped_total",
+                "Fleet mode: this host's partials committed to the fleet database.",
+            ),
+            fleet_ship_errors: r.counter(
+                "meterd_fleet_ship_errors_total",
+                "Fleet mode: failed attempts to ship partials (the database unreachable or refusing).",
+            ),
+            fleet_backlog: r.gauge("meterd_fleet_backlog", "Fleet mode: this host's partials waiting to be shipped."),
+            fleet_lease_held: r.gauge("meterd_fleet_lease_held", "Fleet mode: 1 while this host holds the submitter lease."),
+            fleet_hours_closed: r.counter(
+                "meterd_fleet_hours_closed_total",
+                "Fleet mode: hours this host closed (summed into fleet records) as lease holder.",
+            ),
+            fleet_late_partials: r.counter_vec(
+                "meterd_fleet_late_partials_total",
+                "Fleet mode: partials that arrived after their hour closed, by outcome (carried, dead_letter).",
+                &["outcome"],
+            ),
             registry: r.0,
         };
         metrics.prime();
@@ -194,6 +219,9 @@ impl Metrics {
             self.connections.with_label_values(&[listener]).set(0);
             self.connections_over_limit.with_label_values(&[listener]);
             self.accept_errors.with_label_values(&[listener]);
+        }
+        for outcome in ["carried", "dead_letter"] {
+            self.fleet_late_partials.with_label_values(&[outcome]);
         }
         for result in ["ok", "invalid"] {
             self.config_reloads.with_label_values(&[result]);

@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub mod daemon;
+pub mod pg;
 
 pub const REGION: &str = "us-east-1";
 pub const SECRET: &str = "emulator-test-secret";

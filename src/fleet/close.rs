@@ -1,0 +1,131 @@
+//! Closing an hour (the lease holder only): when every host alive during the hour has shipped
+//! through it, or `close_after` has passed since it ended, its partials are summed per record key
+//! and tag set and written as frozen fleet records, and the hour is marked closed — one
+//! transaction, fenced by the lease epoch. The records then go through the same submit loop as a
+//! single host's, with their state in `records`.
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::Client;
+
+use super::FleetSettings;
+use super::db::{DbError, key_columns, key_of};
+use crate::aggregate::{Allocation, SealedRecord};
+use crate::model::{MAX_QUANTITY, RecordKey, TagSet};
+
+/// Hours that may close now, oldest first, with the hosts still waited for (empty: close).
+pub async fn due_hours(
+    client: &Client,
+    settings: &FleetSettings,
+    now: i64,
+) -> Result<Vec<(i64, Vec<String>)>, DbError> {
+    let hours: Vec<i64> = client
+        .query("SELECT hour FROM hours WHERE state = 'open' AND hour + 3600 <= $1 ORDER BY hour", &[&now])
+        .await?
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut out = Vec::new();
+    for hour in hours {
+        let waiting: Vec<String> = client
+            .query(
+                "SELECT host_id FROM hosts WHERE deregistered_at IS NULL AND heartbeat >= $1
+                   AND first_seen < $2::bigint + 3600 AND coalesce(shipped_through, -1) < $2 ORDER BY host_id",
+                &[&(now - settings.host_timeout), &hour],
+            )
+            .await?
+            .into_iter()
+            .map(|row| row.get(0))
+            .collect();
+        let overdue = now >= hour + 3600 + settings.close_after;
+        out.push((hour, if overdue { Vec::new() } else { waiting }));
+    }
+    Ok(out)
+}
+
+/// Closes `hour` under `epoch`: sums its partials into records, marks it closed. Returns the new
+/// records; `None` when the lease is no longer this epoch's or the hour was closed already.
+pub async fn close(
+    client: &mut Client,
+    hour: i64,
+    epoch: i64,
+    now: i64,
+) -> Result<Option<Vec<SealedRecord>>, DbError> {
+    let tx = client.transaction().await?;
+    let state = tx.query_opt("SELECT state FROM hours WHERE hour = $1 FOR UPDATE", &[&hour]).await?;
+    let fenced = tx
+        .query_opt("SELECT 1 FROM lease WHERE name = 'submitter' AND epoch = $1 FOR SHARE", &[&epoch])
+        .await?
+        .is_none();
+    if fenced || state.is_none_or(|row| row.get::<_, String>(0) != "open") {
+        return Ok(None);
+    }
+    let rows = tx
+        .query(
+            "SELECT scope_kind, scope, customer_kind, customer, dimension, tags, sum(quantity)::bigint
+             FROM partials WHERE hour = $1 GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6",
+            &[&hour],
+        )
+        .await?;
+    let mut sums: BTreeMap<RecordKey, Vec<(TagSet, i64)>> = BTreeMap::new();
+    for row in rows {
+        let key = key_of(row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), hour);
+        let tags: TagSet = serde_json::from_str(row.get::<_, &str>(5)).unwrap_or_default();
+        sums.entry(key).or_default().push((tags, row.get(6)));
+    }
+    let records: Vec<SealedRecord> = sums.into_iter().map(|(key, tags)| record(key, tags)).collect();
+    insert_records(&tx, &records, epoch, now).await?;
+    tx.execute(
+        "UPDATE hours SET state = 'closed', closed_at = $2, closed_epoch = $3 WHERE hour = $1",
+        &[&hour, &now, &epoch],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(records))
+}
+
+/// The fleet record of a key's summed tag sets. Quantities above the service's limit are kept as
+/// they are (saturated); the submit loop's checks make such a record a dead letter with its reason.
+fn record(key: RecordKey, tags: Vec<(TagSet, i64)>) -> SealedRecord {
+    let clamp = |q: i64| q.clamp(0, i64::from(MAX_QUANTITY)) as u32;
+    let quantity = clamp(tags.iter().map(|(_, q)| *q).sum());
+    let tagged = tags.iter().any(|(t, _)| !t.is_empty());
+    let allocations = if tagged {
+        tags.into_iter().map(|(tags, q)| Allocation { tags, quantity: clamp(q) }).collect()
+    } else {
+        Vec::new()
+    };
+    SealedRecord { key, quantity, allocations }
+}
+
+async fn insert_records(
+    tx: &tokio_postgres::Transaction<'_>,
+    records: &[SealedRecord],
+    epoch: i64,
+    now: i64,
+) -> Result<(), DbError> {
+    for chunk in records.chunks(1000) {
+        let mut columns: [Vec<String>; 5] = Default::default();
+        let (mut hours, mut quantities, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+        for record in chunk {
+            let (scope_kind, scope, customer_kind, customer) = key_columns(&record.key);
+            for (column, value) in
+                columns.iter_mut().zip([scope_kind, scope, customer_kind, customer, &record.key.dimension])
+            {
+                column.push(value.to_string());
+            }
+            hours.push(record.key.hour);
+            quantities.push(i64::from(record.quantity));
+            bytes.push(postcard::to_allocvec(record).expect("a record always encodes"));
+        }
+        let [scope_kind, scope, customer_kind, customer, dimension] = &columns;
+        tx.execute(
+            "INSERT INTO records (scope_kind, scope, customer_kind, customer, dimension, hour, quantity, record, state, sealed_at, epoch)
+             SELECT *, 'pending', $9, $10 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bytea[])
+             ON CONFLICT DO NOTHING",
+            &[scope_kind, scope, customer_kind, customer, dimension, &hours, &quantities, &bytes, &now, &epoch],
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! Fleet mode: many meterd hosts (an Auto Scaling group, an ECS service, an EKS Deployment), one
+//! exact record per customer, dimension and hour, through PostgreSQL (`[fleet]`, on when
+//! `fleet.database_url` is set). docs/fleet.md has the operator's view.
+//!
+//! ```text
+//!  host A: ingest → commit (seal) ─partials─▶ ship ─┐                     ┌─ lease holder only ─┐
+//!  host B: ingest → commit (seal) ─partials─▶ ship ─┼─▶ PostgreSQL ──────▶│ close hour (sum) ──▶ │─▶ submit loop ─▶ AWS
+//!  host C: ingest → commit (seal) ─partials─▶ ship ─┘   partials, hosts,  │ records (fenced)     │
+//!                                                       hours, records,   └──────────────────────┘
+//!                                                       lease
+//! ```
+//!
+//! | hour state | means | next |
+//! |---|---|---|
+//! | (no row) | no partial shipped for it yet | `open` when the first partial arrives |
+//! | `open` | partials arrive; hosts report how far they shipped | `closed` when every host alive during it shipped through it, or `close_after` after it ended |
+//! | `closed` | summed into `records` (state `pending` → `accepted` / `dead_letter`, as on one host) | a partial arriving now is late ([`ship::Late`]) |
+
+pub mod close;
+pub mod db;
+pub mod holder;
+pub mod host;
+pub mod lease;
+pub mod ship;
+pub mod store;
+
+use std::time::Duration;
+
+use crate::aggregate::SealedRecord;
+use crate::config::Config;
+use crate::model::LateEvents;
+
+/// What the fleet stages are configured with, in seconds where times.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    pub host_id: String,
+    pub close_after: i64,
+    pub host_timeout: i64,
+    pub lease_ttl: i64,
+    /// The operation's window (the month close applies on top).
+    pub deadline: i64,
+    pub late_events: LateEvents,
+}
+
+impl FleetSettings {
+    pub fn new(config: &Config, host_id: String) -> Self {
+        let secs = |d: Duration| d.as_secs() as i64;
+        Self {
+            host_id,
+            close_after: secs(config.fleet.close_after),
+            host_timeout: secs(config.fleet.host_timeout),
+            lease_ttl: secs(config.fleet.lease_ttl),
+            deadline: secs(config.deadline()),
+            late_events: config.submit.late_events,
+        }
+    }
+
+    /// How often a host beats its heart (and ships what waits) when nothing else happens.
+    pub fn heartbeat_every(&self) -> Duration {
+        Duration::from_millis((self.host_timeout * 1000 / 4).clamp(200, 30_000) as u64)
+    }
+
+    /// How often the lease is renewed (or tried).
+    pub fn lease_every(&self) -> Duration {
+        Duration::from_millis((self.lease_ttl * 1000 / 3).max(100) as u64)
+    }
+}
+
+/// A stable digest of a partial (FNV-1a over its postcard bytes), to tell a resend from a
+/// different partial under the same id.
+pub fn partial_digest(record: &SealedRecord) -> i64 {
+    let bytes = postcard::to_allocvec(record).expect("a record always encodes");
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+        as i64
+}

@@ -1,0 +1,378 @@
+//! The ship stage (every fleet host): sealed hourly records are this host's *partials*; they go
+//! to PostgreSQL instead of to the Metering Service.
+//!
+//! A partial's id is this outbox's instance id and the record's id, so a resend is a no-op and a
+//! data dir started afresh never reuses one. One transaction per batch: the hours it names are
+//! locked `FOR SHARE` (the lease holder closes an hour `FOR UPDATE`, so a partial is either in the
+//! sum or late, never lost between); a partial already there with the same digest is done, with
+//! another digest it is an ERROR and the stored one stays; a partial of an open hour is inserted;
+//! one of a closed hour is *late* (see [`Late`]). The host's row (heartbeat, shipped-through hour)
+//! is written in the same transaction. Only after the commit are the partials marked `Shipped` in
+//! the local outbox. While the database is unreachable nothing is lost: partials wait in the
+//! outbox, ingest goes on, and shipping resumes with backoff.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::db::{DbError, Target, key_columns};
+use super::{FleetSettings, partial_digest};
+use crate::clock::{deadline, hour_of, same_month};
+use crate::context::Context;
+use crate::model::{DeadReason, LateEvents};
+use crate::outbox::{Outbox, RecordState, StoredRecord};
+
+/// Most partials in one transaction.
+const BATCH: usize = 500;
+
+/// What happens to a partial whose hour the fleet already closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Late {
+    /// Counted into the fleet's open hour now (`late_events = carry_forward`, same billing month,
+    /// inside the deadline): a derived partial `late:<id>` in that hour.
+    Carried { to: i64 },
+    /// A fleet dead letter `late_partial` with its host and quantity.
+    DeadLetter,
+}
+
+/// Decides where a late partial of `hour` goes at `now`.
+pub fn late(hour: i64, now: i64, settings: &FleetSettings) -> Late {
+    let to = hour_of(now);
+    let carry = settings.late_events == LateEvents::CarryForward
+        && to > hour
+        && same_month(hour, to)
+        && deadline(to, settings.deadline) > now + 3600;
+    if carry { Late::Carried { to } } else { Late::DeadLetter }
+}
+
+/// The ship stage's state.
+pub struct Shipper {
+    pub ctx: Context,
+    pub settings: Arc<FleetSettings>,
+    pub target: Target,
+    pub outbox: Arc<Outbox>,
+    /// This host's unshipped partials, by outbox key order.
+    pub pending: BTreeMap<(i64, String), StoredRecord>,
+    /// The commit stage's last sealed hour (a partial of every hour up to it was handed over).
+    pub sealed_through: watch::Receiver<Option<i64>>,
+}
+
+impl Shipper {
+    /// Ships until `cancel`, then once more (scale-in: within the stop timeout) and deregisters.
+    pub async fn run(
+        mut self,
+        mut sealed: mpsc::UnboundedReceiver<Vec<StoredRecord>>,
+        cancel: CancellationToken,
+    ) {
+        let mut client: Option<Client> = None;
+        let mut failures = 0u32;
+        let every = self.settings.heartbeat_every();
+        loop {
+            let wait = if failures == 0 { every } else { backoff(failures) };
+            tokio::select! {
+                received = sealed.recv() => match received {
+                    Some(records) => self.add(records),
+                    None => break,
+                },
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => break,
+            }
+            while let Ok(records) = sealed.try_recv() {
+                self.add(records);
+            }
+            match self.ship(&mut client).await {
+                Ok(()) => failures = 0,
+                Err(err) => {
+                    failures += 1;
+                    client = None;
+                    self.ctx.metrics.fleet_ship_errors.inc();
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(%err, backlog = self.pending.len(), "cannot ship partials to the fleet database; they wait in the outbox");
+                    }
+                }
+            }
+        }
+        while let Ok(records) = sealed.try_recv() {
+            self.add(records);
+        }
+        self.finish(&mut client).await;
+    }
+
+    fn add(&mut self, records: Vec<StoredRecord>) {
+        for stored in records {
+            let id = crate::admin::record_id(&stored.record.key);
+            self.pending.insert((stored.record.key.hour, id), stored);
+        }
+        self.ctx.metrics.fleet_backlog.set(self.pending.len() as i64);
+    }
+
+    /// Ships what is pending (in batches) and beats the host's heart.
+    async fn ship(&mut self, client: &mut Option<Client>) -> Result<(), DbError> {
+        if client.is_none() {
+            *client = Some(self.target.connect().await?);
+        }
+        let client = client.as_mut().expect("just connected");
+        loop {
+            let batch: Vec<((i64, String), StoredRecord)> =
+                self.pending.iter().take(BATCH).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let shipped = self.ship_batch(client, &batch).await?;
+            for key in &shipped {
+                if let Some(mut stored) = self.pending.remove(key) {
+                    stored.state = RecordState::Shipped { at: self.ctx.clock.now() };
+                    self.persist(&stored);
+                }
+            }
+            if !shipped.is_empty() && self.outbox.barrier().is_err() {
+                self.ctx.fail();
+            }
+            self.ctx.metrics.fleet_partials_shipped.inc_by(shipped.len() as u64);
+            self.ctx.metrics.fleet_backlog.set(self.pending.len() as i64);
+            if batch.len() < BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    fn persist(&self, stored: &StoredRecord) {
+        if let Err(err) = self.outbox.settle(stored) {
+            tracing::error!(%err, "failed to mark a partial shipped; stopping");
+            self.ctx.fail();
+        }
+    }
+
+    /// The highest hour this host has sealed and shipped whole.
+    fn shipped_through(&self) -> Option<i64> {
+        let sealed = (*self.sealed_through.borrow())?;
+        match self.pending.keys().next() {
+            Some((hour, _)) if *hour <= sealed => Some(hour - 3600),
+            _ => Some(sealed),
+        }
+    }
+
+    /// One transaction: the batch's partials and the host's row. Returns the partials now in
+    /// the database (or dead-lettered there).
+    async fn ship_batch(
+        &self,
+        client: &mut Client,
+        batch: &[((i64, String), StoredRecord)],
+    ) -> Result<Vec<(i64, String)>, DbError> {
+        let now = self.ctx.clock.now();
+        let host = &self.settings.host_id;
+        let instance = self.outbox.instance();
+        let tx = client.transaction().await?;
+        let mut hours: Vec<i64> = batch.iter().map(|((hour, _), _)| *hour).collect();
+        hours.push(hour_of(now));
+        hours.sort_unstable();
+        hours.dedup();
+        tx.execute("INSERT INTO hours (hour) SELECT unnest($1::bigint[]) ON CONFLICT DO NOTHING", &[&hours])
+            .await?;
+        let states: HashMap<i64, String> = tx
+            .query("SELECT hour, state FROM hours WHERE hour = ANY($1) ORDER BY hour FOR SHARE", &[&hours])
+            .await?
+            .into_iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let ids: Vec<String> = batch.iter().map(|((_, id), _)| format!("{instance}:{id}")).collect();
+        let known = known_partials(&tx, host, &ids).await?;
+        let mut rows = Rows::default();
+        let mut done = Vec::new();
+        for (((hour, local), stored), partial_id) in batch.iter().zip(&ids) {
+            let digest = partial_digest(&stored.record);
+            match known.get(partial_id) {
+                Some(stored_digest) if *stored_digest == digest => {}
+                Some(_) => {
+                    tracing::error!(
+                        partial_id,
+                        hour,
+                        "a different partial is stored under this id; the stored one stays and this one is not billed"
+                    );
+                    self.mark_conflict(stored);
+                }
+                None if states.get(hour).is_some_and(|s| s == "open") => {
+                    rows.add(partial_id, &stored.record, digest)
+                }
+                None => {
+                    self.ship_late(&tx, &mut rows, Partial { id: partial_id, stored, digest }, &states, now)
+                        .await?
+                }
+            }
+            done.push((*hour, local.clone()));
+        }
+        rows.insert(&tx, host).await?;
+        let through = self.shipped_through();
+        tx.execute(
+            "INSERT INTO hosts (host_id, first_seen, heartbeat, shipped_through) VALUES ($1, $2, $2, $3)
+             ON CONFLICT (host_id) DO UPDATE SET heartbeat = $2, deregistered_at = NULL,
+               shipped_through = greatest(hosts.shipped_through, excluded.shipped_through)",
+            &[host, &now, &through],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// A partial of a closed hour: carried into the open hour, or a fleet dead letter.
+    async fn ship_late(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        rows: &mut Rows,
+        partial: Partial<'_>,
+        states: &HashMap<i64, String>,
+        now: i64,
+    ) -> Result<(), DbError> {
+        let Partial { id: partial_id, stored, digest } = partial;
+        let record = &stored.record;
+        let outcome = match late(record.key.hour, now, &self.settings) {
+            Late::Carried { to } if states.get(&to).is_some_and(|s| s == "open") => Late::Carried { to },
+            _ => Late::DeadLetter,
+        };
+        let (carried_to, reason, label) = match outcome {
+            Late::Carried { to } => {
+                let mut moved = record.clone();
+                moved.key.hour = to;
+                rows.add(&format!("late:{partial_id}"), &moved, digest);
+                (Some(to), None, "carried")
+            }
+            Late::DeadLetter => (None, Some("late_partial"), "dead_letter"),
+        };
+        let bytes = postcard::to_allocvec(record).expect("a record always encodes");
+        tx.execute(
+            "INSERT INTO late_partials (host_id, partial_id, hour, quantity, digest, carried_to, reason, noted_at, record)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+            &[&self.settings.host_id, &partial_id, &record.key.hour, &i64::from(record.quantity), &digest, &carried_to, &reason, &now, &bytes],
+        )
+        .await?;
+        self.ctx.metrics.fleet_late_partials.with_label_values(&[label]).inc();
+        tracing::warn!(
+            hour = record.key.hour,
+            quantity = record.quantity,
+            carried_to,
+            "a partial arrived after its hour closed"
+        );
+        Ok(())
+    }
+
+    fn mark_conflict(&self, stored: &StoredRecord) {
+        let mut stored = stored.clone();
+        let message =
+            "partial_conflict: the fleet database holds a different partial under this id".to_string();
+        stored.state =
+            RecordState::DeadLetter { reason: DeadReason::Invalid, message, at: self.ctx.clock.now() };
+        self.persist(&stored);
+    }
+
+    /// At shutdown: ship what is left once more, then deregister, so the fleet does not wait.
+    async fn finish(&mut self, client: &mut Option<Client>) {
+        if let Err(err) = self.ship(client).await {
+            tracing::warn!(%err, "last shipment failed");
+        }
+        if !self.pending.is_empty() {
+            let quantity: u64 = self.pending.values().map(|s| u64::from(s.record.quantity)).sum();
+            tracing::error!(
+                partials = self.pending.len(),
+                quantity,
+                "stopping with partials not shipped; they stay in the outbox and ship when this data dir runs again"
+            );
+            return;
+        }
+        let now = self.ctx.clock.now();
+        if let Some(client) = client.as_ref()
+            && let Err(err) = client
+                .execute(
+                    "UPDATE hosts SET deregistered_at = $2 WHERE host_id = $1",
+                    &[&self.settings.host_id, &now],
+                )
+                .await
+        {
+            tracing::warn!(%err, "could not deregister from the fleet; it stops waiting after fleet.host_timeout");
+        }
+    }
+}
+
+/// One partial on its way.
+struct Partial<'a> {
+    id: &'a str,
+    stored: &'a StoredRecord,
+    digest: i64,
+}
+
+/// Partials of this host already in the database (or in `late_partials`), with their digests.
+async fn known_partials(
+    tx: &tokio_postgres::Transaction<'_>,
+    host: &str,
+    ids: &[String],
+) -> Result<HashMap<String, i64>, DbError> {
+    let rows = tx
+        .query(
+            "SELECT DISTINCT partial_id, digest FROM partials WHERE host_id = $1 AND partial_id = ANY($2)
+             UNION ALL SELECT partial_id, digest FROM late_partials WHERE host_id = $1 AND partial_id = ANY($2)",
+            &[&host, &ids],
+        )
+        .await?;
+    Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// Partial rows to insert, one per tag set, as column arrays (one statement per batch).
+#[derive(Default)]
+struct Rows {
+    partial_id: Vec<String>,
+    tags: Vec<String>,
+    scope_kind: Vec<&'static str>,
+    scope: Vec<String>,
+    customer_kind: Vec<&'static str>,
+    customer: Vec<String>,
+    dimension: Vec<String>,
+    hour: Vec<i64>,
+    quantity: Vec<i64>,
+    digest: Vec<i64>,
+}
+
+impl Rows {
+    fn add(&mut self, partial_id: &str, record: &crate::aggregate::SealedRecord, digest: i64) {
+        let (scope_kind, scope, customer_kind, customer) = key_columns(&record.key);
+        let allocations: Vec<(String, i64)> = if record.allocations.is_empty() {
+            vec![("[]".into(), i64::from(record.quantity))]
+        } else {
+            record
+                .allocations
+                .iter()
+                .map(|a| (serde_json::to_string(&a.tags).expect("tags encode"), i64::from(a.quantity)))
+                .collect()
+        };
+        for (tags, quantity) in allocations {
+            self.partial_id.push(partial_id.to_string());
+            self.tags.push(tags);
+            self.scope_kind.push(scope_kind);
+            self.scope.push(scope.to_string());
+            self.customer_kind.push(customer_kind);
+            self.customer.push(customer.to_string());
+            self.dimension.push(record.key.dimension.clone());
+            self.hour.push(record.key.hour);
+            self.quantity.push(quantity);
+            self.digest.push(digest);
+        }
+    }
+
+    async fn insert(self, tx: &tokio_postgres::Transaction<'_>, host: &str) -> Result<(), DbError> {
+        if self.partial_id.is_empty() {
+            return Ok(());
+        }
+        tx.execute(
+            "INSERT INTO partials (host_id, partial_id, tags, scope_kind, scope, customer_kind, customer, dimension, hour, quantity, digest)
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[])
+             ON CONFLICT DO NOTHING",
+            &[&host, &self.partial_id, &self.tags, &self.scope_kind, &self.scope, &self.customer_kind, &self.customer, &self.dimension, &self.hour, &self.quantity, &self.digest],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// The wait after `failures` failed attempts: 1 s doubling to 30 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(5).saturating_sub(1)).min(Duration::from_secs(30))
+}

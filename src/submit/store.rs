@@ -1,0 +1,54 @@
+//! Where the submit loop keeps its records' states: the local outbox on one host, the fleet's
+//! `records` table for the lease holder in fleet mode. The loop settles, reads, drops and compacts
+//! records through this seam only.
+
+use crate::model::RecordKey;
+use crate::outbox::{Outbox, OutboxError, StoredRecord};
+
+/// A failure of the store. With [`Store::fenced`] set it means "no longer ours", not "broken".
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+impl From<OutboxError> for StoreError {
+    fn from(err: OutboxError) -> Self {
+        StoreError(err.to_string())
+    }
+}
+
+/// The records' states, as the submit loop sees them.
+pub trait Store: Send + Sync {
+    /// Writes a record's new state.
+    fn settle(&self, stored: &StoredRecord) -> Result<(), StoreError>;
+    /// Makes what was settled durable.
+    fn barrier(&self) -> Result<(), StoreError>;
+    /// One record, if the store holds it.
+    fn record(&self, key: &RecordKey) -> Result<Option<StoredRecord>, StoreError>;
+    /// Deletes one record.
+    fn remove_record(&self, key: &RecordKey) -> Result<(), StoreError>;
+    /// Deletes settled records older than `before`; returns them.
+    fn compact(&self, before: i64) -> Result<Vec<StoredRecord>, StoreError>;
+    /// Whether writes are refused because another submitter took over (fleet mode); the loop
+    /// then stops instead of stopping meterd.
+    fn fenced(&self) -> bool {
+        false
+    }
+}
+
+impl Store for Outbox {
+    fn settle(&self, stored: &StoredRecord) -> Result<(), StoreError> {
+        Ok(Outbox::settle(self, stored)?)
+    }
+    fn barrier(&self) -> Result<(), StoreError> {
+        Ok(Outbox::barrier(self)?)
+    }
+    fn record(&self, key: &RecordKey) -> Result<Option<StoredRecord>, StoreError> {
+        Ok(Outbox::record(self, key)?)
+    }
+    fn remove_record(&self, key: &RecordKey) -> Result<(), StoreError> {
+        Ok(Outbox::remove_record(self, key)?)
+    }
+    fn compact(&self, before: i64) -> Result<Vec<StoredRecord>, StoreError> {
+        Ok(Outbox::compact(self, before)?)
+    }
+}

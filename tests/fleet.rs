@@ -1,0 +1,142 @@
+//! Fleet mode against a real PostgreSQL (started by the test) and the emulator: several meterd
+//! processes ship partials, one holds the submitter lease, closes hours and submits their sums.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::daemon::{Emu, Launch, Meterd, event};
+use common::hour_start;
+use common::pg::Pg;
+use serde_json::{Value, json};
+
+const H: i64 = 3600;
+
+fn fleet<'a>(dir: &'a std::path::Path, emu: &Emu, pg: &Pg, host: &str) -> Launch<'a> {
+    Launch::new(dir, emu)
+        .env("METERD_FLEET__DATABASE_URL", &pg.url())
+        .env("METERD_FLEET__HOST_ID", host)
+        .env("METERD_FLEET__LEASE_TTL", "3s")
+        .env("METERD_FLEET__HOST_TIMEOUT", "6s")
+        .env("METERD_FLEET__CLOSE_AFTER", "30m")
+}
+
+/// Event `n` of `customer`, `dimension`, in the hour `hours_ago`, with a tag and an id.
+fn usage(customer: &str, dimension: &str, quantity: u64, hours_ago: i64, id: &str, team: &str) -> Value {
+    let mut e = event(customer, dimension, quantity);
+    e["timestamp"] = json!(hour_start(hours_ago) + 60);
+    e["id"] = json!(id);
+    e["tags"] = json!({ "team": team });
+    e
+}
+
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < within, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// (customer, dimension, hour) → (quantity, tag → quantity), as billed by the emulator.
+/// Per (customer, dimension, hour): the quantity, and the quantity per `team` tag.
+type Billing = BTreeMap<(String, String, i64), (u64, BTreeMap<String, u64>)>;
+
+fn billed(emu: &Emu) -> Billing {
+    let mut out = BTreeMap::new();
+    for r in emu.records() {
+        let key = (
+            r["customer_aws_account_id"].as_str().unwrap().to_string(),
+            r["dimension"].as_str().unwrap().to_string(),
+            r["hour"].as_i64().unwrap(),
+        );
+        let mut tags = BTreeMap::new();
+        for a in r["allocations"].as_array().cloned().unwrap_or_default() {
+            let team = a["tags"]["team"].as_str().unwrap_or_else(|| panic!("{a}")).to_string();
+            tags.insert(team, a["quantity"].as_u64().unwrap());
+        }
+        assert!(
+            out.insert(key.clone(), (r["quantity"].as_u64().unwrap(), tags)).is_none(),
+            "one record per key: {key:?}"
+        );
+    }
+    out
+}
+
+#[test]
+fn three_hosts_bill_the_sum_once_through_kills_and_a_database_restart() {
+    let pg = Pg::start();
+    let emu = Emu::start(|_| {});
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let hosts = ["host-a", "host-b", "host-c"];
+    let start = |i: usize, offset: i64| fleet(dirs[i].path(), &emu, &pg, hosts[i]).offset(offset).start();
+    let mut meterds: Vec<Option<Meterd>> = (0..3).map(|i| Some(start(i, 0))).collect();
+
+    // The same customers, dimensions and hours on every host; every event has an id.
+    let mut expected = Billing::new();
+    let mut sent: Vec<Vec<Value>> = vec![Vec::new(); 3];
+    for n in 0..60u64 {
+        let host = (n % 3) as usize;
+        let customer = format!("{}", 100_000_000_000u64 + n % 4);
+        let dimension = if n % 2 == 0 { "requests" } else { "storage" };
+        let hours_ago = (n % 2) as i64;
+        let team = if n % 5 == 0 { "a" } else { "b" };
+        let e = usage(&customer, dimension, n + 1, hours_ago, &format!("e-{n}"), team);
+        let entry = expected.entry((customer, dimension.to_string(), hour_start(hours_ago))).or_default();
+        entry.0 += n + 1;
+        *entry.1.entry(team.to_string()).or_default() += n + 1;
+        sent[host].push(e);
+    }
+    for (host, events) in sent.iter().enumerate() {
+        let (first, second) = events.split_at(events.len() / 2);
+        let replies = meterds[host].as_ref().unwrap().send(first);
+        assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
+        if host == 1 {
+            // host-b is killed mid-stream, restarted, and its client resends everything by id.
+            meterds[1].take().unwrap().kill9();
+            meterds[1] = Some(start(1, 0));
+            let replies = meterds[1].as_ref().unwrap().send(events);
+            assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
+            assert_eq!(replies.iter().filter(|r| r["duplicate"] == true).count(), first.len());
+        } else {
+            let replies = meterds[host].as_ref().unwrap().send(second);
+            assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
+        }
+    }
+
+    // The database goes away while the hosts stop: each seals its hours now, cannot ship them,
+    // and keeps them in its outbox.
+    pg.kill();
+    for meterd in meterds.iter_mut() {
+        assert!(meterd.take().unwrap().signal("TERM").success());
+    }
+    pg.restart();
+
+    // Four hours later (every host's clock and the service's), the hosts ship, the holder closes
+    // both hours and submits; the holder's first answer is lost and it is killed before hearing.
+    emu.set_clock_offset(4 * H);
+    // Every answer is lost until the holder is killed: the service holds the records, the
+    // holder never heard, and the next holder must resend them byte-identical.
+    emu.faults(json!({"drop_after_apply": 1000}));
+    let mut meterds: Vec<Option<Meterd>> = (0..3).map(|i| Some(start(i, 4 * H))).collect();
+    wait_until("the first batch applied", Duration::from_secs(60), || !emu.records().is_empty());
+    let lease = pg.query("SELECT holder, epoch FROM meterd.lease");
+    let (holder, killed_epoch) = (lease[0][0].clone(), lease[0][1].parse::<i64>().unwrap());
+    let index = hosts.iter().position(|h| *h == holder).expect("a host holds the lease");
+    meterds[index].take().unwrap().kill9();
+    emu.clear_faults();
+    wait_until("every record billed", Duration::from_secs(60), || billed(&emu).len() == expected.len());
+    assert_eq!(billed(&emu), expected, "one record per key with the sum of every host's events");
+    let statuses = emu.statuses();
+    assert!(!statuses.contains_key("DuplicateRecord"), "{statuses:?}");
+    let late = pg.query("SELECT count(*) FROM meterd.late_partials");
+    assert_eq!(late[0][0], "0");
+    wait_until("every fleet record accepted", Duration::from_secs(30), || {
+        pg.query("SELECT count(*) FROM meterd.records WHERE state <> 'accepted'")[0][0] == "0"
+    });
+    // The killed holder heard no answer; the next holder settled every record.
+    for row in pg.query("SELECT epoch FROM meterd.records") {
+        assert!(row[0].parse::<i64>().unwrap() > killed_epoch, "settled by a later epoch: {row:?}");
+    }
+}
