@@ -236,10 +236,17 @@ impl Committer {
                 Command::Tick => tick = true,
                 Command::Reconfigure(rules) => self.aggregator.set_rules(rules),
                 Command::Flush { customer, reply } => {
-                    let sealed = self.aggregator.seal_now(|key| match (&customer, &key.customer) {
-                        (None, _) => true,
-                        (Some(want), Customer::AwsAccountId(id) | Customer::Identifier(id)) => want == id,
-                        (Some(_), Customer::Caller) => false,
+                    // Hours that have begun only: a record for a future hour cannot be sent yet.
+                    let current = crate::clock::hour_of(self.ctx.clock.now());
+                    let sealed = self.aggregator.seal_now(|key| {
+                        key.hour <= current
+                            && match (&customer, &key.customer) {
+                                (None, _) => true,
+                                (Some(want), Customer::AwsAccountId(id) | Customer::Identifier(id)) => {
+                                    want == id
+                                }
+                                (Some(_), Customer::Caller) => false,
+                            }
                     });
                     tracing::info!(customer = ?customer, records = sealed, "open hours flushed: sealed now and submitted next");
                     self.flushed.push((reply, sealed));

@@ -314,6 +314,11 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
                 self.stops.submit.clone(),
             );
             self.supervisor.spawn_unit("submit", submit);
+            if config.aws.mode == Mode::MeterUsage {
+                // Each instance, task or pod is its own customer: a stopping one reports its
+                // current hour now instead of losing it at scale-in.
+                self.flush_on_stop = Some(commands.clone());
+            }
         }
         let config = &self.config;
         let every = config.storage.checkpoint_interval;
@@ -447,6 +452,32 @@ fn bind_ingest(
     Ok(Watched::new(listener, file, "ingest"))
 }
 
+/// Waits (at most `within`) until the submit loop has nothing pending or in flight: a stopping
+/// `meter_usage` instance submits the hours it just sealed before it exits.
+async fn drain_submissions(ctx: &Context, within: Duration) {
+    let records = &ctx.metrics.records;
+    let until = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < until {
+        // The gauges lag the queue by one turn of the loop: read them twice, a turn apart.
+        let idle = || {
+            records.with_label_values(&["pending"]).get() == 0
+                && records.with_label_values(&["in_flight"]).get() == 0
+        };
+        if idle() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if idle() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = records.with_label_values(&["pending"]).get();
+    tracing::error!(
+        records = left,
+        "stopping with sealed records not yet accepted; they are resent when this data dir runs again"
+    );
+}
+
 /// Seals every open hour now, before the commit thread's last checkpoint (fleet mode's scale-in).
 async fn flush_open_hours(commands: mpsc::Sender<commit::Command>) {
     let (reply, sealed) = oneshot::channel();
@@ -555,6 +586,7 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
         self.notifier.notify("STOPPING=1\nSTATUS=stopping");
         self.ctx.health.set_stopping();
         let mut trouble = Vec::new();
+        let started = std::time::Instant::now();
         let drained = tokio::time::timeout(grace, async {
             self.stops.intake.cancel();
             trouble
@@ -564,6 +596,13 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
             }
             // Every sender of the commit queue is gone now: the commit thread checkpoints and ends.
             trouble.extend(self.supervisor.wait_for(&["commit"]).await);
+            if self.config.aws.mode == Mode::MeterUsage && self.fleet.is_none() {
+                drain_submissions(
+                    &self.ctx,
+                    grace.saturating_sub(started.elapsed() + Duration::from_millis(500)),
+                )
+                .await;
+            }
             self.stops.submit.cancel();
             trouble.extend(self.supervisor.wait_for(&["submit", "ship", "fleet"]).await);
         })
