@@ -140,3 +140,134 @@ fn three_hosts_bill_the_sum_once_through_kills_and_a_database_restart() {
         assert!(row[0].parse::<i64>().unwrap() > killed_epoch, "settled by a later epoch: {row:?}");
     }
 }
+
+fn lease_held(meterd: &Meterd) -> bool {
+    meterd.metric("meterd_fleet_lease_held") == 1.0
+}
+
+fn past_events(customer: &str, quantity: u64, ids: &str) -> Vec<Value> {
+    (0..3).map(|i| usage(customer, "requests", quantity, 5, &format!("{ids}-{i}"), "a")).collect()
+}
+
+#[test]
+fn one_host_submits_at_a_time_and_another_takes_over_when_the_holder_stops() {
+    const OTHER_KEY: &str = "AKIDFLEETOTHER";
+    let pg = Pg::start();
+    let emu = Emu::start(|config| {
+        config.credentials.push(meterd::emulator::Credential {
+            access_key_id: OTHER_KEY.into(),
+            secret_access_key: common::SECRET.into(),
+        })
+    });
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = fleet(dirs[0].path(), &emu, &pg, "host-a").start();
+    let b = fleet(dirs[1].path(), &emu, &pg, "host-b").env("AWS_ACCESS_KEY_ID", OTHER_KEY).start();
+    let hosts = [&a, &b];
+    wait_until("one host holds the lease", Duration::from_secs(10), || hosts.iter().any(|h| lease_held(h)));
+    for _ in 0..20 {
+        assert!(hosts.iter().filter(|h| lease_held(h)).count() <= 1, "never two holders");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (holder, other, holder_key) =
+        if lease_held(&a) { (&a, &b, common::daemon::ACCESS_KEY) } else { (&b, &a, OTHER_KEY) };
+
+    // Records to submit, whose answers are all lost: the holder keeps trying.
+    emu.faults(json!({"drop_after_apply": 100_000}));
+    assert!(a.send(&past_events("300000000001", 2, "a")).iter().all(|r| r["ok"] == true));
+    assert!(b.send(&past_events("300000000001", 5, "b")).iter().all(|r| r["ok"] == true));
+    wait_until("the holder submits", Duration::from_secs(30), || {
+        emu.requests().iter().any(|r| r["caller"] == holder_key && r["operation"] == "BatchMeterUsage")
+    });
+
+    // The holder is paused (a long GC, a frozen VM): the other host takes over once the lease
+    // runs out, and the paused one, resumed, submits nothing more.
+    let paused =
+        std::process::Command::new("kill").args(["-STOP", &holder.pid().to_string()]).status().unwrap();
+    assert!(paused.success());
+    let stopped = Instant::now();
+    wait_until("the other host takes over", Duration::from_secs(3 + 5), || lease_held(other));
+    assert!(stopped.elapsed() < Duration::from_secs(3 + 5), "takeover within lease_ttl and a margin");
+    emu.clear_faults();
+    wait_until("the record billed", Duration::from_secs(30), || {
+        pg.query("SELECT count(*) FROM meterd.records WHERE state = 'accepted'")[0][0] == "1"
+    });
+    let seen = emu.requests().len();
+    let resumed =
+        std::process::Command::new("kill").args(["-CONT", &holder.pid().to_string()]).status().unwrap();
+    assert!(resumed.success());
+    std::thread::sleep(Duration::from_secs(3));
+    let after: Vec<Value> = emu.requests().into_iter().skip(seen).collect();
+    assert!(
+        after.iter().all(|r| r["caller"] != holder_key),
+        "the old holder submitted after losing the lease: {after:?}"
+    );
+    assert!(!lease_held(holder) && lease_held(other));
+    let billed = billed(&emu);
+    assert_eq!(billed.len(), 1);
+    assert_eq!(billed.values().next().unwrap().0, 3 * 2 + 3 * 5);
+    assert!(!emu.statuses().contains_key("DuplicateRecord"));
+}
+
+#[test]
+fn a_host_whose_database_is_down_keeps_acknowledging_and_ships_later() {
+    let pg = Pg::start();
+    pg.kill();
+    let emu = Emu::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let meterd = fleet(dir.path(), &emu, &pg, "host-a").start();
+    let replies = meterd.send(&past_events("300000000002", 4, "d"));
+    assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
+    assert_eq!(meterd.get("/readyz").0, 200, "ready for ingest while the database is down");
+    meterd.wait_metric("meterd_fleet_backlog", 1.0, Duration::from_secs(10));
+    wait_until("ship errors counted", Duration::from_secs(10), || {
+        meterd.metric("meterd_fleet_ship_errors_total") >= 1.0
+    });
+    assert!(emu.records().is_empty());
+
+    pg.restart();
+    meterd.wait_metric("meterd_fleet_backlog", 0.0, Duration::from_secs(40));
+    assert_eq!(meterd.metric("meterd_fleet_partials_shipped_total"), 1.0);
+    let records = emu.wait_records(1, Duration::from_secs(30));
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["quantity"], 12);
+}
+
+#[test]
+fn a_partial_for_a_closed_hour_is_carried_into_the_open_hour_or_dead_lettered() {
+    let pg = Pg::start();
+    let emu = Emu::start(|_| {});
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // host-b and host-c cannot reach the database while host-a closes the hour without them.
+    let nowhere = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port + 1);
+    let a = fleet(dirs[0].path(), &emu, &pg, "host-a").start();
+    let b = fleet(dirs[1].path(), &emu, &pg, "host-b").env("METERD_FLEET__DATABASE_URL", &nowhere).start();
+    let c = fleet(dirs[2].path(), &emu, &pg, "host-c")
+        .env("METERD_FLEET__DATABASE_URL", &nowhere)
+        .env("METERD_SUBMIT__LATE_EVENTS", "reject")
+        .start();
+    assert!(a.send(&past_events("300000000003", 1, "a")).iter().all(|r| r["ok"] == true));
+    assert!(b.send(&past_events("300000000003", 10, "b")).iter().all(|r| r["ok"] == true));
+    assert!(c.send(&past_events("300000000003", 100, "c")).iter().all(|r| r["ok"] == true));
+    let records = emu.wait_records(1, Duration::from_secs(30));
+    assert_eq!(records[0]["quantity"], 3, "the hour closed with host-a's partial only");
+    b.wait_metric("meterd_fleet_backlog", 1.0, Duration::from_secs(10));
+
+    // Back on the database, their partials are late: carried into the open hour by host-b,
+    // a late_partial dead letter by host-c (late_events = reject).
+    let (b, c) = (b.signal("TERM"), c.signal("TERM"));
+    assert!(b.success() && c.success());
+    let b = fleet(dirs[1].path(), &emu, &pg, "host-b").start();
+    let c = fleet(dirs[2].path(), &emu, &pg, "host-c").env("METERD_SUBMIT__LATE_EVENTS", "reject").start();
+    b.wait_metric("meterd_fleet_late_partials_total{outcome=\"carried\"}", 1.0, Duration::from_secs(20));
+    c.wait_metric("meterd_fleet_late_partials_total{outcome=\"dead_letter\"}", 1.0, Duration::from_secs(20));
+    let late = pg.query("SELECT host_id, hour, quantity, carried_to, coalesce(reason, '') FROM meterd.late_partials ORDER BY host_id");
+    let hour = hour_start(5).to_string();
+    assert_eq!(late[0][..3], ["host-b".to_string(), hour.clone(), "30".to_string()]);
+    assert_eq!(late[0][3], hour_start(0).to_string(), "carried into the hour open now");
+    assert_eq!(
+        late[1],
+        ["host-c".to_string(), hour, "300".to_string(), String::new(), "late_partial".to_string()]
+    );
+    assert!(!emu.statuses().contains_key("DuplicateRecord"));
+    drop((a, b, c));
+}

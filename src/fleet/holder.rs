@@ -128,7 +128,9 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
 
     /// The submit loop over the fleet's pending records, fenced by `epoch`.
     async fn start_submitting(&self, db: &Client, epoch: i64) -> Result<Running, DbError> {
-        let store = FleetStore::new(self.target.clone(), self.settings.host_id.clone(), epoch).await?;
+        let store =
+            FleetStore::new(self.target.clone(), self.ctx.clock, self.settings.host_id.clone(), epoch)
+                .await?;
         let pending = super::store::pending(db).await?;
         tracing::info!(records = pending.len(), epoch, "submitting the fleet's records");
         let submitter =

@@ -15,15 +15,27 @@ use crate::submit::{Store, StoreError};
 /// The records table, written under one lease epoch.
 pub struct FleetStore {
     client: tokio::sync::Mutex<Client>,
+    clock: crate::clock::Clock,
     host: String,
     epoch: i64,
     fenced: AtomicBool,
 }
 
 impl FleetStore {
-    pub async fn new(target: Target, host: String, epoch: i64) -> Result<Self, DbError> {
+    pub async fn new(
+        target: Target,
+        clock: crate::clock::Clock,
+        host: String,
+        epoch: i64,
+    ) -> Result<Self, DbError> {
         let client = target.connect().await?;
-        Ok(Self { client: tokio::sync::Mutex::new(client), host, epoch, fenced: AtomicBool::new(false) })
+        Ok(Self {
+            client: tokio::sync::Mutex::new(client),
+            clock,
+            host,
+            epoch,
+            fenced: AtomicBool::new(false),
+        })
     }
 
     /// Runs `work` on this store's connection from the submit loop's synchronous calls.
@@ -136,6 +148,26 @@ impl Store for FleetStore {
 
     fn fenced(&self) -> bool {
         self.fenced.load(Ordering::SeqCst)
+    }
+
+    fn may_submit(&self) -> bool {
+        if self.fenced() {
+            return false;
+        }
+        let now = self.clock.now();
+        let held = self.blocking(async |client| {
+            Ok(client
+                .query_opt(
+                    "SELECT 1 FROM lease WHERE name = 'submitter' AND holder = $1 AND epoch = $2 AND expires_at > $3",
+                    &[&self.host, &self.epoch, &now],
+                )
+                .await?
+                .is_some())
+        });
+        if !matches!(held, Ok(true)) {
+            self.fenced.store(true, Ordering::SeqCst);
+        }
+        matches!(held, Ok(true))
     }
 }
 

@@ -85,6 +85,10 @@ impl<A: MeteringApi> Submitter<A> {
             if !self.pace(cancel).await {
                 return false;
             }
+            if !self.store.may_submit() {
+                tracing::warn!("this submit loop may no longer submit (the lease moved on); it stops");
+                return false;
+            }
             match self.attempt(&keys).await {
                 Ok(outcomes) => {
                     self.systemic = None;

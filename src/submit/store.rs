@@ -33,6 +33,11 @@ pub trait Store: Send + Sync {
     fn fenced(&self) -> bool {
         false
     }
+    /// Asked before every call to the service: whether this loop may still submit (fleet mode:
+    /// the lease is still this epoch's and not expired). A `false` stops the loop.
+    fn may_submit(&self) -> bool {
+        true
+    }
 }
 
 impl Store for Outbox {

@@ -91,7 +91,7 @@ fn queue_key(record: &SealedRecord) -> QueueKey {
 pub struct Submitter<A> {
     pub(super) ctx: Context,
     pub(super) api: A,
-    store: Arc<dyn Store>,
+    pub(super) store: Arc<dyn Store>,
     pub(super) settings: Settings,
     pub(super) queue: BTreeMap<QueueKey, Entry>,
     pub(super) accepted: i64,
