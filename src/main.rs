@@ -66,6 +66,12 @@ enum Command {
         #[arg(long, conflicts_with = "customer")]
         all: bool,
     },
+    /// Fleet mode: the hosts, the submitter lease, hours waiting and for whom, records by state
+    /// and late partials, read from the fleet's PostgreSQL.
+    Fleet {
+        #[command(subcommand)]
+        action: FleetAction,
+    },
     /// Validate a configuration and print every problem (exit 64 if any).
     CheckConfig {
         #[arg(long)]
@@ -128,6 +134,17 @@ struct TargetArgs {
     /// The admin socket, overriding the configuration's admin.socket.
     #[arg(long, global = true)]
     socket: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum FleetAction {
+    /// What the fleet database holds now.
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -254,6 +271,9 @@ fn main() -> ExitCode {
         }
         Command::CheckAws { config, dimension } => {
             with_config(config, |config| admin::check_aws(config, dimension))
+        }
+        Command::Fleet { action: FleetAction::Status { config, json } } => {
+            with_config(config, |config| meterd::cli::fleet::status(config, json))
         }
         Command::Probe { which, config } => {
             with_config(config, |config| meterd::cli::probe::probe(config, which))

@@ -139,6 +139,19 @@ fn three_hosts_bill_the_sum_once_through_kills_and_a_database_restart() {
     for row in pg.query("SELECT epoch FROM meterd.records") {
         assert!(row[0].parse::<i64>().unwrap() > killed_epoch, "settled by a later epoch: {row:?}");
     }
+    // `meterd fleet status` reads the same from the database.
+    let (code, out, err) = Meterd::cli(
+        &fleet(dirs[0].path(), &emu, &pg, "host-a").offset(4 * H),
+        &["fleet", "status", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["this_host"], "host-a");
+    assert_eq!(status["records"], json!([["accepted", expected.len()]]));
+    let listed: Vec<&str> =
+        status["hosts"].as_array().unwrap().iter().map(|h| h["host_id"].as_str().unwrap()).collect();
+    assert_eq!(listed, hosts);
+    assert_ne!(status["lease_holder"], holder.as_str());
 }
 
 fn lease_held(meterd: &Meterd) -> bool {

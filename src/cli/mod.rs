@@ -2,6 +2,7 @@
 //! (a client of the ingest socket).
 
 pub mod admin;
+pub mod fleet;
 pub mod generate;
 pub mod probe;
 pub mod run;
