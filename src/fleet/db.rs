@@ -163,20 +163,17 @@ impl Target {
 
     /// A new connection; its driver runs on the runtime until the client is dropped.
     pub async fn connect(&self) -> Result<Client, DbError> {
+        // The connection's driver ends when the client is dropped (or the server goes away).
         let client = match &self.tls {
             None => {
                 let (client, connection) = self.config.connect(NoTls).await?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
+                tokio::spawn(connection);
                 client
             }
             Some(tls) => {
                 let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
                 let (client, connection) = self.config.connect(tls).await?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
+                tokio::spawn(connection);
                 client
             }
         };
@@ -245,7 +242,7 @@ fn tls_config(verify: Verify, ca_file: &Path) -> Result<rustls::ClientConfig, Db
         .with_safe_default_protocol_versions()
         .map_err(|e| DbError::Tls(e.to_string()))?;
     if verify == Verify::Nothing {
-        let verifier = Arc::new(tls::AcceptAny(provider));
+        let verifier = Arc::new(tls::Lenient { provider, chain: None });
         return Ok(builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth());
     }
     let mut roots = rustls::RootCertStore::empty();
@@ -264,10 +261,10 @@ fn tls_config(verify: Verify, ca_file: &Path) -> Result<rustls::ClientConfig, Db
     }
     let roots = Arc::new(roots);
     if verify == Verify::Chain {
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+        let chain = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
             .build()
             .map_err(|e| DbError::Tls(e.to_string()))?;
-        let verifier = Arc::new(tls::ChainOnly(inner));
+        let verifier = Arc::new(tls::Lenient { provider, chain: Some(chain) });
         return Ok(builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth());
     }
     Ok(builder.with_root_certificates(roots).with_no_client_auth())
@@ -314,25 +311,36 @@ pub fn key_of(
 mod tls {
     use std::sync::Arc;
 
+    use rustls::client::WebPkiServerVerifier;
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
     use rustls::crypto::CryptoProvider;
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, Error, SignatureScheme};
+    use rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
 
-    /// `sslmode=require`: encrypted, certificate not checked (libpq's meaning).
+    /// `sslmode=require` (`chain: None`): encrypted, certificate not checked, as libpq does.
+    /// `sslmode=verify-ca` (`chain: Some`): the chain is checked, the host name is not.
     #[derive(Debug)]
-    pub struct AcceptAny(pub Arc<CryptoProvider>);
+    pub struct Lenient {
+        pub provider: Arc<CryptoProvider>,
+        pub chain: Option<Arc<WebPkiServerVerifier>>,
+    }
 
-    impl ServerCertVerifier for AcceptAny {
+    impl ServerCertVerifier for Lenient {
         fn verify_server_cert(
             &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: UnixTime,
         ) -> Result<ServerCertVerified, Error> {
-            Ok(ServerCertVerified::assertion())
+            let Some(chain) = &self.chain else { return Ok(ServerCertVerified::assertion()) };
+            match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+                Err(Error::InvalidCertificate(
+                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+                )) => Ok(ServerCertVerified::assertion()),
+                other => other,
+            }
         }
         fn verify_tls12_signature(
             &self,
@@ -344,7 +352,7 @@ mod tls {
                 message,
                 cert,
                 dss,
-                &self.0.signature_verification_algorithms,
+                &self.provider.signature_verification_algorithms,
             )
         }
         fn verify_tls13_signature(
@@ -357,53 +365,11 @@ mod tls {
                 message,
                 cert,
                 dss,
-                &self.0.signature_verification_algorithms,
+                &self.provider.signature_verification_algorithms,
             )
         }
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-
-    /// `sslmode=verify-ca`: the chain is checked, the host name is not.
-    #[derive(Debug)]
-    pub struct ChainOnly(pub Arc<rustls::client::WebPkiServerVerifier>);
-
-    impl ServerCertVerifier for ChainOnly {
-        fn verify_server_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            intermediates: &[CertificateDer<'_>],
-            server_name: &ServerName<'_>,
-            ocsp: &[u8],
-            now: UnixTime,
-        ) -> Result<ServerCertVerified, Error> {
-            match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
-                Err(Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
-                | Err(Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
-                    ..
-                })) => Ok(ServerCertVerified::assertion()),
-                other => other,
-            }
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, Error> {
-            self.0.verify_tls12_signature(message, cert, dss)
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, Error> {
-            self.0.verify_tls13_signature(message, cert, dss)
-        }
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.supported_verify_schemes()
+            self.provider.signature_verification_algorithms.supported_schemes()
         }
     }
 }

@@ -102,6 +102,11 @@ impl Shipper {
         self.finish(&mut client).await;
     }
 
+    /// Ships everything pending now, on a connection of its own (the fleet benchmark).
+    pub async fn ship_pending(&mut self) -> Result<(), DbError> {
+        self.ship(&mut None).await
+    }
+
     fn add(&mut self, records: Vec<StoredRecord>) {
         for stored in records {
             let id = crate::admin::record_id(&stored.record.key);
