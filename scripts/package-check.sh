@@ -170,7 +170,7 @@ same "systemctl calls of the upgrade" "systemctl is-active --quiet meterd.servic
 systemctl restart meterd.service" "$(recorded)"
 
 step "upgrade with meterd running and a configuration the new binary refuses: not restarted"
-sed -i 's/^deadline = "6h"$/deadline = "forever"/' /etc/meterd/meterd.toml
+sed -i 's/^# deadline = "24h"$/deadline = "forever"/' /etc/meterd/meterd.toml
 grep -q '^deadline = "forever"$' /etc/meterd/meterd.toml || fail "could not break the configuration"
 forget
 with_fake_systemctl dpkg -i "$deb" > "$tmp/refused.out" 2>&1 || { cat "$tmp/refused.out"; fail "dpkg -i (upgrade)"; }
@@ -235,7 +235,7 @@ with_fake_systemctl sh "$tmp/post.sh" 2 > "$tmp/rpm-upgrade.out" 2>&1 || { cat "
 grep -q 'restarting meterd.service' "$tmp/rpm-upgrade.out" || fail "the .rpm's %post 2 did not restart: $(cat "$tmp/rpm-upgrade.out")"
 same "systemctl calls of %post 2" "systemctl is-active --quiet meterd.service
 systemctl restart meterd.service" "$(recorded)"
-sed -i 's/^deadline = "6h"$/deadline = "forever"/' /etc/meterd/meterd.toml
+sed -i 's/^# deadline = "24h"$/deadline = "forever"/' /etc/meterd/meterd.toml
 forget
 with_fake_systemctl sh "$tmp/post.sh" 2 > "$tmp/rpm-refused.out" 2>&1 || { cat "$tmp/rpm-refused.out"; fail "%post 2"; }
 grep -q 'NOT restarting meterd.service' "$tmp/rpm-refused.out" || fail "the .rpm's %post 2 restarted on a bad configuration"

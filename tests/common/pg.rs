@@ -9,6 +9,8 @@ pub struct Pg {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    /// More server settings (`-c name=value …`).
+    options: String,
 }
 
 /// Where Debian puts the server's programs (`/usr/lib/postgresql/<version>/bin`), or `PATH`.
@@ -40,8 +42,24 @@ fn free_port() -> u16 {
 
 impl Pg {
     pub fn start() -> Pg {
+        Self::start_with(|_| String::new())
+    }
+
+    /// A cluster that also speaks TLS with a certificate for 127.0.0.1 signed by a CA of its own;
+    /// returns it and the CA's PEM file.
+    pub fn start_tls() -> (Pg, PathBuf) {
+        let mut ca = PathBuf::new();
+        let pg = Self::start_with(|dir| {
+            ca = dir.join("ca.pem");
+            tls_files(dir)
+        });
+        (pg, ca)
+    }
+
+    fn start_with(options: impl FnOnce(&Path) -> String) -> Pg {
         let dir = tempfile::Builder::new().prefix("meterd-pg").tempdir().unwrap();
-        let pg = Pg { bin: bin_dir(), port: free_port(), dir };
+        let options = options(dir.path());
+        let pg = Pg { bin: bin_dir(), port: free_port(), dir, options };
         if root() {
             let status =
                 Command::new("chown").args(["-R", "postgres:postgres"]).arg(pg.dir.path()).status().unwrap();
@@ -91,8 +109,8 @@ impl Pg {
     fn pg_ctl_start(&self) {
         let socket_dir = self.dir.path().display().to_string();
         let options = format!(
-            "-p {} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200",
-            self.port
+            "-p {} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200 {}",
+            self.port, self.options
         );
         let log = self.dir.path().join("server.log");
         self.run(
@@ -158,4 +176,25 @@ impl Drop for Pg {
         };
         let _ = command.args(["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]).output();
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 (openssl), and the settings that serve them.
+fn tls_files(dir: &Path) -> String {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=meterd test CA"]);
+    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+    run(&[
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem",
+        "-days", "2", "-extfile", "san.ext",
+    ]);
+    std::fs::set_permissions(dir.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    format!(
+        "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+        dir.join("server.pem").display(),
+        dir.join("server.key").display()
+    )
 }
