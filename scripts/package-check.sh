@@ -135,7 +135,15 @@ grep -qx 'ExecStart=/usr/bin/meterd run --config /etc/meterd/meterd.toml' /usr/l
 verify=$(systemd-analyze verify --man=no /usr/lib/systemd/system/meterd.socket /usr/lib/systemd/system/meterd.service 2>&1) \
     || fail "systemd-analyze verify: $verify"
 [ -z "$verify" ] || fail "systemd-analyze verify warned: $verify"
-/usr/bin/meterd check-config --config /etc/meterd/meterd.toml > /dev/null || fail "the shipped configuration is refused"
+# The shipped file names no product, so it cannot bill: check-config refuses it until the operator
+# sets aws.product_code (as the package's description says), then accepts it.
+if /usr/bin/meterd check-config --config /etc/meterd/meterd.toml > /dev/null 2> "$tmp/unset.err"; then
+    fail "the shipped configuration, without a product code, is accepted"
+fi
+grep -q 'aws.product_code is not set' "$tmp/unset.err" || fail "check-config does not name the product code: $(cat "$tmp/unset.err")"
+set_product_code() { sed -i 's/^product_code = ""$/product_code = "prod-example"/' /etc/meterd/meterd.toml; }
+set_product_code
+/usr/bin/meterd check-config --config /etc/meterd/meterd.toml > /dev/null || fail "the shipped configuration with a product code is refused"
 
 step "the meterd user and group"
 IFS=: read -r _ _ uid gid _ home shell < <(getent passwd meterd) || fail "no meterd user"
@@ -181,6 +189,7 @@ grep -v '^(Reading\|^Preparing\|^Unpacking\|^Setting up\|^Processing' "$tmp/refu
 same "systemctl calls of the refused upgrade" "systemctl is-active --quiet meterd.service" "$(recorded)"
 grep -q '^deadline = "forever"$' /etc/meterd/meterd.toml || fail "the upgrade overwrote the edited conffile"
 cp config/meterd.toml /etc/meterd/meterd.toml
+set_product_code
 
 step "upgrade with meterd stopped: stays stopped"
 rm "$tmp/active"

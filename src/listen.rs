@@ -35,9 +35,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// At most one log line per listener per this long while accepting fails.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Raises the soft open-file limit to the hard limit, and checks that `caps` (the sum of the three
-/// listeners' `max_connections`), the two Unix listeners' refusals and [`RESERVED_FDS`] fit in it.
-/// Returns the limit.
+/// Raises the soft open-file limit to the hard limit, and checks that `caps` (the listeners'
+/// `max_connections` together, HTTP ingest's included when it is on), the two Unix listeners'
+/// refusals and [`RESERVED_FDS`] fit in it. Returns the limit.
 pub fn reserve_fds(caps: u64) -> Result<u64, String> {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
@@ -54,7 +54,8 @@ pub fn reserve_fds(caps: u64) -> Result<u64, String> {
     if needed > soft {
         return Err(format!(
             "the open-file limit ({soft}) is below the {needed} descriptors meterd may use: {caps} for \
-             ingest.max_connections + admin.max_connections + metrics.max_connections, {refusing} for \
+             ingest.max_connections + admin.max_connections + metrics.max_connections (+ \
+             ingest.http_max_connections), {refusing} for \
              refusals in progress and {RESERVED_FDS} kept for the outbox and the AWS client; raise the \
              limit (LimitNOFILE=, ulimit -n) or lower the caps"
         ));

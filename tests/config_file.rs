@@ -1,5 +1,6 @@
 //! The shipped config/meterd.toml is valid and spells out exactly the defaults, and every key a
-//! file sets changes the loaded value of that key and of no other.
+//! file sets changes the loaded value of that key and of no other. (The defaults cannot bill:
+//! `run` and `check-config` also want a product code or `aws.license_only`; tests/first_run.rs.)
 
 use meterd::config::{Config, KEYS};
 
@@ -13,6 +14,7 @@ fn shipped_config_is_the_defaults() {
 /// A valid value other than the default for every key, as TOML.
 const SAMPLES: &[(&str, &str, &str)] = &[
     ("aws", "product_code", r#""prod-x""#),
+    ("aws", "license_only", "true"),
     ("aws", "region", r#""eu-west-1""#),
     ("aws", "endpoint_url", r#""http://127.0.0.1:1""#),
     ("aws", "dimensions", r#"["cpu"]"#),
@@ -29,6 +31,11 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ("ingest", "allowed_uids", "[0]"),
     ("ingest", "max_connections", "64"),
     ("ingest", "max_pending_reply_bytes", "262144"),
+    ("ingest", "http_listen", r#""127.0.0.1:8471""#),
+    ("ingest", "http_allow_non_loopback", "true"),
+    ("ingest", "http_max_body_bytes", "2048"),
+    ("ingest", "http_max_connections", "8"),
+    ("ingest", "http_idle_timeout", r#""30s""#),
     ("storage", "data_dir", r#""/tmp/other-data""#),
     ("storage", "checkpoint_interval", r#""2s""#),
     ("storage", "retention", r#""2d""#),

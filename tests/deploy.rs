@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use meterd::ingest::http::EVENTS_PATH;
 use meterd::telemetry::metrics::{HEALTHZ_PATH, METRICS_PATH, READYZ_PATH};
 use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
@@ -79,17 +80,25 @@ impl Dockerfile {
 
 /// Runs `meterd check-config` with exactly these settings in the environment, as a container would.
 fn check_config(env: &BTreeMap<String, String>, what: &str) {
-    let output = Command::new(env!("CARGO_BIN_EXE_meterd"))
-        .arg("check-config")
-        .env_clear()
-        .envs(env)
-        .output()
-        .unwrap();
+    let output = check_config_output(env);
     assert!(
         output.status.success(),
         "{what}: check-config refused its settings:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+fn check_config_output(env: &BTreeMap<String, String>) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_meterd")).arg("check-config").env_clear().envs(env).output().unwrap()
+}
+
+/// The app reaches meterd both ways: the socket on the shared volume, and HTTP ingest on the
+/// task's or pod's loopback address.
+fn assert_http_ingest(env: &BTreeMap<String, String>, app_env: &BTreeMap<String, String>, what: &str) {
+    let listen: std::net::SocketAddr = env["METERD_INGEST__HTTP_LISTEN"].parse().unwrap();
+    assert!(listen.ip().is_loopback(), "{what}: HTTP ingest stays on loopback: {listen}");
+    assert!(!env.contains_key("METERD_INGEST__HTTP_ALLOW_NON_LOOPBACK"), "{what}");
+    assert_eq!(app_env["METERD_URL"], format!("http://{listen}{EVENTS_PATH}"), "{what}");
 }
 
 fn metrics_port(env: &BTreeMap<String, String>) -> u16 {
@@ -122,8 +131,13 @@ fn dockerfile_builds_meterd_and_runs_it_unprivileged_with_volumes_and_a_health_c
     let probe: Vec<String> = serde_json::from_str(probe).unwrap();
     assert_eq!(probe, [bin.as_str(), "probe", "live"]);
 
-    let env = docker.env();
-    check_config(&env, "Dockerfile ENV");
+    let mut env = docker.env();
+    // The image names no product: a deployment must, and check-config says so (not a silent start).
+    let refused = check_config_output(&env);
+    assert_eq!(refused.status.code(), Some(64), "the image alone cannot bill");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("aws.product_code is not set"));
+    env.insert("METERD_AWS__PRODUCT_CODE".into(), "example-product-code".into());
+    check_config(&env, "Dockerfile ENV with a product code");
     let volumes: Vec<String> = serde_json::from_str(docker.one("VOLUME")).unwrap();
     assert!(volumes.contains(&env["METERD_STORAGE__DATA_DIR"]), "{volumes:?}");
     assert!(volumes.contains(&socket_dir(&env)), "{volumes:?}");
@@ -187,6 +201,7 @@ fn ecs_task_definition_runs_meterd_as_a_healthy_sidecar_sharing_its_socket() {
     assert_eq!(app["dependsOn"], serde_json::json!([{ "containerName": "meterd", "condition": "HEALTHY" }]));
     let app_env = env_list(app["environment"].as_array().unwrap());
     assert_eq!(app_env["METERD_SOCKET"], env["METERD_INGEST__SOCKET"]);
+    assert_http_ingest(&env, &app_env, "ECS");
     assert_eq!(&mounts(app)[&socket_dir(&env)], socket_volume, "the app mounts meterd's socket volume");
 }
 
@@ -255,6 +270,7 @@ fn kubernetes_manifests_run_meterd_as_a_native_sidecar_with_probes_irsa_and_scra
     let app = &spec["containers"][0];
     assert_eq!(&yaml_mounts(app)[&socket_dir(&env)], socket_volume);
     assert_eq!(yaml_env(app)["METERD_SOCKET"], env["METERD_INGEST__SOCKET"]);
+    assert_http_ingest(&env, &yaml_env(app), "Kubernetes");
 
     let annotations = &template["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/scrape"].as_str(), Some("true"));

@@ -308,7 +308,7 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
 /// `meterd check-config`: every problem, exit 64 if any.
 pub fn check_config(file: Option<&Path>, sandbox: bool) -> ExitCode {
     let base = if sandbox { super::run::sandbox_defaults() } else { Config::default() };
-    match Config::load_over(base, file) {
+    match Config::load_over(base, file).and_then(Config::check_billing) {
         Ok(config) => {
             let source = file.map_or("built-in defaults".to_string(), |f| f.display().to_string());
             println!("configuration OK ({source}, with METERD_* overrides)");

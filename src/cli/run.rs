@@ -38,7 +38,7 @@ pub fn run(file: Option<&Path>, sandbox: bool) -> ExitCode {
         }
     };
     let base = if sandbox { sandbox_defaults() } else { Config::default() };
-    let config = match Config::load_over(base.clone(), file) {
+    let config = match Config::load_over(base.clone(), file).and_then(Config::check_billing) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("meterd: {err}");

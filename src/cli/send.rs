@@ -78,7 +78,16 @@ pub fn send(socket: &Path, flags: &EventFlags, file: Option<&PathBuf>) -> ExitCo
                     return ExitCode::from(2);
                 }
             },
-            None => Box::new(std::io::stdin()),
+            None => {
+                if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                    eprintln!(
+                        "meterd send: reading events from the terminal, one JSON object per line, Ctrl-D to end. \
+                         For one event give flags instead: --customer-aws-account-id ID --dimension NAME \
+                         --quantity N (see meterd send --help)"
+                    );
+                }
+                Box::new(std::io::stdin())
+            }
         }
     };
     match exchange(socket, input) {

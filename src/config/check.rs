@@ -20,6 +20,22 @@ impl Config {
         out
     }
 
+    /// What makes a configuration unable to bill, checked by `run` and `check-config` (the
+    /// operator's commands read a configuration without billing anything): an empty
+    /// `aws.product_code` bills only events that name a `license_arn`, so it must be declared.
+    pub fn check_billing(self) -> Result<Self, super::ConfigError> {
+        if !self.aws.product_code.is_empty() || self.aws.license_only {
+            return Ok(self);
+        }
+        let problems = vec![
+            "aws.product_code is not set, so meterd could bill only events that name a license_arn: set \
+             aws.product_code (METERD_AWS__PRODUCT_CODE) to your product's code, or aws.license_only = true \
+             if every event names its license_arn. To try meterd without AWS: meterd run --sandbox"
+                .into(),
+        ];
+        Err(super::ConfigError { problems })
+    }
+
     /// `[fleet]`, when fleet mode is on.
     fn fleet_problems(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -70,6 +86,12 @@ impl Config {
                 aws.product_code,
                 model::PRODUCT_CODE_PATTERN
             ));
+        }
+        if aws.license_only && !aws.product_code.is_empty() {
+            out.push(
+                "aws.license_only = true needs an empty aws.product_code (every event names its license_arn)"
+                    .into(),
+            );
         }
         if aws.region.is_empty() {
             out.push("aws.region must not be empty".into());
@@ -133,6 +155,44 @@ impl Config {
         }
         if self.metrics.idle_timeout < Duration::from_secs(1) {
             out.push("metrics.idle_timeout must be at least 1s".into());
+        }
+        out.extend(self.http_problems());
+        out
+    }
+
+    /// HTTP ingest, when `ingest.http_listen` is set.
+    fn http_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let ingest = &self.ingest;
+        if ingest.http_listen.is_empty() {
+            return out;
+        }
+        match self.http_listen() {
+            None => out.push(format!(
+                "ingest.http_listen {:?} must be an address and port such as \"127.0.0.1:8471\"",
+                ingest.http_listen
+            )),
+            Some(addr) if !addr.ip().is_loopback() && !ingest.http_allow_non_loopback => out.push(format!(
+                "ingest.http_listen {addr} is not a loopback address: anyone who reaches it could send \
+                 events billed to your customers; use 127.0.0.1 (containers of one ECS task or pod share \
+                 it), or set ingest.http_allow_non_loopback = true"
+            )),
+            Some(_) => {}
+        }
+        if !(1..=1_000_000).contains(&ingest.http_max_connections) {
+            out.push(format!(
+                "ingest.http_max_connections {} must be between 1 and 1000000",
+                ingest.http_max_connections
+            ));
+        }
+        if !(1024..=64 << 20).contains(&ingest.http_max_body_bytes) {
+            out.push(format!(
+                "ingest.http_max_body_bytes {} must be between 1024 and 67108864",
+                ingest.http_max_body_bytes
+            ));
+        }
+        if ingest.http_idle_timeout < Duration::from_secs(1) {
+            out.push("ingest.http_idle_timeout must be at least 1s".into());
         }
         out
     }

@@ -149,6 +149,9 @@ settings! {
     [aws] AwsConfig {
         /// Product code sent with records of events that name no license ARN; empty = none.
         product_code: String = String::new(), value, restart;
+        /// Declares that every event names its `license_arn`, so an empty `product_code` is
+        /// meant: `run` and `check-config` refuse an empty product code without it.
+        license_only: bool = false, value, restart;
         region: String = "us-east-1".into(), value, restart;
         /// Endpoint override (the sandbox, a VPC endpoint); empty = the SDK's default endpoint.
         endpoint_url: String = String::new(), value, restart;
@@ -183,6 +186,17 @@ settings! {
         /// Reply bytes a connection may have unsent (its client not reading) before meterd stops
         /// reading from it.
         max_pending_reply_bytes: usize = 1 << 20, value, restart;
+        /// HTTP ingest (`POST /v1/events`) on this address, such as "127.0.0.1:8471"; empty = off.
+        http_listen: String = String::new(), value, restart;
+        /// Whether `http_listen` may be other than a loopback address.
+        http_allow_non_loopback: bool = false, value, restart;
+        /// The largest request body HTTP ingest reads; a larger one is answered 413.
+        http_max_body_bytes: usize = 1 << 20, value, restart;
+        /// HTTP connections served at once; more are accepted and closed at once.
+        http_max_connections: usize = 64, value, restart;
+        /// An HTTP connection on which no request starts, or whose body stalls, this long is closed.
+        #[serde(with = "crate::duration::serde")]
+        http_idle_timeout: Duration = Duration::from_secs(10), duration, restart;
     }
     [storage] StorageConfig {
         data_dir: PathBuf = "/var/lib/meterd".into(), value, restart;
@@ -337,6 +351,17 @@ impl Config {
     /// Whether fleet mode is on.
     pub fn fleet(&self) -> bool {
         !self.fleet.database_url.is_empty()
+    }
+
+    /// The HTTP ingest address, when `ingest.http_listen` is set (and valid).
+    pub fn http_listen(&self) -> Option<SocketAddr> {
+        self.ingest.http_listen.parse().ok()
+    }
+
+    /// The connections every listener together may keep open (the open-file budget).
+    pub fn connection_caps(&self) -> usize {
+        let http = if self.http_listen().is_some() { self.ingest.http_max_connections } else { 0 };
+        self.ingest.max_connections + self.admin.max_connections + self.metrics.max_connections + http
     }
 
     /// The socket file's permission bits.

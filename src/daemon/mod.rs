@@ -203,8 +203,7 @@ pub async fn start<A: MeteringApi + Clone + 'static>(
 ) -> anyhow::Result<Running<A>> {
     let Host { activated_socket, notifier, reload, sandbox } = host;
     let ctx = Context::new(clock);
-    let caps = config.ingest.max_connections + config.admin.max_connections + config.metrics.max_connections;
-    let fds = crate::listen::reserve_fds(caps as u64).map_err(anyhow::Error::msg)?;
+    let fds = crate::listen::reserve_fds(config.connection_caps() as u64).map_err(anyhow::Error::msg)?;
     tracing::debug!(fds, "open-file limit");
     if let Some(request) = registration(&config) {
         ctx.health.set_registration(RegistrationStatus::pending(request.public_key_version));
@@ -255,8 +254,9 @@ pub async fn start<A: MeteringApi + Clone + 'static>(
         SocketFile::bind(&config.admin.socket, config.admin_socket_mode(), None)
             .map_err(anyhow::Error::msg)?;
     let admin_listener = Watched::new(admin_listener, admin_file, "admin");
+    let http = crate::ingest::http::bind(config.http_listen()).await?;
     let pipeline = running.spawn_pipeline(&outbox, &mut recovered)?;
-    running.spawn_front(pipeline, Front { outbox, listener, admin_listener, reload, sandbox });
+    running.spawn_front(pipeline, Front { outbox, listener, admin_listener, reload, sandbox, http });
     Ok(running)
 }
 
@@ -273,6 +273,7 @@ struct Front {
     admin_listener: Watched,
     reload: Option<Reloader>,
     sandbox: bool,
+    http: Option<tokio::net::TcpListener>,
 }
 
 impl<A: MeteringApi + Clone + 'static> Running<A> {
@@ -380,6 +381,11 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
             max_connections: config.ingest.max_connections,
             max_pending_reply_bytes: config.ingest.max_pending_reply_bytes,
         };
+        if let Some(listener) = front.http {
+            let http = crate::ingest::http::HttpIngest::new(server.clone(), &config.ingest);
+            let serve = http.serve(listener, cleared(self.registered.subscribe()), intake.clone());
+            self.supervisor.spawn_unit("http", serve);
+        }
         let (listener, registered, intake_stop) =
             (front.listener, self.registered.subscribe(), intake.clone());
         self.supervisor.spawn_unit("ingest", async move {
@@ -589,8 +595,9 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
         let started = std::time::Instant::now();
         let drained = tokio::time::timeout(grace, async {
             self.stops.intake.cancel();
-            trouble
-                .extend(self.supervisor.wait_for(&["ingest", "admin", "reload", "watchdog", "ticker"]).await);
+            trouble.extend(
+                self.supervisor.wait_for(&["ingest", "http", "admin", "reload", "watchdog", "ticker"]).await,
+            );
             if let Some(commands) = self.flush_on_stop.take() {
                 flush_open_hours(commands).await;
             }

@@ -47,7 +47,8 @@ const UNREAD_AT_SHUTDOWN: Duration = Duration::from_secs(1);
 /// The event parser, replaced whole when a reload changes the dimension allowlist.
 pub type SharedParser = Arc<RwLock<Arc<EventParser>>>;
 
-/// Everything a connection needs.
+/// Everything a connection needs (HTTP ingest serves with a clone of it).
+#[derive(Clone)]
 pub struct IngestServer {
     pub parser: SharedParser,
     pub commands: mpsc::Sender<Command>,
@@ -281,6 +282,37 @@ impl IngestServer {
         }
     }
 
+    /// The replies to a whole body of lines (HTTP ingest), in line order, once every event is
+    /// durable or refused: the same parsing, submissions and replies as a connection's. A last
+    /// line without its newline counts, because the body is complete. Every batch is submitted
+    /// before the first answer is awaited, so a long body is one pipeline of group commits.
+    pub(super) async fn replies(&self, body: &[u8], peer: u32) -> Vec<u8> {
+        let received = Instant::now();
+        let mut framer = Framer::new(self.max_line_bytes);
+        framer.buffer().extend_from_slice(body);
+        if !body.ends_with(b"\n") {
+            framer.buffer().push(b'\n');
+        }
+        let mut batches = Vec::new();
+        loop {
+            let (mut pending, events) = self.parse(&mut framer, peer);
+            if pending.slots.is_empty() {
+                break;
+            }
+            pending.answer = self.answer(events, received).await;
+            batches.push(pending);
+        }
+        let mut out = Vec::new();
+        for Pending { ready, slots, answer, .. } in batches {
+            let committed = match answer {
+                Some(answer) => answered(answer, &self.ctx.metrics).await,
+                None => Vec::new(),
+            };
+            write_batch(&ready, slots, &mut committed.into_iter(), &mut out);
+        }
+        out
+    }
+
     fn refuse(&self, code: ErrorCode, message: String) -> Reply {
         self.ctx.metrics.events_rejected.with_label_values(&[code.as_str()]).inc();
         Reply::rejected(None, code, message)
@@ -335,6 +367,30 @@ async fn answered(answer: Answer, metrics: &Metrics) -> Vec<Reply> {
         .collect()
 }
 
+/// Appends the replies of one batch to `out` in line order: the ready ones from `ready`, the
+/// committed ones from `committed`.
+fn write_batch(
+    ready: &[u8],
+    slots: Vec<Slot>,
+    committed: &mut impl Iterator<Item = Reply>,
+    out: &mut Vec<u8>,
+) {
+    let mut at = 0;
+    for slot in slots {
+        match slot {
+            Slot::Ready(len) => {
+                out.extend_from_slice(&ready[at..at + len]);
+                at += len;
+            }
+            Slot::Committed(count) => {
+                for _ in 0..count {
+                    committed.next().unwrap_or_else(stopped).write_to(out);
+                }
+            }
+        }
+    }
+}
+
 /// The writing half of a connection.
 struct Writer {
     /// The connection's reply budget: the writer gives bytes back once they are sent.
@@ -367,20 +423,7 @@ impl Writer {
                 }
                 None => Vec::new().into_iter(),
             };
-            let mut at = 0;
-            for slot in slots {
-                match slot {
-                    Slot::Ready(len) => {
-                        out.extend_from_slice(&ready[at..at + len]);
-                        at += len;
-                    }
-                    Slot::Committed(count) => {
-                        for _ in 0..count {
-                            committed.next().unwrap_or_else(stopped).write_to(&mut out);
-                        }
-                    }
-                }
-            }
+            write_batch(&ready, slots, &mut committed, &mut out);
             reserved += cost;
             if (pending.is_empty() || out.len() >= READ_CHUNK)
                 && !self.send(&mut write, &mut out, &mut reserved).await

@@ -32,7 +32,10 @@ pub const METRICS_PATH: &str = "/metrics";
 pub const RECORD_STATES: [&str; 5] = ["open", "pending", "in_flight", "accepted", "dead_letter"];
 
 /// Values of the `listener` label.
-pub const LISTENERS: [&str; 3] = ["ingest", "admin", "metrics"];
+pub const LISTENERS: [&str; 4] = ["ingest", "admin", "metrics", "http"];
+
+/// Values of `meterd_http_requests_total{code}`: every status HTTP ingest answers.
+pub const HTTP_CODES: [&str; 7] = ["200", "400", "404", "405", "408", "413", "415"];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -52,6 +55,8 @@ pub struct Metrics {
     pub connections_over_limit: IntCounterVec,
     pub accept_errors: IntCounterVec,
     pub ingest_reads_paused: IntCounter,
+    pub http_requests: IntCounterVec,
+    pub http_request_duration: Histogram,
     pub config_reloads: IntCounterVec,
     pub outbox_bytes: IntGauge,
     pub submission_paused: IntGauge,
@@ -69,6 +74,10 @@ const ACK_BUCKETS: [f64; 12] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
 /// `meterd_api_request_duration_seconds` buckets: up to the longest request timeout.
 const API_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// `meterd_http_request_duration_seconds` buckets: a group commit, up to a body that waited for
+/// room in the commit queue (`ingest.overload_timeout`).
+const HTTP_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 10.0];
 
 /// Registers collectors in one registry.
 struct Registrar(Registry);
@@ -101,9 +110,27 @@ impl Registrar {
     }
 }
 
+impl Registrar {
+    /// HTTP ingest's request count and latency.
+    fn http(&self) -> (IntCounterVec, Histogram) {
+        let requests = self.counter_vec(
+            "meterd_http_requests_total",
+            "HTTP ingest requests (ingest.http_listen), by status code.",
+            &["code"],
+        );
+        let duration = self.histogram(
+            "meterd_http_request_duration_seconds",
+            "HTTP ingest requests, from their start to their answer (every event durable or refused).",
+            &HTTP_BUCKETS,
+        );
+        (requests, duration)
+    }
+}
+
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let r = Registrar(Registry::new());
+        let (http_requests, http_request_duration) = r.http();
         let metrics = Self {
             events_accepted: r.counter("meterd_events_accepted_total", "Events durably accepted and counted."),
             events_rejected: r.counter_vec("meterd_events_rejected_total", "Lines refused, by error code.", &["reason"]),
@@ -162,6 +189,8 @@ impl Metrics {
                 "meterd_ingest_reads_paused_total",
                 "Times an ingest connection stopped reading because its unread replies reached ingest.max_pending_reply_bytes.",
             ),
+            http_requests,
+            http_request_duration,
             config_reloads: r.counter_vec(
                 "meterd_config_reloads_total",
                 "SIGHUP reloads, by result (ok, or invalid: the old settings stay).",
@@ -219,6 +248,9 @@ impl Metrics {
             self.connections.with_label_values(&[listener]).set(0);
             self.connections_over_limit.with_label_values(&[listener]);
             self.accept_errors.with_label_values(&[listener]);
+        }
+        for code in HTTP_CODES {
+            self.http_requests.with_label_values(&[code]);
         }
         for outcome in ["carried", "dead_letter"] {
             self.fleet_late_partials.with_label_values(&[outcome]);
