@@ -12,6 +12,7 @@
 //! → remove the sockets meterd bound, all within `shutdown.grace`. SIGHUP reloads what can
 //! change while running (`reload.rs`).
 
+mod fleet;
 mod reload;
 mod supervise;
 mod watchdog;
@@ -32,17 +33,15 @@ use crate::clock::Clock;
 use crate::commit::{self, CommitSettings, Committer};
 use crate::config::{Config, ConfigError};
 use crate::context::Context;
-use crate::fleet::FleetSettings;
-use crate::fleet::holder::Holder;
-use crate::fleet::ship::Shipper;
 use crate::ingest::{EventParser, IngestServer, SharedParser};
 use crate::model::{Mode, Scope};
-use crate::outbox::{Outbox, RecordState, Recovered, StoredRecord};
+use crate::outbox::{Outbox, Recovered};
 use crate::submit::{Control, MeteringApi, RegisterRequest, RegistrationRefused, Settings, Submitter};
 use crate::systemd::Notifier;
 use crate::telemetry::health::RegistrationStatus;
 use crate::telemetry::metrics;
 use crate::unix::{SocketFile, Watched};
+use fleet::{FleetRuntime, drain_submissions, flush_open_hours};
 use supervise::{End, Supervisor};
 
 pub use supervise::FAIL_TASK_ENV;
@@ -150,28 +149,6 @@ pub struct Running<A> {
     /// Where the shutdown sends a flush of every open hour (fleet mode: partials are summed, so a
     /// host that stops seals its hours now and ships them).
     flush_on_stop: Option<mpsc::Sender<commit::Command>>,
-}
-
-/// Fleet mode's database and settings, shared by the ship stage and the lease loop.
-#[derive(Clone)]
-struct FleetRuntime {
-    target: crate::fleet::db::Target,
-    settings: Arc<FleetSettings>,
-}
-
-impl FleetRuntime {
-    async fn new(config: &Config) -> anyhow::Result<Self> {
-        let host_id = crate::fleet::host::host_id(&config.fleet.host_id).await.map_err(anyhow::Error::msg)?;
-        let fleet = &config.fleet;
-        let target = crate::fleet::db::Target::new(
-            &fleet.database_url,
-            &fleet.password_file,
-            &fleet.ca_file,
-            &fleet.schema,
-        )?;
-        tracing::info!(host_id = %host_id, schema = %fleet.schema, "fleet mode: partials go to PostgreSQL");
-        Ok(Self { target, settings: Arc::new(FleetSettings::new(config, host_id)) })
-    }
 }
 
 /// Completes once `registered` turns true; never if it cannot any more.
@@ -328,40 +305,6 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
         Ok(Pipeline { commands, controls })
     }
 
-    /// Fleet mode: the ship stage takes the sealed records (partials) and this host's unshipped
-    /// ones; the lease loop closes hours and submits while it holds the lease.
-    fn spawn_fleet(
-        &mut self,
-        fleet: FleetRuntime,
-        outbox: &Arc<Outbox>,
-        records: Vec<StoredRecord>,
-        sealed: mpsc::UnboundedReceiver<Vec<StoredRecord>>,
-        sealed_through: watch::Receiver<Option<i64>>,
-    ) {
-        let pending = records
-            .into_iter()
-            .filter(|stored| stored.state == RecordState::Pending)
-            .map(|stored| ((stored.record.key.hour, crate::admin::record_id(&stored.record.key)), stored))
-            .collect();
-        let shipper = Shipper {
-            ctx: self.ctx.clone(),
-            settings: fleet.settings.clone(),
-            target: fleet.target.clone(),
-            outbox: outbox.clone(),
-            pending,
-            sealed_through,
-        };
-        self.supervisor.spawn_unit("ship", shipper.run(sealed, self.stops.submit.clone()));
-        let holder = Holder {
-            ctx: self.ctx.clone(),
-            settings: fleet.settings,
-            target: fleet.target,
-            api: self.api.clone(),
-            submit: settings(&self.config),
-        };
-        self.supervisor.spawn_unit("fleet", holder.run(self.stops.submit.clone()));
-    }
-
     /// The ingest and admin listeners, SIGHUP reload and the systemd watchdog.
     fn spawn_front(&mut self, pipeline: Pipeline, front: Front) {
         let (ctx, config, intake) = (&self.ctx, &self.config, &self.stops.intake);
@@ -456,42 +399,6 @@ fn bind_ingest(
     let (listener, file) =
         SocketFile::bind(&config.ingest.socket, config.socket_mode(), group).map_err(anyhow::Error::msg)?;
     Ok(Watched::new(listener, file, "ingest"))
-}
-
-/// Waits (at most `within`) until the submit loop has nothing pending or in flight: a stopping
-/// `meter_usage` instance submits the hours it just sealed before it exits.
-async fn drain_submissions(ctx: &Context, within: Duration) {
-    let records = &ctx.metrics.records;
-    let until = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < until {
-        // The gauges lag the queue by one turn of the loop: read them twice, a turn apart.
-        let idle = || {
-            records.with_label_values(&["pending"]).get() == 0
-                && records.with_label_values(&["in_flight"]).get() == 0
-        };
-        if idle() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if idle() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let left = records.with_label_values(&["pending"]).get();
-    tracing::error!(
-        records = left,
-        "stopping with sealed records not yet accepted; they are resent when this data dir runs again"
-    );
-}
-
-/// Seals every open hour now, before the commit thread's last checkpoint (fleet mode's scale-in).
-async fn flush_open_hours(commands: mpsc::Sender<commit::Command>) {
-    let (reply, sealed) = oneshot::channel();
-    if commands.send(commit::Command::Flush { customer: None, reply }).await.is_ok()
-        && let Ok(count) = sealed.await
-    {
-        tracing::info!(records = count, "stopping: open hours sealed now, to be shipped before exit");
-    }
 }
 
 /// The commit stage runs on its own thread; a supervised task waits for its result, so that the

@@ -63,7 +63,7 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
                 run.stop.cancel();
                 let _ = run.task.await;
             }
-            self.ctx.metrics.fleet_lease_held.set(i64::from(held.is_some()));
+            self.ctx.metrics.fleet.lease_held.set(i64::from(held.is_some()));
         }
         if let Some(run) = running.take() {
             run.stop.cancel();
@@ -72,7 +72,7 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
         if let (Some(client), Some(held)) = (client.as_ref(), held) {
             let _ = lease::release(client, &self.settings.host_id, held).await;
         }
-        self.ctx.metrics.fleet_lease_held.set(0);
+        self.ctx.metrics.fleet.lease_held.set(0);
     }
 
     /// One turn: take or renew the lease; as holder, start the submit loop and close due hours.
@@ -114,7 +114,7 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
             }
             if let Some(closed) = close::close(db, hour, now_held.epoch, now).await? {
                 tracing::info!(hour, records = closed.len(), epoch = now_held.epoch, "fleet hour closed");
-                self.ctx.metrics.fleet_hours_closed.inc();
+                self.ctx.metrics.fleet.hours_closed.inc();
                 let stored = closed.into_iter().map(|record| StoredRecord {
                     record,
                     sealed_at: now,

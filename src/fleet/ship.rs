@@ -89,7 +89,7 @@ impl Shipper {
                 Err(err) => {
                     failures += 1;
                     client = None;
-                    self.ctx.metrics.fleet_ship_errors.inc();
+                    self.ctx.metrics.fleet.ship_errors.inc();
                     if failures == 1 || failures.is_power_of_two() {
                         tracing::warn!(%err, backlog = self.pending.len(), "cannot ship partials to the fleet database; they wait in the outbox");
                     }
@@ -112,7 +112,7 @@ impl Shipper {
             let id = crate::admin::record_id(&stored.record.key);
             self.pending.insert((stored.record.key.hour, id), stored);
         }
-        self.ctx.metrics.fleet_backlog.set(self.pending.len() as i64);
+        self.ctx.metrics.fleet.backlog.set(self.pending.len() as i64);
     }
 
     /// Ships what is pending (in batches) and beats the host's heart.
@@ -134,8 +134,8 @@ impl Shipper {
             if !shipped.is_empty() && self.outbox.barrier().is_err() {
                 self.ctx.fail();
             }
-            self.ctx.metrics.fleet_partials_shipped.inc_by(shipped.len() as u64);
-            self.ctx.metrics.fleet_backlog.set(self.pending.len() as i64);
+            self.ctx.metrics.fleet.partials_shipped.inc_by(shipped.len() as u64);
+            self.ctx.metrics.fleet.backlog.set(self.pending.len() as i64);
             if batch.len() < BATCH {
                 return Ok(());
             }
@@ -251,7 +251,7 @@ impl Shipper {
             &[&self.settings.host_id, &partial_id, &record.key.hour, &i64::from(record.quantity), &digest, &carried_to, &reason, &now, &bytes],
         )
         .await?;
-        self.ctx.metrics.fleet_late_partials.with_label_values(&[label]).inc();
+        self.ctx.metrics.fleet.late_partials.with_label_values(&[label]).inc();
         tracing::warn!(
             hour = record.key.hour,
             quantity = record.quantity,

@@ -42,6 +42,7 @@
 
 mod disk;
 mod layout;
+mod legacy;
 mod offline;
 
 use std::fs::File;
@@ -51,7 +52,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{Admitted, Bucket, ClientId, Delta, IdEntry, IdKey, SealedRecord};
+use crate::aggregate::{Admitted, Bucket, Delta, IdEntry, IdKey, SealedRecord};
 use crate::model::{DeadReason, RecordKey};
 pub use disk::Room;
 pub use layout::{FORMAT_VERSION, LOG_FORMAT_VERSION, MAX_CHUNK_BYTES, SEGMENT_SIZE};
@@ -191,7 +192,7 @@ impl Recovered {
                 let seq = layout::log_seq(key).ok_or_else(|| corrupt("a log key is 11 bytes"))?;
                 if seq > self.meta.log_seq {
                     self.last_seq = self.last_seq.max(seq);
-                    self.log.extend(decode_log(key, value)?);
+                    self.log.extend(legacy::decode_log(key, value)?);
                 }
             }
             Some(layout::OPEN) => {
@@ -257,42 +258,6 @@ fn open_watermark(path: &Path, named: &Path) -> Result<(File, u64), OutboxError>
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_extend(value, vec![FORMAT_VERSION]).expect("postcard encodes every outbox type")
-}
-
-/// An event as a version-1 log chunk holds it: its id was neither scoped nor digested.
-#[derive(Deserialize)]
-struct AdmittedV1 {
-    key: RecordKey,
-    tags: crate::model::TagSet,
-    quantity: u32,
-    id: Option<String>,
-    at: i64,
-}
-
-/// A log chunk of either version.
-fn decode_log(key: &[u8], value: &[u8]) -> Result<Vec<Admitted>, OutboxError> {
-    let corrupt =
-        |reason: String| OutboxError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason };
-    match value.split_first() {
-        Some((&LOG_FORMAT_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string())),
-        Some((1, rest)) => {
-            let old: Vec<AdmittedV1> = postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string()))?;
-            Ok(old
-                .into_iter()
-                .map(|e| Admitted {
-                    key: e.key,
-                    tags: e.tags,
-                    quantity: e.quantity,
-                    id: e.id.map(|id| ClientId { key: IdKey { peer: None, id }, digest: None }),
-                    at: e.at,
-                })
-                .collect())
-        }
-        Some((version, _)) => Err(corrupt(format!(
-            "log format version {version}, this meterd reads 1 and {LOG_FORMAT_VERSION}"
-        ))),
-        None => Err(corrupt("empty value".into())),
-    }
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, OutboxError> {

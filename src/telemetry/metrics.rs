@@ -61,12 +61,7 @@ pub struct Metrics {
     pub outbox_bytes: IntGauge,
     pub submission_paused: IntGauge,
     pub records_awaiting_subscription: IntGauge,
-    pub fleet_partials_shipped: IntCounter,
-    pub fleet_ship_errors: IntCounter,
-    pub fleet_backlog: IntGauge,
-    pub fleet_lease_held: IntGauge,
-    pub fleet_hours_closed: IntCounter,
-    pub fleet_late_partials: IntCounterVec,
+    pub fleet: FleetMetrics,
 }
 
 /// `meterd_ack_latency_seconds` buckets: a group commit is one device flush, so sub-millisecond.
@@ -83,6 +78,23 @@ const HTTP_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 struct Registrar(Registry);
 
 impl Registrar {
+    /// Per-listener connection metrics: open, closed over the cap, failed accepts.
+    fn listeners(&self) -> (IntGaugeVec, IntCounterVec, IntCounterVec) {
+        (
+            self.gauge_vec("meterd_connections", "Connections open, by listener.", &["listener"]),
+            self.counter_vec(
+                "meterd_connections_over_limit_total",
+                "Connections closed at once because their listener had max_connections open, by listener.",
+                &["listener"],
+            ),
+            self.counter_vec(
+                "meterd_accept_errors_total",
+                "Failed accepts (such as EMFILE), by listener; each is followed by a pause of 10ms to 1s.",
+                &["listener"],
+            ),
+        )
+    }
+
     fn reg<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
         self.0.register(Box::new(c.clone())).expect("metric names are unique");
         c
@@ -127,10 +139,47 @@ impl Registrar {
     }
 }
 
+/// Fleet mode's metrics (`meterd_fleet_*`).
+pub struct FleetMetrics {
+    pub partials_shipped: IntCounter,
+    pub ship_errors: IntCounter,
+    pub backlog: IntGauge,
+    pub lease_held: IntGauge,
+    pub hours_closed: IntCounter,
+    pub late_partials: IntCounterVec,
+}
+
+impl FleetMetrics {
+    fn new(r: &Registrar) -> Self {
+        Self {
+            partials_shipped: r.counter(
+                "meterd_fleet_partials_shipped_total",
+                "Fleet mode: this host's partials committed to the fleet database.",
+            ),
+            ship_errors: r.counter(
+                "meterd_fleet_ship_errors_total",
+                "Fleet mode: failed attempts to ship partials (the database unreachable or refusing).",
+            ),
+            backlog: r.gauge("meterd_fleet_backlog", "Fleet mode: this host's partials waiting to be shipped."),
+            lease_held: r.gauge("meterd_fleet_lease_held", "Fleet mode: 1 while this host holds the submitter lease."),
+            hours_closed: r.counter(
+                "meterd_fleet_hours_closed_total",
+                "Fleet mode: hours this host closed (summed into fleet records) as lease holder.",
+            ),
+            late_partials: r.counter_vec(
+                "meterd_fleet_late_partials_total",
+                "Fleet mode: partials that arrived after their hour closed, by outcome (carried, dead_letter).",
+                &["outcome"],
+            ),
+        }
+    }
+}
+
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let r = Registrar(Registry::new());
         let (http_requests, http_request_duration) = r.http();
+        let (connections, connections_over_limit, accept_errors) = r.listeners();
         let metrics = Self {
             events_accepted: r.counter("meterd_events_accepted_total", "Events durably accepted and counted."),
             events_rejected: r.counter_vec("meterd_events_rejected_total", "Lines refused, by error code.", &["reason"]),
@@ -174,17 +223,9 @@ impl Metrics {
                 "meterd_connections_refused_total",
                 "Ingest connections refused because the peer's uid is not in ingest.allowed_uids.",
             ),
-            connections: r.gauge_vec("meterd_connections", "Connections open, by listener.", &["listener"]),
-            connections_over_limit: r.counter_vec(
-                "meterd_connections_over_limit_total",
-                "Connections closed at once because their listener had max_connections open, by listener.",
-                &["listener"],
-            ),
-            accept_errors: r.counter_vec(
-                "meterd_accept_errors_total",
-                "Failed accepts (such as EMFILE), by listener; each is followed by a pause of 10ms to 1s.",
-                &["listener"],
-            ),
+            connections,
+            connections_over_limit,
+            accept_errors,
             ingest_reads_paused: r.counter(
                 "meterd_ingest_reads_paused_total",
                 "Times an ingest connection stopped reading because its unread replies reached ingest.max_pending_reply_bytes.",
@@ -205,25 +246,7 @@ impl Metrics {
                 "meterd_records_awaiting_subscription",
                 "Pending records whose customer was not subscribed at the last answer; offered again every submit.subscription_recheck until their deadline.",
             ),
-            fleet_partials_shipped: r.counter(
-                "meterd_fleet_partials_shipped_total",
-                "Fleet mode: this host's partials committed to the fleet database.",
-            ),
-            fleet_ship_errors: r.counter(
-                "meterd_fleet_ship_errors_total",
-                "Fleet mode: failed attempts to ship partials (the database unreachable or refusing).",
-            ),
-            fleet_backlog: r.gauge("meterd_fleet_backlog", "Fleet mode: this host's partials waiting to be shipped."),
-            fleet_lease_held: r.gauge("meterd_fleet_lease_held", "Fleet mode: 1 while this host holds the submitter lease."),
-            fleet_hours_closed: r.counter(
-                "meterd_fleet_hours_closed_total",
-                "Fleet mode: hours this host closed (summed into fleet records) as lease holder.",
-            ),
-            fleet_late_partials: r.counter_vec(
-                "meterd_fleet_late_partials_total",
-                "Fleet mode: partials that arrived after their hour closed, by outcome (carried, dead_letter).",
-                &["outcome"],
-            ),
+            fleet: FleetMetrics::new(&r),
             registry: r.0,
         };
         metrics.prime();
@@ -253,7 +276,7 @@ impl Metrics {
             self.http_requests.with_label_values(&[code]);
         }
         for outcome in ["carried", "dead_letter"] {
-            self.fleet_late_partials.with_label_values(&[outcome]);
+            self.fleet.late_partials.with_label_values(&[outcome]);
         }
         for result in ["ok", "invalid"] {
             self.config_reloads.with_label_values(&[result]);
