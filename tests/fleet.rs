@@ -282,5 +282,16 @@ fn a_partial_for_a_closed_hour_is_carried_into_the_open_hour_or_dead_lettered() 
         ["host-c".to_string(), hour, "300".to_string(), String::new(), "late_partial".to_string()]
     );
     assert!(!emu.statuses().contains_key("DuplicateRecord"));
+    // Every host lists the fleet's dead letters, and says which host it is.
+    let launch_c = fleet(dirs[2].path(), &emu, &pg, "host-c");
+    let (code, listed, err) = Meterd::cli(&launch_c, &["dlq", "export", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        listed.contains("late_partial: host host-c shipped 300 after the fleet closed the hour"),
+        "{listed}"
+    );
+    let (code, status, _) = Meterd::cli(&launch_c, &["status"]);
+    assert_eq!(code, 0);
+    assert!(status.contains("fleet host: host-c"), "{status}");
     drop((a, b, c));
 }

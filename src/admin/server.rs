@@ -39,6 +39,8 @@ pub struct AdminServer {
     pub deadline: i64,
     /// Connections served at once (`admin.max_connections`).
     pub max_connections: usize,
+    /// Fleet mode: this host's id, and the database whose dead letters `dlq list` adds.
+    pub fleet: Option<(String, crate::fleet::db::Target)>,
 }
 
 /// Answers admin connections until `cancel`, then removes the socket file if it is still the one
@@ -151,7 +153,15 @@ impl AdminServer {
 
     async fn list(&self, request: &Request) -> Vec<Line> {
         match self.scan().await {
-            Ok(records) => {
+            Ok(mut records) => {
+                if let (Request::DlqList, Some((_, target))) = (request, &self.fleet) {
+                    match crate::fleet::store::dead_letters(target).await {
+                        Ok(fleet) => records.extend(fleet),
+                        Err(err) => {
+                            return vec![Line::error(format!("cannot read the fleet's dead letters: {err}"))];
+                        }
+                    }
+                }
                 let mut lines: Vec<Line> = records
                     .iter()
                     .filter(|s| request.lists(s))
@@ -189,6 +199,7 @@ impl AdminServer {
         let now = self.ctx.clock.now();
         let mut report = StatusReport::from_records(records.into_iter(), &self.data_dir, self.deadline, now);
         report.running = true;
+        report.fleet_host_id = self.fleet.as_ref().map(|(host, _)| host.clone());
         let gauge = |state: &str| self.ctx.metrics.records.with_label_values(&[state]).get().max(0) as u64;
         report.records.insert("open".into(), gauge("open"));
         report.records.insert("in_flight".into(), gauge("in_flight"));

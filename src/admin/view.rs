@@ -4,17 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::model::{Customer, DeadReason, RecordKey, Scope};
 use crate::outbox::{RecordState, Recovered, StoredRecord};
 
 /// A record's id for the CLI: the first 12 hex digits of the SHA-256 of its key. Stable across
 /// restarts and the same on every host, so a seller can quote it.
-pub fn record_id(key: &RecordKey) -> String {
-    let encoded = postcard::to_allocvec(key).expect("a record key always encodes");
-    hex::encode(&Sha256::digest(&encoded)[..6])
-}
+pub use crate::model::record_id;
 
 /// Epoch seconds as RFC 3339 UTC text.
 pub fn time_text(secs: i64) -> String {
@@ -207,6 +203,9 @@ pub struct StatusReport {
     pub outbox_bytes: u64,
     /// RegisterUsage's answer when `aws.register_usage` is on (running only).
     pub registration: Option<crate::telemetry::health::RegistrationStatus>,
+    /// Fleet mode: this host's id (running only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_host_id: Option<String>,
 }
 
 /// The oldest sealed record not yet settled.
@@ -267,6 +266,7 @@ impl StatusReport {
             not_ready: Vec::new(),
             outbox_bytes: 0,
             registration: None,
+            fleet_host_id: None,
         }
     }
 
@@ -276,6 +276,9 @@ impl StatusReport {
         let state = if self.running { "running" } else { "not running (read from the data dir)" };
         out.push_str(&format!("meterd {}: {state}\n", self.version));
         out.push_str(&format!("data dir: {} ({} bytes)\n", self.data_dir, self.outbox_bytes));
+        if let Some(host) = &self.fleet_host_id {
+            out.push_str(&format!("fleet host: {host} (meterd fleet status shows the fleet)\n"));
+        }
         if let Some(uptime) = self.uptime_secs {
             out.push_str(&format!(
                 "uptime: {}\n",

@@ -346,6 +346,7 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
             data_dir: config.storage.data_dir.display().to_string(),
             deadline: secs(config.deadline()),
             max_connections: config.admin.max_connections,
+            fleet: self.fleet.as_ref().map(|f| (f.settings.host_id.clone(), f.target.clone())),
         };
         self.supervisor.spawn_unit("admin", admin::serve(admin, front.admin_listener, intake.clone()));
         if let Some(reload) = front.reload {

@@ -109,7 +109,7 @@ impl Shipper {
 
     fn add(&mut self, records: Vec<StoredRecord>) {
         for stored in records {
-            let id = crate::admin::record_id(&stored.record.key);
+            let id = crate::model::record_id(&stored.record.key);
             self.pending.insert((stored.record.key.hour, id), stored);
         }
         self.ctx.metrics.fleet.backlog.set(self.pending.len() as i64);

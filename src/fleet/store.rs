@@ -183,6 +183,34 @@ pub async fn pending(client: &Client) -> Result<Vec<StoredRecord>, DbError> {
     Ok(rows.iter().filter_map(stored_of).collect())
 }
 
+/// The fleet's dead letters, for `meterd dlq list` on any host: records the holder dead-lettered,
+/// and partials that arrived after their hour closed and could not be carried.
+pub async fn dead_letters(target: &Target) -> Result<Vec<StoredRecord>, DbError> {
+    let client = target.connect().await?;
+    let rows = client
+        .query(
+            "SELECT record, state, metering_record_id, dead_reason, message, sealed_at, settled_at FROM records
+             WHERE state = 'dead_letter' ORDER BY hour",
+            &[],
+        )
+        .await?;
+    let mut out: Vec<StoredRecord> = rows.iter().filter_map(stored_of).collect();
+    let late = client
+        .query(
+            "SELECT record, host_id, quantity, noted_at FROM late_partials WHERE carried_to IS NULL ORDER BY hour, host_id",
+            &[],
+        )
+        .await?;
+    for row in &late {
+        let Ok(record) = postcard::from_bytes::<SealedRecord>(row.get::<_, &[u8]>(0)) else { continue };
+        let (host, quantity, at): (String, i64, i64) = (row.get(1), row.get(2), row.get(3));
+        let message = format!("late_partial: host {host} shipped {quantity} after the fleet closed the hour");
+        let state = RecordState::DeadLetter { reason: DeadReason::LatePartial, message, at };
+        out.push(StoredRecord { record, sealed_at: at, state });
+    }
+    Ok(out)
+}
+
 /// A `records` row as the submit loop knows it; `None` for bytes this meterd cannot read.
 fn stored_of(row: &tokio_postgres::Row) -> Option<StoredRecord> {
     let record: SealedRecord = postcard::from_bytes(row.get::<_, &[u8]>(0)).ok()?;

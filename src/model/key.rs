@@ -35,3 +35,11 @@ pub struct RecordKey {
 
 /// A tag set, sorted by key; empty for untagged usage.
 pub type TagSet = Vec<(String, String)>;
+
+/// A record's short id (the operator's handle in `meterd dlq`, fleet partial ids): 12 hex
+/// digits of SHA-256 over its postcard encoding.
+pub fn record_id(key: &RecordKey) -> String {
+    use sha2::Digest;
+    let encoded = postcard::to_allocvec(key).expect("a record key always encodes");
+    hex::encode(&sha2::Sha256::digest(&encoded)[..6])
+}

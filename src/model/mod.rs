@@ -10,5 +10,5 @@ mod modes;
 
 pub use event::{ErrorCode, Event};
 pub use fields::*;
-pub use key::{Customer, MAX_QUANTITY, RecordKey, Scope, TagSet};
+pub use key::{Customer, MAX_QUANTITY, RecordKey, Scope, TagSet, record_id};
 pub use modes::{DeadReason, LateEvents, Mode};

@@ -32,14 +32,17 @@ pub enum DeadReason {
     Expired,
     /// Refused on its own by a validation error (the message names the service's error).
     Invalid,
+    /// Fleet mode: a host's partial that reached the fleet database after its hour closed.
+    LatePartial,
 }
 
 impl DeadReason {
-    pub const ALL: [DeadReason; 4] = [
+    pub const ALL: [DeadReason; 5] = [
         DeadReason::CustomerNotSubscribed,
         DeadReason::DuplicateRecord,
         DeadReason::Expired,
         DeadReason::Invalid,
+        DeadReason::LatePartial,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +51,7 @@ impl DeadReason {
             DeadReason::DuplicateRecord => "duplicate_record",
             DeadReason::Expired => "expired",
             DeadReason::Invalid => "invalid",
+            DeadReason::LatePartial => "late_partial",
         }
     }
 }
