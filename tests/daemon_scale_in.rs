@@ -50,8 +50,9 @@ fn a_stopping_meter_usage_instance_reports_its_current_hour() {
     assert_eq!(meterd.metric("meterd_late_events_total{policy=\"carry_forward\"}"), 1.0);
     assert!(meterd.signal("TERM").success());
     assert_eq!(emu.records().len(), 1);
-    emu.set_clock_offset(2 * 3600);
-    let _meterd = launch(2 * 3600).start();
+    // Three hours on, that hour has certainly ended and passed its seal delay.
+    emu.set_clock_offset(3 * 3600);
+    let _meterd = launch(3 * 3600).start();
     let records = emu.wait_records(2, Duration::from_secs(20));
     let next = records.iter().find(|r| r["hour"] == hour + 3600).expect("the next hour's record");
     assert_eq!(next["quantity"], 5);
