@@ -135,8 +135,11 @@ fn print_sandbox(endpoints: &crate::daemon::Endpoints, emulator_url: &str) {
          \x20 emulator:       {emulator_url}  (records: {emulator_url}/_emulator/records)\n\
          send an event:\n\
          \x20 cargo run -- send{socket_flag} --customer-aws-account-id 111122223333 --dimension requests --quantity 5\n\
-         see what meterd holds:\n\
-         \x20 cargo run -- status --sandbox",
+         bill the open hour now (the sandbox only; meterd otherwise seals an hour after it ends):\n\
+         \x20 cargo run -- flush --sandbox --all\n\
+         see what meterd holds and what was billed:\n\
+         \x20 cargo run -- status --sandbox\n\
+         \x20 cargo run -- receipts export --sandbox --since 0",
         metrics = endpoints.metrics,
     );
     let _ = out.flush();

@@ -78,7 +78,7 @@ impl Config {
     fn aws_problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         let aws = &self.aws;
-        if aws.product_code.chars().count() > model::MAX_NAME_CHARS
+        if model::service_len(&aws.product_code) > model::MAX_NAME_CHARS
             || !model::is_product_code(&aws.product_code)
         {
             out.push(format!(
@@ -101,7 +101,7 @@ impl Config {
             out.push(format!("aws.endpoint_url {:?} must start with http:// or https://", aws.endpoint_url));
         }
         for dimension in &aws.dimensions {
-            if dimension.is_empty() || dimension.chars().count() > model::MAX_NAME_CHARS {
+            if dimension.is_empty() || model::service_len(dimension) > model::MAX_NAME_CHARS {
                 out.push(format!("aws.dimensions: {dimension:?} must be 1 to 255 characters"));
             }
         }
@@ -294,7 +294,7 @@ impl Config {
         if aws.public_key_version < 1 {
             out.push(format!("aws.public_key_version {} must be at least 1", aws.public_key_version));
         }
-        if aws.nonce.chars().count() > model::MAX_NAME_CHARS {
+        if model::service_len(&aws.nonce) > model::MAX_NAME_CHARS {
             out.push("aws.nonce must be at most 255 characters".into());
         }
         let heartbeat = &self.submit.heartbeat_dimensions;
@@ -304,7 +304,7 @@ impl Config {
             );
         }
         for dimension in heartbeat {
-            if dimension.is_empty() || dimension.chars().count() > model::MAX_NAME_CHARS {
+            if dimension.is_empty() || model::service_len(dimension) > model::MAX_NAME_CHARS {
                 out.push(format!("submit.heartbeat_dimensions: {dimension:?} must be 1 to 255 characters"));
             } else if !aws.dimensions.is_empty() && !aws.dimensions.contains(dimension) {
                 out.push(format!("submit.heartbeat_dimensions: {dimension:?} is not in aws.dimensions"));

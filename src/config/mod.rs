@@ -456,6 +456,15 @@ mod tests {
     }
 
     #[test]
+    fn names_are_measured_in_utf16_units_as_the_service_does() {
+        let emoji = "\u{1F600}".repeat(128);
+        let err = load_toml(&format!("[aws]\nproduct_code = \"p\"\ndimensions = [\"{emoji}\"]")).unwrap_err();
+        assert_eq!(err.problems, [format!("aws.dimensions: {emoji:?} must be 1 to 255 characters")]);
+        let fits = "\u{1F600}".repeat(127);
+        assert!(load_toml(&format!("[aws]\nproduct_code = \"p\"\ndimensions = [\"{fits}\"]")).is_ok());
+    }
+
+    #[test]
     fn deadline_must_leave_time_to_submit() {
         let err = load_toml("[submit]\nseal_delay = \"30m\"\ndeadline = \"1h\"").unwrap_err();
         assert_eq!(err.problems.len(), 1);
