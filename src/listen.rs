@@ -183,6 +183,32 @@ impl Backoff {
     }
 }
 
+/// The next TCP connection under `cap`: accept errors pause with `backoff`, and a connection over
+/// the cap is closed at once (counted by `cap`). `None` once `cancel` is cancelled.
+pub async fn next_admitted(
+    listener: &tokio::net::TcpListener,
+    cap: &Cap,
+    backoff: &mut Backoff,
+    cancel: &CancellationToken,
+) -> Option<(tokio::net::TcpStream, Slot)> {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    backoff.pause(&err, cancel).await;
+                    continue;
+                }
+            },
+            _ = cancel.cancelled() => return None,
+        };
+        backoff.succeeded();
+        if let Some(slot) = cap.admit() {
+            return Some((stream, slot));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,6 +58,9 @@ impl FleetStore {
     }
 }
 
+/// The columns [`stored_of`] reads, in its order.
+const COLUMNS: &str = "record, state, metering_record_id, dead_reason, message, sealed_at, settled_at";
+
 /// The lease condition every write carries (`$1` host, `$2` epoch).
 const FENCED: &str = "EXISTS (SELECT 1 FROM lease WHERE name = 'submitter' AND holder = $1 AND epoch = $2)";
 
@@ -106,8 +109,10 @@ impl Store for FleetStore {
         let row = self.blocking(async |client| {
             Ok(client
                 .query_opt(
-                    "SELECT record, state, metering_record_id, dead_reason, message, sealed_at, settled_at FROM records
-                     WHERE scope_kind = $1 AND scope = $2 AND customer_kind = $3 AND customer = $4 AND dimension = $5 AND hour = $6",
+                    &format!(
+                        "SELECT {COLUMNS} FROM records WHERE scope_kind = $1 AND scope = $2 AND customer_kind = $3
+                           AND customer = $4 AND dimension = $5 AND hour = $6"
+                    ),
                     &[&scope_kind, &scope, &customer_kind, &customer, &key.dimension, &key.hour],
                 )
                 .await?)
@@ -137,7 +142,7 @@ impl Store for FleetStore {
                 .query(
                     &format!(
                         "DELETE FROM records WHERE state IN ('accepted', 'dead_letter') AND settled_at < $3 AND {FENCED}
-                         RETURNING record, state, metering_record_id, dead_reason, message, sealed_at, settled_at"
+                         RETURNING {COLUMNS}"
                     ),
                     &[&self.host, &self.epoch, &before],
                 )
@@ -174,11 +179,7 @@ impl Store for FleetStore {
 /// The fleet's pending records, oldest hour first.
 pub async fn pending(client: &Client) -> Result<Vec<StoredRecord>, DbError> {
     let rows = client
-        .query(
-            "SELECT record, state, metering_record_id, dead_reason, message, sealed_at, settled_at FROM records
-             WHERE state = 'pending' ORDER BY hour",
-            &[],
-        )
+        .query(&format!("SELECT {COLUMNS} FROM records WHERE state = 'pending' ORDER BY hour"), &[])
         .await?;
     Ok(rows.iter().filter_map(stored_of).collect())
 }
@@ -188,11 +189,7 @@ pub async fn pending(client: &Client) -> Result<Vec<StoredRecord>, DbError> {
 pub async fn dead_letters(target: &Target) -> Result<Vec<StoredRecord>, DbError> {
     let client = target.connect().await?;
     let rows = client
-        .query(
-            "SELECT record, state, metering_record_id, dead_reason, message, sealed_at, settled_at FROM records
-             WHERE state = 'dead_letter' ORDER BY hour",
-            &[],
-        )
+        .query(&format!("SELECT {COLUMNS} FROM records WHERE state = 'dead_letter' ORDER BY hour"), &[])
         .await?;
     let mut out: Vec<StoredRecord> = rows.iter().filter_map(stored_of).collect();
     let late = client

@@ -122,21 +122,10 @@ impl HttpIngest {
         );
         let mut backoff = Backoff::new("http", metrics.accept_errors.with_label_values(&label));
         let tracker = TaskTracker::new();
-        loop {
-            let stream = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(err) => {
-                        backoff.pause(&err, &cancel).await;
-                        continue;
-                    }
-                },
-                _ = cancel.cancelled() => break,
-            };
-            backoff.succeeded();
-            if let Some(slot) = cap.admit() {
-                tracker.spawn(this.clone().connection(stream, slot, cancel.clone()));
-            }
+        while let Some((stream, slot)) =
+            crate::listen::next_admitted(&listener, &cap, &mut backoff, &cancel).await
+        {
+            tracker.spawn(this.clone().connection(stream, slot, cancel.clone()));
         }
         drop(listener);
         tracker.close();

@@ -327,21 +327,10 @@ pub async fn serve(
         metrics.connections_over_limit.with_label_values(&label),
     );
     let mut backoff = Backoff::new("metrics", metrics.accept_errors.with_label_values(&label));
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    backoff.pause(&err, &cancel).await;
-                    continue;
-                }
-            },
-            _ = cancel.cancelled() => return,
-        };
-        backoff.succeeded();
-        if let Some(slot) = cap.admit() {
-            tokio::spawn(connection(stream, slot, metrics.clone(), health.clone(), limits.idle_timeout));
-        }
+    while let Some((stream, slot)) =
+        crate::listen::next_admitted(&listener, &cap, &mut backoff, &cancel).await
+    {
+        tokio::spawn(connection(stream, slot, metrics.clone(), health.clone(), limits.idle_timeout));
     }
 }
 
