@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
             lease_ttl: 30,
             deadline: 24 * 3600,
             late_events: LateEvents::CarryForward,
+            retention: 35 * 86_400,
         };
         let (_, sealed_through) = tokio::sync::watch::channel(Some(hour));
         shippers.push(Shipper {

@@ -129,6 +129,7 @@ fn check(ops: Vec<Op>, policy: LateEvents) -> Result<(), TestCaseError> {
         deadline: DEADLINE,
         future_tolerance: TOLERANCE,
         late_events: policy,
+        sealed_hours_are_frozen: false,
     };
     let mut aggregator = Aggregator::new(rules);
     let mut model = Model {

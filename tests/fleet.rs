@@ -158,8 +158,23 @@ fn lease_held(meterd: &Meterd) -> bool {
     meterd.metric("meterd_fleet_lease_held") == 1.0
 }
 
-fn past_events(customer: &str, quantity: u64, ids: &str) -> Vec<Value> {
-    (0..3).map(|i| usage(customer, "requests", quantity, 5, &format!("{ids}-{i}"), "a")).collect()
+/// Three events of `customer` without a timestamp: they count in the host's current hour.
+fn events_now(customer: &str, quantity: u64, ids: &str) -> Vec<Value> {
+    (0..3)
+        .map(|i| {
+            let mut e = event(customer, "requests", quantity);
+            e["id"] = json!(format!("{ids}-{i}"));
+            e
+        })
+        .collect()
+}
+
+/// Five hours back by the host's clock, `events` go into its current hour; at SIGTERM a fleet
+/// host seals that hour now and ships it (when it can reach the database).
+fn sent_five_hours_ago(launch: Launch, events: &[Value]) {
+    let meterd = launch.offset(-5 * H).start();
+    assert!(meterd.send(events).iter().all(|r| r["ok"] == true));
+    assert!(meterd.signal("TERM").success());
 }
 
 #[test]
@@ -173,8 +188,15 @@ fn one_host_submits_at_a_time_and_another_takes_over_when_the_holder_stops() {
         })
     });
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let a = fleet(dirs[0].path(), &emu, &pg, "host-a").start();
-    let b = fleet(dirs[1].path(), &emu, &pg, "host-b").env("AWS_ACCESS_KEY_ID", OTHER_KEY).start();
+    let host_a = || fleet(dirs[0].path(), &emu, &pg, "host-a");
+    let host_b = || fleet(dirs[1].path(), &emu, &pg, "host-b").env("AWS_ACCESS_KEY_ID", OTHER_KEY);
+    // Records to submit once the hosts are back at the real time, whose answers are all lost at
+    // first: the holder keeps trying.
+    emu.faults(json!({"drop_after_apply": 100_000}));
+    sent_five_hours_ago(host_a(), &events_now("300000000001", 2, "a"));
+    sent_five_hours_ago(host_b(), &events_now("300000000001", 5, "b"));
+    let a = host_a().start();
+    let b = host_b().start();
     let hosts = [&a, &b];
     wait_until("one host holds the lease", Duration::from_secs(10), || hosts.iter().any(|h| lease_held(h)));
     for _ in 0..20 {
@@ -183,11 +205,6 @@ fn one_host_submits_at_a_time_and_another_takes_over_when_the_holder_stops() {
     }
     let (holder, other, holder_key) =
         if lease_held(&a) { (&a, &b, common::daemon::ACCESS_KEY) } else { (&b, &a, OTHER_KEY) };
-
-    // Records to submit, whose answers are all lost: the holder keeps trying.
-    emu.faults(json!({"drop_after_apply": 100_000}));
-    assert!(a.send(&past_events("300000000001", 2, "a")).iter().all(|r| r["ok"] == true));
-    assert!(b.send(&past_events("300000000001", 5, "b")).iter().all(|r| r["ok"] == true));
     wait_until("the holder submits", Duration::from_secs(30), || {
         emu.requests().iter().any(|r| r["caller"] == holder_key && r["operation"] == "BatchMeterUsage")
     });
@@ -227,19 +244,22 @@ fn a_host_whose_database_is_down_keeps_acknowledging_and_ships_later() {
     pg.kill();
     let emu = Emu::start(|_| {});
     let dir = tempfile::tempdir().unwrap();
-    let meterd = fleet(dir.path(), &emu, &pg, "host-a").start();
-    let replies = meterd.send(&past_events("300000000002", 4, "d"));
+    let launch = || fleet(dir.path(), &emu, &pg, "host-a");
+    let meterd = launch().offset(-5 * H).start();
+    let replies = meterd.send(&events_now("300000000002", 4, "d"));
     assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
     assert_eq!(meterd.get("/readyz").0, 200, "ready for ingest while the database is down");
-    meterd.wait_metric("meterd_fleet_backlog", 1.0, Duration::from_secs(10));
     wait_until("ship errors counted", Duration::from_secs(10), || {
         meterd.metric("meterd_fleet_ship_errors_total") >= 1.0
     });
+    // Stopping, it seals the hour but cannot ship it: the partial stays in its outbox.
+    assert!(meterd.signal("TERM").success());
     assert!(emu.records().is_empty());
 
     pg.restart();
-    meterd.wait_metric("meterd_fleet_backlog", 0.0, Duration::from_secs(40));
-    assert_eq!(meterd.metric("meterd_fleet_partials_shipped_total"), 1.0);
+    let meterd = launch().start();
+    meterd.wait_metric("meterd_fleet_partials_shipped_total", 1.0, Duration::from_secs(40));
+    assert_eq!(meterd.metric("meterd_fleet_backlog"), 0.0);
     let records = emu.wait_records(1, Duration::from_secs(30));
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["quantity"], 12);
@@ -250,47 +270,53 @@ fn a_partial_for_a_closed_hour_is_carried_into_the_open_hour_or_dead_lettered() 
     let pg = Pg::start();
     let emu = Emu::start(|_| {});
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    // host-b and host-c cannot reach the database while host-a closes the hour without them.
+    // host-b and host-c cannot reach the database while host-a's hour is closed without them.
     let nowhere = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port + 1);
-    let a = fleet(dirs[0].path(), &emu, &pg, "host-a").start();
-    let b = fleet(dirs[1].path(), &emu, &pg, "host-b").env("METERD_FLEET__DATABASE_URL", &nowhere).start();
-    let c = fleet(dirs[2].path(), &emu, &pg, "host-c")
-        .env("METERD_FLEET__DATABASE_URL", &nowhere)
-        .env("METERD_SUBMIT__LATE_EVENTS", "reject")
-        .start();
-    assert!(a.send(&past_events("300000000003", 1, "a")).iter().all(|r| r["ok"] == true));
-    assert!(b.send(&past_events("300000000003", 10, "b")).iter().all(|r| r["ok"] == true));
-    assert!(c.send(&past_events("300000000003", 100, "c")).iter().all(|r| r["ok"] == true));
+    let host_a = || fleet(dirs[0].path(), &emu, &pg, "host-a");
+    let host_b = || fleet(dirs[1].path(), &emu, &pg, "host-b");
+    let host_c = || fleet(dirs[2].path(), &emu, &pg, "host-c").env("METERD_SUBMIT__LATE_EVENTS", "reject");
+    sent_five_hours_ago(host_a(), &events_now("300000000003", 1, "a"));
+    sent_five_hours_ago(
+        host_b().env("METERD_FLEET__DATABASE_URL", &nowhere),
+        &events_now("300000000003", 10, "b"),
+    );
+    sent_five_hours_ago(
+        host_c().env("METERD_FLEET__DATABASE_URL", &nowhere),
+        &events_now("300000000003", 100, "c"),
+    );
+    let a = host_a().start();
     let records = emu.wait_records(1, Duration::from_secs(30));
     assert_eq!(records[0]["quantity"], 3, "the hour closed with host-a's partial only");
-    b.wait_metric("meterd_fleet_backlog", 1.0, Duration::from_secs(10));
+    let hour = records[0]["hour"].as_i64().unwrap();
 
     // Back on the database, their partials are late: carried into the open hour by host-b,
     // a late_partial dead letter by host-c (late_events = reject).
-    let (b, c) = (b.signal("TERM"), c.signal("TERM"));
-    assert!(b.success() && c.success());
-    let b = fleet(dirs[1].path(), &emu, &pg, "host-b").start();
-    let c = fleet(dirs[2].path(), &emu, &pg, "host-c").env("METERD_SUBMIT__LATE_EVENTS", "reject").start();
+    let b = host_b().start();
+    let c = host_c().start();
     b.wait_metric("meterd_fleet_late_partials_total{outcome=\"carried\"}", 1.0, Duration::from_secs(20));
     c.wait_metric("meterd_fleet_late_partials_total{outcome=\"dead_letter\"}", 1.0, Duration::from_secs(20));
     let late = pg.query("SELECT host_id, hour, quantity, carried_to, coalesce(reason, '') FROM meterd.late_partials ORDER BY host_id");
-    let hour = hour_start(5).to_string();
-    assert_eq!(late[0][..3], ["host-b".to_string(), hour.clone(), "30".to_string()]);
+    assert_eq!(late[0][..3], ["host-b".to_string(), hour.to_string(), "30".to_string()]);
     assert_eq!(late[0][3], hour_start(0).to_string(), "carried into the hour open now");
     assert_eq!(
         late[1],
-        ["host-c".to_string(), hour, "300".to_string(), String::new(), "late_partial".to_string()]
+        [
+            "host-c".to_string(),
+            hour.to_string(),
+            "300".to_string(),
+            String::new(),
+            "late_partial".to_string()
+        ]
     );
     assert!(!emu.statuses().contains_key("DuplicateRecord"));
     // Every host lists the fleet's dead letters, and says which host it is.
-    let launch_c = fleet(dirs[2].path(), &emu, &pg, "host-c");
-    let (code, listed, err) = Meterd::cli(&launch_c, &["dlq", "export", "--format", "json"]);
+    let (code, listed, err) = Meterd::cli(&host_c(), &["dlq", "export", "--format", "json"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         listed.contains("late_partial: host host-c shipped 300 after the fleet closed the hour"),
         "{listed}"
     );
-    let (code, status, _) = Meterd::cli(&launch_c, &["status"]);
+    let (code, status, _) = Meterd::cli(&host_c(), &["status"]);
     assert_eq!(code, 0);
     assert!(status.contains("fleet host: host-c"), "{status}");
     drop((a, b, c));

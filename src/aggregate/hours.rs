@@ -37,6 +37,9 @@ pub struct Rules {
     pub deadline: i64,
     pub future_tolerance: i64,
     pub late_events: LateEvents,
+    /// Fleet mode: an hour this host sealed may already be closed fleet-wide, so every key of
+    /// an hour up to `sealed_through` counts as sealed (late at ingest, never a late partial).
+    pub sealed_hours_are_frozen: bool,
 }
 
 /// `submit.heartbeat_dimensions` (meter_usage mode): a 0-quantity record of the caller's own for
@@ -235,6 +238,12 @@ impl Aggregator {
         self.buckets.len()
     }
 
+    /// Whether `key`'s record may no longer be counted into (see [`Rules`]).
+    fn is_frozen(&self, key: &RecordKey) -> bool {
+        self.frozen.contains(key)
+            || (self.rules.sealed_hours_are_frozen && self.sealed_through.is_some_and(|t| key.hour <= t))
+    }
+
     /// Whether an hour is due for sealing as a whole.
     fn is_due(&self, hour: i64, now: i64) -> bool {
         self.sealed_through.is_some_and(|through| hour <= through)
@@ -283,7 +292,7 @@ impl Aggregator {
         if deadline(hour, self.rules.deadline) <= now {
             return Err(AdmitError::MonthClosed { at });
         }
-        if !self.frozen.contains(key) {
+        if !self.is_frozen(key) {
             return Ok(false);
         }
         if self.rules.late_events == LateEvents::Reject {
@@ -291,10 +300,10 @@ impl Aggregator {
             return Err(AdmitError::HourSealed { hour });
         }
         key.hour = hour_of(now).max(hour + 3600);
-        while self.frozen.contains(key) && key.hour < hour + MAX_CARRY_HOURS * 3600 {
+        while self.is_frozen(key) && key.hour < hour + MAX_CARRY_HOURS * 3600 {
             key.hour += 3600;
         }
-        if self.frozen.contains(key) || !same_month(hour, key.hour) {
+        if self.is_frozen(key) || !same_month(hour, key.hour) {
             return Err(AdmitError::CarryAcrossMonth { hour });
         }
         Ok(true)
@@ -440,6 +449,7 @@ mod tests {
             deadline: 6 * H,
             future_tolerance: 300,
             late_events: LateEvents::CarryForward,
+            sealed_hours_are_frozen: false,
         }
     }
 

@@ -103,8 +103,9 @@ pub struct Committer {
     failed: Arc<AtomicBool>,
     late_seen: (u64, u64),
     max_bytes: u64,
-    /// The latest `now` seen, to notice a clock that steps back.
+    /// The latest `now` seen, to notice a clock that steps back, and whether it is behind it.
     latest_now: i64,
+    behind: bool,
     /// Legacy customer identifiers warned about, and the UTC day of the warnings.
     legacy_warned: (i64, HashSet<String>),
     /// Flushes waiting for the checkpoint that makes their records durable, with their counts.
@@ -171,6 +172,7 @@ impl Committer {
             late_seen: (0, 0),
             max_bytes: settings.max_bytes,
             latest_now: i64::MIN,
+            behind: false,
             legacy_warned: (0, HashSet::new()),
             flushed: Vec::new(),
         }
@@ -201,6 +203,12 @@ impl Committer {
                 let logged = self.commit(&mut group);
                 if sync_tx.send(logged).is_err() {
                     break;
+                }
+            }
+            if self.failed() {
+                // Nothing more is sealed: a flush waiting on a checkpoint is answered at once.
+                for (reply, _) in self.flushed.drain(..) {
+                    let _ = reply.send(0);
                 }
             }
             if tick && !self.failed() {
@@ -353,12 +361,14 @@ impl Committer {
     /// sealed stay sealed (the aggregator sees to that), but late events become more likely.
     fn now(&mut self) -> i64 {
         let now = self.ctx.clock.now();
-        if now + 1 < self.latest_now {
+        // Once per step: while the clock catches up, every reading is behind the latest one.
+        if now + 1 < self.latest_now && !self.behind {
             tracing::warn!(
                 back_secs = self.latest_now - now,
                 "meterd's clock moved backwards (an NTP step or a restored snapshot); sealed hours stay sealed, events for them follow submit.late_events"
             );
         }
+        self.behind = now + 1 < self.latest_now;
         self.latest_now = self.latest_now.max(now);
         now
     }

@@ -89,6 +89,7 @@ fn rules(config: &Config) -> Rules {
         deadline: secs(config.deadline()),
         future_tolerance: secs(config.ingest.future_tolerance),
         late_events: config.submit.late_events,
+        sealed_hours_are_frozen: config.fleet(),
     }
 }
 

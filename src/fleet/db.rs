@@ -59,6 +59,7 @@ CREATE TABLE partials (
     PRIMARY KEY (host_id, partial_id, tags)
 );
 CREATE INDEX partials_by_hour ON partials (hour);
+CREATE INDEX partials_by_id ON partials (partial_id);
 CREATE TABLE late_partials (
     host_id text NOT NULL,
     partial_id text NOT NULL,
@@ -71,6 +72,7 @@ CREATE TABLE late_partials (
     record bytea NOT NULL,
     PRIMARY KEY (host_id, partial_id)
 );
+CREATE INDEX late_partials_by_id ON late_partials (partial_id);
 CREATE TABLE records (
     scope_kind text NOT NULL,
     scope text NOT NULL,

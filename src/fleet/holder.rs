@@ -93,12 +93,15 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
             return Ok(None);
         };
         let same_epoch = held.map(|h| h.epoch) == Some(now_held.epoch);
-        if same_epoch && running.as_ref().is_some_and(|run| run.task.is_finished()) {
-            // The submit loop ends only when told to or when its store is fenced (another epoch);
-            // one that ended under this epoch failed, and the supervisor must see it.
-            panic!("the fleet submit loop ended while this host holds the lease");
+        let ended = running.as_ref().is_some_and(|run| run.task.is_finished());
+        if same_epoch && ended {
+            // Its store was retired by a database error: start again on a new connection.
+            tracing::warn!(
+                epoch = now_held.epoch,
+                "the fleet submit loop stopped on a database error; starting it again"
+            );
         }
-        if !same_epoch {
+        if !same_epoch || ended {
             tracing::info!(epoch = now_held.epoch, "this host holds the submitter lease");
             if let Some(run) = running.take() {
                 run.stop.cancel();

@@ -40,6 +40,8 @@ pub struct FleetSettings {
     /// The operation's window (the month close applies on top).
     pub deadline: i64,
     pub late_events: LateEvents,
+    /// `storage.retention` in seconds: shipped partials are kept this long in the outbox.
+    pub retention: i64,
 }
 
 impl FleetSettings {
@@ -52,6 +54,7 @@ impl FleetSettings {
             lease_ttl: secs(config.fleet.lease_ttl),
             deadline: secs(config.deadline()),
             late_events: config.submit.late_events,
+            retention: secs(config.storage.retention),
         }
     }
 

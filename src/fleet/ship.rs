@@ -71,6 +71,8 @@ impl Shipper {
         let mut client: Option<Client> = None;
         let mut failures = 0u32;
         let every = self.settings.heartbeat_every();
+        let mut next_compaction = tokio::time::Instant::now();
+        self.ctx.metrics.fleet.backlog.set(self.pending.len() as i64);
         loop {
             let wait = if failures == 0 { every } else { backoff(failures) };
             tokio::select! {
@@ -81,10 +83,17 @@ impl Shipper {
                 _ = tokio::time::sleep(wait) => {}
                 _ = cancel.cancelled() => break,
             }
+            // The sealed hour first, then the channel: the commit stage sends an hour's records
+            // before it announces the hour, so all of them are drained below.
+            let through = *self.sealed_through.borrow();
             while let Ok(records) = sealed.try_recv() {
                 self.add(records);
             }
-            match self.ship(&mut client).await {
+            if tokio::time::Instant::now() >= next_compaction {
+                next_compaction = tokio::time::Instant::now() + Duration::from_secs(3600);
+                self.compact();
+            }
+            match self.ship(&mut client, through).await {
                 Ok(()) => failures = 0,
                 Err(err) => {
                     failures += 1;
@@ -96,15 +105,32 @@ impl Shipper {
                 }
             }
         }
+        let through = *self.sealed_through.borrow();
         while let Ok(records) = sealed.try_recv() {
             self.add(records);
         }
-        self.finish(&mut client).await;
+        self.finish(&mut client, through).await;
     }
 
     /// Ships everything pending now, on a connection of its own (the fleet benchmark).
     pub async fn ship_pending(&mut self) -> Result<(), DbError> {
-        self.ship(&mut None).await
+        let through = *self.sealed_through.borrow();
+        self.ship(&mut None, through).await
+    }
+
+    /// Deletes shipped partials (and local dead letters) older than `storage.retention`.
+    fn compact(&self) {
+        let before = self.ctx.clock.now() - self.settings.retention;
+        match self.outbox.compact(before) {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(records = removed.len(), "compacted shipped partials past the retention");
+                if self.outbox.barrier().is_err() {
+                    self.ctx.fail();
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::error!(%err, "compaction failed; will try again"),
+        }
     }
 
     fn add(&mut self, records: Vec<StoredRecord>) {
@@ -116,7 +142,7 @@ impl Shipper {
     }
 
     /// Ships what is pending (in batches) and beats the host's heart.
-    async fn ship(&mut self, client: &mut Option<Client>) -> Result<(), DbError> {
+    async fn ship(&mut self, client: &mut Option<Client>, through: Option<i64>) -> Result<(), DbError> {
         if client.is_none() {
             *client = Some(self.target.connect().await?);
         }
@@ -124,11 +150,16 @@ impl Shipper {
         loop {
             let batch: Vec<((i64, String), StoredRecord)> =
                 self.pending.iter().take(BATCH).map(|(k, v)| (k.clone(), v.clone())).collect();
-            let shipped = self.ship_batch(client, &batch).await?;
+            let (shipped, conflicts) = self.ship_batch(client, &batch, through).await?;
             for key in &shipped {
                 if let Some(mut stored) = self.pending.remove(key) {
                     stored.state = RecordState::Shipped { at: self.ctx.clock.now() };
                     self.persist(&stored);
+                }
+            }
+            for key in &conflicts {
+                if let Some(stored) = self.pending.remove(key) {
+                    self.mark_conflict(&stored);
                 }
             }
             if !shipped.is_empty() && self.outbox.barrier().is_err() {
@@ -149,9 +180,10 @@ impl Shipper {
         }
     }
 
-    /// The highest hour this host has sealed and shipped whole.
-    fn shipped_through(&self) -> Option<i64> {
-        let sealed = (*self.sealed_through.borrow())?;
+    /// The highest hour this host has sealed and shipped whole, given the last sealed hour as it
+    /// was read before the channel was drained.
+    fn shipped_through(&self, sealed: Option<i64>) -> Option<i64> {
+        let sealed = sealed?;
         match self.pending.keys().next() {
             Some((hour, _)) if *hour <= sealed => Some(hour - 3600),
             _ => Some(sealed),
@@ -159,12 +191,13 @@ impl Shipper {
     }
 
     /// One transaction: the batch's partials and the host's row. Returns the partials now in
-    /// the database (or dead-lettered there).
+    /// the database (or dead-lettered there), and those refused as conflicts.
     async fn ship_batch(
         &self,
         client: &mut Client,
         batch: &[((i64, String), StoredRecord)],
-    ) -> Result<Vec<(i64, String)>, DbError> {
+        through: Option<i64>,
+    ) -> Result<(Vec<(i64, String)>, Vec<(i64, String)>), DbError> {
         let now = self.ctx.clock.now();
         let host = &self.settings.host_id;
         let instance = self.outbox.instance();
@@ -182,9 +215,9 @@ impl Shipper {
             .map(|row| (row.get(0), row.get(1)))
             .collect();
         let ids: Vec<String> = batch.iter().map(|((_, id), _)| format!("{instance}:{id}")).collect();
-        let known = known_partials(&tx, host, &ids).await?;
+        let known = known_partials(&tx, &ids).await?;
         let mut rows = Rows::default();
-        let mut done = Vec::new();
+        let (mut done, mut conflicts) = (Vec::new(), Vec::new());
         for (((hour, local), stored), partial_id) in batch.iter().zip(&ids) {
             let digest = partial_digest(&stored.record);
             match known.get(partial_id) {
@@ -195,7 +228,8 @@ impl Shipper {
                         hour,
                         "a different partial is stored under this id; the stored one stays and this one is not billed"
                     );
-                    self.mark_conflict(stored);
+                    conflicts.push((*hour, local.clone()));
+                    continue;
                 }
                 None if states.get(hour).is_some_and(|s| s == "open") => {
                     rows.add(partial_id, &stored.record, digest)
@@ -208,7 +242,7 @@ impl Shipper {
             done.push((*hour, local.clone()));
         }
         rows.insert(&tx, host).await?;
-        let through = self.shipped_through();
+        let through = self.shipped_through(through);
         tx.execute(
             "INSERT INTO hosts (host_id, first_seen, heartbeat, shipped_through) VALUES ($1, $2, $2, $3)
              ON CONFLICT (host_id) DO UPDATE SET heartbeat = $2, deregistered_at = NULL,
@@ -217,7 +251,7 @@ impl Shipper {
         )
         .await?;
         tx.commit().await?;
-        Ok(done)
+        Ok((done, conflicts))
     }
 
     /// A partial of a closed hour: carried into the open hour, or a fleet dead letter.
@@ -271,8 +305,8 @@ impl Shipper {
     }
 
     /// At shutdown: ship what is left once more, then deregister, so the fleet does not wait.
-    async fn finish(&mut self, client: &mut Option<Client>) {
-        if let Err(err) = self.ship(client).await {
+    async fn finish(&mut self, client: &mut Option<Client>, through: Option<i64>) {
+        if let Err(err) = self.ship(client, through).await {
             tracing::warn!(%err, "last shipment failed");
         }
         if !self.pending.is_empty() {
@@ -305,17 +339,17 @@ struct Partial<'a> {
     digest: i64,
 }
 
-/// Partials of this host already in the database (or in `late_partials`), with their digests.
+/// Partials already in the database (or in `late_partials`), with their digests. By id alone:
+/// an id names its outbox, so a data dir that moved to another host id is still recognised.
 async fn known_partials(
     tx: &tokio_postgres::Transaction<'_>,
-    host: &str,
     ids: &[String],
 ) -> Result<HashMap<String, i64>, DbError> {
     let rows = tx
         .query(
-            "SELECT DISTINCT partial_id, digest FROM partials WHERE host_id = $1 AND partial_id = ANY($2)
-             UNION ALL SELECT partial_id, digest FROM late_partials WHERE host_id = $1 AND partial_id = ANY($2)",
-            &[&host, &ids],
+            "SELECT DISTINCT partial_id, digest FROM partials WHERE partial_id = ANY($1)
+             UNION ALL SELECT partial_id, digest FROM late_partials WHERE partial_id = ANY($1)",
+            &[&ids],
         )
         .await?;
     Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())

@@ -38,7 +38,10 @@ impl FleetStore {
         })
     }
 
-    /// Runs `work` on this store's connection from the submit loop's synchronous calls.
+    /// Runs `work` on this store's connection from the submit loop's synchronous calls. A
+    /// database error retires the store like a lost lease: the submit loop stops, and the lease
+    /// loop starts it again on a new connection from what the database holds (a settle that
+    /// failed leaves its record pending, to be resent unchanged).
     fn blocking<T>(&self, work: impl AsyncFnOnce(&Client) -> Result<T, DbError>) -> Result<T, StoreError> {
         tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(async {
@@ -46,7 +49,10 @@ impl FleetStore {
                 work(&client).await
             })
         })
-        .map_err(|e| StoreError(e.to_string()))
+        .map_err(|e| {
+            self.fenced.store(true, Ordering::SeqCst);
+            StoreError(e.to_string())
+        })
     }
 
     fn refuse_if_fenced(&self, changed: u64) -> Result<(), StoreError> {
