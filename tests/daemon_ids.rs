@@ -123,7 +123,8 @@ fn an_outbox_of_the_previous_format_is_replayed_and_its_ids_hold() {
     drop(db);
 
     let meterd = Launch::new(dir.path(), &emu).start();
-    assert_eq!(meterd.metric("meterd_records{state=\"open\"}"), 1.0, "the old event is replayed");
+    // The old event is replayed (the gauge is set by the commit stage's first checkpoint).
+    meterd.wait_metric("meterd_records{state=\"open\"}", 1.0, Duration::from_secs(5));
     for id in ["old-1", "old-2"] {
         let replies = meterd.send(&[with_id("666666666666", "storage", 1, id)]);
         assert_eq!(replies, [json!({"ok": true, "id": id, "duplicate": true})], "legacy ids match any event");
