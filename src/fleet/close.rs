@@ -73,7 +73,13 @@ pub async fn close(
         let tags: TagSet = serde_json::from_str(row.get::<_, &str>(5)).unwrap_or_default();
         sums.entry(key).or_default().push((tags, row.get(6)));
     }
-    let records: Vec<SealedRecord> = sums.into_iter().map(|(key, tags)| record(key, tags)).collect();
+    let mut records = Vec::with_capacity(sums.len());
+    for (key, tags) in sums {
+        match record(key, tags) {
+            (record, None) => records.push(record),
+            (record, Some(total)) => dead_letter_overflow(&tx, &record, total, epoch, now).await?,
+        }
+    }
     insert_records(&tx, &records, epoch, now).await?;
     tx.execute(
         "UPDATE hours SET state = 'closed', closed_at = $2, closed_epoch = $3 WHERE hour = $1",
@@ -84,18 +90,48 @@ pub async fn close(
     Ok(Some(records))
 }
 
-/// The fleet record of a key's summed tag sets. Quantities above the service's limit are kept as
-/// they are (saturated); the submit loop's checks make such a record a dead letter with its reason.
-fn record(key: RecordKey, tags: Vec<(TagSet, i64)>) -> SealedRecord {
+/// The fleet record of a key's summed tag sets, with the true total when the sum is above the
+/// largest quantity the service takes (each host's partial is below it; their sum may not be).
+fn record(key: RecordKey, tags: Vec<(TagSet, i64)>) -> (SealedRecord, Option<i64>) {
     let clamp = |q: i64| q.clamp(0, i64::from(MAX_QUANTITY)) as u32;
-    let quantity = clamp(tags.iter().map(|(_, q)| *q).sum());
+    let total: i64 = tags.iter().map(|(_, q)| *q).sum();
     let tagged = tags.iter().any(|(t, _)| !t.is_empty());
     let allocations = if tagged {
         tags.into_iter().map(|(tags, q)| Allocation { tags, quantity: clamp(q) }).collect()
     } else {
         Vec::new()
     };
-    SealedRecord { key, quantity, allocations }
+    let record = SealedRecord { key, quantity: clamp(total), allocations };
+    (record, (total > i64::from(MAX_QUANTITY)).then_some(total))
+}
+
+/// A fleet record whose sum cannot be sent: a dead letter that names the true sum, never a
+/// silently capped bill.
+async fn dead_letter_overflow(
+    tx: &tokio_postgres::Transaction<'_>,
+    record: &SealedRecord,
+    total: i64,
+    epoch: i64,
+    now: i64,
+) -> Result<(), DbError> {
+    let (scope_kind, scope, customer_kind, customer) = key_columns(&record.key);
+    let message = format!(
+        "the fleet's sum {total} for this customer, dimension and hour is above 2147483647, the largest quantity the service takes"
+    );
+    tracing::error!(
+        hour = record.key.hour,
+        total,
+        "a fleet record's sum is above the service's largest quantity; dead-lettered"
+    );
+    let bytes = postcard::to_allocvec(record).expect("a record always encodes");
+    tx.execute(
+        "INSERT INTO records (scope_kind, scope, customer_kind, customer, dimension, hour, quantity, record, state,
+           dead_reason, message, sealed_at, settled_at, epoch)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'dead_letter', 'invalid', $9, $10, $10, $11) ON CONFLICT DO NOTHING",
+        &[&scope_kind, &scope, &customer_kind, &customer, &record.key.dimension, &record.key.hour, &total, &bytes, &message, &now, &epoch],
+    )
+    .await?;
+    Ok(())
 }
 
 async fn insert_records(
@@ -128,4 +164,33 @@ async fn insert_records(
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Customer, Scope};
+
+    fn key() -> RecordKey {
+        RecordKey {
+            scope: Scope::ProductCode("p".into()),
+            customer: Customer::AwsAccountId("1".into()),
+            dimension: "d".into(),
+            hour: 3600,
+        }
+    }
+
+    #[test]
+    fn sums_are_exact_and_a_sum_above_the_services_maximum_is_refused_whole() {
+        let tags = vec![(vec![("team".to_string(), "a".to_string())], 5), (Vec::new(), 7)];
+        let (record, over) = record(key(), tags);
+        assert_eq!(over, None);
+        assert_eq!(record.quantity, 12);
+        assert_eq!(record.allocations.iter().map(|a| a.quantity).sum::<u32>(), 12);
+        let (untagged, _) = super::record(key(), vec![(Vec::new(), 3)]);
+        assert!(untagged.allocations.is_empty());
+        let max = i64::from(MAX_QUANTITY);
+        let (_, over) = super::record(key(), vec![(Vec::new(), max), (Vec::new(), 2)]);
+        assert_eq!(over, Some(max + 2));
+    }
 }
