@@ -60,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
     let dirs: Vec<tempfile::TempDir> = (0..hosts).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
     let mut shippers = Vec::new();
     for (host, dir) in dirs.iter().enumerate() {
-        let (outbox, _) = Outbox::open(dir.path(), 0)?;
+        let (outbox, _) = Outbox::open(dir.path(), Default::default())?;
         let settings = FleetSettings {
             host_id: format!("bench-{host}"),
             close_after: 600,

@@ -4,9 +4,10 @@
 #   - the disk's raw fdatasync rate;
 #   - meterd against Redis (AOF, appendfsync always) on the same event stream at four levels of
 #     connections x events in flight, with the ratio meterd/Redis;
-#   - meterd's idle RSS, and its RSS with 100,000 customer x dimension keys open in one hour;
-#   - the time from a restart after kill -9 with 1,000,000 events since the last checkpoint to
-#     /readyz answering 200;
+#   - meterd's idle RSS; ingest (8 connections x 64 in flight, 2,000,000 events) with 1,000,
+#     100,000 and 1,000,000 customer x dimension keys open in one hour, and the RSS after each;
+#   - the time from a restart after kill -9 with 1,000,000 events (1,000,000 open keys) since the
+#     last checkpoint to /readyz answering 200;
 #   - the API calls needed to drain 30,000 sealed records through the emulator;
 # and draws target/bench/throughput.png and target/bench/latency.png (copied to docs/img/).
 # BENCH_SECONDS (default 10) is the length of each throughput run.
@@ -54,7 +55,9 @@ results="$out/results.txt"
 
 echo "== machine"
 echo "$(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -r), $(date -u +%F)"
-"$loadgen" --fsync-probe "$dir" --seconds 3 | tee -a "$results"
+raw=$("$loadgen" --fsync-probe "$dir" --seconds 3)
+echo "$raw" | tee -a "$results"
+raw_rate=$(sed -E 's/.*fdatasync_per_sec=([0-9]+).*/\1/' <<<"$raw")
 
 echo "== meterd vs Redis (appendonly yes, appendfsync always), ${seconds}s per run"
 port=$(free_port)
@@ -80,26 +83,37 @@ for level in "1 1" "32 1" "32 64" "256 16"; do
     rate() { sed -E 's/.*events_per_sec=([0-9]+).*/\1/' <<<"$1"; }
     awk -v m="$(rate "$m")" -v r="$(rate "$r")" -v l="$1x$2" \
         'BEGIN { printf "ratio level=%s meterd_over_redis=%.2f\n", l, m / r }' | tee -a "$results"
+    if [ "$1x$2" = 1x1 ]; then
+        awk -v m="$(rate "$m")" -v f="$raw_rate" \
+            'BEGIN { printf "ratio level=1x1 meterd_over_raw_fdatasync=%.2f\n", m / f }' | tee -a "$results"
+    fi
 done
 kill -TERM "$main"
 wait "$main" || true
 ls "$dir/main/data/outbox/blobs" | wc -l | sed 's/^/blob_files=/' | tee -a "$results"
+ls "$dir/main/data/journal" | tr '\n' ' ' | sed 's/^/journal_files_after_stop=/; s/$/\n/' | tee -a "$results"
 
-echo "== memory with 100,000 customer x dimension keys open in one hour"
-port=$(free_port)
-start_meterd keys "$port"
-"$loadgen" --socket "$dir/keys/meterd.sock" --connections 32 --depth 64 --customers 25000 --dimensions 4 \
-    --tag-sets 1 --events 400000 --seconds 60 --pid "$pid" | tee -a "$results"
-sleep 2
-open=$(curl -s "127.0.0.1:$port/metrics" | awk '/^meterd_records\{state="open"\}/ { print $2 }')
-echo "keys_open=$open rss_mib=$(rss_mib "$pid")" | tee -a "$results"
-kill -TERM "$pid"
+echo "== open keys: ingest at 8 x 64 and RSS, 2,000,000 events per level"
+for keys in 1000 100000 1000000; do
+    port=$(free_port)
+    start_meterd "keys$keys" "$port"
+    k=$("$loadgen" --socket "$dir/keys$keys/meterd.sock" --connections 8 --depth 64 --customers $((keys / 4)) \
+        --dimensions 4 --tag-sets 1 --events 2000000 --seconds 120 --pid "$pid")
+    sleep 3
+    open=$(curl -s "127.0.0.1:$port/metrics" | awk '/^meterd_records\{state="open"\}/ { print $2 }')
+    rate=$(sed -E 's/.*events_per_sec=([0-9]+).*/\1/' <<<"$k")
+    echo "keys level=$keys keys_open=$open events_per_sec=$rate rss_mib=$(rss_mib "$pid") $k" | tee -a "$results"
+    [ "$keys" = 1000 ] && base_rate=$rate
+    kill -TERM "$pid"
+    wait "$pid" || true
+done
+awk -v m="$rate" -v b="$base_rate" 'BEGIN { printf "keys ratio_1000000_over_1000=%.2f\n", m / b }' | tee -a "$results"
 
-echo "== replay: kill -9 with 1,000,000 events since the last checkpoint"
+echo "== replay: kill -9 with 1,000,000 events (1,000,000 open keys) since the last checkpoint"
 port=$(free_port)
 start_meterd replay "$port" METERD_STORAGE__CHECKPOINT_INTERVAL=60s
-"$loadgen" --socket "$dir/replay/meterd.sock" --connections 32 --depth 64 --events 1000000 --seconds 50 \
-    | tee -a "$results"
+"$loadgen" --socket "$dir/replay/meterd.sock" --connections 32 --depth 64 --customers 250000 --dimensions 4 \
+    --tag-sets 1 --events 1000000 --seconds 50 | tee -a "$results"
 kill -9 "$pid"
 wait "$pid" 2>/dev/null || true
 started=$(date +%s.%N)
@@ -109,8 +123,9 @@ pids+=("$pid")
 until env $(meterd_env replay "$port") "$meterd" probe ready >/dev/null 2>&1; do sleep 0.01; done
 ready=$(date +%s.%N)
 replayed=$(grep -o '"replayed_events":[0-9]*\|replayed_events=[0-9]*' "$dir/replay.log" | tail -1 | grep -o '[0-9]*$')
-awk -v s="$started" -v r="$ready" -v n="$replayed" \
-    'BEGIN { printf "replayed_events=%s ready_after_kill9_s=%.2f\n", n, r - s }' | tee -a "$results"
+opened=$(grep -o '"open_records":[0-9]*\|open_records=[0-9]*' "$dir/replay.log" | tail -1 | grep -o '[0-9]*$')
+awk -v s="$started" -v r="$ready" -v n="$replayed" -v o="$opened" \
+    'BEGIN { printf "replayed_events=%s open_records=%s ready_after_kill9_s=%.2f\n", n, o, r - s }' | tee -a "$results"
 kill -TERM "$pid"
 
 echo "== drain: 30,000 sealed records through the emulator at 10 requests/s"

@@ -21,6 +21,7 @@ pub mod duration;
 pub mod emulator;
 pub mod fleet;
 pub mod ingest;
+pub mod journal;
 pub mod listen;
 pub mod model;
 pub mod outbox;

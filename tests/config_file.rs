@@ -41,6 +41,7 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ("storage", "retention", r#""2d""#),
     ("storage", "max_bytes", "2097152"),
     ("storage", "min_free_bytes", "0"),
+    ("storage", "journal_segment_size", "8388608"),
     ("admin", "socket", r#""/tmp/other-admin.sock""#),
     ("admin", "socket_mode", r#""0660""#),
     ("admin", "max_connections", "4"),

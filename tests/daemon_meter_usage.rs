@@ -40,6 +40,9 @@ fn send_in_the_past(launch: Launch, hours: i64, events: impl FnOnce(i64) -> Vec<
     let meterd = launch.offset(-hours * 3600).start();
     let replies = meterd.send(&events(now_secs() - hours * 3600));
     assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
+    // Hours sealed at this start are settled first: a kill during their call would have the next
+    // start send them again (with the same ClientToken, so billed once, but counted here twice).
+    meterd.wait_metric("meterd_records{state=\"pending\"}", 0.0, Duration::from_secs(10));
     // Killed, not stopped: a stopping meter_usage meterd submits its current hour at once.
     meterd.kill9();
 }

@@ -124,7 +124,7 @@ fn a_record_too_large_to_send_is_dead_lettered_unsent_and_holds_back_no_one() {
     let dir = tempfile::tempdir().unwrap();
     let hour = hour_start(1);
     {
-        let (outbox, _) = Outbox::open(&dir.path().join("data"), 0).unwrap();
+        let (outbox, _) = Outbox::open(&dir.path().join("data"), Default::default()).unwrap();
         let mut records = vec![oversized(hour)];
         records.extend((1..30).map(|i| plain(i, hour)));
         for record in records {

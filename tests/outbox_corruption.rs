@@ -1,6 +1,7 @@
-//! A damaged outbox: truncated or bit-flipped sled files. meterd must either recover every
-//! acknowledged event intact or refuse to start, naming the file and the way out; it must never
-//! start silently without acknowledged data.
+//! A damaged data dir: truncated, bit-flipped or zeroed sled and journal files. meterd must either
+//! recover every acknowledged event intact or refuse to start, naming the file and the way out; it
+//! must never start silently without acknowledged data. A torn write at the journal's end, never
+//! acknowledged, is cut off.
 
 mod common;
 
@@ -18,8 +19,10 @@ const CUSTOMERS: usize = 10;
 
 /// Fills a data dir with acknowledged events and kills meterd with SIGKILL; returns the
 /// acknowledged quantity per customer.
-fn acknowledged(dir: &Path, emu: &Emu) -> BTreeMap<String, u64> {
-    let meterd = Launch::new(dir, emu).start();
+/// With a tag of `padding` bytes on each event (large events fill journal
+/// segments, which checkpoints then remove).
+fn acknowledged_with(dir: &Path, emu: &Emu, padding: usize) -> BTreeMap<String, u64> {
+    let meterd = Launch::new(dir, emu).env("METERD_STORAGE__JOURNAL_SEGMENT_SIZE", "2097152").start();
     let mut expected = BTreeMap::new();
     let events: Vec<_> = (0..EVENTS)
         .map(|n| {
@@ -27,11 +30,19 @@ fn acknowledged(dir: &Path, emu: &Emu) -> BTreeMap<String, u64> {
             *expected.entry(customer.clone()).or_default() += n % 5 + 1;
             let mut e = event(&customer, "requests", n % 5 + 1);
             e["id"] = json!(format!("c-{n}"));
+            if padding > 0 {
+                // Tag values hold at most 256 characters: several tags of one tag set.
+                let value = "p".repeat(250);
+                let tags: serde_json::Map<String, serde_json::Value> =
+                    (0..padding.div_ceil(250)).map(|t| (format!("pad{t}"), json!(value))).collect();
+                e["tags"] = tags.into();
+            }
             e
         })
         .collect();
     for chunk in events.chunks(500) {
-        assert!(meterd.send(chunk).iter().all(|r| r["ok"] == true));
+        let replies = meterd.send(chunk);
+        assert!(replies.iter().all(|r| r["ok"] == true), "{:?}", replies.iter().find(|r| r["ok"] != true));
         std::thread::sleep(Duration::from_millis(150));
     }
     meterd.kill9();
@@ -94,9 +105,9 @@ fn flip(path: &Path, at: u64) {
 /// What a damage must lead to.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Expect {
-    /// sled's log lost a stretch: the watermark shows acknowledged events are missing.
-    Refused,
-    /// sled rebuilds what was damaged from its log: everything is billed.
+    /// Refused to start with this in its message (which names the file and the way out).
+    Refused(&'static str),
+    /// Everything acknowledged is billed.
     Recovered,
 }
 
@@ -110,12 +121,9 @@ fn check(
 ) {
     match outcome {
         Outcome::Refused(logs) => {
-            assert_eq!(expect, Expect::Refused, "{name}: refused to start:\n{logs}");
-            let db = dir.join("data/outbox/db").display().to_string();
-            assert!(
-                logs.contains(&format!("the outbox at {db} has lost acknowledged data")),
-                "{name}:\n{logs}"
-            );
+            let Expect::Refused(message) = expect else { panic!("{name}: refused to start:\n{logs}") };
+            let message = message.replace("{data}", &dir.join("data").display().to_string());
+            assert!(logs.contains(&message), "{name}: wanted {message:?} in:\n{logs}");
             assert!(
                 logs.contains("\\\"A damaged outbox\\\" in docs/operations.md"),
                 "{name}: the way out:\n{logs}"
@@ -125,7 +133,7 @@ fn check(
                 Meterd::cli(&Launch::new(dir, emu), &["receipts", "export", "--since", "0"]);
             assert_eq!(code, 0, "{name}: offline export of a damaged outbox:\n{err}");
             assert!(out.starts_with("id,hour,"), "{name}: {out}");
-            assert!(err.contains("meterd: warning: the outbox at"), "{name}: {err}");
+            assert!(err.contains("meterd: warning: ") || err.contains("meterd: "), "{name}: {err}");
         }
         Outcome::Billed(billed) => {
             assert_eq!(expect, Expect::Recovered, "{name}: started");
@@ -135,26 +143,36 @@ fn check(
     println!("{name}: {expect:?}");
 }
 
+/// Each damage gets the data dir and the written length of the file it damages.
+type Damage = Box<dyn Fn(&Path, u64)>;
+
+fn run(cases: Vec<(String, Expect, Damage)>, file: fn(&Path) -> std::path::PathBuf, padding: usize) {
+    for (name, expect, damage) in cases {
+        let emu = Emu::start(|_| {});
+        let dir = tempfile::tempdir().unwrap();
+        let expected = acknowledged_with(dir.path(), &emu, padding);
+        damage(dir.path(), written_len(&file(dir.path())));
+        check(&name, restart(dir.path(), &emu), &expected, expect, dir.path(), &emu);
+    }
+}
+
+/// sled holds only checkpoints now: whatever it loses, the journal since the checkpoint it kept
+/// still holds (no segment was removed in this run), so everything is billed.
 #[test]
-fn damaged_sled_files_are_recovered_intact_or_refused() {
-    // Each damage gets the data dir and the written length of its db file.
-    type Damage = Box<dyn Fn(&Path, u64)>;
+fn damaged_sled_files_are_recovered_from_the_journal() {
     let mut cases: Vec<(String, Expect, Damage)> = Vec::new();
     for percent in [10u64, 30, 50, 70, 90, 99] {
         cases.push((
             format!("bit flip at {percent}% of db"),
-            Expect::Refused,
+            Expect::Recovered,
             Box::new(move |dir: &Path, written: u64| flip(&db_file(dir), written * percent / 100)),
         ));
     }
     for percent in [50u64, 90] {
         cases.push((
             format!("db truncated at {percent}%"),
-            Expect::Refused,
-            Box::new(move |dir: &Path, written: u64| {
-                let file = OpenOptions::new().write(true).open(db_file(dir)).unwrap();
-                file.set_len(written * percent / 100).unwrap()
-            }),
+            Expect::Recovered,
+            Box::new(move |dir: &Path, written: u64| truncate(&db_file(dir), written * percent / 100)),
         ));
     }
     cases.push((
@@ -174,11 +192,75 @@ fn damaged_sled_files_are_recovered_intact_or_refused() {
         Expect::Recovered,
         Box::new(|dir: &Path, _| std::fs::write(dir.join("data/outbox/conf"), b"").unwrap()),
     ));
-    for (name, expect, damage) in cases {
-        let emu = Emu::start(|_| {});
-        let dir = tempfile::tempdir().unwrap();
-        let expected = acknowledged(dir.path(), &emu);
-        damage(dir.path(), written_len(&db_file(dir.path())));
-        check(&name, restart(dir.path(), &emu), &expected, expect, dir.path(), &emu);
+    run(cases, db_file, 0);
+}
+
+fn truncate(path: &Path, len: u64) {
+    OpenOptions::new().write(true).open(path).unwrap().set_len(len).unwrap();
+}
+
+/// The journal's only segment in a run that filled none.
+fn segment(dir: &Path) -> std::path::PathBuf {
+    dir.join("data/journal/0000000000000000.seg")
+}
+
+const LOST: &str = "has lost acknowledged data: it holds events up to log sequence";
+const DAMAGED: &str = "the journal segment {data}/journal/0000000000000000.seg is damaged at offset";
+
+#[test]
+fn a_damaged_journal_is_refused_and_a_torn_tail_is_cut_off() {
+    let mut cases: Vec<(String, Expect, Damage)> = Vec::new();
+    for percent in [20u64, 50, 80] {
+        cases.push((
+            format!("bit flip at {percent}% of the journal"),
+            Expect::Refused(DAMAGED),
+            Box::new(move |dir: &Path, written: u64| flip(&segment(dir), written * percent / 100)),
+        ));
     }
+    cases.push((
+        "journal truncated at 60%".into(),
+        Expect::Refused(LOST),
+        Box::new(|dir: &Path, written: u64| truncate(&segment(dir), written * 60 / 100)),
+    ));
+    cases.push((
+        "the journal's last 100 bytes zeroed".into(),
+        Expect::Refused(LOST),
+        Box::new(|dir: &Path, written: u64| {
+            let file = OpenOptions::new().write(true).open(segment(dir)).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&file, &[0; 100], written - 100).unwrap();
+        }),
+    ));
+    cases.push((
+        "journal removed".into(),
+        Expect::Refused(LOST),
+        Box::new(|dir: &Path, _| std::fs::remove_dir_all(dir.join("data/journal")).unwrap()),
+    ));
+    cases.push((
+        "a torn write after the last acknowledged record".into(),
+        Expect::Recovered,
+        Box::new(|dir: &Path, written: u64| {
+            // Half a record: a length and a checksum that its bytes do not match.
+            let at = written.next_multiple_of(8);
+            let file = OpenOptions::new().write(true).open(segment(dir)).unwrap();
+            let torn = [200u8, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+            std::os::unix::fs::FileExt::write_all_at(&file, &torn, at).unwrap();
+        }),
+    ));
+    run(cases, segment, 0);
+}
+
+/// With large events the journal fills segments, and checkpoints remove them: sled must then
+/// keep its checkpoint, and one it lost is refused (the watermark names the checkpoint made
+/// durable).
+#[test]
+fn a_lost_checkpoint_whose_journal_was_removed_is_refused() {
+    let cases: Vec<(String, Expect, Damage)> = vec![(
+        "db truncated at 20% after journal segments were removed".into(),
+        Expect::Refused("has lost acknowledged data: its checkpoint holds events up to log sequence"),
+        Box::new(|dir: &Path, written: u64| {
+            assert!(!segment(dir).exists(), "the first journal segment was removed");
+            truncate(&db_file(dir), written * 20 / 100)
+        }),
+    )];
+    run(cases, db_file, 1250);
 }

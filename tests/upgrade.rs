@@ -49,7 +49,9 @@ fn write_fixture() {
     assert!(meterd.signal("TERM").success());
     let meterd = Launch::with_endpoint(dir.path(), unreachable).start();
     meterd.wait_metric("meterd_records{state=\"pending\"}", 1.0, Duration::from_secs(10));
-    all_ok(&meterd.send(&[with("100000000002", 5, "b1", Some("x")), with("100000000002", 7, "b2", Some("y"))]));
+    all_ok(
+        &meterd.send(&[with("100000000002", 5, "b1", Some("x")), with("100000000002", 7, "b2", Some("y"))]),
+    );
     assert!(meterd.signal("TERM").success());
     // Events after the last checkpoint stay in the log when meterd is killed.
     let meterd = Launch::with_endpoint(dir.path(), unreachable)

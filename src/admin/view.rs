@@ -349,8 +349,17 @@ pub fn offline_status(
     now: i64,
 ) -> StatusReport {
     let mut report = StatusReport::from_records(recovered.records.iter().cloned(), data_dir, deadline, now);
-    let open: BTreeSet<&RecordKey> =
-        recovered.buckets.iter().map(|(key, _)| key).chain(recovered.log.iter().map(|a| &a.key)).collect();
+    let chunked: Vec<RecordKey> = recovered
+        .open_chunks
+        .iter()
+        .filter_map(|chunk| crate::outbox::decode_open_chunk(chunk).ok())
+        .flat_map(|totals| totals.into_iter().map(|t| t.key))
+        .collect();
+    let open: BTreeSet<&RecordKey> = chunked
+        .iter()
+        .chain(recovered.legacy_open.iter().map(|t| &t.key))
+        .chain(recovered.log.iter().map(|a| &a.key))
+        .collect();
     report.records.insert("open".into(), open.len() as u64);
     report.outbox_bytes = outbox_bytes;
     report

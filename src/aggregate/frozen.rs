@@ -20,8 +20,15 @@ pub struct Frozen {
     /// Hours before this were forgotten: any key of them counts as sealed, so that a clock that
     /// steps back far can never reopen one.
     horizon: Option<i64>,
-    /// (customer, hour) → whether that usage names a license ARN.
-    licensed: HashMap<(Customer, i64), bool>,
+    /// (customer, hour), by fingerprint → whether that usage names a license ARN.
+    licensed: HashMap<u64, (i64, bool)>,
+}
+
+/// (customer, hour) as a fingerprint: checked on every event, so without a copy of the customer.
+fn customer_hour(customer: &Customer, hour: i64) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    (customer, hour).hash(&mut hasher);
+    hasher.finish()
 }
 
 fn fingerprint(key: &RecordKey) -> u64 {
@@ -47,15 +54,15 @@ impl Frozen {
     /// Remembers the scope a (customer, hour) is reported under.
     pub fn note_scope(&mut self, key: &RecordKey) {
         let licensed = matches!(key.scope, Scope::LicenseArn(_));
-        self.licensed.entry((key.customer.clone(), key.hour)).or_insert(licensed);
+        self.licensed.entry(customer_hour(&key.customer, key.hour)).or_insert((key.hour, licensed));
     }
 
     /// Whether `key`'s customer and hour were reported under the other kind of scope (with a
     /// license ARN where `key` has none, or the other way round).
     pub fn mixes_scope(&self, key: &RecordKey) -> Option<bool> {
         let licensed = matches!(key.scope, Scope::LicenseArn(_));
-        match self.licensed.get(&(key.customer.clone(), key.hour)) {
-            Some(&earlier) if earlier != licensed => Some(earlier),
+        match self.licensed.get(&customer_hour(&key.customer, key.hour)) {
+            Some(&(_, earlier)) if earlier != licensed => Some(earlier),
             _ => None,
         }
     }
@@ -65,7 +72,7 @@ impl Frozen {
         let oldest = self.horizon.map_or(oldest, |horizon| horizon.max(oldest));
         self.horizon = Some(oldest);
         self.sealed = self.sealed.split_off(&oldest);
-        self.licensed.retain(|(_, hour), _| *hour >= oldest);
+        self.licensed.retain(|_, (hour, _)| *hour >= oldest);
     }
 }
 

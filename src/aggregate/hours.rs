@@ -19,13 +19,12 @@
 //! days of hours in microseconds. The aggregator never does I/O: the commit stage logs what
 //! [`Aggregator::admit`] returns before anyone is told, and checkpoints [`Aggregator::take_delta`].
 
-use std::collections::{BTreeMap, HashMap};
-
 use serde::{Deserialize, Serialize};
 
 use super::frozen::Frozen;
 use super::ids::{self, ClientId, IdBook, IdEntry, IdKey, Seen};
-use super::record::{Allocation, MAX_RECORD_BYTES, SealedRecord, allocation_len, base_len};
+use super::open::OpenHours;
+use super::record::{MAX_RECORD_BYTES, SealedRecord, allocation_len, base_len};
 use crate::clock::{deadline, hour_of, same_month};
 use crate::model::{Customer, Event, LateEvents, MAX_ALLOCATIONS, MAX_QUANTITY, RecordKey, Scope, TagSet};
 
@@ -50,32 +49,6 @@ pub struct Rules {
 pub struct Heartbeat {
     pub scope: Scope,
     pub dimensions: Vec<String>,
-}
-
-/// The running total of one open record.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Bucket {
-    pub quantity: u32,
-    pub allocations: BTreeMap<TagSet, u32>,
-    /// Changed since the last checkpoint.
-    #[serde(skip)]
-    dirty: bool,
-    /// An upper bound of the record's size in a request ([`MAX_RECORD_BYTES`] at most).
-    #[serde(skip)]
-    bytes: usize,
-}
-
-impl Bucket {
-    fn seal(self, key: RecordKey) -> SealedRecord {
-        let allocations =
-            self.allocations.into_iter().map(|(tags, quantity)| Allocation { tags, quantity }).collect();
-        SealedRecord { key, quantity: self.quantity, allocations }
-    }
-
-    /// Its size bound, computed from scratch (after a restore).
-    fn measure(&mut self, key: &RecordKey) {
-        self.bytes = base_len(key) + self.allocations.keys().map(allocation_len).sum::<usize>();
-    }
 }
 
 /// An accepted event as the log keeps it: everything replay needs to count it again, with the
@@ -142,7 +115,6 @@ pub enum AdmitError {
 /// What changed since the last checkpoint.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Delta {
-    pub changed: Vec<(RecordKey, Bucket)>,
     pub sealed: Vec<SealedRecord>,
     pub new_ids: Vec<(IdKey, IdEntry)>,
     pub expired_ids: Vec<IdKey>,
@@ -154,10 +126,7 @@ pub struct Delta {
 
 impl Delta {
     pub fn is_empty(&self) -> bool {
-        self.changed.is_empty()
-            && self.sealed.is_empty()
-            && self.new_ids.is_empty()
-            && self.expired_ids.is_empty()
+        self.sealed.is_empty() && self.new_ids.is_empty() && self.expired_ids.is_empty()
     }
 }
 
@@ -168,7 +137,7 @@ const MAX_CARRY_HOURS: i64 = 48;
 #[derive(Debug)]
 pub struct Aggregator {
     rules: Rules,
-    buckets: HashMap<RecordKey, Bucket>,
+    open: OpenHours,
     ids: IdBook,
     frozen: Frozen,
     sealed: Vec<SealedRecord>,
@@ -184,7 +153,7 @@ impl Aggregator {
     pub fn new(rules: Rules) -> Self {
         Self {
             rules,
-            buckets: HashMap::new(),
+            open: OpenHours::default(),
             ids: IdBook::default(),
             frozen: Frozen::default(),
             sealed: Vec::new(),
@@ -196,26 +165,31 @@ impl Aggregator {
         }
     }
 
-    /// Rebuilds the state a checkpoint saved; replay then re-applies the log after it, and
-    /// [`Aggregator::remember_sealed`] adds the records already sealed.
-    pub fn restore(
-        rules: Rules,
-        buckets: Vec<(RecordKey, Bucket)>,
-        ids: Vec<(IdKey, IdEntry)>,
-        sealed_through: Option<i64>,
-    ) -> Self {
+    /// Rebuilds the state a checkpoint saved; [`Aggregator::restore_open`] then sets the open
+    /// records, replay re-applies the log after it, and [`Aggregator::remember_sealed`] adds the
+    /// records already sealed.
+    pub fn restore(rules: Rules, ids: Vec<(IdKey, IdEntry)>, sealed_through: Option<i64>) -> Self {
         let mut this = Self::new(rules);
-        this.buckets = buckets
-            .into_iter()
-            .map(|(key, mut bucket)| {
-                bucket.measure(&key);
-                this.frozen.note_scope(&key);
-                (key, bucket)
-            })
-            .collect();
         this.ids = IdBook::restore(ids);
         this.sealed_through = sealed_through;
         this
+    }
+
+    /// Sets an open record to the totals a checkpoint saved for it.
+    pub fn restore_open(&mut self, totals: &SealedRecord) {
+        self.frozen.note_scope(&totals.key);
+        self.open.restore(totals);
+    }
+
+    /// Whether an open record changed since the last [`Aggregator::visit_open`].
+    pub fn has_open_changes(&self) -> bool {
+        self.open.has_changes()
+    }
+
+    /// Hands every open record changed since the last call (every one with `all`) to `sink`, for
+    /// a checkpoint.
+    pub fn visit_open(&mut self, all: bool, sink: impl FnMut(SealedRecord)) {
+        self.open.visit(all, sink);
     }
 
     /// Records sealed before (from the outbox): never written again.
@@ -235,7 +209,7 @@ impl Aggregator {
     }
 
     pub fn open_records(&self) -> usize {
-        self.buckets.len()
+        self.open.len()
     }
 
     /// Whether `key`'s record may no longer be counted into (see [`Rules`]).
@@ -315,16 +289,16 @@ impl Aggregator {
         if let Some(licensed_before) = self.frozen.mixes_scope(key) {
             return Err(AdmitError::MixedScope { hour: key.hour, licensed_before });
         }
-        let bucket = self.buckets.get(key);
+        let bucket = self.open.get(key);
         let total = u64::from(bucket.map_or(0, |b| b.quantity)) + u64::from(quantity);
         if total > u64::from(MAX_QUANTITY) {
             return Err(AdmitError::QuantityOverflow { total });
         }
-        let new_tag_set = !bucket.is_some_and(|b| b.allocations.contains_key(tags));
-        if new_tag_set && bucket.is_some_and(|b| b.allocations.len() >= MAX_ALLOCATIONS) {
+        let new_tag_set = !bucket.is_some_and(|b| self.open.has_tag_set(b, tags));
+        if new_tag_set && bucket.is_some_and(|b| b.tag_sets() >= MAX_ALLOCATIONS) {
             return Err(AdmitError::TooManyTagSets);
         }
-        let bytes = bucket.map_or_else(|| base_len(key), |b| b.bytes)
+        let bytes = bucket.map_or_else(|| base_len(key), |b| b.bytes as usize)
             + if new_tag_set { allocation_len(tags) } else { 0 };
         if bytes > MAX_RECORD_BYTES {
             return Err(AdmitError::RecordTooLarge { bytes });
@@ -334,24 +308,10 @@ impl Aggregator {
 
     /// Counts an admitted event: from [`Aggregator::admit`], or from the log during replay.
     pub fn apply(&mut self, admitted: &Admitted) {
-        let bucket = match self.buckets.get_mut(&admitted.key) {
-            Some(bucket) => bucket,
-            None => {
-                self.frozen.note_scope(&admitted.key);
-                let bucket = self.buckets.entry(admitted.key.clone()).or_default();
-                bucket.bytes = base_len(&admitted.key);
-                bucket
-            }
-        };
-        bucket.quantity += admitted.quantity;
-        match bucket.allocations.get_mut(&admitted.tags) {
-            Some(q) => *q += admitted.quantity,
-            None => {
-                bucket.bytes += allocation_len(&admitted.tags);
-                bucket.allocations.insert(admitted.tags.clone(), admitted.quantity);
-            }
+        if self.open.get(&admitted.key).is_none() {
+            self.frozen.note_scope(&admitted.key);
         }
-        bucket.dirty = true;
+        self.open.add(&admitted.key, &admitted.tags, admitted.quantity);
         if let Some(id) = &admitted.id {
             self.ids.remember(id, admitted.at);
         }
@@ -366,11 +326,10 @@ impl Aggregator {
             self.sealed_through = Some(through);
             self.sealed_through_changed = true;
         }
-        let due: Vec<RecordKey> = self.buckets.keys().filter(|k| self.is_due(k.hour, now)).cloned().collect();
-        for key in due {
-            let bucket = self.buckets.remove(&key).expect("key was just listed");
-            self.frozen.insert(&key);
-            self.sealed.push(bucket.seal(key));
+        for key in self.open.select(|k| self.is_due(k.hour, now)) {
+            let record = self.open.remove(&key).expect("key was just listed");
+            self.frozen.insert(&record.key);
+            self.sealed.push(record);
         }
         if let (Some(before), Some(through)) = (before, self.sealed_through) {
             self.seal_heartbeats(before, through, now);
@@ -383,11 +342,11 @@ impl Aggregator {
     /// Seals the open records `matches` picks now, whatever their hour (`meterd flush`). Their
     /// keys' hours are frozen like any sealed one: later events for them are late.
     pub fn seal_now(&mut self, matches: impl Fn(&RecordKey) -> bool) -> usize {
-        let chosen: Vec<RecordKey> = self.buckets.keys().filter(|k| matches(k)).cloned().collect();
+        let chosen = self.open.select(|k| matches(&self.open.record_key(k)));
         for key in &chosen {
-            let bucket = self.buckets.remove(key).expect("key was just listed");
-            self.frozen.insert(key);
-            self.sealed.push(bucket.seal(key.clone()));
+            let record = self.open.remove(key).expect("key was just listed");
+            self.frozen.insert(&record.key);
+            self.sealed.push(record);
         }
         chosen.len()
     }
@@ -416,18 +375,10 @@ impl Aggregator {
 
     /// Hands over everything changed since the last call, for one checkpoint.
     pub fn take_delta(&mut self) -> Delta {
-        let mut changed = Vec::new();
-        for (key, bucket) in &mut self.buckets {
-            if bucket.dirty {
-                bucket.dirty = false;
-                changed.push((key.clone(), bucket.clone()));
-            }
-        }
         let mut sealed = std::mem::take(&mut self.sealed);
         sealed.sort_by(|a, b| a.key.cmp(&b.key));
         let (new_ids, expired_ids) = self.ids.take_changes();
         Delta {
-            changed,
             sealed,
             new_ids,
             expired_ids,
@@ -521,7 +472,7 @@ mod tests {
 
     #[test]
     fn after_a_restart_heartbeats_resume_after_the_last_sealed_hour_within_the_deadline() {
-        let mut aggregator = Aggregator::restore(rules(), Vec::new(), Vec::new(), Some(90 * H));
+        let mut aggregator = Aggregator::restore(rules(), Vec::new(), Some(90 * H));
         aggregator.set_heartbeat(heartbeat());
         let hours: Vec<i64> = sealed(&mut aggregator, 100 * H + 600).iter().map(|s| s.1).collect();
         // Hours 91..=99 were sealed-through candidates; only those still inside 6h are sent.

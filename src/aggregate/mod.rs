@@ -4,8 +4,9 @@
 mod frozen;
 mod hours;
 mod ids;
+mod open;
 mod record;
 
-pub use hours::{Admission, AdmitError, Admitted, Aggregator, Bucket, Delta, Heartbeat, Rules};
+pub use hours::{Admission, AdmitError, Admitted, Aggregator, Delta, Heartbeat, Rules};
 pub use ids::{ClientId, ID_TTL_SECS, IdEntry, IdKey, digest};
 pub use record::{Allocation, MAX_RECORD_BYTES, SealedRecord, allocation_len, base_len, json_str_len};

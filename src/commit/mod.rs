@@ -135,10 +135,22 @@ impl Committer {
     ) -> Self {
         let mut aggregator = Aggregator::restore(
             settings.rules,
-            std::mem::take(&mut recovered.buckets),
             std::mem::take(&mut recovered.ids),
             recovered.meta.sealed_through,
         );
+        for totals in std::mem::take(&mut recovered.legacy_open) {
+            aggregator.restore_open(&totals);
+        }
+        // One chunk at a time, so that a million open records are never decoded all at once.
+        for chunk in std::mem::take(&mut recovered.open_chunks) {
+            match crate::outbox::decode_open_chunk(&chunk) {
+                Ok(totals) => totals.iter().for_each(|t| aggregator.restore_open(t)),
+                Err(err) => {
+                    tracing::error!(%err, "an open-hours checkpoint chunk is unreadable; stopping");
+                    ctx.fail();
+                }
+            }
+        }
         aggregator.set_heartbeat(settings.heartbeat);
         aggregator.remember_sealed(recovered.records.iter().map(|stored| &stored.record.key));
         for admitted in &recovered.log {
@@ -449,11 +461,22 @@ impl Committer {
         let now = self.now();
         self.aggregator.seal_due(now);
         let delta = self.aggregator.take_delta();
-        if delta.is_empty() && !delta.sealed_through_advanced && self.seq == self.checkpointed_seq {
+        let sealing = !delta.sealed.is_empty();
+        // Sealed records leave the open hours: a full write, so that no chunk still holds them.
+        let full = sealing || self.outbox.wants_full_checkpoint();
+        if delta.is_empty()
+            && !full
+            && !delta.sealed_through_advanced
+            && !self.aggregator.has_open_changes()
+            && self.seq == self.checkpointed_seq
+        {
             return Ok(());
         }
-        let sealing = !delta.sealed.is_empty();
-        if let Err(err) = self.outbox.checkpoint(self.seq, &delta, now, sealing) {
+        let mut chunker = crate::outbox::Chunker::open_hours();
+        self.aggregator.visit_open(full, |totals| chunker.push(&totals));
+        let (chunks, bytes) = chunker.finish();
+        let open = crate::outbox::OpenWrite { chunks, bytes, full };
+        if let Err(err) = self.outbox.checkpoint(self.seq, &delta, open, now, sealing) {
             tracing::error!(%err, "outbox checkpoint failed; stopping");
             self.storage_failed();
             return Err(err);

@@ -50,7 +50,7 @@ pub(super) fn sync_loop(
         if ok && batch.iter().any(|g| g.wrote) {
             let seq = batch.iter().map(|g| g.seq).max().unwrap_or(0);
             // The barrier, then the watermark: it never names a sequence sled does not hold.
-            if let Err(err) = outbox.barrier().and_then(|()| outbox.mark_durable(seq)) {
+            if let Err(err) = outbox.sync_journal().and_then(|()| outbox.mark_durable(seq)) {
                 tracing::error!(%err, "outbox sync failed; refusing everything from now on and stopping");
                 failed.store(true, Ordering::SeqCst);
                 ctx.fail();

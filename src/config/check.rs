@@ -209,6 +209,13 @@ impl Config {
                 self.storage.max_bytes
             ));
         }
+        let segment = self.storage.journal_segment_size;
+        if !(crate::journal::MIN_SEGMENT_BYTES..=1 << 30).contains(&segment) {
+            out.push(format!(
+                "storage.journal_segment_size {segment} must be between {} (2 MiB) and 1073741824 (1 GiB)",
+                crate::journal::MIN_SEGMENT_BYTES
+            ));
+        }
         if !(1024..=16 * 1024 * 1024).contains(&self.ingest.max_line_bytes) {
             out.push(format!(
                 "ingest.max_line_bytes {} must be between 1024 and 16777216",

@@ -212,6 +212,9 @@ settings! {
         /// Free space the data dir's filesystem must keep: below it the outbox is full like over
         /// `max_bytes`, and meterd does not start (sled would write on a full disk); 0 = no check.
         min_free_bytes: u64 = 64 << 20, value, restart;
+        /// Size of each event journal segment file, preallocated and zero-filled ahead of use;
+        /// the journal holds the events since the last checkpoint, in two segments or more.
+        journal_segment_size: u64 = crate::journal::DEFAULT_SEGMENT_BYTES, value, restart;
     }
     [admin] AdminConfig {
         /// The admin socket `meterd status`, `dlq` and `receipts` talk to.

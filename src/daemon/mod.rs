@@ -369,8 +369,12 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
 
 /// Opens (and locks) the outbox and reads it back.
 async fn open_outbox(config: &Config) -> anyhow::Result<(Arc<Outbox>, Recovered)> {
-    let (data_dir, min_free) = (config.storage.data_dir.clone(), config.storage.min_free_bytes);
-    let (outbox, recovered) = tokio::task::spawn_blocking(move || Outbox::open(&data_dir, min_free))
+    let data_dir = config.storage.data_dir.clone();
+    let limits = crate::outbox::Limits {
+        min_free_bytes: config.storage.min_free_bytes,
+        journal_segment_bytes: config.storage.journal_segment_size,
+    };
+    let (outbox, recovered) = tokio::task::spawn_blocking(move || Outbox::open(&data_dir, limits))
         .await
         .context("outbox task panicked")??;
     let outbox = Arc::new(outbox);

@@ -29,6 +29,25 @@ pub const OPEN: u8 = b'o';
 pub const ID: u8 = b'i';
 pub const SCOPED_ID: u8 = b'j';
 pub const RECORD: u8 = b'r';
+pub const CHUNK: u8 = b'c';
+
+/// Largest open-hours checkpoint chunk, for the same reason as [`MAX_CHUNK_BYTES`].
+pub const MAX_OPEN_CHUNK_BYTES: usize = MAX_CHUNK_BYTES;
+
+/// `c` + checkpoint generation + chunk number.
+pub fn chunk_key(generation: u64, chunk: u32) -> [u8; 13] {
+    let mut key = [0u8; 13];
+    key[0] = CHUNK;
+    key[1..9].copy_from_slice(&generation.to_be_bytes());
+    key[9..].copy_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+/// The generation of a chunk key; `None` for a key of the wrong length.
+pub fn chunk_gen(key: &[u8]) -> Option<u64> {
+    let generation: [u8; 8] = key.get(1..9)?.try_into().ok()?;
+    (key.len() == 13 && key[0] == CHUNK).then(|| u64::from_be_bytes(generation))
+}
 
 pub fn log_key(seq: u64, chunk: u16) -> [u8; 11] {
     let mut key = [0u8; 11];
@@ -42,10 +61,6 @@ pub fn log_key(seq: u64, chunk: u16) -> [u8; 11] {
 pub fn log_seq(key: &[u8]) -> Option<u64> {
     let seq: [u8; 8] = key.get(1..9)?.try_into().ok()?;
     (key.len() == 11 && key[0] == LOG).then(|| u64::from_be_bytes(seq))
-}
-
-pub fn open_key(key: &RecordKey) -> Vec<u8> {
-    postcard::to_extend(key, vec![OPEN]).expect("a record key always encodes")
 }
 
 /// `j` + peer + id for a scoped id, `i` + id for a legacy one.

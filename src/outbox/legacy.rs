@@ -17,6 +17,24 @@ struct AdmittedV1 {
     at: i64,
 }
 
+/// An open hour as an older meterd checkpointed it: one `o` key per record.
+#[derive(Deserialize)]
+pub(super) struct BucketV1 {
+    quantity: u32,
+    allocations: std::collections::BTreeMap<crate::model::TagSet, u32>,
+}
+
+impl BucketV1 {
+    pub fn into_totals(self, key: RecordKey) -> crate::aggregate::SealedRecord {
+        let allocations = self
+            .allocations
+            .into_iter()
+            .map(|(tags, quantity)| crate::aggregate::Allocation { tags, quantity })
+            .collect();
+        crate::aggregate::SealedRecord { key, quantity: self.quantity, allocations }
+    }
+}
+
 /// A log chunk of either version.
 pub(super) fn decode_log(key: &[u8], value: &[u8]) -> Result<Vec<Admitted>, OutboxError> {
     let corrupt =

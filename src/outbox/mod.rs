@@ -1,20 +1,24 @@
-//! The outbox: everything meterd has acknowledged and not yet settled, in one sled tree under
-//! `<data_dir>/outbox`, guarded by an exclusive lock on `<data_dir>/meterd.lock`.
+//! The outbox: everything meterd has acknowledged and not yet settled. Acknowledged events are
+//! first in the event journal (`<data_dir>/journal/`, [`crate::journal`]); sled (one tree under
+//! `<data_dir>/outbox`) holds what checkpoints fold them into: the open hours, sealed records and
+//! their states, receipts, dead letters and ids. `<data_dir>/meterd.lock` guards the data dir.
 //!
 //! ## Key layout (one tree; the first byte is the kind)
 //!
 //! | key | value | written by |
 //! |---|---|---|
-//! | `m` `checkpoint` | [`Meta`]: last log sequence folded into the checkpoint, last sealed hour | commit stage, at each checkpoint |
-//! | `l` seq:u64be chunk:u16be | `Vec<Admitted>`: the events of one group commit | commit stage, before it acknowledges |
-//! | `o` postcard(RecordKey) | [`Bucket`]: an open hour's running total | commit stage, at each checkpoint |
+//! | `m` `checkpoint` | [`Meta`]: last group sequence folded into the checkpoint, last sealed hour | commit stage, at each checkpoint |
+//! | `c` generation:u64be chunk:u32be | `Vec<SealedRecord>`: totals of open records, at most 64 KiB a chunk; a later generation replaces an earlier one's totals for the same key | commit stage: each checkpoint adds what changed; a full write (when records were sealed, or the changes outgrow the last full write) replaces every chunk |
 //! | `j` peer uid:u32be, client id | [`IdEntry`]: expiry and the event's digest | commit stage, at each checkpoint |
-//! | `i` client id | legacy (written before ids were scoped and digested): expiry; read, then deleted when it expires | — |
 //! | `r` hour:u64be postcard(RecordKey) | [`StoredRecord`]: a sealed record and its state; never written twice by the commit stage | commit stage seals, submit stage settles |
+//! | `l` seq:u64be chunk:u16be | legacy (0.1.0 logged events in sled): `Vec<Admitted>`; replayed, deleted by the next checkpoint | — |
+//! | `o` postcard(RecordKey) | legacy (0.1.0 checkpointed one key per open record): totals; read, replaced by the next (full) checkpoint | — |
+//! | `i` client id | legacy (written before ids were scoped and digested): expiry; read, then deleted when it expires | — |
 //!
 //! Every value is one format-version byte ([`FORMAT_VERSION`]) followed by postcard, except that
-//! log chunks carry [`LOG_FORMAT_VERSION`]: version 2 events carry their id's peer and digest,
-//! version 1 chunks (an older meterd's) are read as events with legacy ids.
+//! logged events (journal payloads, legacy `l` chunks) carry [`LOG_FORMAT_VERSION`]: version 2
+//! events carry their id's peer and digest, version 1 (an older meterd's) are read as events with
+//! legacy ids.
 //!
 //! ## Record states (`r` keys)
 //!
@@ -26,94 +30,62 @@
 //! | `Shipped` | fleet mode: a partial committed to the fleet database, which bills it | final |
 //!
 //! ## Durability
-//! sled's `flush` writes with `sync_file_range`, which neither flushes the device cache nor the
-//! file's size, and sled writes any page over `segment_size / 4` to a blob file it never syncs.
-//! So [`Outbox::barrier`] follows `flush` with `fdatasync` on sled's `db` file, and every value
-//! (a log chunk is at most [`MAX_CHUNK_BYTES`]) is small enough that even a full leaf of them stays
-//! below the blob threshold of the [`SEGMENT_SIZE`] meterd configures. docs/durability.md has the
-//! whole argument.
+//! An event is acknowledged once the journal's `fdatasync` covers it ([`Outbox::sync_journal`]).
+//! sled's own writes are made durable by [`Outbox::barrier`]: sled's `flush` writes with
+//! `sync_file_range`, which neither flushes the device cache nor the file's size, so the barrier
+//! follows it with `fdatasync` on sled's `db` file; every value (a chunk is at most
+//! [`MAX_CHUNK_BYTES`]) stays below the blob threshold of the [`SEGMENT_SIZE`] meterd configures,
+//! since sled never syncs blob files. A checkpoint is made durable before it is trusted: when it
+//! sealed records, and before journal segments it covers are removed.
+//!
+//! `<data_dir>/watermark` holds two sequences: the highest group made durable (written after
+//! each journal sync) and the highest durable checkpoint (synced before journal segments go). On
+//! open, a journal that ends before the first, or a sled checkpoint older than the second, is
+//! data lost ([`OutboxError::Lost`], [`OutboxError::LostCheckpoint`]): meterd refuses to start.
+//! docs/durability.md has the whole argument.
 //!
 //! ## Opening
 //! The daemon ([`Outbox::open`]) creates and locks the data dir, refuses to start with less than
 //! `storage.min_free_bytes` free before sled writes anything, and removes the unfinished snapshot
 //! files an interrupted sled write can leave (`disk.rs`). The operator's offline commands
-//! ([`Outbox::open_read_only`]) never write to the data dir: they open a private copy
-//! (`offline.rs`).
+//! ([`Outbox::open_read_only`]) never write to the data dir: they open a private copy of sled's
+//! files (`offline.rs`) and read the journal in place.
 
+mod chunks;
 mod disk;
+mod error;
 mod layout;
 mod legacy;
 mod offline;
+mod recovered;
+mod watermark;
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{Admitted, Bucket, Delta, IdEntry, IdKey, SealedRecord};
+use crate::aggregate::{Admitted, Delta, IdEntry, IdKey, SealedRecord};
+use crate::journal::Journal;
 use crate::model::{DeadReason, RecordKey};
+use chunks::OpenState;
+pub use chunks::{Chunker, decode_open_chunk};
 pub use disk::Room;
+pub use error::OutboxError;
 pub use layout::{FORMAT_VERSION, LOG_FORMAT_VERSION, MAX_CHUNK_BYTES, SEGMENT_SIZE};
 use offline::PrivateCopy;
+pub use recovered::Recovered;
+use watermark::{Marks, WATERMARK_FILE, open_watermark};
 
 /// `<data_dir>/meterd.lock`: the flock, and the pid of the meterd holding it.
 const LOCK_FILE: &str = "meterd.lock";
 /// `<data_dir>/outbox`: sled's directory.
 const OUTBOX_DIR: &str = "outbox";
-
-/// Outbox failures: at open, each naming the path and the way out; after it, a write or sync that
-/// failed, after which the outbox can no longer promise durability.
-#[derive(Debug, thiserror::Error)]
-pub enum OutboxError {
-    #[error("failed to create data dir {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
-    #[error(
-        "another meterd (pid {pid}) is using data dir {path}; stop it first or choose another storage.data_dir"
-    )]
-    Locked { path: PathBuf, pid: String },
-    #[error("failed to lock {path}: {source}")]
-    Lock { path: PathBuf, source: std::io::Error },
-    #[error(
-        "failed to open the outbox at {path}: {source}; see \"The outbox does not open\" in \
-         docs/operations.md"
-    )]
-    Open { path: PathBuf, source: sled::Error },
-    #[error(
-        "only {free} bytes are free on the filesystem of {path}, less than storage.min_free_bytes \
-         ({min_free}): meterd does not open its outbox on a full disk. Nothing is lost; free space \
-         there and start meterd again (under systemd, Restart=on-failure does)"
-    )]
-    NoSpace { path: PathBuf, free: u64, min_free: u64 },
-    #[error("failed to measure the free space on the filesystem of {path}: {source}")]
-    FreeSpace { path: PathBuf, source: std::io::Error },
-    #[error("there is no data dir at {path} (storage.data_dir), so there is nothing to read")]
-    NoDataDir { path: PathBuf },
-    #[error(
-        "{path} (storage.data_dir) holds no meterd outbox (no outbox/db): meterd has never run with \
-         this data dir, or it is not meterd's data dir"
-    )]
-    NoOutbox { path: PathBuf },
-    #[error("failed to copy the outbox at {path} to read it without writing to it: {source}")]
-    ReadCopy { path: PathBuf, source: std::io::Error },
-    #[error("outbox write failed: {0}")]
-    Write(#[from] sled::Error),
-    #[error("outbox fdatasync failed: {0}")]
-    Sync(std::io::Error),
-    #[error("outbox value under key {key} is unreadable: {reason}")]
-    Corrupt { key: String, reason: String },
-    #[error(
-        "the outbox at {path} has lost acknowledged data: it holds events up to log sequence {found}, \
-         but events up to {expected} were acknowledged ({watermark}). Its files are damaged, and \
-         meterd will not start on them, so that nothing is billed short without anyone knowing. \
-         Restore the data dir from a backup, or move it aside to start empty; see \
-         \"A damaged outbox\" in docs/operations.md"
-    )]
-    Lost { path: PathBuf, watermark: PathBuf, found: u64, expected: u64 },
-    #[error("{path} is unreadable ({reason}); see \"A damaged outbox\" in docs/operations.md")]
-    Watermark { path: PathBuf, reason: String },
-}
+/// `<data_dir>/journal`: the event journal's segments.
+const JOURNAL_DIR: &str = "journal";
 
 /// Checkpoint bookkeeping.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,70 +133,21 @@ impl StoredRecord {
     }
 }
 
-/// Everything found on open: the checkpoint, the log after it, and every sealed record.
-#[derive(Debug, Default)]
-pub struct Recovered {
-    pub meta: Meta,
-    pub buckets: Vec<(RecordKey, Bucket)>,
-    pub ids: Vec<(IdKey, IdEntry)>,
-    /// Events logged after the checkpoint, in commit order.
-    pub log: Vec<Admitted>,
-    /// The highest log sequence on disk (or the checkpoint's).
-    pub last_seq: u64,
-    pub records: Vec<StoredRecord>,
-}
-
-impl Recovered {
-    /// Decodes one outbox entry into what was found. Garbage gives [`OutboxError::Corrupt`], never
-    /// a panic (the fuzz target `outbox_entry` holds it to that). The checkpoint must come first.
-    pub fn absorb(&mut self, key: &[u8], value: &[u8]) -> Result<(), OutboxError> {
-        let corrupt = |reason: &str| OutboxError::Corrupt {
-            key: String::from_utf8_lossy(key).into_owned(),
-            reason: reason.to_string(),
-        };
-        match key.first().copied() {
-            _ if key == layout::INSTANCE => {}
-            _ if key == layout::META => {
-                self.meta = decode(key, value)?;
-                self.last_seq = self.last_seq.max(self.meta.log_seq);
-            }
-            Some(layout::LOG) => {
-                let seq = layout::log_seq(key).ok_or_else(|| corrupt("a log key is 11 bytes"))?;
-                if seq > self.meta.log_seq {
-                    self.last_seq = self.last_seq.max(seq);
-                    self.log.extend(legacy::decode_log(key, value)?);
-                }
-            }
-            Some(layout::OPEN) => {
-                let record_key: RecordKey =
-                    postcard::from_bytes(&key[1..]).map_err(|e| corrupt(&e.to_string()))?;
-                self.buckets.push((record_key, decode(key, value)?));
-            }
-            Some(layout::ID) => {
-                let id = String::from_utf8_lossy(&key[1..]).into_owned();
-                let expiry: i64 = decode(key, value)?;
-                self.ids.push((IdKey { peer: None, id }, IdEntry { expiry, digest: None }));
-            }
-            Some(layout::SCOPED_ID) => {
-                let id_key =
-                    layout::parse_scoped_id_key(key).ok_or_else(|| corrupt("an id key names its peer"))?;
-                self.ids.push((id_key, decode(key, value)?));
-            }
-            Some(layout::RECORD) => self.records.push(decode(key, value)?),
-            _ => return Err(corrupt("not a key meterd writes")),
-        }
-        Ok(())
-    }
-}
-
 /// The open outbox. Cheap to share: every method takes `&self`.
 pub struct Outbox {
     db: sled::Db,
+    /// Acknowledged events since the last durable checkpoint (`<data_dir>/journal/`); `None` for
+    /// an offline read, which reads it without opening it for writing.
+    journal: Option<Journal>,
     /// sled's data file, opened again only to `fdatasync` it.
     db_file: File,
     dir: PathBuf,
-    /// `<data_dir>/watermark`: the highest log sequence known durable.
+    /// `<data_dir>/watermark`: the highest log sequence known durable, and the highest checkpoint.
     watermark: File,
+    /// What the watermark says, kept in order under one lock.
+    marks: std::sync::Mutex<Marks>,
+    /// The open hours' chunks (written by checkpoints only).
+    open_state: std::sync::Mutex<OpenState>,
     /// `storage.min_free_bytes` (0 for an offline read).
     min_free_bytes: u64,
     _lock: File,
@@ -233,27 +156,29 @@ pub struct Outbox {
     _copy: Option<PrivateCopy>,
 }
 
-/// The watermark file: [`FORMAT_VERSION`], then the log sequence as u64 big-endian.
-const WATERMARK_FILE: &str = "watermark";
+/// The open hours a checkpoint writes: the chunks of a [`Chunker::open_hours`] fed with every
+/// open record changed since the last checkpoint, or with every open record (`full`, needed when
+/// records were sealed, so that no chunk still holds them).
+#[derive(Debug, Default)]
+pub struct OpenWrite {
+    pub chunks: Vec<Vec<u8>>,
+    pub bytes: usize,
+    pub full: bool,
+}
 
-/// Opens the watermark and reads the sequence it names (0 for a new one); errors name `named`.
-fn open_watermark(path: &Path, named: &Path) -> Result<(File, u64), OutboxError> {
-    let unreadable = |reason: String| OutboxError::Watermark { path: named.to_path_buf(), reason };
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| unreadable(e.to_string()))?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(|e| unreadable(e.to_string()))?;
-    let seq = match bytes.as_slice() {
-        [] => 0,
-        [FORMAT_VERSION, seq @ ..] if seq.len() == 8 => u64::from_be_bytes(seq.try_into().expect("8 bytes")),
-        _ => return Err(unreadable(format!("{} bytes, not a meterd watermark", bytes.len()))),
-    };
-    Ok((file, seq))
+/// How the daemon's outbox is bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `storage.min_free_bytes` (0: no check).
+    pub min_free_bytes: u64,
+    /// `storage.journal_segment_size`.
+    pub journal_segment_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { min_free_bytes: 0, journal_segment_bytes: crate::journal::DEFAULT_SEGMENT_BYTES }
+    }
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -277,34 +202,36 @@ impl Outbox {
     /// `min_free_bytes` (0: no check) free on its filesystem before sled writes anything, opens (or
     /// creates) the outbox and reads everything back. Refuses an outbox that holds less than was
     /// acknowledged ([`OutboxError::Lost`]).
-    pub fn open(data_dir: &Path, min_free_bytes: u64) -> Result<(Outbox, Recovered), OutboxError> {
+    pub fn open(data_dir: &Path, limits: Limits) -> Result<(Outbox, Recovered), OutboxError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|source| OutboxError::CreateDir { path: data_dir.to_path_buf(), source })?;
         let lock = lock(data_dir)?;
-        disk::check_free(data_dir, min_free_bytes)?;
-        match Self::open_locked(data_dir, data_dir, lock, min_free_bytes, None)? {
+        disk::check_free(data_dir, limits.min_free_bytes)?;
+        match Self::open_locked(data_dir, data_dir, lock, limits, None)? {
             (_, _, Some(lost)) => Err(lost),
             (outbox, recovered, None) => Ok((outbox, recovered)),
         }
     }
 
     /// For the operator's commands while meterd is stopped: reads `data_dir` without writing to
-    /// it, through a private copy (`offline.rs`). A damaged outbox is opened anyway, with the loss
-    /// beside it, so that what it still holds can be exported. A data dir that does not exist or
-    /// holds no outbox is an error, not a new empty outbox.
+    /// it, through a private copy of the sled outbox (`offline.rs`) and a read of the journal in
+    /// place. A damaged outbox is opened anyway, with the loss beside it, so that what it still
+    /// holds can be exported. A data dir that does not exist or holds no outbox is an error, not a
+    /// new empty outbox.
     pub fn open_read_only(data_dir: &Path) -> Result<(Outbox, Recovered, Option<OutboxError>), OutboxError> {
         let copy = offline::copy_stopped(data_dir)?;
         let lock = lock(copy.root())?;
         let root = copy.root().to_path_buf();
-        Self::open_locked(&root, data_dir, lock, 0, Some(copy))
+        Self::open_locked(&root, data_dir, lock, Limits::default(), Some(copy))
     }
 
     /// Opens the outbox under `root` (locked by `lock`); errors and the loss name `named` instead.
+    /// The journal is opened for writing unless this is an offline read (`copy`).
     fn open_locked(
         root: &Path,
         named: &Path,
         lock: File,
-        min_free_bytes: u64,
+        limits: Limits,
         copy: Option<PrivateCopy>,
     ) -> Result<(Outbox, Recovered, Option<OutboxError>), OutboxError> {
         let dir = root.join(OUTBOX_DIR);
@@ -323,17 +250,31 @@ impl Outbox {
         for path in [&dir, root] {
             File::open(path).and_then(|d| d.sync_all()).map_err(OutboxError::Sync)?;
         }
-        let (watermark, expected) = open_watermark(&root.join(WATERMARK_FILE), &named.join(WATERMARK_FILE))?;
-        let outbox = Outbox { db, db_file, dir, watermark, min_free_bytes, _lock: lock, _copy: copy };
-        let recovered = outbox.recover()?;
-        // sled treats a damaged stretch of its log like a torn write and recovers only what comes
-        // before it, without an error. The watermark is how meterd notices.
-        let lost = (recovered.last_seq < expected).then(|| OutboxError::Lost {
-            path: named.join(OUTBOX_DIR).join("db"),
-            watermark: named.join(WATERMARK_FILE),
-            found: recovered.last_seq,
-            expected,
-        });
+        let (watermark, marks) = open_watermark(&root.join(WATERMARK_FILE), &named.join(WATERMARK_FILE))?;
+        let mut recovered = recovered::recover(&db)?;
+        let floor = recovered.meta.log_seq;
+        let journal_dir = named.join(JOURNAL_DIR);
+        let OpenedJournal { journal, groups, damaged } =
+            open_journal(&journal_dir, limits, floor, copy.is_some())?;
+        recovered.absorb_journal(&groups)?;
+        let outbox = Outbox {
+            db,
+            journal,
+            db_file,
+            dir,
+            watermark,
+            marks: std::sync::Mutex::new(marks),
+            open_state: std::sync::Mutex::new(OpenState {
+                next_generation: recovered.open_generation,
+                base_bytes: recovered.open_chunks.iter().map(|c| c.len() as u64).sum(),
+                delta_bytes: 0,
+                legacy: !recovered.legacy_open.is_empty(),
+            }),
+            min_free_bytes: limits.min_free_bytes,
+            _lock: lock,
+            _copy: copy,
+        };
+        let lost = damaged.or_else(|| loss(&recovered, marks, named));
         Ok((outbox, recovered, lost))
     }
 
@@ -341,64 +282,20 @@ impl Outbox {
         &self.dir
     }
 
-    fn recover(&self) -> Result<Recovered, OutboxError> {
-        let mut out = Recovered::default();
-        // The checkpoint first: it decides which log entries are still to replay.
-        if let Some(value) = self.db.get(layout::META)? {
-            out.absorb(layout::META, &value)?;
-        }
-        for kind in [layout::LOG, layout::OPEN, layout::ID, layout::SCOPED_ID, layout::RECORD] {
-            for item in self.db.scan_prefix([kind]) {
-                let (key, value) = item?;
-                out.absorb(&key, &value)?;
-            }
-        }
-        Ok(out)
+    /// Journals one group commit's events. They are durable, and may be acknowledged, once a
+    /// [`Outbox::sync_journal`] that started after this returned.
+    pub fn append(&self, seq: u64, events: &[Admitted]) -> Result<(), OutboxError> {
+        let journal = self.journal.as_ref().expect("only the daemon's outbox appends");
+        journal.append(seq, &chunks::encode_log(events))?;
+        Ok(())
     }
 
-    /// Logs one group commit's events. They are durable, and may be acknowledged, once a
-    /// [`Outbox::barrier`] that started after this returned has completed.
-    pub fn append(&self, seq: u64, events: &[Admitted]) -> Result<(), OutboxError> {
-        // A chunk is the postcard encoding of a `Vec<Admitted>`: its length, then the elements.
-        // Chunks are cut by encoded size so that no value can reach sled's blob threshold.
-        let mut chunks: Vec<Vec<u8>> = Vec::new();
-        let mut body: Vec<u8> = Vec::new();
-        let mut count = 0usize;
-        let seal = |body: &mut Vec<u8>, count: &mut usize, chunks: &mut Vec<Vec<u8>>| {
-            let mut value = vec![LOG_FORMAT_VERSION];
-            value = postcard::to_extend(&*count, value).expect("a length always encodes");
-            value.extend_from_slice(body);
-            chunks.push(value);
-            body.clear();
-            *count = 0;
-        };
-        for event in events {
-            let before = body.len();
-            body = postcard::to_extend(event, body).expect("postcard encodes every outbox type");
-            if body.len() > MAX_CHUNK_BYTES && count > 0 {
-                let tail = body.split_off(before);
-                seal(&mut body, &mut count, &mut chunks);
-                body = tail;
-            }
-            count += 1;
+    /// The acknowledgement barrier: `fdatasync` of the journal.
+    pub fn sync_journal(&self) -> Result<(), OutboxError> {
+        match &self.journal {
+            Some(journal) => Ok(journal.sync()?),
+            None => Ok(()),
         }
-        if count > 0 {
-            seal(&mut body, &mut count, &mut chunks);
-        }
-        // One chunk (the usual group) is one plain insert. sled's `apply_batch` seals and writes
-        // its I/O buffer twice to frame the batch, which would triple the writes of every barrier;
-        // only a group of several chunks needs that framing to stay all-or-nothing.
-        if let [value] = &mut chunks[..] {
-            self.db.insert(&layout::log_key(seq, 0)[..], std::mem::take(value))?;
-        } else {
-            let mut batch = sled::Batch::default();
-            for (chunk_no, value) in chunks.into_iter().enumerate() {
-                let chunk_no = u16::try_from(chunk_no).expect("a group has at most 16k events");
-                batch.insert(&layout::log_key(seq, chunk_no)[..], value);
-            }
-            self.db.apply_batch(batch)?;
-        }
-        Ok(())
     }
 
     /// Writes one checkpoint atomically: changed open hours, newly sealed records (as `Pending`),
@@ -408,15 +305,14 @@ impl Outbox {
         &self,
         log_seq: u64,
         delta: &Delta,
+        open: OpenWrite,
         now: i64,
         durable: bool,
     ) -> Result<(), OutboxError> {
         let mut batch = sled::Batch::default();
-        for (key, bucket) in &delta.changed {
-            batch.insert(layout::open_key(key), encode(bucket));
-        }
+        let mut state = self.open_state.lock().expect("open state lock");
+        self.write_open(&mut batch, &mut state, open)?;
         for record in &delta.sealed {
-            batch.remove(layout::open_key(&record.key));
             let key = layout::record_key(&record.key);
             // The aggregator never seals a key twice; should it ever, the first record stands.
             if self.db.contains_key(&key)? {
@@ -441,10 +337,57 @@ impl Outbox {
             batch.remove(item?.0);
         }
         self.db.apply_batch(batch)?;
-        if durable {
+        // Journal segments go only once a durable checkpoint holds every group in them.
+        if let Some(journal) = &self.journal {
+            journal.roll_if_covered(log_seq)?;
+        }
+        let trim = self.journal.as_ref().filter(|journal| journal.trimmable(log_seq));
+        if durable || trim.is_some() {
             self.barrier()?;
-            self.mark_durable(log_seq)?;
+            let mut marks = self.marks.lock().expect("watermark lock");
+            marks.durable = marks.durable.max(log_seq);
+            marks.checkpoint = marks.checkpoint.max(log_seq);
+            self.watermark.write_all_at(&marks.bytes(), 0).map_err(OutboxError::Sync)?;
             self.watermark.sync_data().map_err(OutboxError::Sync)?;
+        }
+        if let Some(journal) = trim {
+            journal.trim(log_seq)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the next checkpoint should write every open hour ([`OpenWrite::full`]).
+    pub fn wants_full_checkpoint(&self) -> bool {
+        self.open_state.lock().expect("open state lock").wants_base()
+    }
+
+    /// Adds the open hours' chunks to a checkpoint's batch: as a new generation after the others,
+    /// or (a full write) as the only one left.
+    fn write_open(
+        &self,
+        batch: &mut sled::Batch,
+        state: &mut OpenState,
+        open: OpenWrite,
+    ) -> Result<(), OutboxError> {
+        if open.full {
+            for kind in [layout::CHUNK, layout::OPEN] {
+                for item in self.db.scan_prefix([kind]) {
+                    batch.remove(item?.0);
+                }
+            }
+            state.legacy = false;
+            state.base_bytes = open.bytes as u64;
+            state.delta_bytes = 0;
+        } else {
+            state.delta_bytes += open.bytes as u64;
+        }
+        if open.full || !open.chunks.is_empty() {
+            let generation = state.next_generation;
+            state.next_generation += 1;
+            for (n, chunk) in open.chunks.into_iter().enumerate() {
+                let n = u32::try_from(n).expect("fewer than 4 billion chunks");
+                batch.insert(&layout::chunk_key(generation, n)[..], chunk);
+            }
         }
         Ok(())
     }
@@ -490,7 +433,7 @@ impl Outbox {
 
     /// Bytes the outbox's files take on disk.
     pub fn size_on_disk(&self) -> Result<u64, OutboxError> {
-        Ok(self.db.size_on_disk()?)
+        Ok(self.db.size_on_disk()? + self.journal.as_ref().map_or(0, Journal::bytes))
     }
 
     /// The outbox's size and the room left on its filesystem, against `storage.min_free_bytes`.
@@ -513,10 +456,9 @@ impl Outbox {
     /// watermark that a power cut leaves behind is only older, never ahead of what sled holds;
     /// each sealing checkpoint syncs it.
     pub fn mark_durable(&self, seq: u64) -> Result<(), OutboxError> {
-        use std::os::unix::fs::FileExt;
-        let mut bytes = [FORMAT_VERSION; 9];
-        bytes[1..].copy_from_slice(&seq.to_be_bytes());
-        self.watermark.write_all_at(&bytes, 0).map_err(OutboxError::Sync)
+        let mut marks = self.marks.lock().expect("watermark lock");
+        marks.durable = marks.durable.max(seq);
+        self.watermark.write_all_at(&marks.bytes(), 0).map_err(OutboxError::Sync)
     }
 
     /// A random id made once per outbox: a data dir started afresh gets a new one. Fleet partial
@@ -541,6 +483,50 @@ impl Outbox {
         self.db.flush()?;
         self.db_file.sync_data().map_err(OutboxError::Sync)
     }
+}
+
+/// Opens the journal for writing, or (an offline read) reads it in place; an offline read takes a
+/// damaged journal as its loss instead of an error, so that what sled holds can still be exported.
+fn open_journal(dir: &Path, limits: Limits, floor: u64, offline: bool) -> Result<OpenedJournal, OutboxError> {
+    if offline {
+        return Ok(match Journal::read(dir, floor) {
+            Ok(groups) => OpenedJournal { journal: None, groups, damaged: None },
+            Err(err) => OpenedJournal { journal: None, groups: Vec::new(), damaged: Some(err.into()) },
+        });
+    }
+    let (journal, groups) = Journal::open(dir, limits.journal_segment_bytes, floor)?;
+    Ok(OpenedJournal { journal: Some(journal), groups, damaged: None })
+}
+
+/// What [`open_journal`] found.
+struct OpenedJournal {
+    journal: Option<Journal>,
+    groups: Vec<crate::journal::Group>,
+    damaged: Option<OutboxError>,
+}
+
+/// Whether the outbox holds less than the watermark says was made durable. sled treats a damaged
+/// stretch of its log like a torn write and recovers only what comes before it, without an error,
+/// and a journal cut short at its end looks like a torn write; the watermark is how meterd
+/// notices.
+fn loss(recovered: &Recovered, marks: Marks, named: &Path) -> Option<OutboxError> {
+    let watermark = named.join(WATERMARK_FILE);
+    if recovered.meta.log_seq < marks.checkpoint {
+        // sled came back with an older checkpoint than one made durable: the journal it needs
+        // to replay from there is gone.
+        return Some(OutboxError::LostCheckpoint {
+            path: named.join(OUTBOX_DIR).join("db"),
+            watermark,
+            found: recovered.meta.log_seq,
+            expected: marks.checkpoint,
+        });
+    }
+    (recovered.last_seq < marks.durable).then(|| OutboxError::Lost {
+        path: named.join(JOURNAL_DIR),
+        watermark,
+        found: recovered.last_seq,
+        expected: marks.durable,
+    })
 }
 
 /// Takes the data dir's lock and writes our pid into it, so a second meterd can say who holds it.

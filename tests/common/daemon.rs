@@ -110,6 +110,8 @@ pub struct Launch<'a> {
     pub args: Vec<String>,
     /// A listening socket to pass as fd 3 with LISTEN_FDS/LISTEN_PID, as systemd does.
     pub activated: Option<std::os::fd::OwnedFd>,
+    /// A program (with its arguments) that runs meterd, such as strace.
+    pub wrapper: Vec<String>,
 }
 
 impl<'a> Launch<'a> {
@@ -125,6 +127,7 @@ impl<'a> Launch<'a> {
             env: Vec::new(),
             args: Vec::new(),
             activated: None,
+            wrapper: Vec::new(),
         }
     }
 
@@ -141,6 +144,12 @@ impl<'a> Launch<'a> {
     /// An extra argument of `meterd run`.
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// Runs meterd under `wrapper` (its program and arguments; meterd's path and arguments follow).
+    pub fn under(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|w| w.to_string()).collect();
         self
     }
 
@@ -176,6 +185,11 @@ impl Meterd {
                     .stdin(Stdio::from(fd.try_clone().unwrap()));
                 sh
             }
+            None if !launch.wrapper.is_empty() => {
+                let mut wrapped = Command::new(&launch.wrapper[0]);
+                wrapped.args(&launch.wrapper[1..]).arg(env!("CARGO_BIN_EXE_meterd"));
+                wrapped
+            }
             None => Command::new(env!("CARGO_BIN_EXE_meterd")),
         };
         command.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
@@ -188,6 +202,8 @@ impl Meterd {
             ("METERD_AWS__PRODUCT_CODE", PRODUCT.into()),
             ("METERD_LOG__FORMAT", "json".into()),
             ("METERD_STORAGE__CHECKPOINT_INTERVAL", "100ms".into()),
+            // Small journal segments: tests roll and trim them often, and write less.
+            ("METERD_STORAGE__JOURNAL_SEGMENT_SIZE", "4194304".into()),
             ("METERD_SUBMIT__SEAL_DELAY", "3h".into()),
             ("METERD_SUBMIT__DEADLINE", "12h".into()),
             ("METERD_SUBMIT__MAX_REQUESTS_PER_SECOND", "10".into()),

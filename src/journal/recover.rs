@@ -1,0 +1,256 @@
+//! Reading a journal back after a restart: the rules of the table in the parent module.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::JournalError;
+use super::frame::{self, Frame, SEGMENT_HEADER};
+
+/// A segment file found on open.
+#[derive(Debug, Clone)]
+pub(super) struct Segment {
+    pub index: u64,
+    pub path: PathBuf,
+    /// Sequence of its last complete group; `None` for a segment with none.
+    pub last_seq: Option<u64>,
+    /// Where its next record would go.
+    pub end: u64,
+}
+
+/// A group commit read back: its sequence and its payloads, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub seq: u64,
+    pub payloads: Vec<Vec<u8>>,
+}
+
+/// Everything a journal holds, checked.
+#[derive(Debug, Default)]
+pub(super) struct Scan {
+    pub groups: Vec<Group>,
+    pub segments: Vec<Segment>,
+}
+
+/// A position in the journal: segment (its position in the list) and offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cut {
+    segment: usize,
+    offset: u64,
+}
+
+/// The first point where the journal stops being a clean sequence of complete groups.
+#[derive(Debug)]
+struct Damage {
+    cut: Cut,
+    reason: String,
+}
+
+/// The segment files of `dir`, by index; unfinished spares (`*.tmp`) are removed unless
+/// `read_only`.
+fn list(dir: &Path, read_only: bool) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if let Some(index) = name.strip_suffix(".seg").and_then(|hex| u64::from_str_radix(hex, 16).ok()) {
+            segments.push((index, path));
+        } else if name.ends_with(".tmp") && !read_only {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+fn read_all(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// State of the walk through the records.
+struct Walk {
+    groups: Vec<Group>,
+    /// A group whose later records are still to come: its sequence, payloads and first record.
+    open: Option<(Group, Cut)>,
+}
+
+impl Walk {
+    fn last_complete(&self) -> Option<u64> {
+        self.groups.last().map(|g| g.seq)
+    }
+
+    /// Takes one record at `at`; `Err` when it does not continue the sequence.
+    fn take(&mut self, record: &frame::Record<'_>, more: bool, at: Cut) -> Result<(), String> {
+        let expected = match &self.open {
+            Some((group, _)) => Some(group.seq),
+            None => self.last_complete().map(|seq| seq + 1),
+        };
+        if expected.is_some_and(|seq| seq != record.seq) {
+            return Err(format!("sequence {} where {} was due", record.seq, expected.unwrap_or(0)));
+        }
+        let (group, _) =
+            self.open.get_or_insert_with(|| (Group { seq: record.seq, payloads: Vec::new() }, at));
+        group.payloads.push(record.payload.to_vec());
+        if !more {
+            let (group, _) = self.open.take().expect("just inserted");
+            self.groups.push(group);
+        }
+        Ok(())
+    }
+}
+
+/// Reads every segment of `dir`, checks it, and (unless `read_only`) cuts a torn tail off.
+/// `floor` is the sequence the outbox's checkpoint already holds.
+pub(super) fn scan(dir: &Path, floor: u64, read_only: bool) -> Result<Scan, JournalError> {
+    let io = |source| JournalError::Io { path: dir.to_path_buf(), source };
+    let files = list(dir, read_only).map_err(io)?;
+    let mut walk = Walk { groups: Vec::new(), open: None };
+    let mut segments = Vec::with_capacity(files.len());
+    let mut damage = None;
+    let mut contents = Vec::with_capacity(files.len());
+    for (position, (index, path)) in files.iter().enumerate() {
+        let bytes = read_all(path).map_err(|source| JournalError::Io { path: path.clone(), source })?;
+        let segment =
+            Segment { index: *index, path: path.clone(), last_seq: None, end: SEGMENT_HEADER as u64 };
+        segments.push(segment);
+        if damage.is_none() {
+            damage = walk_segment(&bytes, *index, position, &mut walk, &mut segments[position]);
+        }
+        contents.push(bytes);
+    }
+    if damage.is_none()
+        && let Some((group, cut)) = walk.open.take()
+    {
+        // A group whose last record never came: torn at the end, like a torn record.
+        damage = Some(Damage { cut, reason: format!("group {} ends without its last record", group.seq) });
+    }
+    let Some(damage) = damage else {
+        if !read_only && let Some(last) = segments.last() {
+            zero_after(&last.path, &contents[contents.len() - 1], last.end).map_err(io)?;
+        }
+        return Ok(Scan { groups: walk.groups, segments });
+    };
+    // A group begun before the damage is dropped with it.
+    let cut = walk.open.take().map_or(damage.cut, |(_, cut)| cut);
+    let before = walk.last_complete().unwrap_or(floor);
+    let synced_after = synced_after(&contents, cut);
+    if let Some((synced, at)) = synced_after.filter(|(synced, _)| *synced > before) {
+        return Err(JournalError::Corrupt {
+            path: segments[at.segment].path.clone(),
+            offset: damage.cut.offset,
+            reason: format!(
+                "{}, and a record at offset {} of {} was written after sequence {synced} was \
+                 durable: acknowledged events are damaged",
+                damage.reason,
+                at.offset,
+                segments[at.segment].path.display()
+            ),
+        });
+    }
+    tracing::warn!(
+        path = %segments[cut.segment].path.display(),
+        offset = cut.offset,
+        reason = %damage.reason,
+        "the journal ends in a torn write, never acknowledged; cutting it off there"
+    );
+    if !read_only {
+        cut_tail(&segments, &contents, cut).map_err(io)?;
+    }
+    // The cut segment keeps the complete groups its walk counted before the cut.
+    segments.truncate(cut.segment + 1);
+    if cut.offset < SEGMENT_HEADER as u64 {
+        segments.pop();
+    } else {
+        segments[cut.segment].end = cut.offset;
+    }
+    Ok(Scan { groups: walk.groups, segments })
+}
+
+/// Walks the records of one segment into `walk`; returns the first damage, if any.
+fn walk_segment(
+    bytes: &[u8],
+    index: u64,
+    position: usize,
+    walk: &mut Walk,
+    segment: &mut Segment,
+) -> Option<Damage> {
+    let at = |offset: usize| Cut { segment: position, offset: offset as u64 };
+    match frame::parse_segment_header(bytes) {
+        Ok(named) if named == index => {}
+        Ok(named) => return Some(Damage { cut: at(0), reason: format!("its header names segment {named}") }),
+        Err(reason) => return Some(Damage { cut: at(0), reason }),
+    }
+    let mut offset = SEGMENT_HEADER;
+    loop {
+        match frame::read_record(&bytes[offset.min(bytes.len())..]) {
+            Frame::End => {
+                segment.end = offset as u64;
+                return None;
+            }
+            Frame::Bad(reason) => return Some(Damage { cut: at(offset), reason: reason.into() }),
+            Frame::Record(record) => {
+                if let Err(reason) = walk.take(&record, record.more, at(offset)) {
+                    return Some(Damage { cut: at(offset), reason });
+                }
+                if !record.more {
+                    segment.last_seq = Some(record.seq);
+                }
+                offset += frame::record_len(record.payload.len());
+            }
+        }
+    }
+}
+
+/// The highest `synced` of any intact record after `cut`, and where it is: a record found
+/// anywhere there was written after `cut`'s bytes were.
+fn synced_after(contents: &[Vec<u8>], cut: Cut) -> Option<(u64, Cut)> {
+    let mut best: Option<(u64, Cut)> = None;
+    for (position, bytes) in contents.iter().enumerate().skip(cut.segment) {
+        let mut offset =
+            if position == cut.segment { cut.offset as usize + frame::ALIGN } else { SEGMENT_HEADER };
+        while offset + frame::RECORD_HEADER <= bytes.len() {
+            match frame::read_record(&bytes[offset..]) {
+                Frame::Record(record) => {
+                    if best.is_none_or(|(synced, _)| record.synced > synced) {
+                        best = Some((record.synced, Cut { segment: position, offset: offset as u64 }));
+                    }
+                    offset += frame::record_len(record.payload.len());
+                }
+                Frame::End | Frame::Bad(_) => offset += frame::ALIGN,
+            }
+        }
+    }
+    best
+}
+
+/// Zeroes `path` from `from` to its last non-zero byte, and syncs it.
+fn zero_after(path: &Path, bytes: &[u8], from: u64) -> std::io::Result<()> {
+    let from = from as usize;
+    let Some(last) = bytes.iter().rposition(|&b| b != 0).filter(|&last| last >= from) else {
+        return Ok(());
+    };
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.write_all_at(&vec![0; last + 1 - from], from as u64)?;
+    file.sync_data()
+}
+
+/// Cuts the journal at `cut`: zeroes the rest of its segment (or removes the segment when the cut
+/// is in its header) and removes every later segment.
+fn cut_tail(segments: &[Segment], contents: &[Vec<u8>], cut: Cut) -> std::io::Result<()> {
+    let segment = &segments[cut.segment];
+    if cut.offset < SEGMENT_HEADER as u64 {
+        std::fs::remove_file(&segment.path)?;
+    } else {
+        zero_after(&segment.path, &contents[cut.segment], cut.offset)?;
+    }
+    for later in &segments[cut.segment + 1..] {
+        std::fs::remove_file(&later.path)?;
+    }
+    if let Some(dir) = segment.path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! Values cut into chunks: journal payloads of a group's events, and the open hours' checkpoint
+//! chunks. Each chunk is a version byte, then the postcard encoding of a `Vec` of items (its
+//! length, then the items), cut by encoded size.
+
+use serde::Serialize;
+
+use super::layout::{FORMAT_VERSION, LOG_FORMAT_VERSION, MAX_OPEN_CHUNK_BYTES};
+use super::{OutboxError, decode};
+use crate::aggregate::{Admitted, SealedRecord};
+
+/// Encodes items into chunks of about `max` bytes at most (an item larger than that alone).
+pub struct Chunker {
+    version: u8,
+    max: usize,
+    body: Vec<u8>,
+    count: usize,
+    chunks: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl Chunker {
+    pub fn new(version: u8, max: usize) -> Self {
+        Chunker { version, max, body: Vec::new(), count: 0, chunks: Vec::new(), bytes: 0 }
+    }
+
+    /// Chunks for the open hours' checkpoint.
+    pub fn open_hours() -> Self {
+        Self::new(FORMAT_VERSION, MAX_OPEN_CHUNK_BYTES)
+    }
+
+    pub fn push<T: Serialize>(&mut self, item: &T) {
+        let before = self.body.len();
+        self.body = postcard::to_extend(item, std::mem::take(&mut self.body))
+            .expect("postcard encodes every outbox type");
+        // The version byte and the count (a varint of at most 5 bytes for a chunk) come on top.
+        if self.body.len() + 6 > self.max && self.count > 0 {
+            let tail = self.body.split_off(before);
+            self.seal();
+            self.body = tail;
+        }
+        self.count += 1;
+    }
+
+    fn seal(&mut self) {
+        let mut value = Vec::with_capacity(self.body.len() + 6);
+        value.push(self.version);
+        value = postcard::to_extend(&self.count, value).expect("a length always encodes");
+        value.extend_from_slice(&self.body);
+        self.bytes += value.len();
+        self.chunks.push(value);
+        self.body.clear();
+        self.count = 0;
+    }
+
+    /// The chunks, and their bytes in all.
+    pub fn finish(mut self) -> (Vec<Vec<u8>>, usize) {
+        if self.count > 0 {
+            self.seal();
+        }
+        (self.chunks, self.bytes)
+    }
+}
+
+/// A group commit's events as journal payloads, none past [`crate::journal::MAX_PAYLOAD`].
+pub fn encode_log(events: &[Admitted]) -> Vec<Vec<u8>> {
+    let mut chunker = Chunker::new(LOG_FORMAT_VERSION, crate::journal::MAX_PAYLOAD);
+    for event in events {
+        chunker.push(event);
+    }
+    chunker.finish().0
+}
+
+/// The totals one open-hours checkpoint chunk holds.
+pub fn decode_open_chunk(value: &[u8]) -> Result<Vec<SealedRecord>, OutboxError> {
+    decode(b"c(open hours chunk)", value)
+}
+
+/// The open hours' chunks in sled: which generation comes next, and how many bytes the last
+/// full write (the base) and the changes since take, to know when a full write is due.
+#[derive(Debug, Default)]
+pub struct OpenState {
+    pub next_generation: u64,
+    pub base_bytes: u64,
+    pub delta_bytes: u64,
+    /// `o` keys of an older meterd are still there: the next checkpoint writes everything.
+    pub legacy: bool,
+}
+
+impl OpenState {
+    /// Whether the next checkpoint should write every open hour and drop older chunks: when the
+    /// changes written since the last full write outgrow it (so that replay and space stay
+    /// bounded by what is open), or older keys are to go.
+    pub fn wants_base(&self) -> bool {
+        self.legacy || self.delta_bytes > 2 * self.base_bytes + (4 << 20)
+    }
+}
