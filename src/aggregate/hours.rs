@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::frozen::Frozen;
 use super::ids::{self, ClientId, IdBook, IdEntry, IdKey, Seen};
-use super::open::OpenHours;
+use super::open::{OpenHours, OpenKey, OpenTotals};
 use super::record::{MAX_RECORD_BYTES, SealedRecord, allocation_len, base_len};
 use crate::clock::{deadline, hour_of, same_month};
 use crate::model::{Customer, Event, LateEvents, MAX_ALLOCATIONS, MAX_QUANTITY, RecordKey, Scope, TagSet};
@@ -188,7 +188,7 @@ impl Aggregator {
 
     /// Hands every open record changed since the last call (every one with `all`) to `sink`, for
     /// a checkpoint.
-    pub fn visit_open(&mut self, all: bool, sink: impl FnMut(SealedRecord)) {
+    pub fn visit_open(&mut self, all: bool, sink: impl FnMut(&OpenTotals<'_>)) {
         self.open.visit(all, sink);
     }
 
@@ -244,12 +244,14 @@ impl Aggregator {
         let Event { scope, customer, dimension, quantity, tags, .. } = event;
         let mut key = RecordKey { scope, customer, dimension, hour: hour_of(at) };
         let carried = self.place(&mut key, at, now)?;
-        self.check_room(&key, &tags, quantity)?;
+        // The key's open record is looked up once for the checks and the count.
+        let open = self.open.find(&key);
+        self.check_room(open, &key, &tags, quantity)?;
         if carried {
             self.late_carried += 1;
         }
         let admitted = Admitted { key, tags, quantity, id, at: now };
-        self.apply(&admitted);
+        self.count(open, &admitted);
         Ok(Admission::Counted { admitted, carried })
     }
 
@@ -285,11 +287,17 @@ impl Aggregator {
 
     /// Whether the key's record has room for this event: the service's limits on the total, the
     /// tag sets and the request size, and one kind of scope per customer and hour.
-    fn check_room(&self, key: &RecordKey, tags: &TagSet, quantity: u32) -> Result<(), AdmitError> {
+    fn check_room(
+        &self,
+        open: Option<OpenKey>,
+        key: &RecordKey,
+        tags: &TagSet,
+        quantity: u32,
+    ) -> Result<(), AdmitError> {
         if let Some(licensed_before) = self.frozen.mixes_scope(key) {
             return Err(AdmitError::MixedScope { hour: key.hour, licensed_before });
         }
-        let bucket = self.open.get(key);
+        let bucket = open.and_then(|open| self.open.bucket(&open));
         let total = u64::from(bucket.map_or(0, |b| b.quantity)) + u64::from(quantity);
         if total > u64::from(MAX_QUANTITY) {
             return Err(AdmitError::QuantityOverflow { total });
@@ -308,10 +316,16 @@ impl Aggregator {
 
     /// Counts an admitted event: from [`Aggregator::admit`], or from the log during replay.
     pub fn apply(&mut self, admitted: &Admitted) {
-        if self.open.get(&admitted.key).is_none() {
+        let open = self.open.find(&admitted.key);
+        self.count(open, admitted);
+    }
+
+    /// Counts an admitted event into its open record (`open`, if it has one already).
+    fn count(&mut self, open: Option<OpenKey>, admitted: &Admitted) {
+        if open.is_none() {
             self.frozen.note_scope(&admitted.key);
         }
-        self.open.add(&admitted.key, &admitted.tags, admitted.quantity);
+        self.open.add(open, &admitted.key, &admitted.tags, admitted.quantity);
         if let Some(id) = &admitted.id {
             self.ids.remember(id, admitted.at);
         }

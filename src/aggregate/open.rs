@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use foldhash::HashMap;
 
+use serde::Serialize;
+
 use super::record::{Allocation, SealedRecord, allocation_len, base_len};
 use crate::model::{Customer, RecordKey, Scope, TagSet};
 
@@ -119,6 +121,62 @@ impl Bucket {
     }
 }
 
+/// An open record's totals, borrowed from the open hours: encodes exactly as a [`SealedRecord`]
+/// does (postcard names no fields and numbers enum variants), without copying a string.
+#[derive(Debug, Serialize)]
+pub struct OpenTotals<'a> {
+    key: KeyRef<'a>,
+    quantity: u32,
+    allocations: AllocationsRef<'a>,
+}
+
+/// A bucket's allocations, encoded as a sequence straight from the bucket.
+#[derive(Debug)]
+struct AllocationsRef<'a> {
+    tags: &'a Interner<TagSet>,
+    bucket: &'a Bucket,
+}
+
+impl Serialize for AllocationsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let tag_sets = || self.bucket.each_tag_set().filter(|(id, _)| *id != u32::MAX);
+        // postcard writes the length first.
+        let mut seq = serializer.serialize_seq(Some(tag_sets().count()))?;
+        for (id, quantity) in tag_sets() {
+            seq.serialize_element(&AllocationRef { tags: self.tags.resolve(id), quantity })?;
+        }
+        seq.end()
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct KeyRef<'a> {
+    scope: ScopeRef<'a>,
+    customer: CustomerRef<'a>,
+    dimension: &'a str,
+    hour: i64,
+}
+
+#[derive(Debug, Serialize)]
+enum ScopeRef<'a> {
+    ProductCode(&'a str),
+    LicenseArn(&'a str),
+}
+
+#[derive(Debug, Serialize)]
+enum CustomerRef<'a> {
+    AwsAccountId(&'a str),
+    Identifier(&'a str),
+    Caller,
+}
+
+#[derive(Debug, Serialize)]
+struct AllocationRef<'a> {
+    tags: &'a TagSet,
+    quantity: u32,
+}
+
 /// The open records.
 #[derive(Debug, Default)]
 pub struct OpenHours {
@@ -170,8 +228,13 @@ impl OpenHours {
         })
     }
 
-    pub fn get(&self, key: &RecordKey) -> Option<&Bucket> {
-        self.buckets.get(&self.find_key(key)?)
+    /// The open record of `key`, if there is one.
+    pub fn find(&self, key: &RecordKey) -> Option<OpenKey> {
+        self.find_key(key).filter(|open| self.buckets.contains_key(open))
+    }
+
+    pub fn bucket(&self, open: &OpenKey) -> Option<&Bucket> {
+        self.buckets.get(open)
     }
 
     /// Whether `key`'s open record has an allocation for `tags`.
@@ -179,9 +242,10 @@ impl OpenHours {
         self.tags.get(tags).is_some_and(|id| bucket.quantity_of(id).is_some())
     }
 
-    /// Counts `quantity` of `tags` into `key`'s record, opening it if needed.
-    pub fn add(&mut self, key: &RecordKey, tags: &TagSet, quantity: u32) {
-        let open = match self.find_key(key).filter(|k| self.buckets.contains_key(k)) {
+    /// Counts `quantity` of `tags` into `key`'s record (`found` by [`OpenHours::find`]), opening
+    /// it if needed.
+    pub fn add(&mut self, found: Option<OpenKey>, key: &RecordKey, tags: &TagSet, quantity: u32) {
+        let open = match found {
             Some(open) => open,
             None => self.open(key),
         };
@@ -282,11 +346,35 @@ impl OpenHours {
         Some(record)
     }
 
+    /// `open`'s totals, borrowed.
+    fn totals_ref<'a>(&'a self, open: &OpenKey, bucket: &'a Bucket) -> OpenTotals<'a> {
+        let scope = self.scopes.resolve(open.scope).as_str();
+        let name = |id| self.names.resolve(id).as_str();
+        OpenTotals {
+            key: KeyRef {
+                scope: if open.kinds & 1 == 1 {
+                    ScopeRef::LicenseArn(scope)
+                } else {
+                    ScopeRef::ProductCode(scope)
+                },
+                customer: match open.kinds >> 1 {
+                    0 => CustomerRef::AwsAccountId(name(open.customer)),
+                    1 => CustomerRef::Identifier(name(open.customer)),
+                    _ => CustomerRef::Caller,
+                },
+                dimension: name(open.dimension),
+                hour: open.hour,
+            },
+            quantity: bucket.quantity,
+            allocations: AllocationsRef { tags: &self.tags, bucket },
+        }
+    }
+
     /// Hands every changed record (every record with `all`) to `sink`, and marks all clean.
-    pub fn visit(&mut self, all: bool, mut sink: impl FnMut(SealedRecord)) {
+    pub fn visit(&mut self, all: bool, mut sink: impl FnMut(&OpenTotals<'_>)) {
         for (open, bucket) in &self.buckets {
             if all || bucket.dirty {
-                sink(self.totals(open, bucket));
+                sink(&self.totals_ref(open, bucket));
             }
         }
         if self.changed {
@@ -297,15 +385,52 @@ impl OpenHours {
 
     /// Sets a record to what a checkpoint saved (replacing what was open for its key).
     pub fn restore(&mut self, totals: &SealedRecord) {
-        if let Some(open) = self.find_key(&totals.key).filter(|k| self.buckets.contains_key(k)) {
+        if let Some(open) = self.find(&totals.key) {
             self.remove(&open);
         }
         let open = self.open(&totals.key);
         for allocation in &totals.allocations {
-            self.add(&totals.key, &allocation.tags, allocation.quantity);
+            self.add(Some(open), &totals.key, &allocation.tags, allocation.quantity);
         }
         let bucket = self.buckets.get_mut(&open).expect("just opened");
         bucket.quantity = totals.quantity;
         bucket.dirty = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_totals_encode_as_the_sealed_record_and_interned_values_are_freed() {
+        let mut open = OpenHours::default();
+        let key = RecordKey {
+            scope: Scope::LicenseArn("arn:aws:license-manager::1:license:l-1".into()),
+            customer: Customer::AwsAccountId("123456789012".into()),
+            dimension: "requests".into(),
+            hour: 7200,
+        };
+        let team = vec![("team".to_string(), "a".to_string())];
+        open.add(None, &key, &Vec::new(), 2);
+        open.add(open.find(&key), &key, &team, 5);
+        open.add(open.find(&key), &key, &team, 1);
+        let mut encoded = Vec::new();
+        open.visit(false, |totals| encoded.push(postcard::to_allocvec(totals).unwrap()));
+        let record: SealedRecord = postcard::from_bytes(&encoded[0]).unwrap();
+        assert_eq!(record.key, key);
+        assert_eq!(record.quantity, 8);
+        assert_eq!(
+            record.allocations,
+            [Allocation { tags: Vec::new(), quantity: 2 }, Allocation { tags: team.clone(), quantity: 6 }]
+        );
+        open.visit(false, |_| panic!("nothing changed since"));
+        let mut restored = OpenHours::default();
+        restored.restore(&record);
+        let key_of = restored.select(|_| true)[0];
+        assert_eq!(restored.remove(&key_of), Some(record));
+        assert!(
+            restored.scopes.ids.is_empty() && restored.names.ids.is_empty() && restored.tags.ids.is_empty()
+        );
     }
 }

@@ -15,7 +15,7 @@ mod sync;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -25,7 +25,11 @@ use crate::aggregate::{Admission, AdmitError, Aggregator, Heartbeat, Rules};
 use crate::context::Context;
 use crate::model::{Customer, Event};
 use crate::outbox::{Outbox, OutboxError, RecordState, Recovered, StoredRecord};
-use sync::{Delivery, Logged, spin_then_wait, sync_loop};
+use sync::{Answering, Delivery, Logged, spin_then_wait, sync_loop};
+
+/// Most events in a group the commit thread syncs and answers itself (when the sync thread is
+/// idle): a lone event saves a thread hand-off, a large group is better overlapped with the next.
+const INLINE_EVENTS: usize = 16;
 
 /// Most events taken into one group commit.
 const MAX_GROUP_EVENTS: usize = 16 * 1024;
@@ -196,11 +200,17 @@ impl Committer {
         self.measure_outbox();
         self.ctx.health.commit_turned();
         let (sync_tx, sync_rx) = std::sync::mpsc::channel();
+        let answering = Answering {
+            outbox: self.outbox.clone(),
+            ctx: self.ctx.clone(),
+            failed: self.failed.clone(),
+            outstanding: Arc::new(AtomicUsize::new(0)),
+        };
         let sync = {
-            let (outbox, ctx, failed) = (self.outbox.clone(), self.ctx.clone(), self.failed.clone());
+            let answering = answering.clone();
             std::thread::Builder::new()
                 .name("meterd-sync".into())
-                .spawn(move || sync_loop(outbox, sync_rx, ctx, failed))
+                .spawn(move || sync_loop(answering, sync_rx))
                 .map_err(OutboxError::Sync)?
         };
         let mut group: Vec<Submission> = Vec::new();
@@ -213,8 +223,18 @@ impl Committer {
             let tick = self.take_group(first, &mut commands, &mut group);
             if !group.is_empty() {
                 let logged = self.commit(&mut group);
-                if sync_tx.send(logged).is_err() {
-                    break;
+                // A small group, nothing earlier waiting and nothing more queued: answering here
+                // saves waking the sync thread. Otherwise the sync thread syncs while this thread
+                // counts and logs the next groups.
+                let small =
+                    logged.deliveries.iter().map(|d| d.outcomes.len()).sum::<usize>() <= INLINE_EVENTS;
+                if small && answering.outstanding.load(Ordering::Acquire) == 0 && commands.is_empty() {
+                    answering.barrier_and_answer(vec![logged]);
+                } else {
+                    answering.outstanding.fetch_add(1, Ordering::AcqRel);
+                    if sync_tx.send(logged).is_err() {
+                        break;
+                    }
                 }
             }
             if self.failed() {
@@ -456,6 +476,34 @@ impl Committer {
         self.ctx.health.set_outbox_full(full);
     }
 
+    /// Streams the open records changed since the last checkpoint (every one when `full`) into
+    /// the next open-hours file, one chunk at a time, and syncs it.
+    fn write_open(&mut self, full: bool) -> Result<crate::outbox::OpenWrite, OutboxError> {
+        let (mut file, generation) = self.outbox.open_file()?;
+        let mut chunker = crate::outbox::Chunker::open_hours();
+        let mut failed = None;
+        self.aggregator.visit_open(full, |totals| {
+            chunker.push(totals);
+            for chunk in chunker.take_chunks() {
+                if failed.is_none() {
+                    failed = file.chunk(&chunk).err();
+                }
+            }
+        });
+        for chunk in chunker.finish().0 {
+            if failed.is_none() {
+                failed = file.chunk(&chunk).err();
+            }
+        }
+        let path = file.path().to_path_buf();
+        let io = |err: std::io::Error| OutboxError::OpenFile { path: path.clone(), reason: err.to_string() };
+        if let Some(err) = failed {
+            return Err(io(err));
+        }
+        let bytes = file.finish().map_err(io)?;
+        Ok(crate::outbox::OpenWrite { generation: Some(generation), bytes, full })
+    }
+
     /// Seals what is due, writes the changes, trims the log, and passes sealed records on.
     fn checkpoint(&mut self) -> Result<(), OutboxError> {
         let now = self.now();
@@ -472,11 +520,14 @@ impl Committer {
         {
             return Ok(());
         }
-        let mut chunker = crate::outbox::Chunker::open_hours();
-        self.aggregator.visit_open(full, |totals| chunker.push(&totals));
-        let (chunks, bytes) = chunker.finish();
-        let open = crate::outbox::OpenWrite { chunks, bytes, full };
-        if let Err(err) = self.outbox.checkpoint(self.seq, &delta, open, now, sealing) {
+        let written = if full || self.aggregator.has_open_changes() {
+            self.write_open(full)
+        } else {
+            Ok(crate::outbox::OpenWrite::default())
+        };
+        if let Err(err) =
+            written.and_then(|open| self.outbox.checkpoint(self.seq, &delta, open, now, sealing))
+        {
             tracing::error!(%err, "outbox checkpoint failed; stopping");
             self.storage_failed();
             return Err(err);

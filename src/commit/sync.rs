@@ -1,8 +1,10 @@
-//! The sync thread: runs the durability barrier for every group the commit thread logged
-//! meanwhile, and only then answers them, strictly in order.
+//! The sync thread: runs the durability barrier (the journal's `fdatasync`) for every group the
+//! commit thread logged meanwhile, and only then answers them, strictly in order. When nothing
+//! is waiting for it and no more work is queued, the commit thread runs the barrier itself: one
+//! thread hand-off less for a lone event.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -31,13 +33,63 @@ pub(super) struct Delivery {
     pub received: Instant,
 }
 
+/// What the commit and sync threads share to answer groups.
+#[derive(Clone)]
+pub(super) struct Answering {
+    pub outbox: Arc<Outbox>,
+    pub ctx: Context,
+    pub failed: Arc<AtomicBool>,
+    /// Groups handed to the sync thread and not answered yet. At 0 the commit thread may run
+    /// the barrier itself (nothing logged earlier waits), saving a thread hand-off per ack.
+    pub outstanding: Arc<AtomicUsize>,
+}
+
+impl Answering {
+    /// The barrier over every group of `batch`, then their answers, in order.
+    pub fn barrier_and_answer(&self, batch: Vec<Logged>) {
+        let mut ok = !self.failed.load(Ordering::SeqCst);
+        if ok && batch.iter().any(|g| g.wrote) {
+            let seq = batch.iter().map(|g| g.seq).max().unwrap_or(0);
+            if let Err(err) = self.outbox.sync_journal() {
+                tracing::error!(%err, "journal sync failed; refusing everything from now on and stopping");
+                self.failed.store(true, Ordering::SeqCst);
+                self.ctx.fail();
+                ok = false;
+            }
+            for group in batch.iter().filter(|_| ok) {
+                self.ctx.metrics.events_accepted.inc_by(group.accepted);
+            }
+            self.answer(batch, ok);
+            // The watermark after the answers: it is only a lower bound, never ahead of the
+            // journal, and off the path of every ack.
+            if ok && let Err(err) = self.outbox.mark_durable(seq) {
+                tracing::error!(%err, "watermark write failed; refusing everything from now on and stopping");
+                self.failed.store(true, Ordering::SeqCst);
+                self.ctx.fail();
+            }
+            return;
+        }
+        self.answer(batch, ok);
+    }
+
+    fn answer(&self, batch: Vec<Logged>, ok: bool) {
+        for group in batch {
+            for Delivery { reply, mut outcomes, received } in group.deliveries {
+                if ok {
+                    let latency = received.elapsed().as_secs_f64();
+                    let acked = outcomes.iter().filter(|o| o.is_ok()).count();
+                    (0..acked).for_each(|_| self.ctx.metrics.ack_latency.observe(latency));
+                } else {
+                    super::refuse_acks(&mut outcomes);
+                }
+                let _ = reply.send(outcomes);
+            }
+        }
+    }
+}
+
 /// Barrier, then answer, for every group logged meanwhile; until the commit thread hangs up.
-pub(super) fn sync_loop(
-    outbox: Arc<Outbox>,
-    mut groups: std::sync::mpsc::Receiver<Logged>,
-    ctx: Context,
-    failed: Arc<AtomicBool>,
-) {
+pub(super) fn sync_loop(answering: Answering, mut groups: std::sync::mpsc::Receiver<Logged>) {
     let try_next = |groups: &mut std::sync::mpsc::Receiver<Logged>| match groups.try_recv() {
         Ok(group) => Ok(Some(group)),
         Err(std::sync::mpsc::TryRecvError::Empty) => Ok(None),
@@ -46,32 +98,9 @@ pub(super) fn sync_loop(
     while let Some(first) = spin_then_wait(&mut groups, try_next, |groups| groups.recv().ok()) {
         let mut batch = vec![first];
         batch.extend(groups.try_iter());
-        let mut ok = !failed.load(Ordering::SeqCst);
-        if ok && batch.iter().any(|g| g.wrote) {
-            let seq = batch.iter().map(|g| g.seq).max().unwrap_or(0);
-            // The barrier, then the watermark: it never names a sequence sled does not hold.
-            if let Err(err) = outbox.sync_journal().and_then(|()| outbox.mark_durable(seq)) {
-                tracing::error!(%err, "outbox sync failed; refusing everything from now on and stopping");
-                failed.store(true, Ordering::SeqCst);
-                ctx.fail();
-                ok = false;
-            }
-        }
-        for group in batch {
-            if ok {
-                ctx.metrics.events_accepted.inc_by(group.accepted);
-            }
-            for Delivery { reply, mut outcomes, received } in group.deliveries {
-                if ok {
-                    let latency = received.elapsed().as_secs_f64();
-                    let acked = outcomes.iter().filter(|o| o.is_ok()).count();
-                    (0..acked).for_each(|_| ctx.metrics.ack_latency.observe(latency));
-                } else {
-                    super::refuse_acks(&mut outcomes);
-                }
-                let _ = reply.send(outcomes);
-            }
-        }
+        let count = batch.len();
+        answering.barrier_and_answer(batch);
+        answering.outstanding.fetch_sub(count, Ordering::AcqRel);
     }
 }
 

@@ -52,6 +52,11 @@ impl Chunker {
         self.count = 0;
     }
 
+    /// Takes the chunks completed so far (to write them while more items come).
+    pub fn take_chunks(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.chunks)
+    }
+
     /// The chunks, and their bytes in all.
     pub fn finish(mut self) -> (Vec<Vec<u8>>, usize) {
         if self.count > 0 {
@@ -75,19 +80,20 @@ pub fn decode_open_chunk(value: &[u8]) -> Result<Vec<SealedRecord>, OutboxError>
     decode(b"c(open hours chunk)", value)
 }
 
-/// The open hours' chunks in sled: which generation comes next, and how many bytes the last
+/// The open hours' checkpoint files: which generations are live, and how many bytes the last
 /// full write (the base) and the changes since take, to know when a full write is due.
 #[derive(Debug, Default)]
 pub struct OpenState {
-    pub next_generation: u64,
+    pub base: u64,
+    pub last: u64,
     pub base_bytes: u64,
     pub delta_bytes: u64,
-    /// `o` keys of an older meterd are still there: the next checkpoint writes everything.
+    /// `o` keys of an older meterd are still in sled: the next checkpoint writes everything.
     pub legacy: bool,
 }
 
 impl OpenState {
-    /// Whether the next checkpoint should write every open hour and drop older chunks: when the
+    /// Whether the next checkpoint should write every open hour and drop older files: when the
     /// changes written since the last full write outgrow it (so that replay and space stay
     /// bounded by what is open), or older keys are to go.
     pub fn wants_base(&self) -> bool {

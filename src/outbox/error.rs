@@ -62,6 +62,12 @@ pub enum OutboxError {
     LostCheckpoint { path: PathBuf, watermark: PathBuf, found: u64, expected: u64 },
     #[error("{path} is unreadable ({reason}); see \"A damaged outbox\" in docs/operations.md")]
     Watermark { path: PathBuf, reason: String },
+    #[error(
+        "the open hours' checkpoint file {path} is unreadable ({reason}). meterd will not start on \
+         it, so that nothing is billed short without anyone knowing; see \"A damaged outbox\" in \
+         docs/operations.md"
+    )]
+    OpenFile { path: PathBuf, reason: String },
     #[error(transparent)]
     Journal(#[from] JournalError),
 }

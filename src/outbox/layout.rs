@@ -29,25 +29,8 @@ pub const OPEN: u8 = b'o';
 pub const ID: u8 = b'i';
 pub const SCOPED_ID: u8 = b'j';
 pub const RECORD: u8 = b'r';
-pub const CHUNK: u8 = b'c';
-
-/// Largest open-hours checkpoint chunk, for the same reason as [`MAX_CHUNK_BYTES`].
+/// Largest open-hours checkpoint chunk.
 pub const MAX_OPEN_CHUNK_BYTES: usize = MAX_CHUNK_BYTES;
-
-/// `c` + checkpoint generation + chunk number.
-pub fn chunk_key(generation: u64, chunk: u32) -> [u8; 13] {
-    let mut key = [0u8; 13];
-    key[0] = CHUNK;
-    key[1..9].copy_from_slice(&generation.to_be_bytes());
-    key[9..].copy_from_slice(&chunk.to_be_bytes());
-    key
-}
-
-/// The generation of a chunk key; `None` for a key of the wrong length.
-pub fn chunk_gen(key: &[u8]) -> Option<u64> {
-    let generation: [u8; 8] = key.get(1..9)?.try_into().ok()?;
-    (key.len() == 13 && key[0] == CHUNK).then(|| u64::from_be_bytes(generation))
-}
 
 pub fn log_key(seq: u64, chunk: u16) -> [u8; 11] {
     let mut key = [0u8; 11];

@@ -57,6 +57,7 @@ mod error;
 mod layout;
 mod legacy;
 mod offline;
+mod open_files;
 mod recovered;
 mod watermark;
 
@@ -77,6 +78,7 @@ pub use disk::Room;
 pub use error::OutboxError;
 pub use layout::{FORMAT_VERSION, LOG_FORMAT_VERSION, MAX_CHUNK_BYTES, SEGMENT_SIZE};
 use offline::PrivateCopy;
+pub use open_files::OpenFile;
 pub use recovered::Recovered;
 use watermark::{Marks, WATERMARK_FILE, open_watermark};
 
@@ -86,13 +88,42 @@ const LOCK_FILE: &str = "meterd.lock";
 const OUTBOX_DIR: &str = "outbox";
 /// `<data_dir>/journal`: the event journal's segments.
 const JOURNAL_DIR: &str = "journal";
+/// `<data_dir>/open`: the open hours' checkpoint files.
+const OPEN_DIR: &str = "open";
 
-/// Checkpoint bookkeeping.
+/// Checkpoint bookkeeping: format version [`META_VERSION`]; version 1 (an older meterd's) has
+/// only the first two fields.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
-    /// Every log chunk up to this sequence is folded into the `o`/`i`/`r` keys (and deleted).
+    /// Every logged group up to this sequence is folded into the checkpoint.
     pub log_seq: u64,
     pub sealed_through: Option<i64>,
+    /// The open hours' checkpoint files that are live: generations `open_base..=open_last`
+    /// (`open_last` 0: none).
+    pub open_base: u64,
+    pub open_last: u64,
+}
+
+/// The first byte of the [`Meta`] value since it names open-hours files.
+const META_VERSION: u8 = 2;
+
+/// Reads a [`Meta`] of either version.
+fn decode_meta(key: &[u8], value: &[u8]) -> Result<Meta, OutboxError> {
+    #[derive(Deserialize)]
+    struct MetaV1 {
+        log_seq: u64,
+        sealed_through: Option<i64>,
+    }
+    match value.split_first() {
+        Some((&META_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| OutboxError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: e.to_string(),
+        }),
+        _ => {
+            let old: MetaV1 = decode(key, value)?;
+            Ok(Meta { log_seq: old.log_seq, sealed_through: old.sealed_through, open_base: 0, open_last: 0 })
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,8 +177,9 @@ pub struct Outbox {
     watermark: File,
     /// What the watermark says, kept in order under one lock.
     marks: std::sync::Mutex<Marks>,
-    /// The open hours' chunks (written by checkpoints only).
+    /// The open hours' checkpoint files (written by checkpoints only), and their directory.
     open_state: std::sync::Mutex<OpenState>,
+    open_dir: PathBuf,
     /// `storage.min_free_bytes` (0 for an offline read).
     min_free_bytes: u64,
     _lock: File,
@@ -156,13 +188,14 @@ pub struct Outbox {
     _copy: Option<PrivateCopy>,
 }
 
-/// The open hours a checkpoint writes: the chunks of a [`Chunker::open_hours`] fed with every
-/// open record changed since the last checkpoint, or with every open record (`full`, needed when
-/// records were sealed, so that no chunk still holds them).
+/// The open hours a checkpoint names: the file of `generation` ([`Outbox::open_file`]), written
+/// and synced, with the chunks of a [`Chunker::open_hours`] fed with every open record changed
+/// since the last checkpoint, or with every open record (`full`, needed when records were
+/// sealed, so that no file still holds them). `None`: nothing was written.
 #[derive(Debug, Default)]
 pub struct OpenWrite {
-    pub chunks: Vec<Vec<u8>>,
-    pub bytes: usize,
+    pub generation: Option<u64>,
+    pub bytes: u64,
     pub full: bool,
 }
 
@@ -253,9 +286,13 @@ impl Outbox {
         let (watermark, marks) = open_watermark(&root.join(WATERMARK_FILE), &named.join(WATERMARK_FILE))?;
         let mut recovered = recovered::recover(&db)?;
         let floor = recovered.meta.log_seq;
+        let open_dir = named.join(OPEN_DIR);
+        let (open_chunks, open_bytes) =
+            open_files::read(&open_dir, recovered.meta.open_base, recovered.meta.open_last, copy.is_some())?;
+        recovered.open_chunks = open_chunks;
         let journal_dir = named.join(JOURNAL_DIR);
-        let OpenedJournal { journal, groups, damaged } =
-            open_journal(&journal_dir, limits, floor, copy.is_some())?;
+        let recovered::OpenedJournal { journal, groups, damaged } =
+            recovered::open_journal(&journal_dir, limits, floor, copy.is_some())?;
         recovered.absorb_journal(&groups)?;
         let outbox = Outbox {
             db,
@@ -265,16 +302,18 @@ impl Outbox {
             watermark,
             marks: std::sync::Mutex::new(marks),
             open_state: std::sync::Mutex::new(OpenState {
-                next_generation: recovered.open_generation,
-                base_bytes: recovered.open_chunks.iter().map(|c| c.len() as u64).sum(),
+                base: recovered.meta.open_base,
+                last: recovered.meta.open_last,
+                base_bytes: open_bytes,
                 delta_bytes: 0,
                 legacy: !recovered.legacy_open.is_empty(),
             }),
+            open_dir,
             min_free_bytes: limits.min_free_bytes,
             _lock: lock,
             _copy: copy,
         };
-        let lost = damaged.or_else(|| loss(&recovered, marks, named));
+        let lost = damaged.or_else(|| recovered::loss(&recovered, marks, named));
         Ok((outbox, recovered, lost))
     }
 
@@ -311,7 +350,8 @@ impl Outbox {
     ) -> Result<(), OutboxError> {
         let mut batch = sled::Batch::default();
         let mut state = self.open_state.lock().expect("open state lock");
-        self.write_open(&mut batch, &mut state, open)?;
+        let old_base = state.base;
+        self.note_open(&mut batch, &mut state, &open)?;
         for record in &delta.sealed {
             let key = layout::record_key(&record.key);
             // The aggregator never seals a key twice; should it ever, the first record stands.
@@ -332,7 +372,15 @@ impl Outbox {
         for id in &delta.expired_ids {
             batch.remove(layout::id_key(id));
         }
-        batch.insert(layout::META, encode(&Meta { log_seq, sealed_through: delta.sealed_through }));
+        let meta = Meta {
+            log_seq,
+            sealed_through: delta.sealed_through,
+            open_base: state.base,
+            open_last: state.last,
+        };
+        let mut value = vec![META_VERSION];
+        value = postcard::to_extend(&meta, value).expect("postcard encodes every outbox type");
+        batch.insert(layout::META, value);
         for item in self.db.range(layout::log_key(0, 0)..=layout::log_key(log_seq, u16::MAX)) {
             batch.remove(item?.0);
         }
@@ -342,7 +390,9 @@ impl Outbox {
             journal.roll_if_covered(log_seq)?;
         }
         let trim = self.journal.as_ref().filter(|journal| journal.trimmable(log_seq));
-        if durable || trim.is_some() {
+        // Files a full write replaced go once the checkpoint naming it is durable.
+        let replaced = state.base > old_base;
+        if durable || trim.is_some() || replaced {
             self.barrier()?;
             let mut marks = self.marks.lock().expect("watermark lock");
             marks.durable = marks.durable.max(log_seq);
@@ -353,6 +403,10 @@ impl Outbox {
         if let Some(journal) = trim {
             journal.trim(log_seq)?;
         }
+        if replaced {
+            open_files::remove_before(&self.open_dir, state.base)
+                .map_err(|e| OutboxError::OpenFile { path: self.open_dir.clone(), reason: e.to_string() })?;
+        }
         Ok(())
     }
 
@@ -361,35 +415,40 @@ impl Outbox {
         self.open_state.lock().expect("open state lock").wants_base()
     }
 
-    /// Adds the open hours' chunks to a checkpoint's batch: as a new generation after the others,
-    /// or (a full write) as the only one left.
-    fn write_open(
+    /// Takes a written open-hours file into the state a checkpoint names; a full write also
+    /// removes an older meterd's `o` keys.
+    fn note_open(
         &self,
         batch: &mut sled::Batch,
         state: &mut OpenState,
-        open: OpenWrite,
+        open: &OpenWrite,
     ) -> Result<(), OutboxError> {
-        if open.full {
-            for kind in [layout::CHUNK, layout::OPEN] {
-                for item in self.db.scan_prefix([kind]) {
-                    batch.remove(item?.0);
-                }
+        let Some(generation) = open.generation else { return Ok(()) };
+        state.last = generation;
+        if !open.full {
+            state.delta_bytes += open.bytes;
+            return Ok(());
+        }
+        state.base = generation;
+        state.base_bytes = open.bytes;
+        state.delta_bytes = 0;
+        if state.legacy {
+            for item in self.db.scan_prefix([layout::OPEN]) {
+                batch.remove(item?.0);
             }
             state.legacy = false;
-            state.base_bytes = open.bytes as u64;
-            state.delta_bytes = 0;
-        } else {
-            state.delta_bytes += open.bytes as u64;
-        }
-        if open.full || !open.chunks.is_empty() {
-            let generation = state.next_generation;
-            state.next_generation += 1;
-            for (n, chunk) in open.chunks.into_iter().enumerate() {
-                let n = u32::try_from(n).expect("fewer than 4 billion chunks");
-                batch.insert(&layout::chunk_key(generation, n)[..], chunk);
-            }
         }
         Ok(())
+    }
+
+    /// The file for the next generation of open-hours totals ([`OpenWrite::generation`]).
+    pub fn open_file(&self) -> Result<(OpenFile, u64), OutboxError> {
+        let generation = self.open_state.lock().expect("open state lock").last + 1;
+        let file = OpenFile::create(&self.open_dir, generation).map_err(|e| OutboxError::OpenFile {
+            path: open_files::path(&self.open_dir, generation),
+            reason: e.to_string(),
+        })?;
+        Ok((file, generation))
     }
 
     /// Every sealed record, oldest hour first.
@@ -433,7 +492,11 @@ impl Outbox {
 
     /// Bytes the outbox's files take on disk.
     pub fn size_on_disk(&self) -> Result<u64, OutboxError> {
-        Ok(self.db.size_on_disk()? + self.journal.as_ref().map_or(0, Journal::bytes))
+        let open = {
+            let state = self.open_state.lock().expect("open state lock");
+            state.base_bytes + state.delta_bytes
+        };
+        Ok(self.db.size_on_disk()? + self.journal.as_ref().map_or(0, Journal::bytes) + open)
     }
 
     /// The outbox's size and the room left on its filesystem, against `storage.min_free_bytes`.
@@ -483,50 +546,6 @@ impl Outbox {
         self.db.flush()?;
         self.db_file.sync_data().map_err(OutboxError::Sync)
     }
-}
-
-/// Opens the journal for writing, or (an offline read) reads it in place; an offline read takes a
-/// damaged journal as its loss instead of an error, so that what sled holds can still be exported.
-fn open_journal(dir: &Path, limits: Limits, floor: u64, offline: bool) -> Result<OpenedJournal, OutboxError> {
-    if offline {
-        return Ok(match Journal::read(dir, floor) {
-            Ok(groups) => OpenedJournal { journal: None, groups, damaged: None },
-            Err(err) => OpenedJournal { journal: None, groups: Vec::new(), damaged: Some(err.into()) },
-        });
-    }
-    let (journal, groups) = Journal::open(dir, limits.journal_segment_bytes, floor)?;
-    Ok(OpenedJournal { journal: Some(journal), groups, damaged: None })
-}
-
-/// What [`open_journal`] found.
-struct OpenedJournal {
-    journal: Option<Journal>,
-    groups: Vec<crate::journal::Group>,
-    damaged: Option<OutboxError>,
-}
-
-/// Whether the outbox holds less than the watermark says was made durable. sled treats a damaged
-/// stretch of its log like a torn write and recovers only what comes before it, without an error,
-/// and a journal cut short at its end looks like a torn write; the watermark is how meterd
-/// notices.
-fn loss(recovered: &Recovered, marks: Marks, named: &Path) -> Option<OutboxError> {
-    let watermark = named.join(WATERMARK_FILE);
-    if recovered.meta.log_seq < marks.checkpoint {
-        // sled came back with an older checkpoint than one made durable: the journal it needs
-        // to replay from there is gone.
-        return Some(OutboxError::LostCheckpoint {
-            path: named.join(OUTBOX_DIR).join("db"),
-            watermark,
-            found: recovered.meta.log_seq,
-            expected: marks.checkpoint,
-        });
-    }
-    (recovered.last_seq < marks.durable).then(|| OutboxError::Lost {
-        path: named.join(JOURNAL_DIR),
-        watermark,
-        found: recovered.last_seq,
-        expected: marks.durable,
-    })
 }
 
 /// Takes the data dir's lock and writes our pid into it, so a second meterd can say who holds it.

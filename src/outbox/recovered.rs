@@ -1,10 +1,16 @@
 //! What opening the outbox finds: sled's checkpoint, open hours, ids and records, and the logged
 //! events after the checkpoint (the journal's, and an older meterd's sled log chunks).
 
+use std::path::Path;
+
 use sled::Db;
 
-use super::{IdEntry, IdKey, Meta, OutboxError, StoredRecord, decode, layout, legacy};
+use super::watermark::{Marks, WATERMARK_FILE};
+use super::{
+    IdEntry, IdKey, JOURNAL_DIR, Limits, Meta, OUTBOX_DIR, OutboxError, StoredRecord, decode, layout, legacy,
+};
 use crate::aggregate::{Admitted, SealedRecord};
+use crate::journal::Journal;
 use crate::model::RecordKey;
 
 /// Everything found on open: the checkpoint, the log after it, and every sealed record.
@@ -17,8 +23,6 @@ pub struct Recovered {
     pub open_chunks: Vec<Vec<u8>>,
     /// Open hours an older meterd checkpointed as one `o` key each.
     pub legacy_open: Vec<SealedRecord>,
-    /// The generation the next open-hours chunks get.
-    pub open_generation: u64,
     pub ids: Vec<(IdKey, IdEntry)>,
     /// Events logged after the checkpoint, in commit order.
     pub log: Vec<Admitted>,
@@ -38,7 +42,7 @@ impl Recovered {
         match key.first().copied() {
             _ if key == layout::INSTANCE => {}
             _ if key == layout::META => {
-                self.meta = decode(key, value)?;
+                self.meta = super::decode_meta(key, value)?;
                 self.last_seq = self.last_seq.max(self.meta.log_seq);
             }
             Some(layout::LOG) => {
@@ -65,11 +69,6 @@ impl Recovered {
                 self.ids.push((id_key, decode(key, value)?));
             }
             Some(layout::RECORD) => self.records.push(decode(key, value)?),
-            Some(layout::CHUNK) => {
-                let generation = layout::chunk_gen(key).ok_or_else(|| corrupt("a chunk key is 13 bytes"))?;
-                self.open_generation = self.open_generation.max(generation + 1);
-                self.open_chunks.push(value.to_vec());
-            }
             _ => return Err(corrupt("not a key meterd writes")),
         }
         Ok(())
@@ -97,11 +96,60 @@ pub(super) fn recover(db: &Db) -> Result<Recovered, OutboxError> {
     if let Some(value) = db.get(layout::META)? {
         out.absorb(layout::META, &value)?;
     }
-    for kind in [layout::LOG, layout::OPEN, layout::CHUNK, layout::ID, layout::SCOPED_ID, layout::RECORD] {
+    for kind in [layout::LOG, layout::OPEN, layout::ID, layout::SCOPED_ID, layout::RECORD] {
         for item in db.scan_prefix([kind]) {
             let (key, value) = item?;
             out.absorb(&key, &value)?;
         }
     }
     Ok(out)
+}
+
+/// Opens the journal for writing, or (an offline read) reads it in place; an offline read takes a
+/// damaged journal as its loss instead of an error, so that what sled holds can still be exported.
+pub(super) fn open_journal(
+    dir: &Path,
+    limits: Limits,
+    floor: u64,
+    offline: bool,
+) -> Result<OpenedJournal, OutboxError> {
+    if offline {
+        return Ok(match Journal::read(dir, floor) {
+            Ok(groups) => OpenedJournal { journal: None, groups, damaged: None },
+            Err(err) => OpenedJournal { journal: None, groups: Vec::new(), damaged: Some(err.into()) },
+        });
+    }
+    let (journal, groups) = Journal::open(dir, limits.journal_segment_bytes, floor)?;
+    Ok(OpenedJournal { journal: Some(journal), groups, damaged: None })
+}
+
+/// What [`open_journal`] found.
+pub(super) struct OpenedJournal {
+    pub journal: Option<Journal>,
+    pub groups: Vec<crate::journal::Group>,
+    pub damaged: Option<OutboxError>,
+}
+
+/// Whether the outbox holds less than the watermark says was made durable. sled treats a damaged
+/// stretch of its log like a torn write and recovers only what comes before it, without an error,
+/// and a journal cut short at its end looks like a torn write; the watermark is how meterd
+/// notices.
+pub(super) fn loss(recovered: &Recovered, marks: Marks, named: &Path) -> Option<OutboxError> {
+    let watermark = named.join(WATERMARK_FILE);
+    if recovered.meta.log_seq < marks.checkpoint {
+        // sled came back with an older checkpoint than one made durable: the journal it needs
+        // to replay from there is gone.
+        return Some(OutboxError::LostCheckpoint {
+            path: named.join(OUTBOX_DIR).join("db"),
+            watermark,
+            found: recovered.meta.log_seq,
+            expected: marks.checkpoint,
+        });
+    }
+    (recovered.last_seq < marks.durable).then(|| OutboxError::Lost {
+        path: named.join(JOURNAL_DIR),
+        watermark,
+        found: recovered.last_seq,
+        expected: marks.durable,
+    })
 }
