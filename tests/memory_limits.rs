@@ -55,7 +55,7 @@ fn the_systemd_unit_leaves_room_for_a_saas_products_open_hours() {
     assert_eq!(limits.len(), 1, "one MemoryMax=");
     let limit = bytes(limits[0]);
     assert_eq!(bound(&env), 704 * MIB, "the defaults' figure in docs/operations.md");
-    // At least a gigabyte for open hours: ~150,000 customer × dimension keys at 7 KiB.
+    // At least a gigabyte for open hours: ~5 million customer × dimension keys at ~200 bytes.
     assert!(limit >= bound(&env) + 1024 * MIB, "MemoryMax {limit} vs {}", bound(&env));
 }
 
