@@ -7,9 +7,10 @@
 //! Per (customer, hour) it also keeps whether the usage named a license ARN, because the service
 //! bills a customer twice when the same hour is reported both with and without one.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
+
+use foldhash::{HashMap, HashSet};
 
 use crate::model::{Customer, RecordKey, Scope};
 
@@ -24,18 +25,19 @@ pub struct Frozen {
     licensed: HashMap<u64, (i64, bool)>,
 }
 
+/// Fingerprints are in memory only (rebuilt from the outbox at start), so a fast hasher with a
+/// fixed seed will do; they are checked on every event.
+fn hasher() -> foldhash::quality::FixedState {
+    foldhash::quality::FixedState::with_seed(0x6d65_7465_7264)
+}
+
 /// (customer, hour) as a fingerprint: checked on every event, so without a copy of the customer.
 fn customer_hour(customer: &Customer, hour: i64) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    (customer, hour).hash(&mut hasher);
-    hasher.finish()
+    hasher().hash_one((customer, hour))
 }
 
 fn fingerprint(key: &RecordKey) -> u64 {
-    // In memory only (rebuilt from the outbox at start), so the std hasher is fine.
-    let mut hasher = DefaultHasher::new();
-    key.hash(&mut hasher);
-    hasher.finish()
+    hasher().hash_one(key)
 }
 
 impl Frozen {

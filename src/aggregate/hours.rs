@@ -181,6 +181,11 @@ impl Aggregator {
         self.open.restore(totals);
     }
 
+    /// Whether records were sealed since the last [`Aggregator::take_delta`].
+    pub fn has_sealed(&self) -> bool {
+        !self.sealed.is_empty()
+    }
+
     /// Whether an open record changed since the last [`Aggregator::visit_open`].
     pub fn has_open_changes(&self) -> bool {
         self.open.has_changes()
@@ -294,7 +299,11 @@ impl Aggregator {
         tags: &TagSet,
         quantity: u32,
     ) -> Result<(), AdmitError> {
-        if let Some(licensed_before) = self.frozen.mixes_scope(key) {
+        // An open record's key names its scope, so the customer and hour were checked when it
+        // was opened: only a new record can mix scopes.
+        if open.is_none()
+            && let Some(licensed_before) = self.frozen.mixes_scope(key)
+        {
             return Err(AdmitError::MixedScope { hour: key.hour, licensed_before });
         }
         let bucket = open.and_then(|open| self.open.bucket(&open));

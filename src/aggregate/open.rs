@@ -14,21 +14,25 @@ use serde::Serialize;
 use super::record::{Allocation, SealedRecord, allocation_len, base_len};
 use crate::model::{Customer, RecordKey, Scope, TagSet};
 
-/// Values by number, counted by use.
+/// Values by number, counted by use. Strings are kept as `Arc<str>` (one allocation, the bytes
+/// right after the counts): a lookup in a large interner touches as little memory as it can.
 #[derive(Debug)]
-struct Interner<T> {
+struct Interner<T: ?Sized> {
     ids: HashMap<Arc<T>, u32>,
     slots: Vec<Option<(Arc<T>, u32)>>,
     free: Vec<u32>,
 }
 
-impl<T> Default for Interner<T> {
+impl<T: ?Sized> Default for Interner<T> {
     fn default() -> Self {
         Self { ids: HashMap::default(), slots: Vec::new(), free: Vec::new() }
     }
 }
 
-impl<T: Hash + Eq + Clone> Interner<T> {
+impl<T: ?Sized + Hash + Eq> Interner<T>
+where
+    for<'a> Arc<T>: From<&'a T>,
+{
     fn get(&self, value: &T) -> Option<u32> {
         self.ids.get(value).copied()
     }
@@ -39,7 +43,7 @@ impl<T: Hash + Eq + Clone> Interner<T> {
             self.slots[id as usize].as_mut().expect("a live id").1 += 1;
             return id;
         }
-        let shared = Arc::new(value.clone());
+        let shared: Arc<T> = Arc::from(value);
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
@@ -133,7 +137,7 @@ pub struct OpenTotals<'a> {
 /// A bucket's allocations, encoded as a sequence straight from the bucket.
 #[derive(Debug)]
 struct AllocationsRef<'a> {
-    tags: &'a Interner<TagSet>,
+    tags: &'a Interner<[(String, String)]>,
     bucket: &'a Bucket,
 }
 
@@ -173,7 +177,7 @@ enum CustomerRef<'a> {
 
 #[derive(Debug, Serialize)]
 struct AllocationRef<'a> {
-    tags: &'a TagSet,
+    tags: &'a [(String, String)],
     quantity: u32,
 }
 
@@ -181,9 +185,9 @@ struct AllocationRef<'a> {
 #[derive(Debug, Default)]
 pub struct OpenHours {
     buckets: HashMap<OpenKey, Bucket>,
-    scopes: Interner<String>,
-    names: Interner<String>,
-    tags: Interner<TagSet>,
+    scopes: Interner<str>,
+    names: Interner<str>,
+    tags: Interner<[(String, String)]>,
     /// Some bucket is dirty.
     changed: bool,
 }
@@ -300,8 +304,8 @@ impl OpenHours {
 
     /// The record key `open` stands for.
     pub fn record_key(&self, open: &OpenKey) -> RecordKey {
-        let scope = self.scopes.resolve(open.scope).clone();
-        let name = |id| self.names.resolve(id).clone();
+        let scope = self.scopes.resolve(open.scope).to_string();
+        let name = |id| self.names.resolve(id).to_string();
         RecordKey {
             scope: if open.kinds & 1 == 1 { Scope::LicenseArn(scope) } else { Scope::ProductCode(scope) },
             customer: match open.kinds >> 1 {
@@ -319,7 +323,7 @@ impl OpenHours {
         let mut allocations: Vec<Allocation> = bucket
             .each_tag_set()
             .filter(|(id, _)| *id != u32::MAX)
-            .map(|(id, quantity)| Allocation { tags: self.tags.resolve(id).clone(), quantity })
+            .map(|(id, quantity)| Allocation { tags: self.tags.resolve(id).to_vec(), quantity })
             .collect();
         allocations.sort_by(|a, b| a.tags.cmp(&b.tags));
         SealedRecord { key: self.record_key(open), quantity: bucket.quantity, allocations }
@@ -348,8 +352,8 @@ impl OpenHours {
 
     /// `open`'s totals, borrowed.
     fn totals_ref<'a>(&'a self, open: &OpenKey, bucket: &'a Bucket) -> OpenTotals<'a> {
-        let scope = self.scopes.resolve(open.scope).as_str();
-        let name = |id| self.names.resolve(id).as_str();
+        let scope = self.scopes.resolve(open.scope);
+        let name = |id| self.names.resolve(id);
         OpenTotals {
             key: KeyRef {
                 scope: if open.kinds & 1 == 1 {

@@ -196,7 +196,14 @@ impl Committer {
 
     /// Runs until every sender of `commands` is gone, then writes a last checkpoint.
     pub fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<(), OutboxError> {
-        self.checkpoint()?;
+        // Hours due are sealed before the first event is taken. The open hours a replay rebuilt
+        // are written at the first tick instead, so that a long replay does not hold readiness
+        // back by a full checkpoint.
+        let now = self.now();
+        self.aggregator.seal_due(now);
+        if self.aggregator.has_sealed() {
+            self.checkpoint()?;
+        }
         self.measure_outbox();
         self.ctx.health.commit_turned();
         let (sync_tx, sync_rx) = std::sync::mpsc::channel();
