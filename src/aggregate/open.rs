@@ -302,19 +302,41 @@ impl OpenHours {
         open
     }
 
-    /// The record key `open` stands for.
-    pub fn record_key(&self, open: &OpenKey) -> RecordKey {
-        let scope = self.scopes.resolve(open.scope).to_string();
-        let name = |id| self.names.resolve(id).to_string();
-        RecordKey {
-            scope: if open.kinds & 1 == 1 { Scope::LicenseArn(scope) } else { Scope::ProductCode(scope) },
+    /// The record key `open` stands for, borrowed.
+    fn key_ref(&self, open: &OpenKey) -> KeyRef<'_> {
+        let scope = self.scopes.resolve(open.scope);
+        let name = |id| self.names.resolve(id);
+        KeyRef {
+            scope: if open.kinds & 1 == 1 {
+                ScopeRef::LicenseArn(scope)
+            } else {
+                ScopeRef::ProductCode(scope)
+            },
             customer: match open.kinds >> 1 {
-                0 => Customer::AwsAccountId(name(open.customer)),
-                1 => Customer::Identifier(name(open.customer)),
-                _ => Customer::Caller,
+                0 => CustomerRef::AwsAccountId(name(open.customer)),
+                1 => CustomerRef::Identifier(name(open.customer)),
+                _ => CustomerRef::Caller,
             },
             dimension: name(open.dimension),
             hour: open.hour,
+        }
+    }
+
+    /// The record key `open` stands for.
+    pub fn record_key(&self, open: &OpenKey) -> RecordKey {
+        let key = self.key_ref(open);
+        RecordKey {
+            scope: match key.scope {
+                ScopeRef::ProductCode(code) => Scope::ProductCode(code.into()),
+                ScopeRef::LicenseArn(arn) => Scope::LicenseArn(arn.into()),
+            },
+            customer: match key.customer {
+                CustomerRef::AwsAccountId(id) => Customer::AwsAccountId(id.into()),
+                CustomerRef::Identifier(id) => Customer::Identifier(id.into()),
+                CustomerRef::Caller => Customer::Caller,
+            },
+            dimension: key.dimension.into(),
+            hour: key.hour,
         }
     }
 
@@ -352,23 +374,8 @@ impl OpenHours {
 
     /// `open`'s totals, borrowed.
     fn totals_ref<'a>(&'a self, open: &OpenKey, bucket: &'a Bucket) -> OpenTotals<'a> {
-        let scope = self.scopes.resolve(open.scope);
-        let name = |id| self.names.resolve(id);
         OpenTotals {
-            key: KeyRef {
-                scope: if open.kinds & 1 == 1 {
-                    ScopeRef::LicenseArn(scope)
-                } else {
-                    ScopeRef::ProductCode(scope)
-                },
-                customer: match open.kinds >> 1 {
-                    0 => CustomerRef::AwsAccountId(name(open.customer)),
-                    1 => CustomerRef::Identifier(name(open.customer)),
-                    _ => CustomerRef::Caller,
-                },
-                dimension: name(open.dimension),
-                hour: open.hour,
-            },
+            key: self.key_ref(open),
             quantity: bucket.quantity,
             allocations: AllocationsRef { tags: &self.tags, bucket },
         }

@@ -127,3 +127,40 @@ pub fn remove_before(dir: &Path, base: u64) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, generation: u64, chunks: &[&[u8]]) {
+        let mut file = OpenFile::create(dir, generation).unwrap();
+        for chunk in chunks {
+            file.chunk(chunk).unwrap();
+        }
+        file.finish().unwrap();
+    }
+
+    #[test]
+    fn live_generations_read_back_in_order_and_the_rest_is_removed_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 1, &[b"old"]);
+        write(dir.path(), 2, &[b"base-a", b"base-b"]);
+        write(dir.path(), 3, &[b"delta"]);
+        write(dir.path(), 4, &[b"never named"]);
+        let (chunks, bytes) = read(dir.path(), 2, 3, true).unwrap();
+        assert_eq!(chunks, [b"base-a".to_vec(), b"base-b".to_vec(), b"delta".to_vec()]);
+        assert_eq!(bytes, 3 * 8 + 6 + 6 + 5);
+        assert!(path(dir.path(), 1).exists(), "a read-only read removes nothing");
+        read(dir.path(), 2, 3, false).unwrap();
+        assert!(!path(dir.path(), 1).exists() && !path(dir.path(), 4).exists());
+        assert!(path(dir.path(), 2).exists() && path(dir.path(), 3).exists());
+        let mut damaged = std::fs::read(path(dir.path(), 3)).unwrap();
+        damaged[9] ^= 1;
+        std::fs::write(path(dir.path(), 3), &damaged).unwrap();
+        assert!(matches!(read(dir.path(), 2, 3, true), Err(OutboxError::OpenFile { .. })));
+        std::fs::write(path(dir.path(), 3), &damaged[..10]).unwrap();
+        assert!(matches!(read(dir.path(), 2, 3, true), Err(OutboxError::OpenFile { .. })));
+        assert_eq!(read(dir.path(), 0, 0, false).unwrap().0.len(), 0, "none named: none read, all removed");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
