@@ -90,8 +90,13 @@ fn every_ok_is_preceded_by_an_fdatasync_of_the_journal_file_that_holds_its_event
         assert!(meterd.send(&batch).iter().all(|r| r["ok"] == true));
         ids.extend(batch.iter().map(|e| e["id"].as_str().unwrap().to_string()));
     }
-    std::thread::sleep(Duration::from_millis(200));
-    drop(meterd);
+    // The child is strace: killing it would leave meterd running, detached. Stop meterd itself
+    // (strace's child); strace exits with it.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", meterd.pid())).unwrap();
+    for child in children.split_whitespace() {
+        assert!(std::process::Command::new("kill").args(["-TERM", child]).status().unwrap().success());
+    }
+    meterd.wait_exit(Duration::from_secs(20));
     let trace = std::fs::read_to_string(&trace_file).unwrap();
     let calls = calls(&trace);
     let journal = |call: &&Call| path(call).contains("/data/journal/");
