@@ -181,13 +181,50 @@ struct AllocationRef<'a> {
     quantity: u32,
 }
 
+/// The values open records share, by number.
+#[derive(Debug, Default)]
+struct Interned {
+    scopes: Interner<str>,
+    names: Interner<str>,
+    tags: Interner<[(String, String)]>,
+}
+
+impl Interned {
+    /// The record key `open` stands for, borrowed.
+    fn key_ref(&self, open: &OpenKey) -> KeyRef<'_> {
+        let scope = self.scopes.resolve(open.scope);
+        let name = |id| self.names.resolve(id);
+        KeyRef {
+            scope: if open.kinds & 1 == 1 {
+                ScopeRef::LicenseArn(scope)
+            } else {
+                ScopeRef::ProductCode(scope)
+            },
+            customer: match open.kinds >> 1 {
+                0 => CustomerRef::AwsAccountId(name(open.customer)),
+                1 => CustomerRef::Identifier(name(open.customer)),
+                _ => CustomerRef::Caller,
+            },
+            dimension: name(open.dimension),
+            hour: open.hour,
+        }
+    }
+
+    /// `open`'s totals, borrowed.
+    fn totals_ref<'a>(&'a self, open: &OpenKey, bucket: &'a Bucket) -> OpenTotals<'a> {
+        OpenTotals {
+            key: self.key_ref(open),
+            quantity: bucket.quantity,
+            allocations: AllocationsRef { tags: &self.tags, bucket },
+        }
+    }
+}
+
 /// The open records.
 #[derive(Debug, Default)]
 pub struct OpenHours {
     buckets: HashMap<OpenKey, Bucket>,
-    scopes: Interner<str>,
-    names: Interner<str>,
-    tags: Interner<[(String, String)]>,
+    interned: Interned,
     /// Some bucket is dirty.
     changed: bool,
 }
@@ -222,12 +259,12 @@ impl OpenHours {
         let (customer_kind, customer) = customer_parts(&key.customer);
         Some(OpenKey {
             hour: key.hour,
-            scope: self.scopes.get(scope)?,
+            scope: self.interned.scopes.get(scope)?,
             customer: match customer {
-                Some(name) => self.names.get(name)?,
+                Some(name) => self.interned.names.get(name)?,
                 None => 0,
             },
-            dimension: self.names.get(&key.dimension)?,
+            dimension: self.interned.names.get(&key.dimension)?,
             kinds: scope_kind | customer_kind << 1,
         })
     }
@@ -243,7 +280,7 @@ impl OpenHours {
 
     /// Whether `key`'s open record has an allocation for `tags`.
     pub fn has_tag_set(&self, bucket: &Bucket, tags: &TagSet) -> bool {
-        self.tags.get(tags).is_some_and(|id| bucket.quantity_of(id).is_some())
+        self.interned.tags.get(tags).is_some_and(|id| bucket.quantity_of(id).is_some())
     }
 
     /// Counts `quantity` of `tags` into `key`'s record (`found` by [`OpenHours::find`]), opening
@@ -253,7 +290,7 @@ impl OpenHours {
             Some(open) => open,
             None => self.open(key),
         };
-        let tag_id = self.tags.get(tags);
+        let tag_id = self.interned.tags.get(tags);
         let bucket = self.buckets.get_mut(&open).expect("just opened");
         bucket.quantity += quantity;
         bucket.dirty = true;
@@ -268,7 +305,7 @@ impl OpenHours {
                 return;
             }
         }
-        let id = self.tags.acquire(tags);
+        let id = self.interned.tags.acquire(tags);
         let bucket = self.buckets.get_mut(&open).expect("just opened");
         bucket.bytes += allocation_len(tags) as u32;
         bucket.allocs = match std::mem::replace(&mut bucket.allocs, Allocs::Many(Vec::new())) {
@@ -287,9 +324,9 @@ impl OpenHours {
         let (customer_kind, customer) = customer_parts(&key.customer);
         let open = OpenKey {
             hour: key.hour,
-            scope: self.scopes.acquire(scope),
-            customer: customer.map_or(0, |name| self.names.acquire(name)),
-            dimension: self.names.acquire(&key.dimension),
+            scope: self.interned.scopes.acquire(scope),
+            customer: customer.map_or(0, |name| self.interned.names.acquire(name)),
+            dimension: self.interned.names.acquire(&key.dimension),
             kinds: scope_kind | customer_kind << 1,
         };
         let bucket = Bucket {
@@ -302,29 +339,9 @@ impl OpenHours {
         open
     }
 
-    /// The record key `open` stands for, borrowed.
-    fn key_ref(&self, open: &OpenKey) -> KeyRef<'_> {
-        let scope = self.scopes.resolve(open.scope);
-        let name = |id| self.names.resolve(id);
-        KeyRef {
-            scope: if open.kinds & 1 == 1 {
-                ScopeRef::LicenseArn(scope)
-            } else {
-                ScopeRef::ProductCode(scope)
-            },
-            customer: match open.kinds >> 1 {
-                0 => CustomerRef::AwsAccountId(name(open.customer)),
-                1 => CustomerRef::Identifier(name(open.customer)),
-                _ => CustomerRef::Caller,
-            },
-            dimension: name(open.dimension),
-            hour: open.hour,
-        }
-    }
-
     /// The record key `open` stands for.
     pub fn record_key(&self, open: &OpenKey) -> RecordKey {
-        let key = self.key_ref(open);
+        let key = self.interned.key_ref(open);
         RecordKey {
             scope: match key.scope {
                 ScopeRef::ProductCode(code) => Scope::ProductCode(code.into()),
@@ -345,7 +362,7 @@ impl OpenHours {
         let mut allocations: Vec<Allocation> = bucket
             .each_tag_set()
             .filter(|(id, _)| *id != u32::MAX)
-            .map(|(id, quantity)| Allocation { tags: self.tags.resolve(id).to_vec(), quantity })
+            .map(|(id, quantity)| Allocation { tags: self.interned.tags.resolve(id).to_vec(), quantity })
             .collect();
         allocations.sort_by(|a, b| a.tags.cmp(&b.tags));
         SealedRecord { key: self.record_key(open), quantity: bucket.quantity, allocations }
@@ -362,34 +379,24 @@ impl OpenHours {
         let record = self.totals(open, bucket);
         let bucket = self.buckets.remove(open).expect("just found");
         for (id, _) in bucket.each_tag_set().filter(|(id, _)| *id != u32::MAX) {
-            self.tags.release(id);
+            self.interned.tags.release(id);
         }
-        self.scopes.release(open.scope);
+        self.interned.scopes.release(open.scope);
         if open.kinds >> 1 != 2 {
-            self.names.release(open.customer);
+            self.interned.names.release(open.customer);
         }
-        self.names.release(open.dimension);
+        self.interned.names.release(open.dimension);
         Some(record)
-    }
-
-    /// `open`'s totals, borrowed.
-    fn totals_ref<'a>(&'a self, open: &OpenKey, bucket: &'a Bucket) -> OpenTotals<'a> {
-        OpenTotals {
-            key: self.key_ref(open),
-            quantity: bucket.quantity,
-            allocations: AllocationsRef { tags: &self.tags, bucket },
-        }
     }
 
     /// Hands every changed record (every record with `all`) to `sink`, and marks all clean.
     pub fn visit(&mut self, all: bool, mut sink: impl FnMut(&OpenTotals<'_>)) {
-        for (open, bucket) in &self.buckets {
+        // One pass: each record is handed over and marked clean together.
+        for (open, bucket) in &mut self.buckets {
             if all || bucket.dirty {
-                sink(&self.totals_ref(open, bucket));
+                sink(&self.interned.totals_ref(open, bucket));
             }
-        }
-        if self.changed {
-            self.buckets.values_mut().for_each(|b| b.dirty = false);
+            bucket.dirty = false;
         }
         self.changed = false;
     }
@@ -441,7 +448,9 @@ mod tests {
         let key_of = restored.select(|_| true)[0];
         assert_eq!(restored.remove(&key_of), Some(record));
         assert!(
-            restored.scopes.ids.is_empty() && restored.names.ids.is_empty() && restored.tags.ids.is_empty()
+            restored.interned.scopes.ids.is_empty()
+                && restored.interned.names.ids.is_empty()
+                && restored.interned.tags.ids.is_empty()
         );
     }
 }

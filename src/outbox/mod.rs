@@ -7,8 +7,7 @@
 //!
 //! | key | value | written by |
 //! |---|---|---|
-//! | `m` `checkpoint` | [`Meta`]: last group sequence folded into the checkpoint, last sealed hour | commit stage, at each checkpoint |
-//! | `c` generation:u64be chunk:u32be | `Vec<SealedRecord>`: totals of open records, at most 64 KiB a chunk; a later generation replaces an earlier one's totals for the same key | commit stage: each checkpoint adds what changed; a full write (when records were sealed, or the changes outgrow the last full write) replaces every chunk |
+//! | `m` `checkpoint` | [`Meta`]: last group sequence folded into the checkpoint, last sealed hour, the live open-hours files (`open_files.rs`) | commit stage, at each checkpoint |
 //! | `j` peer uid:u32be, client id | [`IdEntry`]: expiry and the event's digest | commit stage, at each checkpoint |
 //! | `r` hour:u64be postcard(RecordKey) | [`StoredRecord`]: a sealed record and its state; never written twice by the commit stage | commit stage seals, submit stage settles |
 //! | `l` seq:u64be chunk:u16be | legacy (0.1.0 logged events in sled): `Vec<Admitted>`; replayed, deleted by the next checkpoint | — |
@@ -337,9 +336,11 @@ impl Outbox {
         }
     }
 
-    /// Writes one checkpoint atomically: changed open hours, newly sealed records (as `Pending`),
-    /// remembered and forgotten ids, and the new [`Meta`]; deletes the log up to `log_seq`.
-    /// With `durable`, waits for the barrier (needed before sealed records are submitted).
+    /// Writes one checkpoint atomically in sled: newly sealed records (as `Pending`), remembered
+    /// and forgotten ids, and the new [`Meta`] naming the open-hours file `open` wrote (already
+    /// synced); deletes 0.1.0's log up to `log_seq`. With `durable` (needed before sealed records
+    /// are submitted), or when journal segments or replaced open-hours files can go, waits for the
+    /// barrier first, and then removes them.
     pub fn checkpoint(
         &self,
         log_seq: u64,
