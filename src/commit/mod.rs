@@ -11,11 +11,12 @@
 //! `storage_error`, every later one too, and the process stops so that a restart replays the truth
 //! from disk (the in-memory hours may hold events that were never made durable).
 
+mod inline;
 mod sync;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -25,7 +26,8 @@ use crate::aggregate::{Admission, AdmitError, Aggregator, Heartbeat, Rules};
 use crate::context::Context;
 use crate::model::{Customer, Event};
 use crate::outbox::{Outbox, OutboxError, RecordState, Recovered, StoredRecord};
-use sync::{Answering, Delivery, Logged, spin_then_wait, sync_loop};
+pub use inline::{Intake, Shared, run};
+use sync::{Delivery, Logged};
 
 /// Most events in a group the commit thread syncs and answers itself (when the sync thread is
 /// idle): a lone event saves a thread hand-off, a large group is better overlapped with the next.
@@ -194,11 +196,10 @@ impl Committer {
         }
     }
 
-    /// Runs until every sender of `commands` is gone, then writes a last checkpoint.
-    pub fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<(), OutboxError> {
-        // Hours due are sealed before the first event is taken. The open hours a replay rebuilt
-        // are written at the first tick instead, so that a long replay does not hold readiness
-        // back by a full checkpoint.
+    /// Seals the hours due before the first event is taken. The open hours a replay rebuilt are
+    /// written at the first tick instead, so that a long replay does not hold readiness back by a
+    /// full checkpoint.
+    fn start(&mut self) -> Result<(), OutboxError> {
         let now = self.now();
         self.aggregator.seal_due(now);
         if self.aggregator.has_sealed() {
@@ -206,65 +207,50 @@ impl Committer {
         }
         self.measure_outbox();
         self.ctx.health.commit_turned();
-        let (sync_tx, sync_rx) = std::sync::mpsc::channel();
-        let answering = Answering {
-            outbox: self.outbox.clone(),
-            ctx: self.ctx.clone(),
-            failed: self.failed.clone(),
-            outstanding: Arc::new(AtomicUsize::new(0)),
-        };
-        let sync = {
-            let answering = answering.clone();
-            std::thread::Builder::new()
-                .name("meterd-sync".into())
-                .spawn(move || sync_loop(answering, sync_rx))
-                .map_err(OutboxError::Sync)?
-        };
-        let mut group: Vec<Submission> = Vec::new();
-        let try_next = |commands: &mut mpsc::Receiver<Command>| match commands.try_recv() {
-            Ok(command) => Ok(Some(command)),
-            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
-            Err(mpsc::error::TryRecvError::Disconnected) => Err(()),
-        };
-        while let Some(first) = spin_then_wait(&mut commands, try_next, |c| c.blocking_recv()) {
-            let tick = self.take_group(first, &mut commands, &mut group);
-            if !group.is_empty() {
-                let logged = self.commit(&mut group);
-                // A small group, nothing earlier waiting and nothing more queued: answering here
-                // saves waking the sync thread. Otherwise the sync thread syncs while this thread
-                // counts and logs the next groups.
-                let small =
-                    logged.deliveries.iter().map(|d| d.outcomes.len()).sum::<usize>() <= INLINE_EVENTS;
-                if small && answering.outstanding.load(Ordering::Acquire) == 0 && commands.is_empty() {
-                    answering.barrier_and_answer(vec![logged]);
-                } else {
-                    answering.outstanding.fetch_add(1, Ordering::AcqRel);
-                    if sync_tx.send(logged).is_err() {
-                        break;
-                    }
-                }
-            }
-            if self.failed() {
-                // Nothing more is sealed: a flush waiting on a checkpoint is answered at once.
-                for (reply, _) in self.flushed.drain(..) {
-                    let _ = reply.send(0);
-                }
-            }
-            if tick && !self.failed() {
-                self.checkpoint()?;
-                self.measure_outbox();
-                for (reply, count) in self.flushed.drain(..) {
-                    let _ = reply.send(count);
-                }
-            }
-            self.ctx.health.commit_turned();
+        Ok(())
+    }
+
+    /// Logs one group taken from the queue, then syncs and answers it here (a small group with
+    /// nothing earlier waiting and nothing more queued: no wake-up of the sync thread) or hands
+    /// it to the sync thread, which syncs while this thread counts and logs the next groups.
+    /// `false` once the sync thread is gone.
+    fn log_group(
+        &mut self,
+        group: &mut Vec<Submission>,
+        stage: &Shared,
+        commands: &mpsc::Receiver<Command>,
+        sync_tx: &std::sync::mpsc::Sender<Logged>,
+    ) -> bool {
+        let submissions = group.len();
+        let logged = self.commit(group);
+        stage.queued.fetch_sub(submissions, Ordering::AcqRel);
+        let small = logged.deliveries.iter().map(|d| d.outcomes.len()).sum::<usize>() <= INLINE_EVENTS;
+        let answering = &stage.answering;
+        if small && answering.outstanding.load(Ordering::Acquire) == 0 && commands.is_empty() {
+            answering.barrier_and_answer(vec![logged], "commit");
+            return true;
         }
-        drop(sync_tx);
-        let _ = sync.join();
+        answering.outstanding.fetch_add(1, Ordering::AcqRel);
+        sync_tx.send(logged).is_ok()
+    }
+
+    /// After a turn: flushes answered at once after a failure, and the checkpoint on a tick.
+    fn after_turn(&mut self, tick: bool) -> Result<(), OutboxError> {
         if self.failed() {
-            return Ok(());
+            // Nothing more is sealed: a flush waiting on a checkpoint is answered at once.
+            for (reply, _) in self.flushed.drain(..) {
+                let _ = reply.send(0);
+            }
         }
-        self.checkpoint()
+        if tick && !self.failed() {
+            self.checkpoint()?;
+            self.measure_outbox();
+            for (reply, count) in self.flushed.drain(..) {
+                let _ = reply.send(count);
+            }
+        }
+        self.ctx.health.commit_turned();
+        Ok(())
     }
 
     /// Takes `first` and whatever else is queued (up to [`MAX_GROUP_EVENTS`] events) into `group`;

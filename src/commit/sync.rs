@@ -42,14 +42,23 @@ pub(super) struct Answering {
     /// Groups handed to the sync thread and not answered yet. At 0 the commit thread may run
     /// the barrier itself (nothing logged earlier waits), saving a thread hand-off per ack.
     pub outstanding: Arc<AtomicUsize>,
+    /// Whether events come one at a time: the last barrier covered a single submission, and
+    /// none arrived while it ran. Only then may a connection commit inline (`inline.rs`): under
+    /// concurrent load it would take the first event of a round through a flush alone and make
+    /// the rest wait for a second one, where the queue makes them one group.
+    pub solo: Arc<AtomicBool>,
 }
 
 impl Answering {
-    /// The barrier over every group of `batch`, then their answers, in order.
-    pub fn barrier_and_answer(&self, batch: Vec<Logged>) {
+    /// The barrier over every group of `batch`, then their answers, in order; `by` names the
+    /// thread (`meterd_barriers_total`).
+    pub fn barrier_and_answer(&self, batch: Vec<Logged>, by: &str) {
+        let submissions: usize = batch.iter().map(|g| g.deliveries.len()).sum();
+        self.solo.store(submissions == 1, Ordering::Release);
         let mut ok = !self.failed.load(Ordering::SeqCst);
         if ok && batch.iter().any(|g| g.wrote) {
             let seq = batch.iter().map(|g| g.seq).max().unwrap_or(0);
+            self.ctx.metrics.barriers.with_label_values(&[by]).inc();
             if let Err(err) = self.outbox.sync_journal() {
                 tracing::error!(%err, "journal sync failed; refusing everything from now on and stopping");
                 self.failed.store(true, Ordering::SeqCst);
@@ -99,7 +108,7 @@ pub(super) fn sync_loop(answering: Answering, mut groups: std::sync::mpsc::Recei
         let mut batch = vec![first];
         batch.extend(groups.try_iter());
         let count = batch.len();
-        answering.barrier_and_answer(batch);
+        answering.barrier_and_answer(batch, "sync");
         answering.outstanding.fetch_sub(count, Ordering::AcqRel);
     }
 }

@@ -241,6 +241,8 @@ pub async fn start<A: MeteringApi + Clone + 'static>(
 /// Where the listeners hand their work: the commit queue and the submit loop's controls.
 struct Pipeline {
     commands: mpsc::Sender<commit::Command>,
+    /// Where connections hand their events (inline or to `commands`).
+    submissions: commit::Intake,
     controls: mpsc::Sender<Control>,
 }
 
@@ -274,7 +276,10 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
         let committer =
             Committer::recover(ctx.clone(), outbox.clone(), recovered, commit_settings, sealed_tx);
         let (commands, command_rx) = mpsc::channel(COMMIT_QUEUE);
-        spawn_commit_thread(&mut self.supervisor, committer, command_rx)?;
+        // A connection may commit on its own worker only when another worker stays free.
+        let inline = tokio::runtime::Handle::current().metrics().num_workers() > 1;
+        let (intake, shared) = committer.share(commands.clone(), inline);
+        spawn_commit_thread(&mut self.supervisor, shared, command_rx)?;
 
         let records = std::mem::take(&mut recovered.records);
         let (controls, control_rx) = mpsc::channel(16);
@@ -303,13 +308,13 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
         let every = config.storage.checkpoint_interval;
         self.supervisor
             .spawn_unit("ticker", commit::tick(commands.clone(), every, self.stops.intake.clone()));
-        Ok(Pipeline { commands, controls })
+        Ok(Pipeline { commands, submissions: intake, controls })
     }
 
     /// The ingest and admin listeners, SIGHUP reload and the systemd watchdog.
     fn spawn_front(&mut self, pipeline: Pipeline, front: Front) {
         let (ctx, config, intake) = (&self.ctx, &self.config, &self.stops.intake);
-        let Pipeline { commands, controls } = pipeline;
+        let Pipeline { commands, submissions, controls } = pipeline;
         let parser: SharedParser = Arc::new(RwLock::new(Arc::new(EventParser::new(
             &config.aws.product_code,
             &config.aws.dimensions,
@@ -317,7 +322,7 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
         ))));
         let server = IngestServer {
             parser: parser.clone(),
-            commands: commands.clone(),
+            intake: submissions,
             ctx: ctx.clone(),
             max_line_bytes: config.ingest.max_line_bytes,
             overload_timeout: config.ingest.overload_timeout,
@@ -411,14 +416,14 @@ fn bind_ingest(
 /// thread's end (or panic) is seen like any task's.
 fn spawn_commit_thread(
     supervisor: &mut Supervisor,
-    committer: Committer,
+    shared: Arc<commit::Shared>,
     commands: mpsc::Receiver<commit::Command>,
 ) -> anyhow::Result<()> {
     let (done, result) = oneshot::channel();
     std::thread::Builder::new()
         .name("meterd-commit".into())
         .spawn(move || {
-            let _ = done.send(committer.run(commands));
+            let _ = done.send(commit::run(shared, commands));
         })
         .context("failed to start the commit thread")?;
     supervisor.spawn("commit", async move {

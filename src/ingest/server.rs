@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use super::event::EventParser;
 use super::framing::{Frame, Framer, READ_CHUNK};
 use super::reply::Reply;
-use crate::commit::{Command, Outcome, Submission};
+use crate::commit::{Command, Intake, Outcome, Submission};
 use crate::context::Context;
 use crate::listen::{self, Backoff, Cap, Refusals};
 use crate::model::{ErrorCode, Event};
@@ -51,7 +51,7 @@ pub type SharedParser = Arc<RwLock<Arc<EventParser>>>;
 #[derive(Clone)]
 pub struct IngestServer {
     pub parser: SharedParser,
-    pub commands: mpsc::Sender<Command>,
+    pub intake: Intake,
     pub ctx: Context,
     pub max_line_bytes: usize,
     pub overload_timeout: Duration,
@@ -75,6 +75,8 @@ enum Slot {
 enum Answer {
     /// The commit stage's outcomes, once durable.
     Waiting(oneshot::Receiver<Vec<Outcome>>),
+    /// Outcomes committed inline: already durable.
+    Done(Vec<Outcome>),
     /// Refused before the commit stage saw them (overloaded).
     Refused(Vec<Reply>),
 }
@@ -269,9 +271,12 @@ impl IngestServer {
         if self.ctx.health.outbox_full() {
             return Some(self.overloaded(events, "the outbox is full (storage.max_bytes); retry later"));
         }
+        let events = match self.intake.try_inline(events, received) {
+            Ok(outcomes) => return Some(Answer::Done(outcomes)),
+            Err(events) => events,
+        };
         let (reply, receiver) = oneshot::channel();
-        let command = Command::Submit(Submission { events, received, reply });
-        match self.commands.send_timeout(command, self.overload_timeout).await {
+        match self.intake.submit(Submission { events, received, reply }, self.overload_timeout).await {
             Ok(()) => Some(Answer::Waiting(receiver)),
             Err(mpsc::error::SendTimeoutError::Timeout(command)) => {
                 Some(self.overloaded(submitted(command), "meterd is overloaded; retry later"))
@@ -352,6 +357,7 @@ async fn answered(answer: Answer, metrics: &Metrics) -> Vec<Reply> {
     let outcomes = match answer {
         Answer::Refused(replies) => return replies,
         Answer::Waiting(receiver) => receiver.await.unwrap_or_default(),
+        Answer::Done(outcomes) => outcomes,
     };
     outcomes
         .into_iter()
@@ -473,7 +479,7 @@ impl Answer {
     /// Whether the replies can be written without waiting.
     fn is_ready(&self) -> bool {
         match self {
-            Answer::Refused(_) => true,
+            Answer::Refused(_) | Answer::Done(_) => true,
             Answer::Waiting(receiver) => !receiver.is_empty(),
         }
     }

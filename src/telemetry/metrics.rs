@@ -42,6 +42,9 @@ pub struct Metrics {
     pub events_accepted: IntCounter,
     pub events_rejected: IntCounterVec,
     pub events_duplicate: IntCounter,
+    /// Durability barriers (`fdatasync` of the journal), by the thread that ran them: `connection`
+    /// (a lone event committed inline), `commit` or `sync`.
+    pub barriers: IntCounterVec,
     pub ack_latency: Histogram,
     pub records: IntGaugeVec,
     pub oldest_unsubmitted_age: IntGauge,
@@ -187,6 +190,7 @@ impl Metrics {
                 "meterd_events_duplicate_total",
                 "Events whose id was accepted before (answered ok, not counted again).",
             ),
+            barriers: r.counter_vec("meterd_barriers_total", "Journal fdatasyncs, by the thread that ran them.", &["by"]),
             ack_latency: r.histogram(
                 "meterd_ack_latency_seconds",
                 "From reading an event to sending its reply, for events that were committed.",
