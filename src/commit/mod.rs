@@ -1,4 +1,5 @@
-//! The commit stage: one thread that owns the open hours. It takes every submission waiting in its
+//! The commit stage: the committer owns the open hours, and one thread runs it (`inline.rs`: behind
+//! a lock, which a connection takes to commit a lone event itself). It takes every submission waiting in its
 //! queue (from any number of connections), checks and counts their events and logs the counted
 //! ones as one group commit. A second thread, the sync thread, runs the durability barrier and only
 //! then answers: while it waits on the device, the commit thread already logs the next groups, and
