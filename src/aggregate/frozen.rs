@@ -4,13 +4,17 @@
 //! Sealed keys are kept as 64-bit fingerprints per hour, only for hours whose deadline has not
 //! passed (older events are refused anyway). A fingerprint collision could only make an event
 //! for a never-sealed key look late: it would be carried forward or refused, never counted twice.
-//! Per (customer, hour) it also keeps whether the usage named a license ARN, because the service
-//! bills a customer twice when the same hour is reported both with and without one.
+//! Per hour it also keeps which customers were reported without a license ARN and which with one,
+//! because the service bills a customer twice when the same hour is reported both ways. The two
+//! are kept apart so that a new record asks only the other kind's set, which is almost always
+//! empty: at a million open records a lookup in a full set is a memory miss per new record.
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 
-use foldhash::{HashMap, HashSet};
+use foldhash::HashSet;
+
+use super::table::KeyTable;
 
 use crate::model::{Customer, RecordKey, Scope};
 
@@ -21,8 +25,8 @@ pub struct Frozen {
     /// Hours before this were forgotten: any key of them counts as sealed, so that a clock that
     /// steps back far can never reopen one.
     horizon: Option<i64>,
-    /// (customer, hour), by fingerprint → whether that usage names a license ARN.
-    licensed: HashMap<u64, (i64, bool)>,
+    /// Per hour, the customers (by fingerprint) reported without a license ARN, then with one.
+    scopes: BTreeMap<i64, [KeyTable<u64, ()>; 2]>,
 }
 
 /// Fingerprints are in memory only (rebuilt from the outbox at start), so a fast hasher with a
@@ -31,9 +35,14 @@ fn hasher() -> foldhash::quality::FixedState {
     foldhash::quality::FixedState::with_seed(0x6d65_7465_7264)
 }
 
-/// (customer, hour) as a fingerprint: checked on every event, so without a copy of the customer.
-fn customer_hour(customer: &Customer, hour: i64) -> u64 {
-    hasher().hash_one((customer, hour))
+/// A customer as a fingerprint: checked for every new record, so without a copy of it.
+fn customer_print(customer: &Customer) -> u64 {
+    hasher().hash_one(customer)
+}
+
+/// 0 without a license ARN, 1 with one.
+fn scope_kind(key: &RecordKey) -> usize {
+    usize::from(matches!(key.scope, Scope::LicenseArn(_)))
 }
 
 fn fingerprint(key: &RecordKey) -> u64 {
@@ -53,20 +62,24 @@ impl Frozen {
         self.note_scope(key);
     }
 
-    /// Remembers the scope a (customer, hour) is reported under.
+    /// Remembers the scope a (customer, hour) is reported under, unless it was reported under
+    /// the other kind first (the first kind stays the one that counts).
     pub fn note_scope(&mut self, key: &RecordKey) {
-        let licensed = matches!(key.scope, Scope::LicenseArn(_));
-        self.licensed.entry(customer_hour(&key.customer, key.hour)).or_insert((key.hour, licensed));
+        let kind = scope_kind(key);
+        let customer = customer_print(&key.customer);
+        let kinds = self.scopes.entry(key.hour).or_default();
+        if !kinds[1 - kind].contains_key(&customer) {
+            kinds[kind].insert(customer, ());
+        }
     }
 
     /// Whether `key`'s customer and hour were reported under the other kind of scope (with a
-    /// license ARN where `key` has none, or the other way round).
+    /// license ARN where `key` has none, or the other way round): that kind, if so.
     pub fn mixes_scope(&self, key: &RecordKey) -> Option<bool> {
-        let licensed = matches!(key.scope, Scope::LicenseArn(_));
-        match self.licensed.get(&customer_hour(&key.customer, key.hour)) {
-            Some(&(_, earlier)) if earlier != licensed => Some(earlier),
-            _ => None,
-        }
+        let other = 1 - scope_kind(key);
+        let kinds = self.scopes.get(&key.hour)?;
+        (!kinds[other].is_empty() && kinds[other].contains_key(&customer_print(&key.customer)))
+            .then_some(other == 1)
     }
 
     /// Forgets hours that start before `oldest`.
@@ -74,7 +87,7 @@ impl Frozen {
         let oldest = self.horizon.map_or(oldest, |horizon| horizon.max(oldest));
         self.horizon = Some(oldest);
         self.sealed = self.sealed.split_off(&oldest);
-        self.licensed.retain(|_, (hour, _)| *hour >= oldest);
+        self.scopes = self.scopes.split_off(&oldest);
     }
 }
 
@@ -100,6 +113,13 @@ mod tests {
         assert!(!frozen.contains(&key("2", 3600, false)));
         assert_eq!(frozen.mixes_scope(&key("1", 3600, true)), Some(false));
         assert_eq!(frozen.mixes_scope(&key("1", 3600, false)), None);
+        // Reported both ways (a sealed record restored after one without): the first kind counts.
+        frozen.note_scope(&key("1", 3600, true));
+        assert_eq!(frozen.mixes_scope(&key("1", 3600, true)), Some(false));
+        assert_eq!(frozen.mixes_scope(&key("1", 3600, false)), None);
+        frozen.note_scope(&key("3", 3600, true));
+        assert_eq!(frozen.mixes_scope(&key("3", 3600, false)), Some(true));
+        assert_eq!(frozen.mixes_scope(&key("3", 7200, false)), None, "another hour");
         frozen.forget_before(7200);
         assert!(frozen.contains(&key("2", 3600, false)), "a forgotten hour counts as sealed");
         frozen.forget_before(3600);

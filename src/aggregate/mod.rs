@@ -6,6 +6,7 @@ mod hours;
 mod ids;
 mod open;
 mod record;
+mod table;
 
 pub use hours::{Admission, AdmitError, Admitted, Aggregator, Delta, Heartbeat, Rules};
 pub use ids::{ClientId, ID_TTL_SECS, IdEntry, IdKey, digest};

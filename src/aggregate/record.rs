@@ -34,15 +34,16 @@ pub const MAX_RECORD_BYTES: usize = 990_000;
 
 /// Bytes a JSON string takes, quotes included, as the SDK writes it.
 pub fn json_str_len(text: &str) -> usize {
-    let escaped: usize = text
-        .chars()
-        .map(|c| match c {
-            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
-            c if (c as u32) < 0x20 => 6,
-            c => c.len_utf8(),
+    // By bytes: a character beyond ASCII takes its UTF-8 bytes as they are.
+    let escapes: usize = text
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+            b if b < 0x20 => 5,
+            _ => 0,
         })
         .sum();
-    escaped + 2
+    text.len() + escapes + 2
 }
 
 /// An upper bound of a record's size in the request, without its allocations.
@@ -69,5 +70,20 @@ impl SealedRecord {
     /// An upper bound of the record's size in a request body.
     pub fn encoded_len(&self) -> usize {
         base_len(&self.key) + self.allocations.iter().map(|a| allocation_len(&a.tags)).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_str_len_is_the_escaped_length() {
+        // serde_json escapes as the SDK does: the short escapes, \u00XX for other controls,
+        // everything else (non-ASCII included) as it is.
+        for text in ["", "plain", "q\"b\\s", "\n\r\t\u{8}\u{c}", "\u{0}\u{1f}\u{7f}", "é€𝄞", "a\u{1}é\"€"]
+        {
+            assert_eq!(json_str_len(text), serde_json::to_string(text).unwrap().len(), "{text:?}");
+        }
     }
 }
