@@ -285,8 +285,38 @@ impl Interned {
 pub struct OpenHours {
     buckets: KeyTable<OpenKey, Bucket>,
     interned: Interned,
-    /// Some bucket is dirty.
-    changed: bool,
+    changed: Changed,
+}
+
+/// The records changed since the last checkpoint, listed while they are at most an eighth of the
+/// open records: a checkpoint then reads only those, not a table of a million records to find a
+/// few. Past that, it reads the table through (in order, cheaper than as many lookups).
+#[derive(Debug, Default)]
+struct Changed {
+    keys: Vec<OpenKey>,
+    /// More changed than listed: every record has to be looked at.
+    overflow: bool,
+    /// Some record changed.
+    any: bool,
+}
+
+/// Fewest changed records listed, whatever the number of open records.
+const MIN_CHANGED_LISTED: usize = 1024;
+
+impl Changed {
+    /// Notes that `open` turned dirty.
+    fn note(&mut self, open: OpenKey, open_records: usize) {
+        self.any = true;
+        if self.overflow {
+            return;
+        }
+        if self.keys.len() >= (open_records / 8).max(MIN_CHANGED_LISTED) {
+            self.overflow = true;
+            self.keys = Vec::new();
+        } else {
+            self.keys.push(open);
+        }
+    }
 }
 
 fn customer_parts(customer: &Customer) -> (u8, Option<&String>) {
@@ -310,7 +340,7 @@ impl OpenHours {
     }
 
     pub fn has_changes(&self) -> bool {
-        self.changed
+        self.changed.any
     }
 
     /// `key` by numbers, if every part of it is open somewhere.
@@ -354,10 +384,12 @@ impl OpenHours {
             None => self.open(key),
         };
         let tag_id = self.interned.tags.get(tags);
+        let open_records = self.buckets.len();
         let bucket = self.buckets.get_mut(&open).expect("just opened");
         bucket.quantity += quantity;
-        bucket.dirty = true;
-        self.changed = true;
+        if !std::mem::replace(&mut bucket.dirty, true) {
+            self.changed.note(open, open_records);
+        }
         if let Some(id) = tag_id {
             let known = match &mut bucket.allocs {
                 Allocs::One(one, q) => (*one == id).then_some(q),
@@ -402,6 +434,7 @@ impl OpenHours {
             allocs: Allocs::One(u32::MAX, 0),
         };
         self.buckets.insert(open, bucket);
+        self.changed.note(open, self.buckets.len());
         open
     }
 
@@ -457,14 +490,29 @@ impl OpenHours {
 
     /// Hands every changed record (every record with `all`) to `sink`, and marks all clean.
     pub fn visit(&mut self, all: bool, mut sink: impl FnMut(&OpenTotals<'_>)) {
-        // One pass: each record is handed over and marked clean together.
-        for (open, bucket) in self.buckets.iter_mut() {
-            if all || bucket.dirty {
-                sink(&self.interned.totals_ref(open, bucket));
+        let mut changed = std::mem::take(&mut self.changed);
+        if all || changed.overflow {
+            // One pass: each record is handed over and marked clean together.
+            for (open, bucket) in self.buckets.iter_mut() {
+                if all || bucket.dirty {
+                    sink(&self.interned.totals_ref(open, bucket));
+                }
+                bucket.dirty = false;
             }
-            bucket.dirty = false;
+        } else {
+            // A listed record may have been sealed since, or listed twice (sealed and opened
+            // again): it is handed over if it is open and still dirty.
+            for open in &changed.keys {
+                if let Some(bucket) = self.buckets.get_mut(open)
+                    && std::mem::replace(&mut bucket.dirty, false)
+                {
+                    sink(&self.interned.totals_ref(open, bucket));
+                }
+            }
         }
-        self.changed = false;
+        // The list's allocation is kept for the next checkpoint.
+        changed.keys.clear();
+        self.changed.keys = changed.keys;
     }
 
     /// Sets a record to what a checkpoint saved (replacing what was open for its key).
@@ -518,6 +566,44 @@ mod tests {
             assert_eq!(open.remove(&found).map(|r| r.key), Some(k.clone()));
         }
         assert!(open.interned.names.ids.is_empty() && open.interned.scopes.ids.is_empty());
+    }
+
+    #[test]
+    fn a_checkpoint_visits_what_changed_listed_or_by_reading_every_record() {
+        let mut open = OpenHours::default();
+        let key = |i: usize| RecordKey {
+            scope: Scope::ProductCode("prod-1".into()),
+            customer: Customer::AwsAccountId(format!("{:012}", i)),
+            dimension: "requests".into(),
+            hour: 3600,
+        };
+        let visited = |open: &mut OpenHours| {
+            let mut seen = Vec::new();
+            open.visit(false, |totals| seen.push(postcard::to_allocvec(totals).unwrap()));
+            seen.len()
+        };
+        for i in 0..20_000 {
+            open.add(None, &key(i), &Vec::new(), 1);
+        }
+        assert!(open.changed.overflow, "20,000 new records are more than the list takes");
+        assert_eq!(visited(&mut open), 20_000);
+        assert!(!open.has_changes());
+        // Three changed, one of them twice, one sealed since: listed, and two handed over.
+        for i in [7, 11, 7, 13] {
+            open.add(open.find(&key(i)), &key(i), &Vec::new(), 1);
+        }
+        open.remove(&open.find(&key(13)).unwrap());
+        assert_eq!((open.changed.keys.len(), open.changed.overflow), (3, false));
+        assert_eq!(visited(&mut open), 2);
+        assert_eq!(visited(&mut open), 0);
+        // More than an eighth of the records changed: the table is read through, and every
+        // changed record is handed over exactly once.
+        for i in 0..5_000 {
+            open.add(open.find(&key(i)), &key(i), &Vec::new(), 1);
+        }
+        assert!(open.changed.overflow);
+        assert_eq!(visited(&mut open), 5_000);
+        assert_eq!(visited(&mut open), 0);
     }
 
     #[test]
