@@ -358,7 +358,7 @@ pub fn offline_status(
     let open: BTreeSet<&RecordKey> = chunked
         .iter()
         .chain(recovered.legacy_open.iter().map(|t| &t.key))
-        .chain(recovered.log.iter().map(|a| &a.key))
+        .chain(recovered.log_events().map(|a| &a.key))
         .collect();
     report.records.insert("open".into(), open.len() as u64);
     report.outbox_bytes = outbox_bytes;

@@ -385,7 +385,7 @@ async fn open_outbox(config: &Config) -> anyhow::Result<(Arc<Outbox>, Recovered)
     let outbox = Arc::new(outbox);
     tracing::info!(
         outbox = %outbox.dir().display(),
-        log_events = recovered.log.len(),
+        log_events = recovered.log_len(),
         sealed_records = recovered.records.len(),
         "outbox opened"
     );
