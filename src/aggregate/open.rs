@@ -596,6 +596,12 @@ mod tests {
         assert_eq!((open.changed.keys.len(), open.changed.overflow), (3, false));
         assert_eq!(visited(&mut open), 2);
         assert_eq!(visited(&mut open), 0);
+        // Changed, sealed and opened again: listed twice, handed over once.
+        open.add(open.find(&key(17)), &key(17), &Vec::new(), 1);
+        open.remove(&open.find(&key(17)).unwrap());
+        open.add(None, &key(17), &Vec::new(), 4);
+        assert_eq!(open.changed.keys, [open.find(&key(17)).unwrap(); 2]);
+        assert_eq!(visited(&mut open), 1);
         // More than an eighth of the records changed: the table is read through, and every
         // changed record is handed over exactly once.
         for i in 0..5_000 {

@@ -12,7 +12,7 @@
 //! | at most half full; doubles when it would be fuller | a probe, even for a missing key, ends within a few slots |
 //! | halves while under an eighth full | sealing an hour of a million records gives its memory back |
 //! | removal shifts the entries after it back (no tombstones) | probes stay as short as the load allows |
-//! | hashed with a random seed per process | no client can choose customers that pile up in one run of slots |
+//! | hashed with a random seed (per process and per table) | no client can choose customers that pile up in one run of slots |
 
 use std::hash::{BuildHasher, Hash};
 
@@ -170,35 +170,96 @@ mod tests {
         fn write(&mut self, _: &[u8]) {}
     }
 
+    /// Hashes a `u64` key to itself, so that a test chooses each key's first slot.
+    #[derive(Debug, Default)]
+    struct Itself;
+
+    impl BuildHasher for Itself {
+        type Hasher = Value;
+        fn build_hasher(&self) -> Value {
+            Value(0)
+        }
+    }
+
+    struct Value(u64);
+
+    impl std::hash::Hasher for Value {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, _: &[u8]) {
+            unreachable!("u64 keys only")
+        }
+        fn write_u64(&mut self, value: u64) {
+            self.0 = value;
+        }
+    }
+
     #[test]
-    fn matches_a_std_map_through_inserts_removals_growth_and_shrinking() {
+    fn matches_a_std_map_through_growth_removals_and_shrinking() {
         let mut table = KeyTable::<u64, u64>::default();
         let mut model = std::collections::HashMap::new();
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        for step in 0..200_000u64 {
+        let mut next = move || {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            // Keys from a small range, so that inserts replace and removals find; the range widens
-            // and narrows so that the table grows and shrinks.
-            let range = if (step / 50_000).is_multiple_of(2) { 20_000 } else { 300 };
-            let key = rng % range;
-            if rng.is_multiple_of(3) {
-                assert_eq!(table.remove(&key), model.remove(&key), "remove {key} at step {step}");
+            rng
+        };
+        let mut check = |table: &mut KeyTable<u64, u64>, insert: bool, key: u64, value: u64| {
+            if insert {
+                assert_eq!(table.insert(key, value), model.insert(key, value), "insert {key}");
             } else {
-                assert_eq!(table.insert(key, step), model.insert(key, step), "insert {key} at step {step}");
+                assert_eq!(table.remove(&key), model.remove(&key), "remove {key}");
             }
             assert_eq!(table.len(), model.len());
+        };
+        // Grow with inserts, replacements and removals among 20,000 keys.
+        for step in 0..100_000 {
+            let (op, key) = (next(), next() % 20_000);
+            check(&mut table, !op.is_multiple_of(3), key, step);
         }
-        for (key, value) in &model {
-            assert_eq!(table.get(key), Some(value));
+        let grown = table.slots.len();
+        assert!(table.len() > 10_000 && grown >= 2 * table.len());
+        // Remove all but 100 keys: the table halves its slots on the way down.
+        for key in 100..20_000 {
+            check(&mut table, false, key, 0);
+        }
+        assert!(
+            table.slots.len() < grown / 8,
+            "{} slots for {} keys after {grown}",
+            table.slots.len(),
+            table.len()
+        );
+        // And a busy small table after that.
+        for step in 0..50_000 {
+            let (op, key) = (next(), next() % 300);
+            check(&mut table, !op.is_multiple_of(3), key, step);
+        }
+        for key in 0..20_000 {
+            assert_eq!(table.get(&key), model.get(&key), "{key}");
         }
         let mut all: Vec<_> = table.iter().map(|(k, v)| (*k, *v)).collect();
         all.sort();
         let mut expected: Vec<_> = model.into_iter().collect();
         expected.sort();
         assert_eq!(all, expected);
-        assert!(table.slots.len() <= (table.len() * 8).max(MIN_SLOTS), "shrunk after the range narrowed");
+    }
+
+    #[test]
+    fn removal_leaves_an_entry_whose_probe_starts_after_the_hole() {
+        let mut table = KeyTable::<u64, u64, Itself>::default();
+        // In 16 slots: 14 in slot 14, 15 in slot 15, 30 (first slot 14) wrapped into slot 0.
+        for key in [14, 15, 30] {
+            table.insert(key, key * 10);
+        }
+        assert_eq!(table.slots.len(), 16);
+        assert_eq!(table.slots[0].as_ref().map(|(k, _)| *k), Some(30));
+        // Removing 14: 15 must stay (its probe starts at 15), 30 must move back into slot 14.
+        assert_eq!(table.remove(&14), Some(140));
+        assert_eq!(table.slots[14].as_ref().map(|(k, _)| *k), Some(30));
+        assert_eq!(table.slots[15].as_ref().map(|(k, _)| *k), Some(15));
+        assert_eq!((table.get(&15), table.get(&30), table.get(&14)), (Some(&150), Some(&300), None));
     }
 
     #[test]

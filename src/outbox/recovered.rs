@@ -106,27 +106,38 @@ const DECODE_THREADS: usize = 4;
 /// events since the checkpoint, decoding them one after the other took about half of a restart.
 /// The first payload that does not decode gives the error.
 fn decode_payloads(payloads: &[(u64, &[u8])], threads: usize) -> Result<Vec<Vec<Admitted>>, OutboxError> {
-    let decode_all = |part: &[(u64, &[u8])]| -> Result<Vec<Vec<Admitted>>, OutboxError> {
-        part.iter()
-            .map(|(seq, payload)| legacy::decode_log(format!("journal group {seq}").as_bytes(), payload))
-            .collect()
+    // One flat list per part: a payload may hold a single event.
+    let decode_all = |part: &[(u64, &[u8])]| -> Result<Vec<Admitted>, OutboxError> {
+        let mut events = Vec::new();
+        for (seq, payload) in part {
+            events.extend(legacy::decode_log(format!("journal group {seq}").as_bytes(), payload)?);
+        }
+        Ok(events)
     };
     if threads < 2 || payloads.len() < 2 * threads {
-        return decode_all(payloads);
+        return Ok(vec![decode_all(payloads)?]);
     }
     let parts: Vec<_> = payloads.chunks(payloads.len().div_ceil(threads)).collect();
     let decoded: Vec<Result<_, _>> = std::thread::scope(|scope| {
-        let rest: Vec<_> = parts[1..].iter().map(|part| scope.spawn(move || decode_all(part))).collect();
+        // A part whose thread cannot start (a task limit) is decoded here, after the first.
+        let rest: Vec<_> = parts[1..]
+            .iter()
+            .map(|part| {
+                std::thread::Builder::new()
+                    .name("meterd-decode".into())
+                    .spawn_scoped(scope, || decode_all(part))
+                    .map_err(|_| part)
+            })
+            .collect();
         let first = decode_all(parts[0]);
         std::iter::once(first)
-            .chain(rest.into_iter().map(|handle| handle.join().expect("decoding a payload never panics")))
+            .chain(rest.into_iter().map(|started| match started {
+                Ok(handle) => handle.join().expect("decoding a payload never panics"),
+                Err(part) => decode_all(part),
+            }))
             .collect()
     });
-    let mut log = Vec::with_capacity(payloads.len());
-    for part in decoded {
-        log.extend(part?);
-    }
-    Ok(log)
+    decoded.into_iter().collect()
 }
 
 /// Everything sled holds: the checkpoint, legacy log chunks after it, open hours, ids, records.
