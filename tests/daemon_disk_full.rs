@@ -260,3 +260,34 @@ fn low_free_space_makes_the_outbox_full() {
         Launch::new(dir.path(), &emu).offset(LATER).env("METERD_STORAGE__MIN_FREE_BYTES", &min_free).start();
     assert_billed(&emu, &totals);
 }
+
+/// A checkpoint is written beside the commit thread (`src/commit/checkpoint.rs`). Here the disk
+/// fills between two checkpoints, after the journal's segment was allocated: the events are still
+/// acknowledged (their journal space is there), the next checkpoint cannot write its open-hours
+/// file, and meterd must stop as it does for a failed write on the commit thread. The restart
+/// bills every acknowledged event exactly once.
+#[test]
+fn a_checkpoint_failing_beside_the_commit_thread_stops_meterd_and_loses_nothing() {
+    let emu = Emu::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    mount_tmpfs(&data, "96m");
+    let _unmount = Unmount(&data);
+    let mut totals = BTreeMap::new();
+    let meterd = Launch::new(dir.path(), &emu)
+        .env("METERD_STORAGE__MIN_FREE_BYTES", "0")
+        .env("METERD_STORAGE__JOURNAL_SEGMENT_SIZE", "8388608")
+        .env("METERD_STORAGE__CHECKPOINT_INTERVAL", "200ms")
+        .start();
+    send_acked(&meterd, "a", 300, &mut totals);
+    let filler = fill(&data);
+    send_acked(&meterd, "b", 300, &mut totals);
+    let failed = meterd.wait_log("outbox checkpoint failed; stopping", Duration::from_secs(20));
+    assert!(failed.to_string().contains("No space left on device"), "{failed}");
+    assert_eq!(meterd.wait_exit(Duration::from_secs(20)).code(), Some(1));
+
+    std::fs::remove_file(&filler).unwrap();
+    emu.set_clock_offset(LATER);
+    let _meterd = Launch::new(dir.path(), &emu).offset(LATER).start();
+    assert_billed(&emu, &totals);
+}

@@ -69,6 +69,23 @@ impl<K: Copy + Eq + Hash, V, S: BuildHasher> KeyTable<K, V, S> {
         }
     }
 
+    /// How many slots the table has (twice its entries at most).
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Reads the first slot of each of `keys`' probes, hashing them all first: in a table larger
+    /// than the caches each read is a memory miss, and with nothing between them the processor
+    /// has many in flight at once, where lookups one after another wait for each in turn. Returns
+    /// how many of those slots hold an entry (so that the reads are used).
+    pub fn read_ahead(&self, keys: impl Iterator<Item = K>) -> usize {
+        if self.slots.is_empty() {
+            return 0;
+        }
+        let homes: Vec<usize> = keys.map(|key| self.home(&key)).collect();
+        homes.iter().filter(|&&at| self.slots[at].is_some()).count()
+    }
+
     pub fn contains_key(&self, key: &K) -> bool {
         self.position(key).is_some()
     }
@@ -193,6 +210,19 @@ mod tests {
         fn write_u64(&mut self, value: u64) {
             self.0 = value;
         }
+    }
+
+    #[test]
+    fn reading_ahead_reads_each_keys_first_slot() {
+        let mut table = KeyTable::<u64, u64, Itself>::default();
+        assert_eq!(table.read_ahead([1, 2].into_iter()), 0, "no slots yet");
+        for key in [3, 4, 5] {
+            table.insert(key, key);
+        }
+        // 19 starts at slot 3 (19 & 15), which 3 holds; 7 and 8 start at empty slots.
+        assert_eq!(table.read_ahead([3, 5, 19, 7, 8].into_iter()), 3);
+        assert_eq!(table.read_ahead(std::iter::empty()), 0);
+        assert_eq!(table.slots(), 16);
     }
 
     #[test]

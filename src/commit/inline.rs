@@ -155,7 +155,10 @@ pub fn run(shared: Arc<Shared>, mut commands: mpsc::Receiver<Command>) -> Result
     drop(sync_tx);
     let _ = sync.join();
     if committer.failed() {
+        // A checkpoint still in flight ends before the thread does; its error is logged already
+        // or does not matter now.
+        let _ = committer.settle();
         return Ok(());
     }
-    committer.checkpoint()
+    committer.checkpoint(true)
 }

@@ -5,13 +5,15 @@
 //! then answers: while it waits on the device, the commit thread already logs the next groups, and
 //! the next barrier covers all of them. Groups are answered strictly in order, so a duplicate is
 //! never confirmed before the event it repeats is durable (the sync thread, `sync.rs`). At each checkpoint tick it
-//! seals the hours that are due, writes the changed state and trims the log, and hands newly sealed
-//! records to the submit stage once they are durable.
+//! seals the hours that are due, encodes the changed state for a checkpoint thread to write while
+//! it goes on (`checkpoint.rs`), and hands newly sealed records to the submit stage once they are
+//! durable.
 //!
 //! On a storage failure nothing more can be promised: the events of the failed group are answered
 //! `storage_error`, every later one too, and the process stops so that a restart replays the truth
 //! from disk (the in-memory hours may hold events that were never made durable).
 
+mod checkpoint;
 mod inline;
 mod sync;
 
@@ -26,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::aggregate::{Admission, AdmitError, Aggregator, Heartbeat, Rules};
 use crate::context::Context;
 use crate::model::{Customer, Event};
-use crate::outbox::{Outbox, OutboxError, RecordState, Recovered, StoredRecord};
+use crate::outbox::{Outbox, OutboxError, Recovered, StoredRecord};
 pub use inline::{Intake, Shared, run};
 use sync::{Delivery, Logged};
 
@@ -117,6 +119,8 @@ pub struct Committer {
     legacy_warned: (i64, HashSet<String>),
     /// Flushes waiting for the checkpoint that makes their records durable, with their counts.
     flushed: Vec<(oneshot::Sender<usize>, usize)>,
+    /// The checkpoint being written beside this thread (`checkpoint.rs`).
+    in_flight: Option<checkpoint::InFlight>,
 }
 
 /// Turns every `ok` outcome into `NotStored`: nothing of the group may be confirmed.
@@ -200,6 +204,7 @@ impl Committer {
             behind: false,
             legacy_warned: (0, HashSet::new()),
             flushed: Vec::new(),
+            in_flight: None,
         }
     }
 
@@ -210,7 +215,7 @@ impl Committer {
         let now = self.now();
         self.aggregator.seal_due(now);
         if self.aggregator.has_sealed() {
-            self.checkpoint()?;
+            self.checkpoint(true)?;
         }
         self.measure_outbox();
         self.ctx.health.commit_turned();
@@ -243,6 +248,7 @@ impl Committer {
 
     /// After a turn: flushes answered at once after a failure, and the checkpoint on a tick.
     fn after_turn(&mut self, tick: bool) -> Result<(), OutboxError> {
+        self.settle_finished()?;
         if self.failed() {
             // Nothing more is sealed: a flush waiting on a checkpoint is answered at once.
             for (reply, _) in self.flushed.drain(..) {
@@ -250,7 +256,7 @@ impl Committer {
             }
         }
         if tick && !self.failed() {
-            self.checkpoint()?;
+            self.checkpoint(false)?;
             self.measure_outbox();
             for (reply, count) in self.flushed.drain(..) {
                 let _ = reply.send(count);
@@ -360,6 +366,8 @@ impl Committer {
         let mut logged = Vec::new();
         let mut deliveries = Vec::with_capacity(group.len());
         let mut duplicates = 0u64;
+        // Reads ahead of the lookups below; `black_box` keeps the reads, whose count is not needed.
+        std::hint::black_box(self.aggregator.read_ahead(group.iter().flat_map(|s| s.events.iter()), now));
         for submission in group.drain(..) {
             let mut outcomes = Vec::with_capacity(submission.events.len());
             for event in submission.events {
@@ -474,78 +482,6 @@ impl Committer {
             tracing::info!(bytes, free_bytes = free, "outbox below its limits again: accepting events");
         }
         self.ctx.health.set_outbox_full(full);
-    }
-
-    /// Streams the open records changed since the last checkpoint (every one when `full`) into
-    /// the next open-hours file, one chunk at a time, and syncs it.
-    fn write_open(&mut self, full: bool) -> Result<crate::outbox::OpenWrite, OutboxError> {
-        let (mut file, generation) = self.outbox.open_file()?;
-        let mut chunker = crate::outbox::Chunker::open_hours();
-        let mut failed = None;
-        self.aggregator.visit_open(full, |totals| {
-            chunker.push(totals);
-            for chunk in chunker.take_chunks() {
-                if failed.is_none() {
-                    failed = file.chunk(&chunk).err();
-                }
-            }
-        });
-        for chunk in chunker.finish().0 {
-            if failed.is_none() {
-                failed = file.chunk(&chunk).err();
-            }
-        }
-        let path = file.path().to_path_buf();
-        let io = |err: std::io::Error| OutboxError::OpenFile { path: path.clone(), reason: err.to_string() };
-        if let Some(err) = failed {
-            return Err(io(err));
-        }
-        let bytes = file.finish().map_err(io)?;
-        Ok(crate::outbox::OpenWrite { generation: Some(generation), bytes, full })
-    }
-
-    /// Seals what is due, writes the changes, trims the log, and passes sealed records on.
-    fn checkpoint(&mut self) -> Result<(), OutboxError> {
-        let now = self.now();
-        self.aggregator.seal_due(now);
-        let delta = self.aggregator.take_delta();
-        let sealing = !delta.sealed.is_empty();
-        // Sealed records leave the open hours: a full write, so that no chunk still holds them.
-        let full = sealing || self.outbox.wants_full_checkpoint();
-        if delta.is_empty()
-            && !full
-            && !delta.sealed_through_advanced
-            && !self.aggregator.has_open_changes()
-            && self.seq == self.checkpointed_seq
-        {
-            return Ok(());
-        }
-        let written = if full || self.aggregator.has_open_changes() {
-            self.write_open(full)
-        } else {
-            Ok(crate::outbox::OpenWrite::default())
-        };
-        if let Err(err) =
-            written.and_then(|open| self.outbox.checkpoint(self.seq, &delta, open, now, sealing))
-        {
-            tracing::error!(%err, "outbox checkpoint failed; stopping");
-            self.storage_failed();
-            return Err(err);
-        }
-        self.checkpointed_seq = self.seq;
-        self.ctx.metrics.records.with_label_values(&["open"]).set(self.aggregator.open_records() as i64);
-        if sealing {
-            tracing::info!(records = delta.sealed.len(), "sealed hourly records");
-            let stored = delta
-                .sealed
-                .into_iter()
-                .map(|record| StoredRecord { record, sealed_at: now, state: RecordState::Pending })
-                .collect();
-            let _ = self.sealed_tx.send(stored);
-        }
-        // After the records: whoever sees this hour also finds its records in the channel.
-        self.sealed_through.send_replace(delta.sealed_through);
-        Ok(())
     }
 }
 
