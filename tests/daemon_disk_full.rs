@@ -282,7 +282,8 @@ fn a_checkpoint_failing_beside_the_commit_thread_stops_meterd_and_loses_nothing(
     send_acked(&meterd, "a", 300, &mut totals);
     let filler = fill(&data);
     send_acked(&meterd, "b", 300, &mut totals);
-    let failed = meterd.wait_log("outbox checkpoint failed; stopping", Duration::from_secs(20));
+    let failed =
+        meterd.wait_log("outbox checkpoint failed on the checkpoint thread", Duration::from_secs(20));
     assert!(failed.to_string().contains("No space left on device"), "{failed}");
     assert_eq!(meterd.wait_exit(Duration::from_secs(20)).code(), Some(1));
 

@@ -9,12 +9,14 @@
 //! | rule | why |
 //! |---|---|
 //! | at most one checkpoint in flight; the next one (and the end of the run) first waits for it | generations of the open-hours files, sled's meta and the journal's trim stay in order |
-//! | a checkpoint that seals records, answers a flush, or ends the run is written before the commit thread goes on | sealed records reach the submit stage, and a flush is answered, only once durable |
-//! | the encoded chunks pass through a channel of [`CHUNKS_IN_FLIGHT`] | what waits for the writer is bounded (1 MiB), whatever is open |
-//! | a failed write stops meterd at the commit thread's next turn | as a failed write on the commit thread: nothing more can be promised, and a restart replays from disk |
+//! | a checkpoint that seals records, moves the last sealed hour, answers a flush, or ends the run is written before the commit thread goes on | sealed records reach the submit stage, the hour is told, and a flush is answered, only once durable |
+//! | the encoded chunks pass through a channel of [`CHUNKS_IN_FLIGHT`] | what waits for the writer is bounded (1 MiB, and the file's 1 MiB buffer), whatever is open |
+//! | a failed write stops meterd at once, from the checkpoint thread | as a failed write on the commit thread: the sync thread acknowledges nothing more, and a restart replays from disk |
+//! | journal segments go only when every record in them is of a group the checkpoint holds | the commit thread appends meanwhile, and a group can start in one segment and end in the next (`Segment::highest_seq`) |
 //! | a checkpoint whose thread cannot be started is written on the commit thread | as before, only slower |
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 
@@ -80,20 +82,16 @@ impl Job {
 }
 
 impl Committer {
-    /// Waits for the checkpoint in flight, if any; a failed one stops meterd.
+    /// Waits for the checkpoint in flight, if any. A failed one has stopped meterd already (on
+    /// its own thread); its error is returned here.
     pub(super) fn settle(&mut self) -> Result<(), OutboxError> {
         let Some(handle) = self.in_flight.take() else { return Ok(()) };
-        let result = handle.join().unwrap_or_else(|_| {
-            Err(OutboxError::OpenFile {
+        handle.join().unwrap_or_else(|_| {
+            Err(self.failed_checkpoint(OutboxError::OpenFile {
                 path: self.outbox.open_dir().to_path_buf(),
                 reason: "the checkpoint thread panicked".into(),
-            })
-        });
-        if let Err(err) = &result {
-            tracing::error!(%err, "outbox checkpoint failed; stopping");
-            self.storage_failed();
-        }
-        result
+            }))
+        })
     }
 
     /// Takes in a checkpoint that has finished, without waiting for one that has not.
@@ -158,20 +156,27 @@ impl Committer {
     /// if no thread can be started.
     fn write_beside(&mut self, job: Job, full: bool) -> Result<(), OutboxError> {
         let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<(Job, Receiver<Vec<u8>>)>(1);
+        let (failed, ctx) = (self.failed.clone(), self.ctx.clone());
         let started = std::thread::Builder::new().name("meterd-checkpoint".into()).spawn(move || {
-            // No job: the commit thread wrote it itself.
-            let Ok((mut job, chunks)) = job_rx.recv() else { return Ok(()) };
+            let (mut job, chunks) = job_rx.recv().expect("the commit thread sends the job once started");
             chunks.iter().for_each(|chunk| job.chunk(&chunk));
-            job.finish().map(drop)
+            let written = job.finish().map(drop);
+            if let Err(err) = &written {
+                // At once, not at the commit thread's next turn: the sync thread acknowledges
+                // nothing more from now on.
+                tracing::error!(%err, "outbox checkpoint failed on the checkpoint thread; stopping");
+                failed.store(true, Ordering::SeqCst);
+                ctx.fail();
+            }
+            written
         });
         match started {
             Ok(handle) => {
                 let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel(CHUNKS_IN_FLIGHT);
                 self.in_flight = Some(handle);
-                if job_tx.send((job, chunk_rx)).is_ok() {
-                    // The writer takes every chunk, also after a failed write.
-                    self.visit_open(full, |chunk| drop(chunk_tx.send(chunk)));
-                }
+                job_tx.send((job, chunk_rx)).expect("the checkpoint thread waits for its job");
+                // The writer takes every chunk, also after a failed write.
+                self.visit_open(full, |chunk| drop(chunk_tx.send(chunk)));
                 Ok(())
             }
             Err(err) => {

@@ -248,15 +248,17 @@ impl Committer {
 
     /// After a turn: flushes answered at once after a failure, and the checkpoint on a tick.
     fn after_turn(&mut self, tick: bool) -> Result<(), OutboxError> {
-        self.settle_finished()?;
+        let settled = self.settle_finished();
         if self.failed() {
             // Nothing more is sealed: a flush waiting on a checkpoint is answered at once.
             for (reply, _) in self.flushed.drain(..) {
                 let _ = reply.send(0);
             }
         }
+        settled?;
         if tick && !self.failed() {
-            self.checkpoint(false)?;
+            // A flush is answered once its checkpoint is written, even one that sealed nothing.
+            self.checkpoint(!self.flushed.is_empty())?;
             self.measure_outbox();
             for (reply, count) in self.flushed.drain(..) {
                 let _ = reply.send(count);

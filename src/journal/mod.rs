@@ -180,6 +180,7 @@ impl Journal {
                 self.roll(writer)?;
             }
             frame::push_record(&mut writer.buf, seq, synced, more, payload);
+            writer.segment.highest_seq = Some(seq);
         }
         self.write_buf(writer)?;
         writer.segment.last_seq = Some(seq);
@@ -236,16 +237,17 @@ impl Journal {
     /// Whether [`Journal::trim`] through `seq` would remove a segment.
     pub fn trimmable(&self, seq: u64) -> bool {
         let closed = self.closed.lock().expect("journal closed lock");
-        closed.first().is_some_and(|s| s.last_seq.is_none_or(|last| last <= seq))
+        closed.first().is_some_and(|s| s.highest_seq.is_none_or(|highest| highest <= seq))
     }
 
-    /// Removes the ended segments whose groups are all at or below `seq`, which a durable
-    /// checkpoint holds. Returns how many were removed.
+    /// Removes the ended segments whose records all belong to groups at or below `seq`, which a
+    /// durable checkpoint holds (groups after it may be appended meanwhile: a checkpoint is
+    /// written beside the commit thread). Returns how many were removed.
     pub fn trim(&self, seq: u64) -> Result<usize, JournalError> {
         let mut closed = self.closed.lock().expect("journal closed lock");
         let mut removed = 0;
         while let Some(first) = closed.first() {
-            if first.last_seq.is_some_and(|last| last > seq) {
+            if first.highest_seq.is_some_and(|highest| highest > seq) {
                 break;
             }
             std::fs::remove_file(&first.path)
@@ -268,7 +270,7 @@ impl Journal {
     /// meterd gives its journal's space back.
     pub fn roll_if_covered(&self, seq: u64) -> Result<bool, JournalError> {
         let mut writer = self.writer.lock().expect("journal writer lock");
-        let covered = writer.segment.last_seq.is_some_and(|last| last <= seq);
+        let covered = writer.segment.highest_seq.is_some_and(|highest| highest <= seq);
         if !covered || writer.segment.end < self.segment_bytes / 4 {
             return Ok(false);
         }

@@ -15,6 +15,10 @@ pub(super) struct Segment {
     pub path: PathBuf,
     /// Sequence of its last complete group; `None` for a segment with none.
     pub last_seq: Option<u64>,
+    /// Highest sequence of any record in it, its group complete here or not: a segment can go
+    /// only once a checkpoint holds this group (a group larger than what was left of a segment
+    /// starts in one segment and ends in the next).
+    pub highest_seq: Option<u64>,
     /// Where its next record would go.
     pub end: u64,
 }
@@ -113,8 +117,13 @@ pub(super) fn scan(dir: &Path, floor: u64, read_only: bool) -> Result<Scan, Jour
     let mut contents = Vec::with_capacity(files.len());
     for (position, (index, path)) in files.iter().enumerate() {
         let bytes = read_all(path).map_err(|source| JournalError::Io { path: path.clone(), source })?;
-        let segment =
-            Segment { index: *index, path: path.clone(), last_seq: None, end: SEGMENT_HEADER as u64 };
+        let segment = Segment {
+            index: *index,
+            path: path.clone(),
+            last_seq: None,
+            highest_seq: None,
+            end: SEGMENT_HEADER as u64,
+        };
         segments.push(segment);
         if damage.is_none() {
             damage = walk_segment(&bytes, *index, position, &mut walk, &mut segments[position]);
@@ -198,6 +207,7 @@ fn walk_segment(
                 if !record.more {
                     segment.last_seq = Some(record.seq);
                 }
+                segment.highest_seq = segment.highest_seq.max(Some(record.seq));
                 offset += frame::record_len(record.payload.len());
             }
         }

@@ -74,5 +74,5 @@ fn make(dir: &Path, index: u64, size: u64) -> std::io::Result<Segment> {
     drop(file);
     std::fs::rename(&tmp, &path)?;
     File::open(dir)?.sync_all()?;
-    Ok(Segment { index, path, last_seq: None, end: SEGMENT_HEADER as u64 })
+    Ok(Segment { index, path, last_seq: None, highest_seq: None, end: SEGMENT_HEADER as u64 })
 }

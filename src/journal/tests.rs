@@ -197,3 +197,34 @@ fn large_groups_span_records_and_segments_and_trimmed_segments_are_removed() {
     let found = Journal::read(dir.path(), 5).unwrap();
     assert_eq!(found.last().unwrap().seq, 8);
 }
+
+/// Each group here spans two segments, so a segment ends holding the first records of a group
+/// whose last record is in the next. A checkpoint through a group written before (the commit
+/// thread appends while a checkpoint is written beside it) must not remove that segment: every
+/// later group reads back whole after each trim.
+#[test]
+fn trimming_keeps_a_segment_that_holds_the_start_of_a_later_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = Journal::open(dir.path(), SEGMENT, 0).unwrap();
+    let mut groups = Vec::new();
+    for seq in 1..=6u64 {
+        let payloads: Vec<Vec<u8>> = (0..3).map(|n| payload(seq * 3 + n, MAX_PAYLOAD * 7 / 10)).collect();
+        journal.append(seq, &payloads).unwrap();
+        groups.push(Group { seq, payloads });
+    }
+    journal.sync().unwrap();
+    // Each group as its sequence and the lengths of its payloads, so that a failure prints short.
+    let shape = |groups: &[Group]| -> Vec<(u64, Vec<usize>)> {
+        groups.iter().map(|g| (g.seq, g.payloads.iter().map(Vec::len).collect())).collect()
+    };
+    let mut removed = 0;
+    for through in 1..=5u64 {
+        removed += journal.trim(through).unwrap();
+        // What a restart replays: the groups after the checkpoint's.
+        let after: Vec<Group> =
+            Journal::read(dir.path(), through).unwrap().into_iter().filter(|g| g.seq > through).collect();
+        assert_eq!(shape(&after), shape(&groups[through as usize..]), "through {through}");
+        assert_eq!(after, groups[through as usize..], "through {through}");
+    }
+    assert!(removed >= 4, "segments wholly at or below 5 go: {removed}");
+}

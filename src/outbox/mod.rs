@@ -442,12 +442,12 @@ impl Outbox {
         Ok(())
     }
 
-    /// The file for the next generation of open-hours totals ([`OpenWrite::generation`]).
     /// Where the open-hours files are.
     pub fn open_dir(&self) -> &Path {
         &self.open_dir
     }
 
+    /// The file for the next generation of open-hours totals ([`OpenWrite::generation`]).
     pub fn open_file(&self) -> Result<(OpenFile, u64), OutboxError> {
         let generation = self.open_state.lock().expect("open state lock").last + 1;
         let file = OpenFile::create(&self.open_dir, generation).map_err(|e| OutboxError::OpenFile {
