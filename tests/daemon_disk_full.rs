@@ -20,21 +20,37 @@ use serde_json::{Value, json};
 const LATER: i64 = 4 * 3600;
 const CUSTOMERS: u64 = 10;
 
-fn mount_tmpfs(at: &Path, size: &str) {
-    std::fs::create_dir_all(at).unwrap();
-    let status =
-        Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(at).status();
-    assert!(
-        status.is_ok_and(|s| s.success()),
-        "this test mounts a small tmpfs to fill the disk, and needs root (CAP_SYS_ADMIN)"
-    );
+/// A data dir on a small tmpfs of its own, under a temporary dir; unmounted when dropped.
+struct SmallDisk {
+    data: PathBuf,
+    dir: tempfile::TempDir,
 }
 
-struct Unmount<'a>(&'a Path);
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&data)
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "this test mounts a small tmpfs to fill the disk, and needs root (CAP_SYS_ADMIN)"
+        );
+        SmallDisk { data, dir }
+    }
 
-impl Drop for Unmount<'_> {
+    /// Where the launched meterd's files go (`data` is its data dir).
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.data).status();
     }
 }
 
@@ -127,27 +143,25 @@ fn assert_billed(emu: &Emu, totals: &BTreeMap<String, u64>) {
 #[test]
 fn a_restart_on_a_full_disk_fails_cleanly_and_starts_once_space_is_back() {
     let emu = Emu::start(|_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    mount_tmpfs(&data, "96m");
-    let _unmount = Unmount(&data);
+    let disk = SmallDisk::mount("96m");
+    let (dir, data) = (disk.root(), disk.data.as_path());
     let mut totals = BTreeMap::new();
-    let meterd = Launch::new(dir.path(), &emu).start();
+    let meterd = Launch::new(dir, &emu).start();
     send_acked(&meterd, "a", 300, &mut totals);
     assert!(meterd.signal("TERM").success());
-    let meterd = Launch::new(dir.path(), &emu).start();
+    let meterd = Launch::new(dir, &emu).start();
     send_acked(&meterd, "b", 300, &mut totals);
     meterd.kill9();
 
-    let filler = fill(&data);
-    let (status, stderr) = Meterd::run_to_end(Launch::new(dir.path(), &emu));
+    let filler = fill(data);
+    let (status, stderr) = Meterd::run_to_end(Launch::new(dir, &emu));
     assert_eq!(status.code(), Some(1), "{stderr}");
-    let leftovers = unfinished_snapshots(&data);
+    let leftovers = unfinished_snapshots(data);
     eprintln!("after the start on a full disk: unfinished snapshots {leftovers:?}");
 
     std::fs::remove_file(&filler).unwrap();
     emu.set_clock_offset(LATER);
-    let meterd = Launch::new(dir.path(), &emu).offset(LATER).start();
+    let meterd = Launch::new(dir, &emu).offset(LATER).start();
     assert_eq!(meterd.get("/readyz").0, 200);
     assert_billed(&emu, &totals);
 
@@ -165,17 +179,18 @@ fn a_restart_on_a_full_disk_fails_cleanly_and_starts_once_space_is_back() {
 #[test]
 fn an_unfinished_snapshot_file_does_not_stop_meterd() {
     let emu = Emu::start(|_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("data");
     let mut totals = BTreeMap::new();
-    let meterd = Launch::new(dir.path(), &emu).start();
+    let meterd = Launch::new(dir, &emu).start();
     send_acked(&meterd, "a", 300, &mut totals);
     assert!(meterd.signal("TERM").success());
 
     // Empty, as a start on a full disk leaves it.
     let empty = data.join("outbox").join("snap.7FFFFFFFFFFFFFF0.generating");
     File::create(&empty).unwrap();
-    let meterd = Launch::new(dir.path(), &emu).start();
+    let meterd = Launch::new(dir, &emu).start();
     assert!(!empty.exists());
     send_acked(&meterd, "b", 300, &mut totals);
     meterd.kill9();
@@ -191,7 +206,7 @@ fn an_unfinished_snapshot_file_does_not_stop_meterd() {
     let partial = data.join("outbox").join("snap.7FFFFFFFFFFFFFF1.generating");
     std::fs::write(&partial, &bytes[..bytes.len() / 2]).unwrap();
     emu.set_clock_offset(LATER);
-    let meterd = Launch::new(dir.path(), &emu).offset(LATER).start();
+    let meterd = Launch::new(dir, &emu).offset(LATER).start();
     assert!(!partial.exists());
     assert_eq!(meterd.get("/readyz").0, 200);
     assert_billed(&emu, &totals);
@@ -218,13 +233,11 @@ fn wait_ready(meterd: &Meterd, status: u16, within: Duration) -> String {
 fn low_free_space_makes_the_outbox_full() {
     const MIN_FREE: u64 = 32 << 20;
     let emu = Emu::start(|_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    mount_tmpfs(&data, "64m");
-    let _unmount = Unmount(&data);
+    let disk = SmallDisk::mount("64m");
+    let (dir, data) = (disk.root(), disk.data.as_path());
     let mut totals = BTreeMap::new();
     let min_free = MIN_FREE.to_string();
-    let meterd = Launch::new(dir.path(), &emu).env("METERD_STORAGE__MIN_FREE_BYTES", &min_free).start();
+    let meterd = Launch::new(dir, &emu).env("METERD_STORAGE__MIN_FREE_BYTES", &min_free).start();
     send_acked(&meterd, "a", 100, &mut totals);
     assert_eq!(meterd.get("/readyz"), (200, "ready\n".to_string()));
 
@@ -257,7 +270,7 @@ fn low_free_space_makes_the_outbox_full() {
     assert!(meterd.signal("TERM").success());
     emu.set_clock_offset(LATER);
     let _meterd =
-        Launch::new(dir.path(), &emu).offset(LATER).env("METERD_STORAGE__MIN_FREE_BYTES", &min_free).start();
+        Launch::new(dir, &emu).offset(LATER).env("METERD_STORAGE__MIN_FREE_BYTES", &min_free).start();
     assert_billed(&emu, &totals);
 }
 
@@ -269,18 +282,16 @@ fn low_free_space_makes_the_outbox_full() {
 #[test]
 fn a_checkpoint_failing_beside_the_commit_thread_stops_meterd_and_loses_nothing() {
     let emu = Emu::start(|_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    mount_tmpfs(&data, "96m");
-    let _unmount = Unmount(&data);
+    let disk = SmallDisk::mount("96m");
+    let (dir, data) = (disk.root(), disk.data.as_path());
     let mut totals = BTreeMap::new();
-    let meterd = Launch::new(dir.path(), &emu)
+    let meterd = Launch::new(dir, &emu)
         .env("METERD_STORAGE__MIN_FREE_BYTES", "0")
         .env("METERD_STORAGE__JOURNAL_SEGMENT_SIZE", "8388608")
         .env("METERD_STORAGE__CHECKPOINT_INTERVAL", "200ms")
         .start();
     send_acked(&meterd, "a", 300, &mut totals);
-    let filler = fill(&data);
+    let filler = fill(data);
     send_acked(&meterd, "b", 300, &mut totals);
     let failed =
         meterd.wait_log("outbox checkpoint failed on the checkpoint thread", Duration::from_secs(20));
@@ -289,6 +300,6 @@ fn a_checkpoint_failing_beside_the_commit_thread_stops_meterd_and_loses_nothing(
 
     std::fs::remove_file(&filler).unwrap();
     emu.set_clock_offset(LATER);
-    let _meterd = Launch::new(dir.path(), &emu).offset(LATER).start();
+    let _meterd = Launch::new(dir, &emu).offset(LATER).start();
     assert_billed(&emu, &totals);
 }
