@@ -11,12 +11,11 @@
 //! | at most one checkpoint in flight; the next one (and the end of the run) first waits for it | generations of the open-hours files, sled's meta and the journal's trim stay in order |
 //! | a checkpoint that seals records, moves the last sealed hour, answers a flush, or ends the run is written before the commit thread goes on | sealed records reach the submit stage, the hour is told, and a flush is answered, only once durable |
 //! | the encoded chunks pass through a channel of [`CHUNKS_IN_FLIGHT`] | what waits for the writer is bounded (1 MiB, and the file's 1 MiB buffer), whatever is open |
-//! | a failed write stops meterd at once, from the checkpoint thread | as a failed write on the commit thread: the sync thread acknowledges nothing more, and a restart replays from disk |
+//! | a failed checkpoint stops meterd at the commit thread's next turn, which takes no event after it | between two groups, as a checkpoint of its own did; the journal is intact, so groups already in it are answered by their own barrier (an ok is true, a refused event is not replayed); a failed journal sync on this thread fails every later one (`Journal::sync`) |
 //! | journal segments go only when every record in them is of a group the checkpoint holds | the commit thread appends meanwhile, and a group can start in one segment and end in the next (`Segment::highest_seq`) |
 //! | a checkpoint whose thread cannot be started is written on the commit thread | as before, only slower |
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 
@@ -82,16 +81,21 @@ impl Job {
 }
 
 impl Committer {
-    /// Waits for the checkpoint in flight, if any. A failed one has stopped meterd already (on
-    /// its own thread); its error is returned here.
+    /// Waits for the checkpoint in flight, if any. A failed one (logged on its own thread) stops
+    /// meterd: from here on no event is taken.
     pub(super) fn settle(&mut self) -> Result<(), OutboxError> {
         let Some(handle) = self.in_flight.take() else { return Ok(()) };
-        handle.join().unwrap_or_else(|_| {
-            Err(self.failed_checkpoint(OutboxError::OpenFile {
+        let written = handle.join().unwrap_or_else(|_| {
+            Err(OutboxError::OpenFile {
                 path: self.outbox.open_dir().to_path_buf(),
                 reason: "the checkpoint thread panicked".into(),
-            }))
-        })
+            })
+        });
+        if written.is_err() {
+            self.checkpoint_failed = true;
+            self.ctx.fail();
+        }
+        written
     }
 
     /// Takes in a checkpoint that has finished, without waiting for one that has not.
@@ -156,17 +160,16 @@ impl Committer {
     /// if no thread can be started.
     fn write_beside(&mut self, job: Job, full: bool) -> Result<(), OutboxError> {
         let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<(Job, Receiver<Vec<u8>>)>(1);
-        let (failed, ctx) = (self.failed.clone(), self.ctx.clone());
         let started = std::thread::Builder::new().name("meterd-checkpoint".into()).spawn(move || {
             let (mut job, chunks) = job_rx.recv().expect("the commit thread sends the job once started");
             chunks.iter().for_each(|chunk| job.chunk(&chunk));
             let written = job.finish().map(drop);
             if let Err(err) = &written {
-                // At once, not at the commit thread's next turn: the sync thread acknowledges
-                // nothing more from now on.
+                // The commit thread stops meterd at its next turn (`settle`), between two groups
+                // as for a checkpoint of its own. Until then the journal is intact and groups are
+                // answered by their own barrier; a failed journal sync here fails every later one
+                // (`Journal::sync`).
                 tracing::error!(%err, "outbox checkpoint failed on the checkpoint thread; stopping");
-                failed.store(true, Ordering::SeqCst);
-                ctx.fail();
             }
             written
         });
@@ -197,9 +200,12 @@ impl Committer {
         chunker.finish().0.into_iter().for_each(sink);
     }
 
-    fn failed_checkpoint(&self, err: OutboxError) -> OutboxError {
+    /// A failed checkpoint stops meterd and the intake of events. Unlike a failed journal write,
+    /// it does not refuse the groups already in the journal: their own barrier answers them.
+    fn failed_checkpoint(&mut self, err: OutboxError) -> OutboxError {
         tracing::error!(%err, "outbox checkpoint failed; stopping");
-        self.storage_failed();
+        self.checkpoint_failed = true;
+        self.ctx.fail();
         err
     }
 }

@@ -121,6 +121,16 @@ pub struct Committer {
     flushed: Vec<(oneshot::Sender<usize>, usize)>,
     /// The checkpoint being written beside this thread (`checkpoint.rs`).
     in_flight: Option<checkpoint::InFlight>,
+    /// A checkpoint failed: no event is taken any more (the sync thread, which reads only
+    /// `failed`, still answers the groups already in the journal).
+    checkpoint_failed: bool,
+}
+
+/// Stops meterd after a storage failure, from whichever thread met it: nothing more is
+/// acknowledged (the sync thread reads `failed` before each barrier), and the process exits.
+fn stop_after_storage_failure(failed: &AtomicBool, ctx: &Context) {
+    failed.store(true, Ordering::SeqCst);
+    ctx.fail();
 }
 
 /// Turns every `ok` outcome into `NotStored`: nothing of the group may be confirmed.
@@ -205,6 +215,7 @@ impl Committer {
             legacy_warned: (0, HashSet::new()),
             flushed: Vec::new(),
             in_flight: None,
+            checkpoint_failed: false,
         }
     }
 
@@ -312,14 +323,14 @@ impl Committer {
         tick
     }
 
+    /// No event is taken any more: storage failed, or a checkpoint did.
     fn failed(&self) -> bool {
-        self.failed.load(Ordering::SeqCst)
+        self.failed.load(Ordering::SeqCst) || self.checkpoint_failed
     }
 
     /// Stops meterd after a storage failure: nothing more can be promised.
     fn storage_failed(&self) {
-        self.failed.store(true, Ordering::SeqCst);
-        self.ctx.fail();
+        stop_after_storage_failure(&self.failed, &self.ctx);
     }
 
     /// Checks, counts and logs one group; its outcomes wait in the returned [`Logged`] for the

@@ -61,8 +61,7 @@ impl Answering {
             self.ctx.metrics.barriers.with_label_values(&[by]).inc();
             if let Err(err) = self.outbox.sync_journal() {
                 tracing::error!(%err, "journal sync failed; refusing everything from now on and stopping");
-                self.failed.store(true, Ordering::SeqCst);
-                self.ctx.fail();
+                super::stop_after_storage_failure(&self.failed, &self.ctx);
                 ok = false;
             }
             for group in batch.iter().filter(|_| ok) {
@@ -73,8 +72,7 @@ impl Answering {
             // journal, and off the path of every ack.
             if ok && let Err(err) = self.outbox.mark_durable(seq) {
                 tracing::error!(%err, "watermark write failed; refusing everything from now on and stopping");
-                self.failed.store(true, Ordering::SeqCst);
-                self.ctx.fail();
+                super::stop_after_storage_failure(&self.failed, &self.ctx);
             }
             return;
         }

@@ -60,7 +60,7 @@ mod spare;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use frame::MAX_PAYLOAD;
@@ -111,6 +111,10 @@ pub struct Journal {
     /// The highest sequence appended, and the highest known durable.
     written: AtomicU64,
     synced: AtomicU64,
+    /// An `fdatasync` of the journal failed (on whichever thread): the kernel may have dropped
+    /// the pages it did not write, and a later sync of the same file could still succeed, so
+    /// every later [`Journal::sync`] fails too.
+    poisoned: AtomicBool,
     spares: Spares,
 }
 
@@ -144,6 +148,7 @@ impl Journal {
             closed: Mutex::new(segments),
             written: AtomicU64::new(last_seq),
             synced: AtomicU64::new(last_seq),
+            poisoned: AtomicBool::new(false),
             spares,
         };
         Ok((journal, scan.groups))
@@ -208,7 +213,7 @@ impl Journal {
             let path = path.to_path_buf();
             move |source| JournalError::Io { path, source }
         };
-        writer.file.sync_data().map_err(io(&writer.segment.path))?;
+        self.sync_file(&writer.file).map_err(io(&writer.segment.path))?;
         if let Some(seq) = writer.segment.last_seq {
             self.synced.fetch_max(seq, Ordering::AcqRel);
         }
@@ -229,9 +234,17 @@ impl Journal {
     pub fn sync(&self) -> Result<(), JournalError> {
         let written = self.written.load(Ordering::Acquire);
         let file = self.current.lock().expect("journal current lock").clone();
-        file.sync_data().map_err(|source| JournalError::Io { path: self.dir.clone(), source })?;
+        self.sync_file(&file).map_err(|source| JournalError::Io { path: self.dir.clone(), source })?;
         self.synced.fetch_max(written, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// `fdatasync` of a segment, refused for good once one failed.
+    fn sync_file(&self, file: &File) -> std::io::Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(std::io::Error::other("an earlier fdatasync of the journal failed"));
+        }
+        file.sync_data().inspect_err(|_| self.poisoned.store(true, Ordering::Release))
     }
 
     /// Whether [`Journal::trim`] through `seq` would remove a segment.

@@ -228,3 +228,20 @@ fn trimming_keeps_a_segment_that_holds_the_start_of_a_later_group() {
     }
     assert!(removed >= 4, "segments wholly at or below 5 go: {removed}");
 }
+
+/// After one failed `fdatasync` of the journal (here on a pipe, which cannot be synced; in life
+/// an I/O error on any thread, the checkpoint's roll included), no later sync succeeds, although
+/// the segment itself could still be synced: the kernel may have dropped pages it never wrote.
+#[test]
+fn a_failed_sync_fails_every_later_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = Journal::open(dir.path(), SEGMENT, 0).unwrap();
+    journal.append(1, &[payload(1, 40)]).unwrap();
+    journal.sync().unwrap();
+    let (_read, write) = std::io::pipe().unwrap();
+    let pipe = File::from(std::os::fd::OwnedFd::from(write));
+    assert!(journal.sync_file(&pipe).is_err(), "a pipe cannot be synced");
+    journal.append(2, &[payload(2, 40)]).unwrap();
+    let err = journal.sync().unwrap_err().to_string();
+    assert!(err.contains("an earlier fdatasync of the journal failed"), "{err}");
+}
