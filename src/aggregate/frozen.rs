@@ -7,7 +7,11 @@
 //! Per hour it also keeps which customers were reported without a license ARN and which with one,
 //! because the service bills a customer twice when the same hour is reported both ways. The two
 //! are kept apart so that a new record asks only the other kind's set, which is almost always
-//! empty: at a million open records a lookup in a full set is a memory miss per new record.
+//! empty. Open records are put in these sets only once an hour has open records of both kinds
+//! ([`Frozen::note_open`]); until then nothing can mix, and at a million open records each insert
+//! was a memory miss per new record. When a record of the second kind is about to open, the
+//! aggregator first notes every open record of the hour ([`Frozen::must_note_open`]); sealed
+//! records are always noted.
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -26,7 +30,17 @@ pub struct Frozen {
     /// steps back far can never reopen one.
     horizon: Option<i64>,
     /// Per hour, the customers (by fingerprint) reported without a license ARN, then with one.
-    scopes: BTreeMap<i64, [KeyTable<u64, ()>; 2]>,
+    scopes: BTreeMap<i64, HourScopes>,
+}
+
+/// One hour's customers by kind of scope.
+#[derive(Debug, Default)]
+struct HourScopes {
+    customers: [KeyTable<u64, ()>; 2],
+    /// Which kinds have had open records this hour.
+    opened: [bool; 2],
+    /// The open records are in `customers` (from the first time both kinds opened records).
+    open_noted: bool,
 }
 
 /// Fingerprints are in memory only (rebuilt from the outbox at start), so a fast hasher with a
@@ -67,19 +81,48 @@ impl Frozen {
     pub fn note_scope(&mut self, key: &RecordKey) {
         let kind = scope_kind(key);
         let customer = customer_print(&key.customer);
-        let kinds = self.scopes.entry(key.hour).or_default();
+        let kinds = &mut self.scopes.entry(key.hour).or_default().customers;
         if !kinds[1 - kind].contains_key(&customer) {
             kinds[kind].insert(customer, ());
         }
+    }
+
+    /// Notes that a record opened for `key`: its customer goes into the sets once its hour has
+    /// open records of both kinds.
+    pub fn note_open(&mut self, key: &RecordKey) {
+        let hour = self.scopes.entry(key.hour).or_default();
+        hour.opened[scope_kind(key)] = true;
+        if hour.open_noted {
+            self.note_scope(key);
+        }
+    }
+
+    /// Whether a record about to open for `key` is the first of its kind in an hour with open
+    /// records of the other kind, which are not in the sets yet: the caller notes each of them
+    /// ([`Frozen::note_scope`]) before asking [`Frozen::mixes_scope`]. From then on every
+    /// record opened in that hour is noted as it opens.
+    pub fn must_note_open(&mut self, key: &RecordKey) -> bool {
+        let Some(hour) = self.scopes.get_mut(&key.hour) else { return false };
+        if hour.open_noted || !hour.opened[1 - scope_kind(key)] {
+            return false;
+        }
+        hour.open_noted = true;
+        true
     }
 
     /// Whether `key`'s customer and hour were reported under the other kind of scope (with a
     /// license ARN where `key` has none, or the other way round): that kind, if so.
     pub fn mixes_scope(&self, key: &RecordKey) -> Option<bool> {
         let other = 1 - scope_kind(key);
-        let kinds = self.scopes.get(&key.hour)?;
+        let kinds = &self.scopes.get(&key.hour)?.customers;
         (!kinds[other].is_empty() && kinds[other].contains_key(&customer_print(&key.customer)))
             .then_some(other == 1)
+    }
+
+    /// How many customers of `hour` are noted, of each kind.
+    #[cfg(test)]
+    pub fn noted(&self, hour: i64) -> [usize; 2] {
+        self.scopes.get(&hour).map_or([0, 0], |hour| hour.customers.each_ref().map(KeyTable::len))
     }
 
     /// Forgets hours that start before `oldest`.

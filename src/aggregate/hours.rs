@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::frozen::Frozen;
 use super::ids::{self, ClientId, IdBook, IdEntry, IdKey, Seen};
-use super::open::{OpenHours, OpenKey, OpenTotals};
+use super::open::{Found, OpenHours, OpenTotals};
 use super::record::{MAX_RECORD_BYTES, SealedRecord, allocation_len, base_len};
 use crate::clock::{deadline, hour_of, same_month};
 use crate::model::{Customer, Event, LateEvents, MAX_ALLOCATIONS, MAX_QUANTITY, RecordKey, Scope, TagSet};
@@ -177,7 +177,7 @@ impl Aggregator {
 
     /// Sets an open record to the totals a checkpoint saved for it.
     pub fn restore_open(&mut self, totals: &SealedRecord) {
-        self.frozen.note_scope(&totals.key);
+        self.frozen.note_open(&totals.key);
         self.open.restore(totals);
     }
 
@@ -262,6 +262,11 @@ impl Aggregator {
         let carried = self.place(&mut key, at, now)?;
         // The key's open record is looked up once for the checks and the count.
         let open = self.open.find(&key);
+        if open.is_none() && self.frozen.must_note_open(&key) {
+            for open in self.open.select(|open| open.hour == key.hour) {
+                self.frozen.note_scope(&self.open.record_key(&open));
+            }
+        }
         self.check_room(open, &key, &tags, quantity)?;
         if carried {
             self.late_carried += 1;
@@ -305,7 +310,7 @@ impl Aggregator {
     /// tag sets and the request size, and one kind of scope per customer and hour.
     fn check_room(
         &self,
-        open: Option<OpenKey>,
+        open: Option<Found>,
         key: &RecordKey,
         tags: &TagSet,
         quantity: u32,
@@ -317,13 +322,13 @@ impl Aggregator {
         {
             return Err(AdmitError::MixedScope { hour: key.hour, licensed_before });
         }
-        let bucket = open.and_then(|open| self.open.bucket(&open));
+        let bucket = open.map(|found| self.open.bucket(&found));
         let total = u64::from(bucket.map_or(0, |b| b.quantity)) + u64::from(quantity);
         if total > u64::from(MAX_QUANTITY) {
             return Err(AdmitError::QuantityOverflow { total });
         }
         let new_tag_set = !bucket.is_some_and(|b| self.open.has_tag_set(b, tags));
-        if new_tag_set && bucket.is_some_and(|b| b.tag_sets() >= MAX_ALLOCATIONS) {
+        if new_tag_set && bucket.is_some_and(|b| self.open.tag_sets(b) >= MAX_ALLOCATIONS) {
             return Err(AdmitError::TooManyTagSets);
         }
         let bytes = bucket.map_or_else(|| base_len(key), |b| b.bytes as usize)
@@ -341,9 +346,9 @@ impl Aggregator {
     }
 
     /// Counts an admitted event into its open record (`open`, if it has one already).
-    fn count(&mut self, open: Option<OpenKey>, admitted: &Admitted) {
+    fn count(&mut self, open: Option<Found>, admitted: &Admitted) {
         if open.is_none() {
-            self.frozen.note_scope(&admitted.key);
+            self.frozen.note_open(&admitted.key);
         }
         self.open.add(open, &admitted.key, &admitted.tags, admitted.quantity);
         if let Some(id) = &admitted.id {
@@ -466,6 +471,69 @@ mod tests {
             .into_iter()
             .map(|r| (r.key.dimension, r.key.hour, r.quantity))
             .collect()
+    }
+
+    /// An event of `customer` (an account id), with a license ARN or without.
+    fn scoped(customer: &str, dimension: &str, licensed: bool) -> Event {
+        Event {
+            scope: match licensed {
+                true => Scope::LicenseArn("arn".into()),
+                false => Scope::ProductCode("p".into()),
+            },
+            customer: Customer::AwsAccountId(customer.into()),
+            ..event(dimension, 1)
+        }
+    }
+
+    fn mixed(aggregator: &mut Aggregator, event: Event, now: i64) -> Option<bool> {
+        match aggregator.admit(event, now) {
+            Ok(_) => None,
+            Err(AdmitError::MixedScope { licensed_before, .. }) => Some(licensed_before),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn a_customer_hour_never_mixes_scopes_though_open_records_are_noted_only_once_both_kinds_open() {
+        let now = 100 * H + 60;
+        let mut aggregator = Aggregator::new(rules());
+        // Only records without a license ARN: none of them is in the scope sets.
+        for (customer, dimension) in [("a", "cpu"), ("a", "gpu"), ("b", "cpu")] {
+            assert_eq!(mixed(&mut aggregator, scoped(customer, dimension, false), now), None);
+        }
+        assert_eq!(aggregator.frozen.noted(100 * H), [0, 0]);
+        // The first licensed record notes the open ones first, and then each record as it opens.
+        assert_eq!(mixed(&mut aggregator, scoped("a", "cpu", true), now), Some(false));
+        assert_eq!(aggregator.frozen.noted(100 * H), [2, 0]);
+        assert_eq!(mixed(&mut aggregator, scoped("c", "cpu", true), now), None);
+        assert_eq!(mixed(&mut aggregator, scoped("c", "gpu", false), now), Some(true));
+        assert_eq!(mixed(&mut aggregator, scoped("b", "gpu", false), now), None);
+        assert_eq!(mixed(&mut aggregator, scoped("b", "disk", true), now), Some(false));
+        assert_eq!(aggregator.frozen.noted(100 * H), [2, 1]);
+        // Another hour is apart.
+        assert_eq!(mixed(&mut aggregator, scoped("a", "cpu", true), now + H), None);
+
+        // The same after a restart: records restored and replayed are noted when the first
+        // record of the other kind opens.
+        let mut restarted = Aggregator::new(rules());
+        restarted.restore_open(&SealedRecord {
+            key: RecordKey {
+                scope: Scope::ProductCode("p".into()),
+                customer: Customer::AwsAccountId("a".into()),
+                dimension: "cpu".into(),
+                hour: 100 * H,
+            },
+            quantity: 3,
+            allocations: Vec::new(),
+        });
+        let Ok(Admission::Counted { admitted, .. }) = aggregator.admit(scoped("c", "disk", true), now) else {
+            panic!("counted")
+        };
+        restarted.apply(&admitted);
+        assert_eq!(restarted.frozen.noted(100 * H), [0, 0]);
+        assert_eq!(mixed(&mut restarted, scoped("c", "cpu", false), now), Some(true));
+        assert_eq!(mixed(&mut restarted, scoped("a", "gpu", true), now), Some(false));
+        assert_eq!(restarted.frozen.noted(100 * H), [1, 1]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use foldhash::HashMap;
 use serde::Serialize;
 
 use super::record::{Allocation, SealedRecord, allocation_len, base_len};
-use super::table::KeyTable;
+use super::table::{CacheLine, KeyTable};
 use crate::model::{Customer, RecordKey, Scope, TagSet};
 
 /// Values by number, counted by use. Strings are kept as `Arc<str>` (one allocation, the bytes
@@ -144,15 +144,51 @@ impl CustomerSlot {
     }
 }
 
-/// Tag sets and their quantities: the first inline.
-#[derive(Debug, Clone)]
+/// Tag sets and their quantities: the first inline, two or more in [`Lists`].
+#[derive(Debug, Clone, Copy)]
 enum Allocs {
     One(u32, u32),
-    Many(Vec<(u32, u32)>),
+    Many(u32),
+}
+
+/// The tag-set lists of records with more than one, by number: kept out of the records so that
+/// an open record (key and bucket) takes 64 bytes, one cache line of the key table.
+#[derive(Debug, Default)]
+struct Lists {
+    lists: Vec<Vec<(u32, u32)>>,
+    free: Vec<u32>,
+}
+
+impl Lists {
+    fn push(&mut self, list: Vec<(u32, u32)>) -> u32 {
+        match self.free.pop() {
+            Some(at) => {
+                self.lists[at as usize] = list;
+                at
+            }
+            None => {
+                self.lists.push(list);
+                u32::try_from(self.lists.len() - 1).expect("fewer than 4 billion open records")
+            }
+        }
+    }
+
+    fn get(&self, at: u32) -> &[(u32, u32)] {
+        &self.lists[at as usize]
+    }
+
+    fn get_mut(&mut self, at: u32) -> &mut Vec<(u32, u32)> {
+        &mut self.lists[at as usize]
+    }
+
+    fn free(&mut self, at: u32) {
+        self.lists[at as usize] = Vec::new();
+        self.free.push(at);
+    }
 }
 
 /// The running total of one open record.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Bucket {
     pub quantity: u32,
     /// An upper bound of the record's size in a request.
@@ -162,25 +198,15 @@ pub struct Bucket {
     allocs: Allocs,
 }
 
+// An open record is a cache line of the key table (`KeyTable`'s `CacheLine`); a larger one would
+// take two.
+const _: () = assert!(std::mem::size_of::<Option<(OpenKey, Bucket)>>() == 64);
+
 impl Bucket {
-    fn quantity_of(&self, tags: u32) -> Option<&u32> {
-        match &self.allocs {
-            Allocs::One(id, quantity) => (*id == tags).then_some(quantity),
-            Allocs::Many(list) => list.iter().find(|(id, _)| *id == tags).map(|(_, q)| q),
-        }
-    }
-
-    pub fn tag_sets(&self) -> usize {
-        match &self.allocs {
-            Allocs::One(..) => 1,
-            Allocs::Many(list) => list.len(),
-        }
-    }
-
-    fn each_tag_set(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
-        let (one, many) = match &self.allocs {
-            Allocs::One(id, quantity) => (Some((*id, *quantity)), &[][..]),
-            Allocs::Many(list) => (None, &list[..]),
+    fn each_tag_set<'a>(&'a self, lists: &'a Lists) -> impl Iterator<Item = (u32, u32)> + 'a {
+        let (one, many) = match self.allocs {
+            Allocs::One(id, quantity) => (Some((id, quantity)), &[][..]),
+            Allocs::Many(at) => (None, lists.get(at)),
         };
         one.into_iter().chain(many.iter().copied())
     }
@@ -200,12 +226,13 @@ pub struct OpenTotals<'a> {
 struct AllocationsRef<'a> {
     tags: &'a Interner<[(String, String)]>,
     bucket: &'a Bucket,
+    lists: &'a Lists,
 }
 
 impl Serialize for AllocationsRef<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
-        let tag_sets = || self.bucket.each_tag_set().filter(|(id, _)| *id != u32::MAX);
+        let tag_sets = || self.bucket.each_tag_set(self.lists).filter(|(id, _)| *id != u32::MAX);
         // postcard writes the length first.
         let mut seq = serializer.serialize_seq(Some(tag_sets().count()))?;
         for (id, quantity) in tag_sets() {
@@ -242,12 +269,13 @@ struct AllocationRef<'a> {
     quantity: u32,
 }
 
-/// The values open records share, by number.
+/// The values open records share, by number, and the records' tag-set lists.
 #[derive(Debug, Default)]
 struct Interned {
     scopes: Interner<str>,
     names: Interner<str>,
     tags: Interner<[(String, String)]>,
+    lists: Lists,
 }
 
 impl Interned {
@@ -275,15 +303,23 @@ impl Interned {
         OpenTotals {
             key: self.key_ref(open),
             quantity: bucket.quantity,
-            allocations: AllocationsRef { tags: &self.tags, bucket },
+            allocations: AllocationsRef { tags: &self.tags, bucket, lists: &self.lists },
         }
     }
+}
+
+/// Where a record key's open record is: its key by numbers and its slot in the key table, found
+/// once per event for the checks and the count. Valid until a record is opened or closed.
+#[derive(Debug, Clone, Copy)]
+pub struct Found {
+    open: OpenKey,
+    slot: usize,
 }
 
 /// The open records.
 #[derive(Debug, Default)]
 pub struct OpenHours {
-    buckets: KeyTable<OpenKey, Bucket>,
+    buckets: KeyTable<OpenKey, Bucket, foldhash::fast::RandomState, CacheLine>,
     interned: Interned,
     changed: Changed,
 }
@@ -390,29 +426,41 @@ impl OpenHours {
     }
 
     /// The open record of `key`, if there is one.
-    pub fn find(&self, key: &RecordKey) -> Option<OpenKey> {
-        self.find_key(key).filter(|open| self.buckets.contains_key(open))
+    pub fn find(&self, key: &RecordKey) -> Option<Found> {
+        let open = self.find_key(key)?;
+        Some(Found { open, slot: self.buckets.position(&open)? })
     }
 
-    pub fn bucket(&self, open: &OpenKey) -> Option<&Bucket> {
-        self.buckets.get(open)
+    pub fn bucket(&self, found: &Found) -> &Bucket {
+        self.buckets.at(found.slot)
     }
 
     /// Whether `key`'s open record has an allocation for `tags`.
     pub fn has_tag_set(&self, bucket: &Bucket, tags: &TagSet) -> bool {
-        self.interned.tags.get(tags).is_some_and(|id| bucket.quantity_of(id).is_some())
+        self.interned
+            .tags
+            .get(tags)
+            .is_some_and(|id| bucket.each_tag_set(&self.interned.lists).any(|(one, _)| one == id))
+    }
+
+    /// How many tag sets `bucket` has.
+    pub fn tag_sets(&self, bucket: &Bucket) -> usize {
+        match bucket.allocs {
+            Allocs::One(..) => 1,
+            Allocs::Many(at) => self.interned.lists.get(at).len(),
+        }
     }
 
     /// Counts `quantity` of `tags` into `key`'s record (`found` by [`OpenHours::find`]), opening
     /// it if needed.
-    pub fn add(&mut self, found: Option<OpenKey>, key: &RecordKey, tags: &TagSet, quantity: u32) {
-        let open = match found {
-            Some(open) => open,
+    pub fn add(&mut self, found: Option<Found>, key: &RecordKey, tags: &TagSet, quantity: u32) {
+        let Found { open, slot } = match found {
+            Some(found) => found,
             None => self.open(key),
         };
         let tag_id = self.interned.tags.get(tags);
         let open_records = self.buckets.len();
-        let bucket = self.buckets.get_mut(&open).expect("just opened");
+        let bucket = self.buckets.at_mut(slot);
         bucket.quantity += quantity;
         if !std::mem::replace(&mut bucket.dirty, true) {
             self.changed.note(open, open_records);
@@ -420,7 +468,9 @@ impl OpenHours {
         if let Some(id) = tag_id {
             let known = match &mut bucket.allocs {
                 Allocs::One(one, q) => (*one == id).then_some(q),
-                Allocs::Many(list) => list.iter_mut().find(|(one, _)| *one == id).map(|(_, q)| q),
+                Allocs::Many(at) => {
+                    self.interned.lists.get_mut(*at).iter_mut().find(|(one, _)| *one == id).map(|(_, q)| q)
+                }
             };
             if let Some(q) = known {
                 *q += quantity;
@@ -428,20 +478,19 @@ impl OpenHours {
             }
         }
         let id = self.interned.tags.acquire(tags);
-        let bucket = self.buckets.get_mut(&open).expect("just opened");
+        let bucket = self.buckets.at_mut(slot);
         bucket.bytes += allocation_len(tags) as u32;
-        bucket.allocs = match std::mem::replace(&mut bucket.allocs, Allocs::Many(Vec::new())) {
-            Allocs::One(u32::MAX, q) => Allocs::One(id, quantity + q),
-            Allocs::One(first, q) => Allocs::Many(vec![(first, q), (id, quantity)]),
-            Allocs::Many(mut list) => {
-                list.push((id, quantity));
-                Allocs::Many(list)
+        match bucket.allocs {
+            Allocs::One(u32::MAX, q) => bucket.allocs = Allocs::One(id, quantity + q),
+            Allocs::One(first, q) => {
+                bucket.allocs = Allocs::Many(self.interned.lists.push(vec![(first, q), (id, quantity)]));
             }
-        };
+            Allocs::Many(at) => self.interned.lists.get_mut(at).push((id, quantity)),
+        }
     }
 
     /// Opens an empty record for `key` (no tag set yet: `u32::MAX`).
-    fn open(&mut self, key: &RecordKey) -> OpenKey {
+    fn open(&mut self, key: &RecordKey) -> Found {
         let (scope_kind, scope) = scope_parts(&key.scope);
         let (customer_kind, customer) = customer_parts(&key.customer);
         let open = OpenKey {
@@ -460,9 +509,9 @@ impl OpenHours {
             dirty: true,
             allocs: Allocs::One(u32::MAX, 0),
         };
-        self.buckets.insert(open, bucket);
+        let slot = self.buckets.insert_new(open, bucket);
         self.changed.note(open, self.buckets.len());
-        open
+        Found { open, slot }
     }
 
     /// The record key `open` stands for.
@@ -486,7 +535,7 @@ impl OpenHours {
     /// The record `open` holds so far, allocations sorted by tag set.
     fn totals(&self, open: &OpenKey, bucket: &Bucket) -> SealedRecord {
         let mut allocations: Vec<Allocation> = bucket
-            .each_tag_set()
+            .each_tag_set(&self.interned.lists)
             .filter(|(id, _)| *id != u32::MAX)
             .map(|(id, quantity)| Allocation { tags: self.interned.tags.resolve(id).to_vec(), quantity })
             .collect();
@@ -504,8 +553,11 @@ impl OpenHours {
         let bucket = self.buckets.get(open)?;
         let record = self.totals(open, bucket);
         let bucket = self.buckets.remove(open).expect("just found");
-        for (id, _) in bucket.each_tag_set().filter(|(id, _)| *id != u32::MAX) {
+        for (id, _) in bucket.each_tag_set(&self.interned.lists).filter(|(id, _)| *id != u32::MAX) {
             self.interned.tags.release(id);
+        }
+        if let Allocs::Many(at) = bucket.allocs {
+            self.interned.lists.free(at);
         }
         self.interned.scopes.release(open.scope);
         if let Some(id) = open.customer.interned_id() {
@@ -544,14 +596,14 @@ impl OpenHours {
 
     /// Sets a record to what a checkpoint saved (replacing what was open for its key).
     pub fn restore(&mut self, totals: &SealedRecord) {
-        if let Some(open) = self.find(&totals.key) {
-            self.remove(&open);
+        if let Some(found) = self.find(&totals.key) {
+            self.remove(&found.open);
         }
-        let open = self.open(&totals.key);
+        let found = self.open(&totals.key);
         for allocation in &totals.allocations {
-            self.add(Some(open), &totals.key, &allocation.tags, allocation.quantity);
+            self.add(Some(found), &totals.key, &allocation.tags, allocation.quantity);
         }
-        let bucket = self.buckets.get_mut(&open).expect("just opened");
+        let bucket = self.buckets.at_mut(found.slot);
         bucket.quantity = totals.quantity;
         bucket.dirty = false;
     }
@@ -590,7 +642,7 @@ mod tests {
         );
         for k in [&short, &long] {
             let found = open.find(k).expect("open");
-            assert_eq!(open.remove(&found).map(|r| r.key), Some(k.clone()));
+            assert_eq!(open.remove(&found.open).map(|r| r.key), Some(k.clone()));
         }
         assert!(open.interned.names.ids.is_empty() && open.interned.scopes.ids.is_empty());
     }
@@ -619,15 +671,15 @@ mod tests {
         for i in [7, 11, 7, 13] {
             open.add(open.find(&key(i)), &key(i), &Vec::new(), 1);
         }
-        open.remove(&open.find(&key(13)).unwrap());
+        open.remove(&open.find(&key(13)).unwrap().open);
         assert_eq!((open.changed.keys.len(), open.changed.overflow), (3, false));
         assert_eq!(visited(&mut open), 2);
         assert_eq!(visited(&mut open), 0);
         // Changed, sealed and opened again: listed twice, handed over once.
         open.add(open.find(&key(17)), &key(17), &Vec::new(), 1);
-        open.remove(&open.find(&key(17)).unwrap());
+        open.remove(&open.find(&key(17)).unwrap().open);
         open.add(None, &key(17), &Vec::new(), 4);
-        assert_eq!(open.changed.keys, [open.find(&key(17)).unwrap(); 2]);
+        assert_eq!(open.changed.keys, [open.find(&key(17)).unwrap().open; 2]);
         assert_eq!(visited(&mut open), 1);
         // More than an eighth of the records changed: the table is read through, and every
         // changed record is handed over exactly once.

@@ -18,16 +18,36 @@ use std::hash::{BuildHasher, Hash};
 
 use foldhash::fast::RandomState;
 
-/// A map from small `Copy` keys to values, with its entries in the slots.
+/// A map from small `Copy` keys to values, with its entries in the slots. `A` aligns the slots:
+/// [`CacheLine`] puts each slot of 64 bytes in a cache line of its own, so that a lookup reads one
+/// line (slots of any other size, or not so aligned, straddle two lines every so often).
 #[derive(Debug)]
-pub struct KeyTable<K, V, S = RandomState> {
+pub struct KeyTable<K, V, S = RandomState, A = ()> {
     /// A power of two long, or empty.
-    slots: Vec<Option<(K, V)>>,
+    slots: Vec<Slot<K, V, A>>,
     len: usize,
     hasher: S,
 }
 
-impl<K, V, S: Default> Default for KeyTable<K, V, S> {
+/// A slot: an entry or none, aligned as `A` is.
+#[derive(Debug)]
+struct Slot<K, V, A> {
+    entry: Option<(K, V)>,
+    _align: [A; 0],
+}
+
+impl<K, V, A> Slot<K, V, A> {
+    fn new(entry: Option<(K, V)>) -> Self {
+        Self { entry, _align: [] }
+    }
+}
+
+/// Aligns a [`KeyTable`]'s slots to cache lines (64 bytes).
+#[derive(Debug)]
+#[repr(align(64))]
+pub struct CacheLine;
+
+impl<K, V, S: Default, A> Default for KeyTable<K, V, S, A> {
     fn default() -> Self {
         Self { slots: Vec::new(), len: 0, hasher: S::default() }
     }
@@ -36,7 +56,7 @@ impl<K, V, S: Default> Default for KeyTable<K, V, S> {
 /// The fewest slots a table has once it holds anything.
 const MIN_SLOTS: usize = 16;
 
-impl<K: Copy + Eq + Hash, V, S: BuildHasher> KeyTable<K, V, S> {
+impl<K: Copy + Eq + Hash, V, S: BuildHasher, A> KeyTable<K, V, S, A> {
     pub fn len(&self) -> usize {
         self.len
     }
@@ -54,14 +74,15 @@ impl<K: Copy + Eq + Hash, V, S: BuildHasher> KeyTable<K, V, S> {
         self.hasher.hash_one(key) as usize & self.mask()
     }
 
-    /// The slot holding `key`.
-    fn position(&self, key: &K) -> Option<usize> {
+    /// The slot holding `key`: valid until the table next changes, to reach the entry again
+    /// with [`KeyTable::at`] and [`KeyTable::at_mut`] without hashing and probing again.
+    pub fn position(&self, key: &K) -> Option<usize> {
         if self.slots.is_empty() {
             return None;
         }
         let mut at = self.home(key);
         loop {
-            match &self.slots[at] {
+            match &self.slots[at].entry {
                 None => return None,
                 Some((held, _)) if held == key => return Some(at),
                 Some(_) => at = (at + 1) & self.mask(),
@@ -78,12 +99,24 @@ impl<K: Copy + Eq + Hash, V, S: BuildHasher> KeyTable<K, V, S> {
     /// than the caches each read is a memory miss, and with nothing between them the processor
     /// has many in flight at once, where lookups one after another wait for each in turn. Returns
     /// how many of those slots hold an entry (so that the reads are used).
-    pub fn read_ahead(&self, keys: impl Iterator<Item = K>) -> usize {
+    pub fn read_ahead(&self, mut keys: impl Iterator<Item = K>) -> usize {
         if self.slots.is_empty() {
             return 0;
         }
-        let homes: Vec<usize> = keys.map(|key| self.home(&key)).collect();
-        homes.iter().filter(|&&at| self.slots[at].is_some()).count()
+        // In batches on the stack: more reads in flight than the processor keeps, no allocation.
+        let mut homes = [0usize; 64];
+        let mut held = 0;
+        loop {
+            let mut batch = 0;
+            for (home, key) in homes.iter_mut().zip(keys.by_ref()) {
+                *home = self.home(&key);
+                batch += 1;
+            }
+            held += homes[..batch].iter().filter(|&&at| self.slots[at].entry.is_some()).count();
+            if batch < homes.len() {
+                return held;
+            }
+        }
     }
 
     pub fn contains_key(&self, key: &K) -> bool {
@@ -92,51 +125,69 @@ impl<K: Copy + Eq + Hash, V, S: BuildHasher> KeyTable<K, V, S> {
 
     pub fn get(&self, key: &K) -> Option<&V> {
         let at = self.position(key)?;
-        self.slots[at].as_ref().map(|(_, value)| value)
+        self.slots[at].entry.as_ref().map(|(_, value)| value)
     }
 
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         let at = self.position(key)?;
-        self.slots[at].as_mut().map(|(_, value)| value)
+        self.slots[at].entry.as_mut().map(|(_, value)| value)
+    }
+
+    /// The value in slot `at`, from [`KeyTable::position`] or [`KeyTable::insert_new`].
+    pub fn at(&self, at: usize) -> &V {
+        &self.slots[at].entry.as_ref().expect("a slot with an entry").1
+    }
+
+    /// The value in slot `at`, from [`KeyTable::position`] or [`KeyTable::insert_new`].
+    pub fn at_mut(&mut self, at: usize) -> &mut V {
+        &mut self.slots[at].entry.as_mut().expect("a slot with an entry").1
+    }
+
+    /// Adds `key`, which is not in the table (one probe where [`KeyTable::insert`] takes two);
+    /// returns its slot.
+    pub fn insert_new(&mut self, key: K, value: V) -> usize {
+        debug_assert!(self.position(&key).is_none(), "insert_new of a key already in the table");
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.resize((self.slots.len() * 2).max(MIN_SLOTS));
+        }
+        self.len += 1;
+        self.place(key, value)
     }
 
     /// Sets `key` to `value`; returns the value it replaces.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         if let Some(at) = self.position(&key) {
-            let (_, held) = self.slots[at].as_mut().expect("found");
+            let (_, held) = self.slots[at].entry.as_mut().expect("found");
             return Some(std::mem::replace(held, value));
         }
-        if (self.len + 1) * 2 > self.slots.len() {
-            self.resize((self.slots.len() * 2).max(MIN_SLOTS));
-        }
-        self.place(key, value);
-        self.len += 1;
+        self.insert_new(key, value);
         None
     }
 
-    /// Puts an entry that is not in the table into the first free slot of its probe.
-    fn place(&mut self, key: K, value: V) {
+    /// Puts an entry that is not in the table into the first free slot of its probe; returns it.
+    fn place(&mut self, key: K, value: V) -> usize {
         let mut at = self.home(&key);
-        while self.slots[at].is_some() {
+        while self.slots[at].entry.is_some() {
             at = (at + 1) & self.mask();
         }
-        self.slots[at] = Some((key, value));
+        self.slots[at].entry = Some((key, value));
+        at
     }
 
     /// Removes `key`; returns its value.
     pub fn remove(&mut self, key: &K) -> Option<V> {
         let mut hole = self.position(key)?;
-        let (_, value) = self.slots[hole].take().expect("found");
+        let (_, value) = self.slots[hole].entry.take().expect("found");
         self.len -= 1;
         // Backward shift: an entry after the hole moves into it unless its probe starts after the
         // hole (then it would no longer be found from its start).
         let mut at = hole;
         loop {
             at = (at + 1) & self.mask();
-            let Some((held, _)) = &self.slots[at] else { break };
+            let Some((held, _)) = &self.slots[at].entry else { break };
             let home = self.home(held);
             if at.wrapping_sub(home) & self.mask() >= at.wrapping_sub(hole) & self.mask() {
-                self.slots[hole] = self.slots[at].take();
+                self.slots[hole].entry = self.slots[at].entry.take();
                 hole = at;
             }
         }
@@ -148,18 +199,18 @@ impl<K: Copy + Eq + Hash, V, S: BuildHasher> KeyTable<K, V, S> {
 
     /// Moves every entry into a table of `slots` slots.
     fn resize(&mut self, slots: usize) {
-        let old = std::mem::replace(&mut self.slots, (0..slots).map(|_| None).collect());
-        for (key, value) in old.into_iter().flatten() {
+        let old = std::mem::replace(&mut self.slots, (0..slots).map(|_| Slot::new(None)).collect());
+        for (key, value) in old.into_iter().filter_map(|slot| slot.entry) {
             self.place(key, value);
         }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.slots.iter().flatten().map(|(key, value)| (key, value))
+        self.slots.iter().filter_map(|slot| slot.entry.as_ref()).map(|(key, value)| (key, value))
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
-        self.slots.iter_mut().flatten().map(|(key, value)| (&*key, value))
+        self.slots.iter_mut().filter_map(|slot| slot.entry.as_mut()).map(|(key, value)| (&*key, value))
     }
 }
 
@@ -210,6 +261,15 @@ mod tests {
         fn write_u64(&mut self, value: u64) {
             self.0 = value;
         }
+    }
+
+    #[test]
+    fn cache_line_slots_each_take_one_line() {
+        let mut table = KeyTable::<u64, [u64; 6], RandomState, CacheLine>::default();
+        table.insert(1, [2; 6]);
+        assert_eq!(std::mem::size_of::<Slot<u64, [u64; 6], CacheLine>>(), 64);
+        assert_eq!(table.slots.as_ptr() as usize % 64, 0);
+        assert_eq!(std::mem::size_of::<Slot<u64, u64, ()>>(), 24, "no padding without CacheLine");
     }
 
     #[test]
@@ -284,11 +344,11 @@ mod tests {
             table.insert(key, key * 10);
         }
         assert_eq!(table.slots.len(), 16);
-        assert_eq!(table.slots[0].as_ref().map(|(k, _)| *k), Some(30));
+        assert_eq!(table.slots[0].entry.as_ref().map(|(k, _)| *k), Some(30));
         // Removing 14: 15 must stay (its probe starts at 15), 30 must move back into slot 14.
         assert_eq!(table.remove(&14), Some(140));
-        assert_eq!(table.slots[14].as_ref().map(|(k, _)| *k), Some(30));
-        assert_eq!(table.slots[15].as_ref().map(|(k, _)| *k), Some(15));
+        assert_eq!(table.slots[14].entry.as_ref().map(|(k, _)| *k), Some(30));
+        assert_eq!(table.slots[15].entry.as_ref().map(|(k, _)| *k), Some(15));
         assert_eq!((table.get(&15), table.get(&30), table.get(&14)), (Some(&150), Some(&300), None));
     }
 

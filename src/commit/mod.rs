@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::aggregate::{Admission, AdmitError, Aggregator, Heartbeat, Rules};
 use crate::context::Context;
 use crate::model::{Customer, Event};
-use crate::outbox::{Outbox, OutboxError, Recovered, StoredRecord};
+use crate::outbox::{LogEncoder, Outbox, OutboxError, Recovered, StoredRecord};
 pub use inline::{Intake, Shared, run};
 use sync::{Delivery, Logged};
 
@@ -124,6 +124,9 @@ pub struct Committer {
     /// A checkpoint failed: no event is taken any more (the sync thread, which reads only
     /// `failed`, still answers the groups already in the journal).
     checkpoint_failed: bool,
+    /// A group's admitted events and their encoding, in buffers kept from one group to the next.
+    logged: Vec<crate::aggregate::Admitted>,
+    encoder: LogEncoder,
 }
 
 /// Stops meterd after a storage failure, from whichever thread met it: nothing more is
@@ -216,6 +219,8 @@ impl Committer {
             flushed: Vec::new(),
             in_flight: None,
             checkpoint_failed: false,
+            logged: Vec::new(),
+            encoder: LogEncoder::default(),
         }
     }
 
@@ -348,10 +353,15 @@ impl Committer {
             return Logged { wrote: false, seq: self.seq, accepted: 0, deliveries };
         }
         let seq = self.seq + 1;
-        let (logged, mut deliveries) = self.admit_group(group, seq);
+        let mut logged = std::mem::take(&mut self.logged);
+        let mut deliveries = self.admit_group(group, seq, &mut logged);
+        let accepted = logged.len() as u64;
+        let appended = (!logged.is_empty()).then(|| self.outbox.append(seq, &logged, &mut self.encoder));
+        logged.clear();
+        self.logged = logged;
         let mut wrote = false;
-        if !logged.is_empty() {
-            match self.outbox.append(seq, &logged) {
+        if let Some(appended) = appended {
+            match appended {
                 Ok(()) => {
                     self.seq = seq;
                     wrote = true;
@@ -366,17 +376,18 @@ impl Committer {
                 }
             }
         }
-        Logged { wrote, seq: self.seq, accepted: logged.len() as u64, deliveries }
+        Logged { wrote, seq: self.seq, accepted, deliveries }
     }
 
-    /// Runs every event of `group` through the aggregator: what to log, and each one's outcome.
+    /// Runs every event of `group` through the aggregator: what to log (into `logged`), and each
+    /// one's outcome.
     fn admit_group(
         &mut self,
         group: &mut Vec<Submission>,
         seq: u64,
-    ) -> (Vec<crate::aggregate::Admitted>, Vec<Delivery>) {
+        logged: &mut Vec<crate::aggregate::Admitted>,
+    ) -> Vec<Delivery> {
         let now = self.now();
-        let mut logged = Vec::new();
         let mut deliveries = Vec::with_capacity(group.len());
         let mut duplicates = 0u64;
         // Reads ahead of the lookups below; `black_box` keeps the reads, whose count is not needed.
@@ -407,7 +418,7 @@ impl Committer {
         self.ctx.metrics.events_duplicate.inc_by(duplicates);
         self.record_late_metrics();
         self.ctx.metrics.records.with_label_values(&["open"]).set(self.aggregator.open_records() as i64);
-        (logged, deliveries)
+        deliveries
     }
 
     /// The clock's time, with a WARN when it stepped back since the last reading: hours already

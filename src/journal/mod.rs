@@ -168,15 +168,15 @@ impl Journal {
 
     /// Appends group commit `seq` (payloads of at most [`MAX_PAYLOAD`] bytes each) with one
     /// write where it fits. Durable once a [`Journal::sync`] that started after this returned.
-    pub fn append(&self, seq: u64, payloads: &[Vec<u8>]) -> Result<(), JournalError> {
-        if let Some(large) = payloads.iter().find(|p| p.len() > MAX_PAYLOAD) {
+    pub fn append(&self, seq: u64, payloads: &[impl AsRef<[u8]>]) -> Result<(), JournalError> {
+        if let Some(large) = payloads.iter().map(AsRef::as_ref).find(|p| p.len() > MAX_PAYLOAD) {
             return Err(JournalError::TooLarge { bytes: large.len() });
         }
         let mut writer = self.writer.lock().expect("journal writer lock");
         let synced = self.synced.load(Ordering::Acquire);
         let writer = &mut *writer;
         writer.buf.clear();
-        for (n, payload) in payloads.iter().enumerate() {
+        for (n, payload) in payloads.iter().map(AsRef::as_ref).enumerate() {
             let more = n + 1 < payloads.len();
             let len = frame::record_len(payload.len()) as u64;
             // A group larger than what is left of the segment goes on in the next one.

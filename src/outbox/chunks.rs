@@ -67,12 +67,64 @@ impl Chunker {
 }
 
 /// A group commit's events as journal payloads, none past [`crate::journal::MAX_PAYLOAD`].
+#[cfg(test)]
 pub fn encode_log(events: &[Admitted]) -> Vec<Vec<u8>> {
-    let mut chunker = Chunker::new(LOG_FORMAT_VERSION, crate::journal::MAX_PAYLOAD);
-    for event in events {
-        chunker.push(event);
+    let mut encoder = LogEncoder::default();
+    encoder.encode(events).into_iter().map(<[u8]>::to_vec).collect()
+}
+
+/// Encodes group commits' events as journal payloads, chunked as [`Chunker`] does, in buffers
+/// kept from one group to the next: the commit thread encodes a group per turn, and growing and
+/// copying fresh buffers each time cost it more than the encoding.
+#[derive(Debug, Default)]
+pub struct LogEncoder {
+    /// The events' encodings, one after another.
+    body: Vec<u8>,
+    /// The payloads, one after another, and where each ends.
+    out: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl LogEncoder {
+    /// `events` as payloads (borrowed until the next call).
+    pub fn encode(&mut self, events: &[Admitted]) -> Vec<&[u8]> {
+        let max = crate::journal::MAX_PAYLOAD;
+        self.body.clear();
+        self.out.clear();
+        self.ends.clear();
+        let (mut start, mut count) = (0, 0usize);
+        for event in events {
+            let before = self.body.len();
+            self.body = postcard::to_extend(event, std::mem::take(&mut self.body))
+                .expect("postcard encodes every outbox type");
+            // The version byte and the count (a varint of at most 5 bytes) come on top.
+            if self.body.len() - start + 6 > max && count > 0 {
+                self.seal(start..before, count);
+                (start, count) = (before, 0);
+            }
+            count += 1;
+        }
+        if count > 0 {
+            self.seal(start..self.body.len(), count);
+        }
+        let mut from = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let payload = &self.out[from..end];
+                from = end;
+                payload
+            })
+            .collect()
     }
-    chunker.finish().0
+
+    fn seal(&mut self, items: std::ops::Range<usize>, count: usize) {
+        self.out.push(LOG_FORMAT_VERSION);
+        self.out =
+            postcard::to_extend(&count, std::mem::take(&mut self.out)).expect("a length always encodes");
+        self.out.extend_from_slice(&self.body[items]);
+        self.ends.push(self.out.len());
+    }
 }
 
 /// The totals one open-hours checkpoint chunk holds.
@@ -98,5 +150,57 @@ impl OpenState {
     /// bounded by what is open), or older keys are to go.
     pub fn wants_base(&self) -> bool {
         self.legacy || self.delta_bytes > 2 * self.base_bytes + (4 << 20)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Customer, RecordKey, Scope};
+
+    fn event(n: usize, tag_bytes: usize) -> Admitted {
+        Admitted {
+            key: RecordKey {
+                scope: Scope::ProductCode("prod-1".into()),
+                customer: Customer::AwsAccountId(format!("{n:012}")),
+                dimension: "requests".into(),
+                hour: 3600,
+            },
+            tags: vec![("k".into(), "v".repeat(tag_bytes))],
+            quantity: 1,
+            id: None,
+            at: 3600,
+        }
+    }
+
+    /// The payloads [`Chunker`] makes of `events`, the reference.
+    fn chunked(events: &[Admitted]) -> Vec<Vec<u8>> {
+        let mut chunker = Chunker::new(LOG_FORMAT_VERSION, crate::journal::MAX_PAYLOAD);
+        for event in events {
+            chunker.push(event);
+        }
+        chunker.finish().0
+    }
+
+    #[test]
+    fn the_log_encoder_cuts_payloads_as_the_chunker_does_and_reuses_its_buffers() {
+        let mut encoder = LogEncoder::default();
+        // About 2.5 MiB of events: three payloads, the first two near the limit.
+        let large: Vec<Admitted> = (0..2_500).map(|n| event(n, 1_000)).collect();
+        let payloads = encoder.encode(&large);
+        assert_eq!(payloads.len(), 3);
+        assert!(payloads.iter().all(|p| p.len() <= crate::journal::MAX_PAYLOAD));
+        assert_eq!(payloads, chunked(&large));
+        // Then a small group, and none: nothing of the large one is left over.
+        let small = [event(7, 3), event(8, 3)];
+        assert_eq!(encoder.encode(&small), chunked(&small));
+        assert_eq!(encoder.encode(&[]), Vec::<&[u8]>::new());
+        // The payloads decode back to the events, in order.
+        let decoded: Vec<Admitted> = encoder
+            .encode(&large)
+            .iter()
+            .flat_map(|p| postcard::from_bytes::<Vec<Admitted>>(&p[1..]).unwrap())
+            .collect();
+        assert_eq!(decoded, large);
     }
 }

@@ -72,7 +72,7 @@ use crate::aggregate::{Admitted, Delta, IdEntry, IdKey, SealedRecord};
 use crate::journal::Journal;
 use crate::model::{DeadReason, RecordKey};
 use chunks::OpenState;
-pub use chunks::{Chunker, decode_open_chunk};
+pub use chunks::{Chunker, LogEncoder, decode_open_chunk};
 pub use disk::Room;
 pub use error::OutboxError;
 pub use layout::{FORMAT_VERSION, LOG_FORMAT_VERSION, MAX_CHUNK_BYTES, SEGMENT_SIZE};
@@ -322,9 +322,9 @@ impl Outbox {
 
     /// Journals one group commit's events. They are durable, and may be acknowledged, once a
     /// [`Outbox::sync_journal`] that started after this returned.
-    pub fn append(&self, seq: u64, events: &[Admitted]) -> Result<(), OutboxError> {
+    pub fn append(&self, seq: u64, events: &[Admitted], encoder: &mut LogEncoder) -> Result<(), OutboxError> {
         let journal = self.journal.as_ref().expect("only the daemon's outbox appends");
-        journal.append(seq, &chunks::encode_log(events))?;
+        journal.append(seq, &encoder.encode(events))?;
         Ok(())
     }
 
