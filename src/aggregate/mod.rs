@@ -4,6 +4,7 @@
 mod frozen;
 mod hours;
 mod ids;
+mod intern;
 mod open;
 mod record;
 mod table;

@@ -6,74 +6,13 @@
 //! leave nothing behind.
 
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
-
-use foldhash::HashMap;
 
 use serde::Serialize;
 
+use super::intern::{Interner, Lists};
 use super::record::{Allocation, SealedRecord, allocation_len, base_len};
 use super::table::{CacheLine, KeyTable};
 use crate::model::{Customer, RecordKey, Scope, TagSet};
-
-/// Values by number, counted by use. Strings are kept as `Arc<str>` (one allocation, the bytes
-/// right after the counts): a lookup in a large interner touches as little memory as it can.
-#[derive(Debug)]
-struct Interner<T: ?Sized> {
-    ids: HashMap<Arc<T>, u32>,
-    slots: Vec<Option<(Arc<T>, u32)>>,
-    free: Vec<u32>,
-}
-
-impl<T: ?Sized> Default for Interner<T> {
-    fn default() -> Self {
-        Self { ids: HashMap::default(), slots: Vec::new(), free: Vec::new() }
-    }
-}
-
-impl<T: ?Sized + Hash + Eq> Interner<T>
-where
-    for<'a> Arc<T>: From<&'a T>,
-{
-    fn get(&self, value: &T) -> Option<u32> {
-        self.ids.get(value).copied()
-    }
-
-    /// The number of `value`, counted once more.
-    fn acquire(&mut self, value: &T) -> u32 {
-        if let Some(&id) = self.ids.get(value) {
-            self.slots[id as usize].as_mut().expect("a live id").1 += 1;
-            return id;
-        }
-        let shared: Arc<T> = Arc::from(value);
-        let id = match self.free.pop() {
-            Some(id) => id,
-            None => {
-                self.slots.push(None);
-                u32::try_from(self.slots.len() - 1).expect("fewer than 4 billion open values")
-            }
-        };
-        self.slots[id as usize] = Some((shared.clone(), 1));
-        self.ids.insert(shared, id);
-        id
-    }
-
-    /// Counts one use of `id` less; frees it after the last.
-    fn release(&mut self, id: u32) {
-        let slot = &mut self.slots[id as usize];
-        let (value, uses) = slot.as_mut().expect("a live id");
-        *uses -= 1;
-        if *uses == 0 {
-            self.ids.remove(&**value);
-            *slot = None;
-            self.free.push(id);
-        }
-    }
-
-    fn resolve(&self, id: u32) -> &T {
-        &self.slots[id as usize].as_ref().expect("a live id").0
-    }
-}
 
 /// A record key by numbers. `kinds`: bit 0 a license ARN scope, bits 1–2 the customer's kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,42 +90,6 @@ enum Allocs {
     Many(u32),
 }
 
-/// The tag-set lists of records with more than one, by number: kept out of the records so that
-/// an open record (key and bucket) takes 64 bytes, one cache line of the key table.
-#[derive(Debug, Default)]
-struct Lists {
-    lists: Vec<Vec<(u32, u32)>>,
-    free: Vec<u32>,
-}
-
-impl Lists {
-    fn push(&mut self, list: Vec<(u32, u32)>) -> u32 {
-        match self.free.pop() {
-            Some(at) => {
-                self.lists[at as usize] = list;
-                at
-            }
-            None => {
-                self.lists.push(list);
-                u32::try_from(self.lists.len() - 1).expect("fewer than 4 billion open records")
-            }
-        }
-    }
-
-    fn get(&self, at: u32) -> &[(u32, u32)] {
-        &self.lists[at as usize]
-    }
-
-    fn get_mut(&mut self, at: u32) -> &mut Vec<(u32, u32)> {
-        &mut self.lists[at as usize]
-    }
-
-    fn free(&mut self, at: u32) {
-        self.lists[at as usize] = Vec::new();
-        self.free.push(at);
-    }
-}
-
 /// The running total of one open record.
 #[derive(Debug)]
 pub struct Bucket {
@@ -200,7 +103,7 @@ pub struct Bucket {
 
 // An open record is a cache line of the key table (`KeyTable`'s `CacheLine`); a larger one would
 // take two.
-const _: () = assert!(std::mem::size_of::<Option<(OpenKey, Bucket)>>() == 64);
+const _: () = assert!(std::mem::size_of::<(OpenKey, Bucket)>() <= 64);
 
 impl Bucket {
     fn each_tag_set<'a>(&'a self, lists: &'a Lists) -> impl Iterator<Item = (u32, u32)> + 'a {
@@ -336,8 +239,8 @@ struct Changed {
     any: bool,
 }
 
-/// Fewest slots of the key table for which reading ahead pays: 2^17 slots of 80 bytes are 10 MiB,
-/// more than the second-level caches, about a third of the shared third level.
+/// Fewest slots of the key table for which reading ahead pays: 2^17 slots point at up to 2^16
+/// records of 64 bytes, 4 MiB, more than the second-level caches.
 const READ_AHEAD_SLOTS: usize = 1 << 17;
 
 /// Fewest changed records listed, whatever the number of open records.
@@ -629,7 +532,7 @@ mod tests {
             open.add(open.find(k), k, &Vec::new(), 2);
         }
         assert_eq!(open.len(), 2);
-        assert_eq!(open.interned.names.ids.len(), 2, "the dimension and the long customer");
+        assert_eq!(open.interned.names.len(), 2, "the dimension and the long customer");
         let mut records = Vec::new();
         open.visit(false, |totals| {
             records
@@ -644,7 +547,7 @@ mod tests {
             let found = open.find(k).expect("open");
             assert_eq!(open.remove(&found.open).map(|r| r.key), Some(k.clone()));
         }
-        assert!(open.interned.names.ids.is_empty() && open.interned.scopes.ids.is_empty());
+        assert!(open.interned.names.len() == 0 && open.interned.scopes.len() == 0);
     }
 
     #[test]
@@ -719,9 +622,9 @@ mod tests {
         let key_of = restored.select(|_| true)[0];
         assert_eq!(restored.remove(&key_of), Some(record));
         assert!(
-            restored.interned.scopes.ids.is_empty()
-                && restored.interned.names.ids.is_empty()
-                && restored.interned.tags.ids.is_empty()
+            restored.interned.scopes.len() == 0
+                && restored.interned.names.len() == 0
+                && restored.interned.tags.len() == 0
         );
     }
 }
