@@ -211,12 +211,12 @@ impl Interned {
     }
 }
 
-/// Where a record key's open record is: its key by numbers and its slot in the key table, found
-/// once per event for the checks and the count. Valid until a record is opened or closed.
+/// Where a record key's open record is: its key by numbers and its entry in the key table, found
+/// once per event for the checks and the count. Valid until a record is closed.
 #[derive(Debug, Clone, Copy)]
 pub struct Found {
     open: OpenKey,
-    slot: usize,
+    entry: usize,
 }
 
 /// The open records.
@@ -331,11 +331,11 @@ impl OpenHours {
     /// The open record of `key`, if there is one.
     pub fn find(&self, key: &RecordKey) -> Option<Found> {
         let open = self.find_key(key)?;
-        Some(Found { open, slot: self.buckets.position(&open)? })
+        Some(Found { open, entry: self.buckets.position(&open)? })
     }
 
     pub fn bucket(&self, found: &Found) -> &Bucket {
-        self.buckets.at(found.slot)
+        self.buckets.at(found.entry)
     }
 
     /// Whether `key`'s open record has an allocation for `tags`.
@@ -357,13 +357,13 @@ impl OpenHours {
     /// Counts `quantity` of `tags` into `key`'s record (`found` by [`OpenHours::find`]), opening
     /// it if needed.
     pub fn add(&mut self, found: Option<Found>, key: &RecordKey, tags: &TagSet, quantity: u32) {
-        let Found { open, slot } = match found {
+        let Found { open, entry } = match found {
             Some(found) => found,
             None => self.open(key),
         };
         let tag_id = self.interned.tags.get(tags);
         let open_records = self.buckets.len();
-        let bucket = self.buckets.at_mut(slot);
+        let bucket = self.buckets.at_mut(entry);
         bucket.quantity += quantity;
         if !std::mem::replace(&mut bucket.dirty, true) {
             self.changed.note(open, open_records);
@@ -381,7 +381,7 @@ impl OpenHours {
             }
         }
         let id = self.interned.tags.acquire(tags);
-        let bucket = self.buckets.at_mut(slot);
+        let bucket = self.buckets.at_mut(entry);
         bucket.bytes += allocation_len(tags) as u32;
         match bucket.allocs {
             Allocs::One(u32::MAX, q) => bucket.allocs = Allocs::One(id, quantity + q),
@@ -412,9 +412,9 @@ impl OpenHours {
             dirty: true,
             allocs: Allocs::One(u32::MAX, 0),
         };
-        let slot = self.buckets.insert_new(open, bucket);
+        let entry = self.buckets.insert_new(open, bucket);
         self.changed.note(open, self.buckets.len());
-        Found { open, slot }
+        Found { open, entry }
     }
 
     /// The record key `open` stands for.
@@ -506,7 +506,7 @@ impl OpenHours {
         for allocation in &totals.allocations {
             self.add(Some(found), &totals.key, &allocation.tags, allocation.quantity);
         }
-        let bucket = self.buckets.at_mut(found.slot);
+        let bucket = self.buckets.at_mut(found.entry);
         bucket.quantity = totals.quantity;
         bucket.dirty = false;
     }
