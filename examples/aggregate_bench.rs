@@ -74,7 +74,7 @@ fn run(keys: u64, events: u64, every: u64, now: i64) -> (f64, usize) {
         if since >= every {
             since = 0;
             let mut chunker = Chunker::open_hours();
-            aggregator.visit_open(false, |totals| chunker.push(totals));
+            aggregator.visit_open(false, |totals| chunker.push_encoded(|body| totals.encode(body)));
             std::hint::black_box(chunker.finish());
         }
     }

@@ -124,6 +124,62 @@ pub struct OpenTotals<'a> {
     allocations: AllocationsRef<'a>,
 }
 
+impl OpenTotals<'_> {
+    /// Appends the same bytes as the `Serialize` impl (postcard's), written by hand: a checkpoint
+    /// encodes up to a million of these on the commit thread, and serde's path took about 95 ns
+    /// each.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let (variant, scope) = match self.key.scope {
+            ScopeRef::ProductCode(code) => (0, code),
+            ScopeRef::LicenseArn(arn) => (1, arn),
+        };
+        varint(out, variant);
+        string(out, scope);
+        match self.key.customer {
+            CustomerRef::AwsAccountId(id) => {
+                varint(out, 0);
+                string(out, id);
+            }
+            CustomerRef::Identifier(id) => {
+                varint(out, 1);
+                string(out, id);
+            }
+            CustomerRef::Caller => varint(out, 2),
+        }
+        string(out, self.key.dimension);
+        // Signed integers are zigzag varints.
+        varint(out, ((self.key.hour << 1) ^ (self.key.hour >> 63)) as u64);
+        varint(out, u64::from(self.quantity));
+        let AllocationsRef { tags, bucket, lists } = self.allocations;
+        let tag_sets = || bucket.each_tag_set(lists).filter(|(id, _)| *id != u32::MAX);
+        varint(out, tag_sets().count() as u64);
+        for (id, quantity) in tag_sets() {
+            let pairs = tags.resolve(id);
+            varint(out, pairs.len() as u64);
+            for (name, value) in pairs {
+                string(out, name);
+                string(out, value);
+            }
+            varint(out, u64::from(quantity));
+        }
+    }
+}
+
+/// postcard's unsigned varint: seven bits a byte, low first, the high bit set on all but the last.
+fn varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// postcard's string: its length in bytes, then the bytes.
+fn string(out: &mut Vec<u8>, value: &str) {
+    varint(out, value.len() as u64);
+    out.extend_from_slice(value.as_bytes());
+}
+
 /// A bucket's allocations, encoded as a sequence straight from the bucket.
 #[derive(Debug)]
 struct AllocationsRef<'a> {
@@ -592,6 +648,37 @@ mod tests {
         assert!(open.changed.overflow);
         assert_eq!(visited(&mut open), 5_000);
         assert_eq!(visited(&mut open), 0);
+    }
+
+    #[test]
+    fn the_hand_written_encoding_is_postcards() {
+        let mut open = OpenHours::default();
+        let long = "c".repeat(200);
+        let keys = [
+            (Scope::ProductCode("prod-1".into()), Customer::AwsAccountId("123456789012".into()), 7200),
+            (
+                Scope::LicenseArn("arn:aws:license-manager::1:license:l-1".into()),
+                Customer::Identifier(long),
+                -3600,
+            ),
+            (Scope::ProductCode("p".repeat(300)), Customer::Caller, 1 << 40),
+        ];
+        let tag_sets =
+            [Vec::new(), vec![("team".to_string(), "v".repeat(130))], vec![("a".into(), "b".into())]];
+        for (n, (scope, customer, hour)) in keys.into_iter().enumerate() {
+            let key = RecordKey { scope, customer, dimension: format!("dim{n}"), hour };
+            for (m, tags) in tag_sets.iter().enumerate().take(n + 1) {
+                open.add(open.find(&key), &key, tags, 1 + (m as u32) * 100_000 + (n as u32) * 100_000_000);
+            }
+        }
+        let mut visited = 0;
+        open.visit(true, |totals| {
+            let mut by_hand = vec![0xff];
+            totals.encode(&mut by_hand);
+            assert_eq!(by_hand[1..], postcard::to_allocvec(totals).unwrap());
+            visited += 1;
+        });
+        assert_eq!(visited, 3);
     }
 
     #[test]

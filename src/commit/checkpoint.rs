@@ -194,7 +194,7 @@ impl Committer {
     fn visit_open(&mut self, full: bool, mut sink: impl FnMut(Vec<u8>)) {
         let mut chunker = Chunker::open_hours();
         self.aggregator.visit_open(full, |totals| {
-            chunker.push(totals);
+            chunker.push_encoded(|body| totals.encode(body));
             chunker.take_chunks().into_iter().for_each(&mut sink);
         });
         chunker.finish().0.into_iter().for_each(sink);

@@ -29,9 +29,16 @@ impl Chunker {
     }
 
     pub fn push<T: Serialize>(&mut self, item: &T) {
+        self.push_encoded(|body| {
+            *body =
+                postcard::to_extend(item, std::mem::take(body)).expect("postcard encodes every outbox type");
+        });
+    }
+
+    /// Adds an item that `encode` appends, in postcard's encoding, to the buffer it is given.
+    pub fn push_encoded(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
         let before = self.body.len();
-        self.body = postcard::to_extend(item, std::mem::take(&mut self.body))
-            .expect("postcard encodes every outbox type");
+        encode(&mut self.body);
         // The version byte and the count (a varint of at most 5 bytes for a chunk) come on top.
         if self.body.len() + 6 > self.max && self.count > 0 {
             let tail = self.body.split_off(before);
