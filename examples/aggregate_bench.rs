@@ -1,6 +1,6 @@
 //! The commit thread's aggregation work alone, without sockets or disks: events go through
-//! [`Aggregator::admit`] in groups of 512 (each group read ahead first, as the commit thread
-//! does), and every `--checkpoint-every` events the changed open records are encoded as a
+//! [`Aggregator::admit_prepared`] in groups of 512 (each group's keys prepared and read ahead
+//! first, as the commit thread does), and every `--checkpoint-every` events the changed open records are encoded as a
 //! checkpoint would encode them. Prints nanoseconds per event for each key count, in rounds that
 //! take turns, so that the figures of one run compare like with like.
 //!
@@ -56,6 +56,7 @@ fn run(keys: u64, events: u64, every: u64, now: i64) -> (f64, usize) {
     let mut logged = Vec::with_capacity(512);
     let mut since = 0;
     let mut group = Vec::with_capacity(512);
+    let mut keys = Vec::with_capacity(512);
     let total = batch.len().max(1) as f64;
     let mut events = batch.into_iter();
     loop {
@@ -63,9 +64,9 @@ fn run(keys: u64, events: u64, every: u64, now: i64) -> (f64, usize) {
         if group.is_empty() {
             break;
         }
-        std::hint::black_box(aggregator.read_ahead(group.iter(), now));
-        for event in group.drain(..) {
-            if let Ok(Admission::Counted { admitted, .. }) = aggregator.admit(event, now) {
+        std::hint::black_box(aggregator.prepare(group.iter(), now, &mut keys));
+        for (event, key) in group.drain(..).zip(keys.iter().copied()) {
+            if let Ok(Admission::Counted { admitted, .. }) = aggregator.admit_prepared(event, now, key) {
                 logged.push(admitted);
             }
         }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::frozen::Frozen;
 use super::ids::{self, ClientId, IdBook, IdEntry, IdKey, Seen};
-use super::open::{Found, OpenHours, OpenTotals};
+use super::open::{Found, OpenHours, OpenTotals, Prepared};
 use super::record::{MAX_RECORD_BYTES, SealedRecord, allocation_len, base_len};
 use crate::clock::{deadline, hour_of, same_month};
 use crate::model::{Customer, Event, LateEvents, MAX_ALLOCATIONS, MAX_QUANTITY, RecordKey, Scope, TagSet};
@@ -229,19 +229,37 @@ impl Aggregator {
             || hour + 3600 + self.rules.seal_delay <= now
     }
 
-    /// Reads ahead where a group's events will be counted, before [`Aggregator::admit`] takes
-    /// them one by one, so that at a million open records their memory misses overlap. Only a
-    /// hint: an event carried to a later hour is looked up there as usual. Returns how many of
-    /// the slots read held a record.
-    pub fn read_ahead<'a>(&self, events: impl Iterator<Item = &'a Event>, now: i64) -> usize {
-        self.open.read_ahead(
-            events
-                .map(|e| (&e.scope, &e.customer, e.dimension.as_str(), hour_of(e.timestamp.unwrap_or(now)))),
-        )
+    /// Computes each of a group's events' record key once (into `keys`, for
+    /// [`Aggregator::admit_prepared`]) and reads ahead where they will be counted, so that at a
+    /// million open records their memory misses overlap. Only a hint: an event carried to a
+    /// later hour, or whose key was not open anywhere yet, is looked up as usual. Returns how
+    /// many records were found at the first slot of their probe.
+    pub fn prepare<'a>(
+        &self,
+        events: impl Iterator<Item = &'a Event>,
+        now: i64,
+        keys: &mut Vec<Option<Prepared>>,
+    ) -> usize {
+        keys.clear();
+        keys.extend(events.map(|e| {
+            self.open.prepare(&e.scope, &e.customer, &e.dimension, hour_of(e.timestamp.unwrap_or(now)))
+        }));
+        self.open.read_ahead(keys)
     }
 
     /// Checks an event against earlier ids, time, what is sealed and the key's total, and counts it.
     pub fn admit(&mut self, event: Event, now: i64) -> Result<Admission, AdmitError> {
+        self.admit_prepared(event, now, None)
+    }
+
+    /// [`Aggregator::admit`] with the event's record key from [`Aggregator::prepare`], in the
+    /// same group (no record closed since).
+    pub fn admit_prepared(
+        &mut self,
+        event: Event,
+        now: i64,
+        prepared: Option<Prepared>,
+    ) -> Result<Admission, AdmitError> {
         let id = match &event.id {
             None => None,
             Some(id) => {
@@ -261,7 +279,7 @@ impl Aggregator {
         let mut key = RecordKey { scope, customer, dimension, hour: hour_of(at) };
         let carried = self.place(&mut key, at, now)?;
         // The key's open record is looked up once for the checks and the count.
-        let open = self.open.find(&key);
+        let open = self.open.find_prepared(&key, prepared);
         if open.is_none() && self.frozen.must_note_open(&key) {
             for open in self.open.select(|open| open.hour == key.hour) {
                 self.frozen.note_scope(&self.open.record_key(&open));
@@ -534,6 +552,52 @@ mod tests {
         assert_eq!(mixed(&mut restarted, scoped("c", "cpu", false), now), Some(true));
         assert_eq!(mixed(&mut restarted, scoped("a", "gpu", true), now), Some(false));
         assert_eq!(restarted.frozen.noted(100 * H), [1, 1]);
+    }
+
+    #[test]
+    fn keys_prepared_per_group_count_as_plain_admits_do() {
+        let now = 100 * H + 600;
+        let (mut plain, mut prepared) = (Aggregator::new(rules()), Aggregator::new(rules()));
+        // Hour 99 has a record and is sealed: its events are carried into hour 100.
+        for aggregator in [&mut plain, &mut prepared] {
+            aggregator
+                .admit(Event { timestamp: Some(99 * H + 10), ..scoped("a", "cpu", false) }, 99 * H + 100)
+                .unwrap();
+            aggregator.seal_due(now);
+        }
+        let event = |n: usize| {
+            let customer = ["a", "b", "c", "d"][n % 4];
+            let dimension = ["cpu", "gpu", &format!("dim{}", n / 20)][n % 3].to_string();
+            let late = n.is_multiple_of(7);
+            Event {
+                timestamp: late.then_some(99 * H + 20),
+                quantity: 1 + n as u32 % 5,
+                tags: vec![("set".into(), format!("t{}", n % 2))],
+                ..scoped(customer, &dimension, n % 11 == 5)
+            }
+        };
+        let mut keys = Vec::new();
+        let mut prepared_some = 0;
+        for group in (0..200).collect::<Vec<_>>().chunks(25) {
+            let events: Vec<Event> = group.iter().map(|&n| event(n)).collect();
+            prepared.prepare(events.iter(), now, &mut keys);
+            prepared_some += keys.iter().flatten().count();
+            for (event, key) in events.into_iter().zip(keys.clone()) {
+                assert_eq!(prepared.admit_prepared(event.clone(), now, key), plain.admit(event, now));
+            }
+        }
+        assert!(prepared_some > 100, "most keys were prepared: {prepared_some}");
+        let totals = |aggregator: &mut Aggregator| {
+            let mut all = Vec::new();
+            aggregator.visit_open(true, |totals| all.push(postcard::to_allocvec(totals).unwrap()));
+            all.sort();
+            all
+        };
+        let expected = totals(&mut plain);
+        assert_eq!(expected.len(), plain.open_records());
+        assert_eq!(totals(&mut prepared), expected);
+        assert_eq!(plain.late_carried, prepared.late_carried);
+        assert!(plain.late_carried > 0);
     }
 
     #[test]

@@ -275,6 +275,13 @@ pub struct Found {
     entry: usize,
 }
 
+/// A record key by numbers with its hash ([`OpenHours::prepare`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Prepared {
+    open: OpenKey,
+    hash: u32,
+}
+
 /// The open records.
 #[derive(Debug, Default)]
 pub struct OpenHours {
@@ -366,28 +373,45 @@ impl OpenHours {
         })
     }
 
-    /// Reads ahead where the records of `keys` (scope, customer, dimension, hour) are, before
-    /// they are looked up one by one ([`KeyTable::read_ahead`]); only while the table is larger
-    /// than [`READ_AHEAD_SLOTS`], below which it is mostly in the caches and the pass would cost
-    /// more than it saves. Returns how many slots read held a record.
-    pub fn read_ahead<'a>(
+    /// A record key, given by its parts, by numbers and hashed, if every part of it is open
+    /// somewhere: computed once per event, for reading ahead and for the lookup.
+    pub fn prepare(
         &self,
-        keys: impl Iterator<Item = (&'a Scope, &'a Customer, &'a str, i64)>,
-    ) -> usize {
+        scope: &Scope,
+        customer: &Customer,
+        dimension: &str,
+        hour: i64,
+    ) -> Option<Prepared> {
+        let open = self.key_of(scope, customer, dimension, hour)?;
+        Some(Prepared { open, hash: self.buckets.hash(&open) })
+    }
+
+    /// Reads ahead where the records of `keys` are, before they are looked up one by one
+    /// ([`KeyTable::read_ahead`]); only while the table is larger than [`READ_AHEAD_SLOTS`],
+    /// below which it is mostly in the caches and the pass would cost more than it saves.
+    /// Returns how many records were found at the first slot of their probe.
+    pub fn read_ahead(&self, keys: &[Option<Prepared>]) -> usize {
         if self.buckets.slots() < READ_AHEAD_SLOTS {
             return 0;
         }
-        self.buckets.read_ahead(
-            keys.filter_map(|(scope, customer, dimension, hour)| {
-                self.key_of(scope, customer, dimension, hour)
-            }),
-        )
+        self.buckets.read_ahead(keys.iter().flatten().map(|p| (p.open, p.hash)))
     }
 
     /// The open record of `key`, if there is one.
     pub fn find(&self, key: &RecordKey) -> Option<Found> {
         let open = self.find_key(key)?;
         Some(Found { open, entry: self.buckets.position(&open)? })
+    }
+
+    /// [`OpenHours::find`], from `key` prepared before when that was for the same hour (the
+    /// parts' numbers hold until a record is closed).
+    pub fn find_prepared(&self, key: &RecordKey, prepared: Option<Prepared>) -> Option<Found> {
+        match prepared {
+            Some(Prepared { open, hash }) if open.hour == key.hour => {
+                Some(Found { open, entry: self.buckets.position_hashed(&open, hash)? })
+            }
+            _ => self.find(key),
+        }
     }
 
     pub fn bucket(&self, found: &Found) -> &Bucket {

@@ -90,7 +90,7 @@ impl<K: Copy + Eq + Hash, V, S: BuildHasher, A> KeyTable<K, V, S, A> {
     }
 
     /// The hash bits the index keeps; a key's probe starts at them, masked.
-    fn hash(&self, key: &K) -> u32 {
+    pub fn hash(&self, key: &K) -> u32 {
         self.hasher.hash_one(key) as u32
     }
 
@@ -125,17 +125,23 @@ impl<K: Copy + Eq + Hash, V, S: BuildHasher, A> KeyTable<K, V, S, A> {
         self.find(key, self.hash(key)).map(|(_, n)| n)
     }
 
+    /// [`KeyTable::position`] with the key's [`KeyTable::hash`] computed before.
+    pub fn position_hashed(&self, key: &K, hash: u32) -> Option<usize> {
+        debug_assert_eq!(hash, self.hash(key), "the hash of another key");
+        self.find(key, hash).map(|(_, n)| n)
+    }
+
     /// How many index slots the table has (twice its entries at most).
     pub fn slots(&self) -> usize {
         self.index.len()
     }
 
-    /// Reads the first index slot of each of `keys`' probes, hashing them all first, then the
-    /// entries those slots point to: in a table larger than the caches each read is a memory
-    /// miss, and with nothing between them the processor has many in flight at once, where
-    /// lookups one after another wait for each in turn. Returns how many keys were found at the
-    /// first slot of their probe (so that the reads are used).
-    pub fn read_ahead(&self, mut keys: impl Iterator<Item = K>) -> usize {
+    /// Reads the first index slot of each of `keys`' probes (each with its [`KeyTable::hash`]),
+    /// then the entries those slots point to: in a table larger than the caches each read is a
+    /// memory miss, and with nothing between them the processor has many in flight at once,
+    /// where lookups one after another wait for each in turn. Returns how many keys were found
+    /// at the first slot of their probe (so that the reads are used).
+    pub fn read_ahead(&self, mut keys: impl Iterator<Item = (K, u32)>) -> usize {
         if self.index.is_empty() {
             return 0;
         }
@@ -146,7 +152,7 @@ impl<K: Copy + Eq + Hash, V, S: BuildHasher, A> KeyTable<K, V, S, A> {
         loop {
             let mut len = 0;
             for (hashed, key) in batch.iter_mut().zip(keys.by_ref()) {
-                *hashed = Some((key, self.hash(&key)));
+                *hashed = Some(key);
                 len += 1;
             }
             let mut candidates = 0;
@@ -353,18 +359,20 @@ mod tests {
     #[test]
     fn reading_ahead_reads_each_keys_first_slot() {
         let mut table = KeyTable::<u64, u64, Itself>::default();
-        assert_eq!(table.read_ahead([1, 2].into_iter()), 0, "no slots yet");
+        let hashed = |keys: &[u64]| keys.iter().map(|&k| (k, k as u32)).collect::<Vec<_>>();
+        assert_eq!(table.read_ahead(hashed(&[1, 2]).into_iter()), 0, "no slots yet");
         for key in [3, 4, 5] {
             table.insert(key, key);
         }
         // 3 and 5 are at the first slot of their probes; 19 would start at slot 3 (19 & 15),
         // which 3 holds; 7 and 8 start at empty slots.
-        assert_eq!(table.read_ahead([3, 5, 19, 7, 8].into_iter()), 2);
+        assert_eq!(table.read_ahead(hashed(&[3, 5, 19, 7, 8]).into_iter()), 2);
         table.insert(19, 19);
-        assert_eq!(table.read_ahead([19].into_iter()), 0, "in the probe, past its first slot");
+        assert_eq!(table.read_ahead(hashed(&[19]).into_iter()), 0, "in the probe, past its first slot");
         assert_eq!(table.read_ahead(std::iter::empty()), 0);
         // More keys than a batch.
-        assert_eq!(table.read_ahead((0..200).map(|n| 3 + n % 3)), 200);
+        assert_eq!(table.read_ahead((0..200).map(|n| (3 + n % 3, (3 + n % 3) as u32))), 200);
+        assert_eq!(table.position_hashed(&19, 19), table.position(&19));
         assert_eq!(table.slots(), 16);
     }
 

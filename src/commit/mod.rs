@@ -124,7 +124,9 @@ pub struct Committer {
     /// A checkpoint failed: no event is taken any more (the sync thread, which reads only
     /// `failed`, still answers the groups already in the journal).
     checkpoint_failed: bool,
-    /// A group's admitted events and their encoding, in buffers kept from one group to the next.
+    /// A group's record keys, admitted events and their encoding, in buffers kept from one group
+    /// to the next.
+    keys: Vec<Option<crate::aggregate::Prepared>>,
     logged: Vec<crate::aggregate::Admitted>,
     encoder: LogEncoder,
 }
@@ -219,6 +221,7 @@ impl Committer {
             flushed: Vec::new(),
             in_flight: None,
             checkpoint_failed: false,
+            keys: Vec::new(),
             logged: Vec::new(),
             encoder: LogEncoder::default(),
         }
@@ -390,13 +393,21 @@ impl Committer {
         let now = self.now();
         let mut deliveries = Vec::with_capacity(group.len());
         let mut duplicates = 0u64;
-        // Reads ahead of the lookups below; `black_box` keeps the reads, whose count is not needed.
-        std::hint::black_box(self.aggregator.read_ahead(group.iter().flat_map(|s| s.events.iter()), now));
+        // Each event's key once, and reads ahead of the lookups below; `black_box` keeps the
+        // reads, whose count is not needed.
+        let mut keys = std::mem::take(&mut self.keys);
+        std::hint::black_box(self.aggregator.prepare(
+            group.iter().flat_map(|s| s.events.iter()),
+            now,
+            &mut keys,
+        ));
+        let mut prepared = keys.iter().copied();
         for submission in group.drain(..) {
             let mut outcomes = Vec::with_capacity(submission.events.len());
             for event in submission.events {
                 let client_id = event.id.clone();
-                outcomes.push(match self.aggregator.admit(event, now) {
+                let key = prepared.next().flatten();
+                outcomes.push(match self.aggregator.admit_prepared(event, now, key) {
                     Ok(Admission::Counted { admitted, .. }) => {
                         self.warn_legacy_customer(&admitted.key.customer, now);
                         let id = match client_id {
@@ -415,6 +426,7 @@ impl Committer {
             }
             deliveries.push(Delivery { reply: submission.reply, outcomes, received: submission.received });
         }
+        self.keys = keys;
         self.ctx.metrics.events_duplicate.inc_by(duplicates);
         self.record_late_metrics();
         self.ctx.metrics.records.with_label_values(&["open"]).set(self.aggregator.open_records() as i64);
