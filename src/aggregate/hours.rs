@@ -598,6 +598,25 @@ mod tests {
         assert_eq!(totals(&mut prepared), expected);
         assert_eq!(plain.late_carried, prepared.late_carried);
         assert!(plain.late_carried > 0);
+
+        // A key prepared before a record closed is not used: the numbers it names may have gone
+        // to other values since. Here "gone" loses its number when e's record is flushed, and
+        // "other" takes it: g's prepared key for "gone" now reads as g's record for "other".
+        let mut aggregator = Aggregator::new(rules());
+        aggregator.admit(scoped("e", "gone", false), now).unwrap();
+        let late = [scoped("g", "gone", false)];
+        aggregator.prepare(late.iter(), now, &mut keys);
+        assert!(keys[0].is_some());
+        assert_eq!(aggregator.seal_now(|key| key.dimension == "gone"), 1);
+        aggregator.admit(scoped("g", "other", false), now).unwrap();
+        aggregator.admit_prepared(late[0].clone(), now, keys[0]).unwrap();
+        let mut records = Vec::new();
+        aggregator.visit_open(true, |totals| {
+            let record: SealedRecord = postcard::from_bytes(&postcard::to_allocvec(totals).unwrap()).unwrap();
+            records.push((record.key.dimension, record.quantity));
+        });
+        records.sort();
+        assert_eq!(records, [("gone".to_string(), 1), ("other".to_string(), 1)]);
     }
 
     #[test]

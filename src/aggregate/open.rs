@@ -275,11 +275,13 @@ pub struct Found {
     entry: usize,
 }
 
-/// A record key by numbers with its hash ([`OpenHours::prepare`]).
+/// A record key by numbers with its hash ([`OpenHours::prepare`]), and how many records had
+/// closed then.
 #[derive(Debug, Clone, Copy)]
 pub struct Prepared {
     open: OpenKey,
     hash: u32,
+    closed: u64,
 }
 
 /// The open records.
@@ -288,6 +290,9 @@ pub struct OpenHours {
     buckets: KeyTable<OpenKey, Bucket, foldhash::fast::RandomState, CacheLine>,
     interned: Interned,
     changed: Changed,
+    /// Records closed so far: a key prepared before a record closed may name numbers freed
+    /// since, and is not used.
+    closed: u64,
 }
 
 /// The records changed since the last checkpoint, listed while they are at most an eighth of the
@@ -383,7 +388,7 @@ impl OpenHours {
         hour: i64,
     ) -> Option<Prepared> {
         let open = self.key_of(scope, customer, dimension, hour)?;
-        Some(Prepared { open, hash: self.buckets.hash(&open) })
+        Some(Prepared { open, hash: self.buckets.hash(&open), closed: self.closed })
     }
 
     /// Reads ahead where the records of `keys` are, before they are looked up one by one
@@ -403,11 +408,11 @@ impl OpenHours {
         Some(Found { open, entry: self.buckets.position(&open)? })
     }
 
-    /// [`OpenHours::find`], from `key` prepared before when that was for the same hour (the
-    /// parts' numbers hold until a record is closed).
+    /// [`OpenHours::find`], from `key` prepared before when that was for the same hour and no
+    /// record has closed since (closing one may free the numbers of its parts).
     pub fn find_prepared(&self, key: &RecordKey, prepared: Option<Prepared>) -> Option<Found> {
         match prepared {
-            Some(Prepared { open, hash }) if open.hour == key.hour => {
+            Some(Prepared { open, hash, closed }) if open.hour == key.hour && closed == self.closed => {
                 Some(Found { open, entry: self.buckets.position_hashed(&open, hash)? })
             }
             _ => self.find(key),
@@ -536,6 +541,7 @@ impl OpenHours {
         let bucket = self.buckets.get(open)?;
         let record = self.totals(open, bucket);
         let bucket = self.buckets.remove(open).expect("just found");
+        self.closed += 1;
         for (id, _) in bucket.each_tag_set(&self.interned.lists).filter(|(id, _)| *id != u32::MAX) {
             self.interned.tags.release(id);
         }
