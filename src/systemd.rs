@@ -2,7 +2,8 @@
 //!
 //! - **Readiness and watchdog** (`sd_notify`): with `NOTIFY_SOCKET` set, meterd sends `READY=1`
 //!   once replay is done and the socket accepts events, `STOPPING=1` when shutdown starts, and
-//!   `WATCHDOG=1` at half the `WATCHDOG_USEC` interval while the commit thread keeps turning.
+//!   `WATCHDOG=1` from `READY=1` on (systemd arms the watchdog when start-up completes) at half
+//!   the `WATCHDOG_USEC` interval while the commit thread keeps turning.
 //! - **Socket activation** (`LISTEN_FDS`/`LISTEN_PID`): systemd binds the ingest socket and passes
 //!   it as fd 3, so clients' connections wait in the kernel's backlog while meterd restarts.
 

@@ -364,9 +364,15 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
             self.supervisor
                 .spawn_unit("reload", reload::reload_on_hangup(live, reload, hangups, intake.clone()));
         }
+    }
+
+    /// Starts the systemd watchdog's pings, once READY=1 is sent: systemd arms the watchdog when
+    /// start-up completes, and a ping before READY=1 would only be noise.
+    fn spawn_watchdog(&mut self) {
         if let Some(every) = crate::systemd::watchdog_interval() {
-            let (health, checkpoint) = (ctx.health.clone(), config.storage.checkpoint_interval);
-            let pings = watchdog::watchdog(self.notifier.clone(), every, health, checkpoint, intake.clone());
+            let (health, checkpoint) = (self.ctx.health.clone(), self.config.storage.checkpoint_interval);
+            let intake = self.stops.intake.clone();
+            let pings = watchdog::watchdog(self.notifier.clone(), every, health, checkpoint, intake);
             self.supervisor.spawn_unit("watchdog", pings);
         }
     }
@@ -460,6 +466,7 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
             self.ctx.health.set_serving();
             tracing::info!(socket = %self.endpoints.socket.display(), metrics = %self.endpoints.metrics, "meterd ready");
             self.notifier.notify("READY=1\nSTATUS=accepting events");
+            self.spawn_watchdog();
             ready(&self.endpoints);
             tokio::select! {
                 _ = &mut shutdown => {}
