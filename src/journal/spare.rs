@@ -6,16 +6,21 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
 
 use super::frame::{SEGMENT_HEADER, segment_header};
 use super::recover::Segment;
 
-/// The thread that makes spares, one at a time, in the order asked.
+/// The thread that makes spares, one at a time, in the order asked. Dropping it waits for the
+/// spare being made: nothing writes in the journal's directory once its `Journal` is gone (a
+/// journal opened again there would otherwise meet a spare renamed under its scan).
 pub(super) struct Spares {
     dir: PathBuf,
     size: u64,
-    requests: Mutex<Sender<u64>>,
+    /// `None` once dropping.
+    requests: Mutex<Option<Sender<u64>>>,
     made: Mutex<Receiver<(u64, std::io::Result<Segment>)>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Spares {
@@ -24,19 +29,24 @@ impl Spares {
         let (done, made) = channel();
         let (thread_dir, thread_size) = (dir.clone(), size);
         // If the thread cannot start, `take` makes the spare itself.
-        let _ = std::thread::Builder::new().name("meterd-spare".into()).spawn(move || {
-            for index in asked {
-                if done.send((index, make(&thread_dir, index, thread_size))).is_err() {
-                    return;
+        let thread = std::thread::Builder::new()
+            .name("meterd-spare".into())
+            .spawn(move || {
+                for index in asked {
+                    if done.send((index, make(&thread_dir, index, thread_size))).is_err() {
+                        return;
+                    }
                 }
-            }
-        });
-        Spares { dir, size, requests: Mutex::new(requests), made: Mutex::new(made) }
+            })
+            .ok();
+        Spares { dir, size, requests: Mutex::new(Some(requests)), made: Mutex::new(made), thread }
     }
 
     /// Asks for segment `index` to be made ahead of use.
     pub fn request(&self, index: u64) {
-        let _ = self.requests.lock().expect("spare requests lock").send(index);
+        if let Some(requests) = &*self.requests.lock().expect("spare requests lock") {
+            let _ = requests.send(index);
+        }
     }
 
     /// Segment `index`: the one asked for ahead, or made now.
@@ -54,6 +64,16 @@ impl Spares {
     /// Makes segment `index` in the calling thread.
     pub fn make_now(&self, index: u64) -> std::io::Result<Segment> {
         make(&self.dir, index, self.size)
+    }
+}
+
+impl Drop for Spares {
+    fn drop(&mut self) {
+        // Closing the requests ends the thread's loop after the spare in hand.
+        drop(self.requests.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
