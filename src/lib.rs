@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod duration;
 pub mod emulator;
 pub mod fleet;
+pub mod ids;
 pub mod ingest;
 pub mod journal;
 pub mod listen;

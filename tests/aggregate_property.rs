@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use meterd::aggregate::{Admission, AdmitError, Aggregator, Rules, SealedRecord};
+use meterd::ids::Run;
 use meterd::model::{Customer, Event, LateEvents, MAX_QUANTITY, Scope};
 use proptest::prelude::*;
 
@@ -46,8 +47,11 @@ type Content = (u8, u8, u8, u32, i64);
 struct Model {
     policy: LateEvents,
     accepted: Vec<(Key, u8, u32)>,
-    /// Id → its expiry and the event it named.
+    /// Id → when it was accepted and the event it named.
     ids: HashMap<u8, (i64, Content)>,
+    /// UTC hour → the last acceptance of an id in it. Ids are remembered in buckets of one hour
+    /// of acceptance, forgotten together 25 hours after the bucket's last one.
+    id_hours: HashMap<i64, i64>,
     sealed_hours_through: i64,
     /// Keys whose record was sealed.
     sealed: HashSet<Key>,
@@ -63,7 +67,8 @@ impl Model {
         let Sent { customer, dimension, tags, quantity, id } = event;
         let content = (customer, dimension, tags, quantity, at);
         if let Some(id) = id
-            && let Some((_, earlier)) = self.ids.get(&id).filter(|(expiry, _)| *expiry > now)
+            && let Some((_, earlier)) =
+                self.ids.get(&id).filter(|(at, _)| self.id_hours[&at.div_euclid(3600)] + 25 * 3600 > now)
         {
             return if *earlier == content {
                 Ok(None)
@@ -101,7 +106,9 @@ impl Model {
         }
         self.accepted.push(((customer, dimension, hour), tags, quantity));
         if let Some(id) = id {
-            self.ids.insert(id, (now + 25 * 3600, content));
+            self.ids.insert(id, (now, content));
+            let last = self.id_hours.entry(now.div_euclid(3600)).or_insert(now);
+            *last = (*last).max(now);
         }
         Ok(Some(hour))
     }
@@ -136,6 +143,7 @@ fn check(ops: Vec<Op>, policy: LateEvents) -> Result<(), TestCaseError> {
         policy,
         accepted: Vec::new(),
         ids: HashMap::new(),
+        id_hours: HashMap::new(),
         sealed_hours_through: i64::MIN,
         sealed: HashSet::new(),
     };
@@ -148,7 +156,21 @@ fn check(ops: Vec<Op>, policy: LateEvents) -> Result<(), TestCaseError> {
         let through = model.sealed_hours_through;
         let due: Vec<Key> = model.accepted.iter().map(|(k, _, _)| *k).filter(|k| k.2 <= through).collect();
         model.sealed.extend(due);
-        for record in aggregator.take_delta().sealed {
+        let delta = aggregator.take_delta();
+        // The id runs a checkpoint would write, in memory: later lookups read them.
+        let runs = delta
+            .ids
+            .files
+            .freeze
+            .iter()
+            .map(|s| {
+                let image = Run::build(s.number, s.entries(), s.first_at, s.last_at);
+                let bytes = image.bytes.clone();
+                image.into_run(Box::new(bytes))
+            })
+            .collect();
+        aggregator.install_id_runs(runs);
+        for record in delta.sealed {
             let key = key_of(&record);
             prop_assert!(key.2 + 3600 + SEAL_DELAY <= now, "sealed before its hour was due");
             prop_assert!(sealed.insert(key, (record, now)).is_none(), "sealed twice: {key:?}");

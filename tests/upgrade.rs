@@ -11,6 +11,12 @@
 //! and the ids of every event. `meta.json` beside the data dir has the generating clock's `now`.
 //! Today's meterd starts on it (its clock and the emulator's moved back to that `now`), bills each
 //! record once with the exact quantities and allocations, and answers a resent id as a duplicate.
+//!
+//! `tests/fixtures/outbox-ids-in-sled.tar.gz` is a data dir written by the meterd that kept ids in
+//! sled (`j` keys; commit 5ac37ff) with `METERD_FIXTURE_BIN=<that meterd> cargo test --test upgrade
+//! -- --ignored write_ids_fixture`: ids d1, d2 (customer 200000000001, quantities 1 and 2)
+//! checkpointed into sled by a clean stop, ids e1, e2 (200000000002, 3 and 4) only in the journal
+//! (killed with -9). Today's meterd carries them into its id files.
 
 mod common;
 
@@ -21,6 +27,7 @@ use common::daemon::{Emu, Launch, Meterd, event, find};
 use serde_json::{Value, json};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/outbox-0.1.0.tar.gz");
+const IDS_FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/outbox-ids-in-sled.tar.gz");
 
 fn with(customer: &str, quantity: u64, id: &str, team: Option<&str>) -> Value {
     let mut e = event(customer, "requests", quantity);
@@ -117,6 +124,100 @@ fn an_outbox_written_before_the_journal_is_replayed_and_billed_once() {
     allocations.sort();
     assert_eq!(allocations, [(r#"{"team":"x"}"#.to_string(), 5), (r#"{"team":"y"}"#.to_string(), 7)]);
     assert_eq!(find(&records, "100000000003", "requests", hour).unwrap()["quantity"], 24);
+    assert_eq!(emu.statuses().get("DuplicateRecord"), None, "nothing billed twice");
+    drop(meterd);
+}
+
+/// Writes the ids fixture with the meterd `METERD_FIXTURE_BIN` names (see the module header).
+#[test]
+#[ignore = "writes tests/fixtures/outbox-ids-in-sled.tar.gz with the meterd METERD_FIXTURE_BIN names"]
+fn write_ids_fixture() {
+    let bin =
+        std::env::var("METERD_FIXTURE_BIN").expect("METERD_FIXTURE_BIN: the meterd whose format it records");
+    let script = format!("shift; exec {bin} \"$@\"");
+    let under = ["sh", "-c", script.as_str(), "sh"];
+    let dir = tempfile::tempdir().unwrap();
+    let now = common::now_secs();
+    let unreachable = "http://127.0.0.1:9";
+    let meterd = Launch::with_endpoint(dir.path(), unreachable).under(&under).start();
+    all_ok(&meterd.send(&[with("200000000001", 1, "d1", None), with("200000000001", 2, "d2", None)]));
+    assert!(meterd.signal("TERM").success());
+    let meterd = Launch::with_endpoint(dir.path(), unreachable)
+        .under(&under)
+        .env("METERD_STORAGE__CHECKPOINT_INTERVAL", "60s")
+        .start();
+    all_ok(&meterd.send(&[with("200000000002", 3, "e1", None), with("200000000002", 4, "e2", None)]));
+    meterd.kill9();
+    std::fs::write(dir.path().join("meta.json"), json!({ "now": now }).to_string()).unwrap();
+    let status = std::process::Command::new("tar")
+        .args(["-czf", IDS_FIXTURE, "-C", dir.path().to_str().unwrap(), "data", "meta.json"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Unpacks a fixture; returns the generating clock's `now`.
+fn unpack(fixture: &str, dir: &Path) -> i64 {
+    let status = std::process::Command::new("tar")
+        .args(["-xzf", fixture, "-C", dir.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let meta: Value = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
+    meta["now"].as_i64().unwrap()
+}
+
+#[test]
+fn ids_an_older_meterd_kept_in_sled_and_its_journal_are_still_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let then = unpack(IDS_FIXTURE, dir.path());
+    let offset = then - common::now_secs();
+    let emu = Emu::start(|_| {});
+    emu.set_clock_offset(offset);
+    let launch = || Launch::new(dir.path(), &emu).offset(offset);
+    let resend = |meterd: &Meterd| {
+        for (customer, quantity, id) in [
+            ("200000000001", 1, "d1"),
+            ("200000000001", 2, "d2"),
+            ("200000000002", 3, "e1"),
+            ("200000000002", 4, "e2"),
+        ] {
+            let replies = meterd.send(&[with(customer, quantity, id, None)]);
+            assert_eq!(replies, [json!({"ok": true, "id": id, "duplicate": true})], "{id}");
+        }
+    };
+    let meterd = launch().start();
+    resend(&meterd);
+    let conflict = meterd.send(&[with("200000000001", 5, "d1", None)]);
+    assert_eq!(conflict[0]["error"], "id_conflict", "{conflict:?}");
+    all_ok(&meterd.send(&[with("200000000002", 10, "f1", None)]));
+    // The first checkpoint writes the carried ids as a run; then sled's copies go.
+    let ids = dir.path().join("data/ids");
+    let has_run = || {
+        std::fs::read_dir(&ids)
+            .is_ok_and(|d| d.flatten().any(|e| e.path().extension().is_some_and(|x| x == "run")))
+    };
+    for _ in 0..200 {
+        if has_run() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(has_run(), "no id run in {}", ids.display());
+    meterd.kill9();
+    let meterd = launch().start();
+    resend(&meterd);
+    let replies = meterd.send(&[with("200000000002", 10, "f1", None)]);
+    assert_eq!(replies, [json!({"ok": true, "id": "f1", "duplicate": true})]);
+    for customer in ["200000000001", "200000000002"] {
+        let (code, _, stderr) = Meterd::cli(&launch(), &["flush", "--customer", customer]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let records = emu.wait_records(2, Duration::from_secs(20));
+    let hour = then - then.rem_euclid(3600);
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(find(&records, "200000000001", "requests", hour).unwrap()["quantity"], 3);
+    assert_eq!(find(&records, "200000000002", "requests", hour).unwrap()["quantity"], 17);
     assert_eq!(emu.statuses().get("DuplicateRecord"), None, "nothing billed twice");
     drop(meterd);
 }

@@ -1,5 +1,5 @@
 //! The open hours: one bucket per record key with its total and one allocation per tag set, the
-//! client ids seen in the last 25 hours ([`IdBook`]), what was already sealed ([`Frozen`]), and
+//! client ids seen in the last 25 hours (`ids.rs`, `crate::ids`), what was already sealed ([`Frozen`]), and
 //! the rules that decide where an event is counted and when an hour is sealed.
 //!
 //! Where an event goes, in order:
@@ -22,10 +22,11 @@
 use serde::{Deserialize, Serialize};
 
 use super::frozen::Frozen;
-use super::ids::{self, ClientId, IdBook, IdEntry, IdKey, Seen};
+use super::ids::{self, ClientId, IdDelta, IdEntry, IdKey, Ids};
 use super::open::{Found, OpenHours, OpenTotals, Prepared};
 use super::record::{MAX_RECORD_BYTES, SealedRecord, allocation_len, base_len};
 use crate::clock::{deadline, hour_of, same_month};
+use crate::ids::{Loaded, Run, Seen};
 use crate::model::{Customer, Event, LateEvents, MAX_ALLOCATIONS, MAX_QUANTITY, RecordKey, Scope, TagSet};
 
 /// The time rules, in seconds.
@@ -105,6 +106,9 @@ pub enum AdmitError {
         "id {id:?} was already used for a different event in the last 25 hours; give every event its own id"
     )]
     IdConflict { id: String },
+    /// The id files could not be read to check the event's id: a storage failure.
+    #[error("the remembered ids cannot be read: {reason}")]
+    IdsUnreadable { reason: String },
     #[error(
         "this customer's usage in the hour starting {hour} was already reported {}; reporting it both with and without a license_arn would bill the customer twice",
         if *.licensed_before { "with a license_arn" } else { "without a license_arn" }
@@ -113,11 +117,10 @@ pub enum AdmitError {
 }
 
 /// What changed since the last checkpoint.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Delta {
     pub sealed: Vec<SealedRecord>,
-    pub new_ids: Vec<(IdKey, IdEntry)>,
-    pub expired_ids: Vec<IdKey>,
+    pub ids: IdDelta,
     /// Start of the last sealed hour, as of this delta.
     pub sealed_through: Option<i64>,
     /// Whether `sealed_through` moved since the last delta.
@@ -126,7 +129,7 @@ pub struct Delta {
 
 impl Delta {
     pub fn is_empty(&self) -> bool {
-        self.sealed.is_empty() && self.new_ids.is_empty() && self.expired_ids.is_empty()
+        self.sealed.is_empty() && self.ids.is_empty()
     }
 }
 
@@ -138,7 +141,7 @@ const MAX_CARRY_HOURS: i64 = 48;
 pub struct Aggregator {
     rules: Rules,
     open: OpenHours,
-    ids: IdBook,
+    ids: Ids,
     frozen: Frozen,
     sealed: Vec<SealedRecord>,
     /// Start of the last hour sealed as a whole; no record of it or before stays open.
@@ -154,7 +157,7 @@ impl Aggregator {
         Self {
             rules,
             open: OpenHours::default(),
-            ids: IdBook::default(),
+            ids: Ids::default(),
             frozen: Frozen::default(),
             sealed: Vec::new(),
             sealed_through: None,
@@ -168,11 +171,32 @@ impl Aggregator {
     /// Rebuilds the state a checkpoint saved; [`Aggregator::restore_open`] then sets the open
     /// records, replay re-applies the log after it, and [`Aggregator::remember_sealed`] adds the
     /// records already sealed.
-    pub fn restore(rules: Rules, ids: Vec<(IdKey, IdEntry)>, sealed_through: Option<i64>) -> Self {
+    /// `sled_ids` are ids an older meterd kept in sled, `id_files` what the id files hold.
+    pub fn restore(
+        rules: Rules,
+        sled_ids: Vec<(IdKey, IdEntry)>,
+        id_files: Loaded,
+        sealed_through: Option<i64>,
+    ) -> std::io::Result<Self> {
         let mut this = Self::new(rules);
-        this.ids = IdBook::restore(ids);
+        this.ids = Ids::restore(sled_ids, id_files)?;
         this.sealed_through = sealed_through;
-        this
+        Ok(this)
+    }
+
+    /// Takes the id runs a checkpoint wrote.
+    pub fn install_id_runs(&mut self, runs: Vec<Run>) {
+        self.ids.install(runs);
+    }
+
+    /// Whether full id segments wait for a checkpoint to write them.
+    pub fn ids_waiting(&self) -> bool {
+        self.ids.has_frozen()
+    }
+
+    /// Ids remembered.
+    pub fn remembered_ids(&self) -> usize {
+        self.ids.len()
     }
 
     /// Sets an open record to the totals a checkpoint saved for it.
@@ -260,17 +284,21 @@ impl Aggregator {
         now: i64,
         prepared: Option<Prepared>,
     ) -> Result<Admission, AdmitError> {
-        let id = match &event.id {
-            None => None,
+        let (id, hash) = match &event.id {
+            None => (None, None),
             Some(id) => {
                 let digest = ids::digest(&event);
-                match self.ids.check(event.peer, id, digest) {
-                    Seen::Same => return Ok(Admission::Duplicate { id: id.clone() }),
-                    Seen::Conflict => return Err(AdmitError::IdConflict { id: id.clone() }),
-                    Seen::New => Some(ClientId {
-                        key: IdKey { peer: Some(event.peer), id: id.clone() },
-                        digest: Some(digest),
-                    }),
+                let checked = self.ids.check(event.peer, id, digest);
+                match checked.map_err(|err| AdmitError::IdsUnreadable { reason: err.to_string() })? {
+                    (Seen::Same, _) => return Ok(Admission::Duplicate { id: id.clone() }),
+                    (Seen::Conflict, _) => return Err(AdmitError::IdConflict { id: id.clone() }),
+                    (Seen::New, hash) => (
+                        Some(ClientId {
+                            key: IdKey { peer: Some(event.peer), id: id.clone() },
+                            digest: Some(digest),
+                        }),
+                        Some((hash, digest)),
+                    ),
                 }
             }
         };
@@ -291,6 +319,9 @@ impl Aggregator {
         }
         let admitted = Admitted { key, tags, quantity, id, at: now };
         self.count(open, &admitted);
+        if let Some((hash, digest)) = hash {
+            self.ids.remember(hash, digest, now);
+        }
         Ok(Admission::Counted { admitted, carried })
     }
 
@@ -357,10 +388,15 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Counts an admitted event: from [`Aggregator::admit`], or from the log during replay.
-    pub fn apply(&mut self, admitted: &Admitted) {
+    /// Counts an event from the log during replay, and remembers its id unless known already
+    /// (the id files may hold it). An error: the id files could not be read.
+    pub fn apply(&mut self, admitted: &Admitted) -> std::io::Result<()> {
         let open = self.open.find(&admitted.key);
         self.count(open, admitted);
+        match &admitted.id {
+            Some(id) => self.ids.replay(id, admitted.at),
+            None => Ok(()),
+        }
     }
 
     /// Counts an admitted event into its open record (`open`, if it has one already).
@@ -369,9 +405,6 @@ impl Aggregator {
             self.frozen.note_open(&admitted.key);
         }
         self.open.add(open, &admitted.key, &admitted.tags, admitted.quantity);
-        if let Some(id) = &admitted.id {
-            self.ids.remember(id, admitted.at);
-        }
     }
 
     /// Seals every record whose hour ended `seal_delay` ago or earlier (and every record of an
@@ -434,11 +467,9 @@ impl Aggregator {
     pub fn take_delta(&mut self) -> Delta {
         let mut sealed = std::mem::take(&mut self.sealed);
         sealed.sort_by(|a, b| a.key.cmp(&b.key));
-        let (new_ids, expired_ids) = self.ids.take_changes();
         Delta {
             sealed,
-            new_ids,
-            expired_ids,
+            ids: self.ids.take_changes(),
             sealed_through: self.sealed_through,
             sealed_through_advanced: std::mem::take(&mut self.sealed_through_changed),
         }
@@ -547,7 +578,7 @@ mod tests {
         let Ok(Admission::Counted { admitted, .. }) = aggregator.admit(scoped("c", "disk", true), now) else {
             panic!("counted")
         };
-        restarted.apply(&admitted);
+        restarted.apply(&admitted).unwrap();
         assert_eq!(restarted.frozen.noted(100 * H), [0, 0]);
         assert_eq!(mixed(&mut restarted, scoped("c", "cpu", false), now), Some(true));
         assert_eq!(mixed(&mut restarted, scoped("a", "gpu", true), now), Some(false));
@@ -657,7 +688,8 @@ mod tests {
 
     #[test]
     fn after_a_restart_heartbeats_resume_after_the_last_sealed_hour_within_the_deadline() {
-        let mut aggregator = Aggregator::restore(rules(), Vec::new(), Some(90 * H));
+        let mut aggregator =
+            Aggregator::restore(rules(), Vec::new(), Default::default(), Some(90 * H)).unwrap();
         aggregator.set_heartbeat(heartbeat());
         let hours: Vec<i64> = sealed(&mut aggregator, 100 * H + 600).iter().map(|s| s.1).collect();
         // Hours 91..=99 were sealed-through candidates; only those still inside 6h are sent.

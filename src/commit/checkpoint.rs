@@ -21,13 +21,15 @@ use std::thread::JoinHandle;
 
 use super::Committer;
 use crate::aggregate::Delta;
+use crate::ids::Run;
 use crate::outbox::{Chunker, OpenFile, OpenWrite, Outbox, OutboxError, RecordState, StoredRecord};
 
 /// Chunks (each at most 64 KiB) encoded ahead of the checkpoint thread's writes.
 const CHUNKS_IN_FLIGHT: usize = 16;
 
 /// A checkpoint written on its own thread.
-pub(super) type InFlight = JoinHandle<Result<(), OutboxError>>;
+/// It gives back the id runs it wrote.
+pub(super) type InFlight = JoinHandle<Result<Vec<Run>, OutboxError>>;
 
 /// One checkpoint's writes: the open records' chunks as they come, then the rest.
 struct Job {
@@ -58,8 +60,9 @@ impl Job {
         }
     }
 
-    /// Syncs the open-hours file and writes the checkpoint naming it.
-    fn finish(self) -> Result<Delta, OutboxError> {
+    /// Syncs the open-hours file and writes the checkpoint naming it; returns the delta and the
+    /// id runs written.
+    fn finish(self) -> Result<(Delta, Vec<Run>), OutboxError> {
         let open = match self.open {
             Some(OpenOut { file, generation, full, failed }) => {
                 let path = file.path().to_path_buf();
@@ -75,8 +78,8 @@ impl Job {
             }
             None => OpenWrite::default(),
         };
-        self.outbox.checkpoint(self.seq, &self.delta, open, self.now, self.durable)?;
-        Ok(self.delta)
+        let runs = self.outbox.checkpoint(self.seq, &self.delta, open, self.now, self.durable)?;
+        Ok((self.delta, runs))
     }
 }
 
@@ -91,11 +94,17 @@ impl Committer {
                 reason: "the checkpoint thread panicked".into(),
             })
         });
-        if written.is_err() {
-            self.checkpoint_failed = true;
-            self.ctx.fail();
+        match written {
+            Ok(runs) => {
+                self.aggregator.install_id_runs(runs);
+                Ok(())
+            }
+            Err(err) => {
+                self.checkpoint_failed = true;
+                self.ctx.fail();
+                Err(err)
+            }
         }
-        written
     }
 
     /// Takes in a checkpoint that has finished, without waiting for one that has not.
@@ -153,7 +162,9 @@ impl Committer {
     /// Writes `job` on this thread.
     fn write_here(&mut self, mut job: Job, full: bool) -> Result<Delta, OutboxError> {
         self.visit_open(full, |chunk| job.chunk(&chunk));
-        job.finish()
+        let (delta, runs) = job.finish()?;
+        self.aggregator.install_id_runs(runs);
+        Ok(delta)
     }
 
     /// Starts `job` on a thread of its own and feeds it the open records' chunks; written here
@@ -163,7 +174,7 @@ impl Committer {
         let started = std::thread::Builder::new().name("meterd-checkpoint".into()).spawn(move || {
             let (mut job, chunks) = job_rx.recv().expect("the commit thread sends the job once started");
             chunks.iter().for_each(|chunk| job.chunk(&chunk));
-            let written = job.finish().map(drop);
+            let written = job.finish().map(|(_, runs)| runs);
             if let Err(err) = &written {
                 // The commit thread stops meterd at its next turn (`settle`), between two groups
                 // as for a checkpoint of its own. Until then the journal is intact and groups are

@@ -150,6 +150,45 @@ fn refuse_acks(outcomes: &mut [Outcome]) {
     }
 }
 
+/// The aggregator as the checkpoint left it, with the log after it replayed. Unreadable state
+/// stops meterd (what can be restored is, so that the stop is orderly).
+fn restore_aggregator(ctx: &Context, recovered: &mut Recovered, settings: &CommitSettings) -> Aggregator {
+    let restored = Aggregator::restore(
+        settings.rules,
+        std::mem::take(&mut recovered.ids),
+        std::mem::take(&mut recovered.id_files),
+        recovered.meta.sealed_through,
+    );
+    let mut aggregator = restored.unwrap_or_else(|err| {
+        tracing::error!(%err, "the remembered ids are unreadable; stopping");
+        ctx.fail();
+        Aggregator::new(settings.rules)
+    });
+    for totals in std::mem::take(&mut recovered.legacy_open) {
+        aggregator.restore_open(&totals);
+    }
+    // One chunk at a time, so that a million open records are never decoded all at once.
+    for chunk in std::mem::take(&mut recovered.open_chunks) {
+        match crate::outbox::decode_open_chunk(&chunk) {
+            Ok(totals) => totals.iter().for_each(|t| aggregator.restore_open(t)),
+            Err(err) => {
+                tracing::error!(%err, "an open-hours checkpoint chunk is unreadable; stopping");
+                ctx.fail();
+            }
+        }
+    }
+    aggregator.set_heartbeat(settings.heartbeat.clone());
+    aggregator.remember_sealed(recovered.records.iter().map(|stored| &stored.record.key));
+    for admitted in recovered.log_events() {
+        if let Err(err) = aggregator.apply(admitted) {
+            tracing::error!(%err, "the remembered ids are unreadable; stopping");
+            ctx.fail();
+            break;
+        }
+    }
+    aggregator
+}
+
 impl Committer {
     /// Rebuilds the open hours from the checkpoint and the log after it.
     pub fn recover(
@@ -159,29 +198,7 @@ impl Committer {
         settings: CommitSettings,
         sealed_tx: mpsc::UnboundedSender<Vec<StoredRecord>>,
     ) -> Self {
-        let mut aggregator = Aggregator::restore(
-            settings.rules,
-            std::mem::take(&mut recovered.ids),
-            recovered.meta.sealed_through,
-        );
-        for totals in std::mem::take(&mut recovered.legacy_open) {
-            aggregator.restore_open(&totals);
-        }
-        // One chunk at a time, so that a million open records are never decoded all at once.
-        for chunk in std::mem::take(&mut recovered.open_chunks) {
-            match crate::outbox::decode_open_chunk(&chunk) {
-                Ok(totals) => totals.iter().for_each(|t| aggregator.restore_open(t)),
-                Err(err) => {
-                    tracing::error!(%err, "an open-hours checkpoint chunk is unreadable; stopping");
-                    ctx.fail();
-                }
-            }
-        }
-        aggregator.set_heartbeat(settings.heartbeat);
-        aggregator.remember_sealed(recovered.records.iter().map(|stored| &stored.record.key));
-        for admitted in recovered.log_events() {
-            aggregator.apply(admitted);
-        }
+        let aggregator = restore_aggregator(&ctx, recovered, &settings);
         tracing::info!(
             open_records = aggregator.open_records(),
             replayed_events = recovered.log_len(),
@@ -275,6 +292,8 @@ impl Committer {
             }
         }
         settled?;
+        // Full id segments hold memory until a checkpoint writes them as runs.
+        let tick = tick || self.aggregator.ids_waiting();
         if tick && !self.failed() {
             // A flush is answered once its checkpoint is written, even one that sealed nothing.
             self.checkpoint(!self.flushed.is_empty())?;
@@ -420,6 +439,11 @@ impl Committer {
                     Ok(Admission::Duplicate { id }) => {
                         duplicates += 1;
                         Outcome::Duplicate(id)
+                    }
+                    Err(AdmitError::IdsUnreadable { reason }) => {
+                        tracing::error!(%reason, "the remembered ids are unreadable; refusing everything from now on and stopping");
+                        self.storage_failed();
+                        Outcome::NotStored { id: client_id }
                     }
                     Err(error) => Outcome::Refused { id: client_id, error },
                 });

@@ -18,6 +18,7 @@ pub fn rejection(error: &AdmitError) -> Rejection {
         AdmitError::TooManyTagSets | AdmitError::MixedScope { .. } => ErrorCode::InvalidField,
         AdmitError::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
         AdmitError::IdConflict { .. } => ErrorCode::IdConflict,
+        AdmitError::IdsUnreadable { .. } => ErrorCode::StorageError,
     };
     Rejection::new(code, error.to_string())
 }

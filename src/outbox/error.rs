@@ -40,6 +40,11 @@ pub enum OutboxError {
     ReadCopy { path: PathBuf, source: std::io::Error },
     #[error("outbox write failed: {0}")]
     Write(#[from] sled::Error),
+    #[error(
+        "{0}; the remembered ids are unusable, and meterd will not start without them, so that \
+         no resent event is billed twice. See \"A damaged outbox\" in docs/operations.md"
+    )]
+    Ids(#[from] crate::ids::StoreError),
     #[error("outbox fdatasync failed: {0}")]
     Sync(std::io::Error),
     #[error("outbox value under key {key} is unreadable: {reason}")]

@@ -55,13 +55,13 @@ mod disk;
 mod error;
 mod layout;
 mod legacy;
+mod lock;
 mod offline;
 mod open_files;
 mod recovered;
 mod watermark;
 
 use std::fs::File;
-use std::io::{Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -69,6 +69,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Admitted, Delta, IdEntry, IdKey, SealedRecord};
+use crate::ids::{IdFiles, Run};
 use crate::journal::Journal;
 use crate::model::{DeadReason, RecordKey};
 use chunks::OpenState;
@@ -76,6 +77,7 @@ pub use chunks::{Chunker, LogEncoder, decode_open_chunk};
 pub use disk::Room;
 pub use error::OutboxError;
 pub use layout::{FORMAT_VERSION, LOG_FORMAT_VERSION, MAX_CHUNK_BYTES, SEGMENT_SIZE};
+use lock::lock;
 use offline::PrivateCopy;
 pub use open_files::OpenFile;
 pub use recovered::Recovered;
@@ -89,6 +91,8 @@ const OUTBOX_DIR: &str = "outbox";
 const JOURNAL_DIR: &str = "journal";
 /// `<data_dir>/open`: the open hours' checkpoint files.
 const OPEN_DIR: &str = "open";
+/// `<data_dir>/ids`: the remembered client ids (`crate::ids`).
+const IDS_DIR: &str = "ids";
 
 /// Checkpoint bookkeeping: format version [`META_VERSION`]; version 1 (an older meterd's) has
 /// only the first two fields.
@@ -179,6 +183,8 @@ pub struct Outbox {
     /// The open hours' checkpoint files (written by checkpoints only), and their directory.
     open_state: std::sync::Mutex<OpenState>,
     open_dir: PathBuf,
+    /// The remembered ids' files (`None` for an offline read).
+    ids: Option<IdFiles>,
     /// `storage.min_free_bytes` (0 for an offline read).
     min_free_bytes: u64,
     _lock: File,
@@ -293,7 +299,17 @@ impl Outbox {
         let recovered::OpenedJournal { journal, groups, damaged } =
             recovered::open_journal(&journal_dir, limits, floor, copy.is_some())?;
         recovered.absorb_journal(&groups)?;
+        // Only the daemon reads the ids: an offline read has no use for them.
+        let ids = match copy {
+            None => {
+                let (files, loaded) = IdFiles::open(&named.join(IDS_DIR), true)?;
+                recovered.id_files = loaded;
+                Some(files)
+            }
+            Some(_) => None,
+        };
         let outbox = Outbox {
+            ids,
             db,
             journal,
             db_file,
@@ -340,7 +356,8 @@ impl Outbox {
     /// and forgotten ids, and the new [`Meta`] naming the open-hours file `open` wrote (already
     /// synced); deletes 0.1.0's log up to `log_seq`. With `durable` (needed before sealed records
     /// are submitted), or when journal segments or replaced open-hours files can go, waits for the
-    /// barrier first, and then removes them.
+    /// barrier first, and then removes them. The ids go to their own files first
+    /// (`crate::ids::IdFiles`); returns the id runs written.
     pub fn checkpoint(
         &self,
         log_seq: u64,
@@ -348,7 +365,7 @@ impl Outbox {
         open: OpenWrite,
         now: i64,
         durable: bool,
-    ) -> Result<(), OutboxError> {
+    ) -> Result<Vec<Run>, OutboxError> {
         let mut batch = sled::Batch::default();
         let mut state = self.open_state.lock().expect("open state lock");
         let old_base = state.base;
@@ -367,12 +384,12 @@ impl Outbox {
             let stored = StoredRecord { record: record.clone(), sealed_at: now, state: RecordState::Pending };
             batch.insert(key, encode(&stored));
         }
-        for (id, entry) in &delta.new_ids {
-            batch.insert(layout::id_key(id), encode(entry));
-        }
-        for id in &delta.expired_ids {
-            batch.remove(layout::id_key(id));
-        }
+        // The id files first: this checkpoint lets the journal that holds their events go.
+        let runs = match &self.ids {
+            Some(ids) => ids.write(&delta.ids.files)?,
+            None => Vec::new(),
+        };
+        self.note_ids(&mut batch, delta)?;
         let meta = Meta {
             log_seq,
             sealed_through: delta.sealed_through,
@@ -407,6 +424,26 @@ impl Outbox {
         if replaced {
             open_files::remove_before(&self.open_dir, state.base)
                 .map_err(|e| OutboxError::OpenFile { path: self.open_dir.clone(), reason: e.to_string() })?;
+        }
+        if let Some(ids) = &self.ids {
+            ids.remove_settled(&delta.ids.files)?;
+        }
+        Ok(runs)
+    }
+
+    /// Sled's part of a checkpoint's ids: legacy ids remembered (replayed from an older journal)
+    /// and expired, and, once the id files hold them, the `j` keys an older meterd wrote.
+    fn note_ids(&self, batch: &mut sled::Batch, delta: &Delta) -> Result<(), OutboxError> {
+        for (id, expiry) in &delta.ids.legacy_new {
+            batch.insert(layout::id_key(&IdKey { peer: None, id: id.clone() }), encode(expiry));
+        }
+        for id in &delta.ids.legacy_expired {
+            batch.remove(layout::id_key(&IdKey { peer: None, id: id.clone() }));
+        }
+        if delta.ids.migrated {
+            for item in self.db.scan_prefix([layout::SCOPED_ID]) {
+                batch.remove(item?.0);
+            }
         }
         Ok(())
     }
@@ -502,7 +539,8 @@ impl Outbox {
             let state = self.open_state.lock().expect("open state lock");
             state.base_bytes + state.delta_bytes
         };
-        Ok(self.db.size_on_disk()? + self.journal.as_ref().map_or(0, Journal::bytes) + open)
+        let ids = self.ids.as_ref().map_or(0, IdFiles::bytes);
+        Ok(self.db.size_on_disk()? + self.journal.as_ref().map_or(0, Journal::bytes) + open + ids)
     }
 
     /// The outbox's size and the room left on its filesystem, against `storage.min_free_bytes`.
@@ -552,30 +590,4 @@ impl Outbox {
         self.db.flush()?;
         self.db_file.sync_data().map_err(OutboxError::Sync)
     }
-}
-
-/// Takes the data dir's lock and writes our pid into it, so a second meterd can say who holds it.
-fn lock(data_dir: &Path) -> Result<File, OutboxError> {
-    let path = data_dir.join(LOCK_FILE);
-    let lock_err = |source| OutboxError::Lock { path: path.clone(), source };
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(lock_err)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            return Err(OutboxError::Locked { path: data_dir.to_path_buf(), pid: pid.trim().to_string() });
-        }
-        Err(std::fs::TryLockError::Error(source)) => return Err(lock_err(source)),
-    }
-    file.set_len(0).map_err(lock_err)?;
-    file.rewind().map_err(lock_err)?;
-    write!(file, "{}", std::process::id()).map_err(lock_err)?;
-    Ok(file)
 }

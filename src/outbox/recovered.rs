@@ -23,7 +23,10 @@ pub struct Recovered {
     pub open_chunks: Vec<Vec<u8>>,
     /// Open hours an older meterd checkpointed as one `o` key each.
     pub legacy_open: Vec<SealedRecord>,
+    /// Ids an older meterd kept in sled (`i` and `j` keys).
     pub ids: Vec<(IdKey, IdEntry)>,
+    /// What the id files hold (the daemon's open only).
+    pub id_files: crate::ids::Loaded,
     /// Events logged after the checkpoint, in commit order, in the batches they were stored in
     /// (a journal payload or an older meterd's sled log chunk each).
     pub log: Vec<Vec<Admitted>>,

@@ -1,0 +1,133 @@
+//! A segment: the ids remembered in one stretch of time, in memory, in the order they came, with
+//! an open-addressing index over them. The open segment takes new ids; a full one (or one whose
+//! UTC hour has passed) is frozen and written as a run.
+
+use super::hash::IdHash;
+
+/// Most ids in one segment: about 16 MiB with its index.
+pub const SEGMENT_IDS: usize = 1 << 19;
+
+/// Index slots: twice the ids, so probes stay short.
+const SLOTS: usize = 2 * SEGMENT_IDS;
+
+/// One remembered id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub hash: IdHash,
+    /// [`super::short_digest`] of its event.
+    pub digest: u16,
+}
+
+#[derive(Debug)]
+pub struct Segment {
+    /// Its number: its log file's and, once written, its run's.
+    pub number: u64,
+    entries: Vec<Entry>,
+    /// Entry number + 1 per slot; 0 is empty. Made with the first id.
+    index: Vec<u32>,
+    /// When the first and the last of its ids were accepted.
+    pub first_at: i64,
+    pub last_at: i64,
+    /// How many entries its log already holds.
+    pub logged: usize,
+}
+
+impl Segment {
+    pub fn new(number: u64) -> Self {
+        Self {
+            number,
+            entries: Vec::new(),
+            index: Vec::new(),
+            first_at: i64::MAX,
+            last_at: i64::MIN,
+            logged: 0,
+        }
+    }
+
+    fn slot(hash: &IdHash) -> usize {
+        hash.0[1] as usize & (SLOTS - 1)
+    }
+
+    /// The digest remembered for `hash`, if it is here.
+    pub fn get(&self, hash: &IdHash) -> Option<u16> {
+        if self.index.is_empty() {
+            return None;
+        }
+        let mut slot = Self::slot(hash);
+        loop {
+            match self.index[slot] {
+                0 => return None,
+                n => {
+                    let entry = &self.entries[n as usize - 1];
+                    if entry.hash == *hash {
+                        return Some(entry.digest);
+                    }
+                }
+            }
+            slot = (slot + 1) & (SLOTS - 1);
+        }
+    }
+
+    /// Adds an id that [`Segment::get`] did not find, accepted at `at`.
+    pub fn insert(&mut self, entry: Entry, at: i64) {
+        assert!(self.entries.len() < SEGMENT_IDS, "a full segment is frozen before it takes more");
+        if self.index.is_empty() {
+            self.index = vec![0; SLOTS];
+        }
+        let mut slot = Self::slot(&entry.hash);
+        while self.index[slot] != 0 {
+            slot = (slot + 1) & (SLOTS - 1);
+        }
+        self.entries.push(entry);
+        self.index[slot] = self.entries.len() as u32;
+        self.first_at = self.first_at.min(at);
+        self.last_at = self.last_at.max(at);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.entries.len() >= SEGMENT_IDS
+    }
+
+    /// Every entry, in the order they came.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Entries its log does not hold yet.
+    pub fn unlogged(&self) -> &[Entry] {
+        &self.entries[self.logged..]
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<Entry>() + self.index.capacity() * 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_found_with_their_digest_and_the_times_span_them() {
+        let mut segment = Segment::new(3);
+        assert_eq!(segment.get(&IdHash([1, 2])), None);
+        // The same slot (second word) for two hashes: probing finds both.
+        segment.insert(Entry { hash: IdHash([1, 2]), digest: 10 }, 500);
+        segment.insert(Entry { hash: IdHash([9, 2]), digest: 11 }, 400);
+        assert_eq!(segment.get(&IdHash([1, 2])), Some(10));
+        assert_eq!(segment.get(&IdHash([9, 2])), Some(11));
+        assert_eq!(segment.get(&IdHash([5, 2])), None);
+        assert_eq!((segment.first_at, segment.last_at, segment.len()), (400, 500, 2));
+        segment.logged = 1;
+        assert_eq!(segment.unlogged(), &[Entry { hash: IdHash([9, 2]), digest: 11 }]);
+    }
+}
