@@ -133,3 +133,52 @@ fn an_outbox_of_the_previous_format_is_replayed_and_its_ids_hold() {
     assert_eq!(replies, [json!({"ok": true, "id": "new-1"})]);
     meterd.wait_metric("meterd_records{state=\"open\"}", 2.0, Duration::from_secs(5));
 }
+
+/// The files in a data dir's `ids/`, by kind.
+fn id_files(dir: &std::path::Path) -> (usize, usize) {
+    let names: Vec<String> = std::fs::read_dir(dir.join("data/ids"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    (names.iter().filter(|n| n.ends_with(".run")).count(), names.iter().filter(|n| n.ends_with(".log")).count())
+}
+
+#[test]
+fn ids_expire_by_the_hour_and_their_files_go_with_them() {
+    let emu = Emu::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    // Two hours of ids, 27 and 26 hours ago.
+    let ids = |from: usize| (from..from + 500).map(|n| with_id("111111111111", "requests", 1, &format!("id-{n}")));
+    for (hours_ago, from) in [(27, 0), (26, 500)] {
+        let offset = -hours_ago * 3600;
+        emu.set_clock_offset(offset);
+        let meterd = Launch::new(dir.path(), &emu).offset(offset).start();
+        let replies = meterd.send(&ids(from).collect::<Vec<_>>());
+        assert!(replies.iter().all(|r| r["ok"] == true && r.get("duplicate").is_none()), "{replies:?}");
+        assert!(meterd.signal("TERM").success());
+    }
+    // The first hour's ids went into a run when the second hour's came; the second's are in a log.
+    assert_eq!(id_files(dir.path()), (1, 1));
+    // Between the two hours' expiries (25 hours after each one's last id): the first hour's ids
+    // are forgotten, the second's not yet.
+    let offset = -5400;
+    emu.set_clock_offset(offset);
+    let meterd = Launch::new(dir.path(), &emu).offset(offset).start();
+    meterd.wait_metric("meterd_remembered_ids", 500.0, Duration::from_secs(10));
+    let old = meterd.send(&ids(0).take(3).collect::<Vec<_>>());
+    assert!(old.iter().all(|r| r["ok"] == true && r.get("duplicate").is_none()), "forgotten: {old:?}");
+    let recent = meterd.send(&ids(500).take(3).collect::<Vec<_>>());
+    assert!(recent.iter().all(|r| r["duplicate"] == true), "still remembered: {recent:?}");
+    meterd.wait_metric("meterd_remembered_ids", 503.0, Duration::from_secs(10));
+    assert!(meterd.signal("TERM").success());
+    assert_eq!(id_files(dir.path()), (1, 1), "the first hour's run is gone");
+    // An hour on, the second hour's ids have expired too: only the three sent since are left.
+    let offset = 0;
+    emu.set_clock_offset(offset);
+    let meterd = Launch::new(dir.path(), &emu).offset(offset).start();
+    meterd.wait_metric("meterd_remembered_ids", 3.0, Duration::from_secs(10));
+    let replies = meterd.send(&ids(500).take(1).collect::<Vec<_>>());
+    assert_eq!(replies, [json!({"ok": true, "id": "id-500"})], "counted again once forgotten");
+    assert!(meterd.signal("TERM").success());
+    assert_eq!(id_files(dir.path()), (1, 1), "the second hour's run is gone; the last hour's ids are in a log");
+}

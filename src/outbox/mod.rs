@@ -539,8 +539,15 @@ impl Outbox {
             let state = self.open_state.lock().expect("open state lock");
             state.base_bytes + state.delta_bytes
         };
-        let ids = self.ids.as_ref().map_or(0, IdFiles::bytes);
-        Ok(self.db.size_on_disk()? + self.journal.as_ref().map_or(0, Journal::bytes) + open + ids)
+        Ok(self.db.size_on_disk()? + self.journal.as_ref().map_or(0, Journal::bytes) + open)
+    }
+
+    /// Bytes the remembered ids' files take. They are not part of [`Outbox::size_on_disk`], the
+    /// size `storage.max_bytes` limits: they cannot pile up (they expire 25 to 26 hours after
+    /// their events, whatever becomes of submission), so a steady rate of id-bearing events must
+    /// never be what refuses new ones.
+    pub fn id_bytes(&self) -> u64 {
+        self.ids.as_ref().map_or(0, IdFiles::bytes)
     }
 
     /// The outbox's size and the room left on its filesystem, against `storage.min_free_bytes`.

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub http_request_duration: Histogram,
     pub config_reloads: IntCounterVec,
     pub outbox_bytes: IntGauge,
+    pub remembered_ids: IntGauge,
+    pub id_files_bytes: IntGauge,
     pub submission_paused: IntGauge,
     pub records_awaiting_subscription: IntGauge,
     pub fleet: FleetMetrics,
@@ -242,6 +244,14 @@ impl Metrics {
                 &["result"],
             ),
             outbox_bytes: r.gauge("meterd_outbox_bytes", "The outbox's size on disk."),
+            remembered_ids: r.gauge(
+                "meterd_remembered_ids",
+                "Client ids remembered (for 25 to 26 hours) so that a resend is answered duplicate.",
+            ),
+            id_files_bytes: r.gauge(
+                "meterd_id_files_bytes",
+                "The remembered ids' files on disk (not counted against storage.max_bytes).",
+            ),
             submission_paused: r.gauge(
                 "meterd_submission_paused",
                 "1 while submission is paused because the service refuses meterd's configuration or credentials.",
