@@ -81,16 +81,28 @@ ids_rss_limit=${BENCH_IDS_RSS_LIMIT_MIB:-$(awk '/MemTotal/ { printf "%d", $2 / 2
 kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$2/status"; }
 data_kib() { { du -sk "$1" 2>/dev/null || true; } | cut -f1; }
 field() { sed -nE "s/(^|.* )$1=([^ ]+).*/\2/p" <<<"$2"; }
+# settle PID: 3 s, then until the process used under 10 % of a core for half a second (the
+# checkpoints that store the last run's ids are done), for at most 2 minutes.
+settle() {
+    local before after
+    sleep 3
+    for _ in $(seq 240); do
+        before=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat")
+        sleep 0.5
+        after=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat")
+        [ $(( after - before )) -le 5 ] && return
+    done
+}
 ids_section() {
     echo "== ids: unique ids at 8 x 64 in steps of $ids_step up to $ids_total, 32 x 64, resends, restart"
     local mix=(--customers 1000 --dimensions 4 --tag-sets 8) port sock data l l0 l1 l2 next=0 peak=0
     port=$(free_port)
     start_meterd ids "$port"
     sock="$dir/ids/meterd.sock" data="$dir/ids/data"
-    # A ladder line: ids remembered, rate, RSS and data dir after 3 s (checkpoints), growth per id.
+    # A ladder line: ids remembered, rate, RSS and data dir once settled, growth per id.
     ids_line() {
         local n=$1 line=$2 rss data0 ids_dir=""
-        sleep 3
+        settle "$pid"
         rss=$(kib VmRSS "$pid") data0=$(data_kib "$data")
         [ -d "$data/ids" ] && ids_dir=" ids_dir_mib=$(awk -v k="$(data_kib "$data/ids")" 'BEGIN { printf "%.1f", k / 1024 }')"
         if [ "$n" = 0 ]; then base_rss=$rss base_data=$data0; fi
@@ -134,9 +146,14 @@ ids_section() {
     check_ids "$l1" no
     local remembered=$next
     next=$(field id_next "$l1")
+    # The checkpoints that store the fresh run's ids come first, so they are not charged to resends.
+    settle "$pid"
+    local rss_fresh rss_resend
+    rss_fresh=$(kib VmRSS "$pid")
     l2=$("$loadgen" --socket "$sock" --connections 32 --depth 64 "${mix[@]}" --resend --id-base 0 \
         --events "$remembered" --seconds "$seconds" --pid "$pid")
     check_ids "$l2" yes
+    rss_resend=$(kib VmRSS "$pid")
     for line in "$l0" "$l1" "$l2"; do
         echo "ids $line" | tee -a "$results"
         peak=$(awk -v a="$peak" -v b="$(field peak_rss_mib "$line")" 'BEGIN { print (b > a ? b : a) }')
@@ -145,6 +162,9 @@ ids_section() {
         printf "ids ratio level=32x64 ids_over_no_ids=%.2f (target >= 0.80)\n", a / b
         printf "ids ratio level=32x64 resend_over_fresh=%.2f duplicates (target >= 0.50)\n", c / a
     }' | tee -a "$results"
+    # Resends remember nothing new: RSS before and after them.
+    awk -v b="$rss_fresh" -v a="$rss_resend" \
+        'BEGIN { printf "ids resend rss_before_mib=%.1f rss_after_mib=%.1f\n", b / 1024, a / 1024 }' | tee -a "$results"
     # kill -9 with every id remembered; the restart's time to /readyz 200 and its peak RSS.
     local loaded_rss loaded_hwm started ready hwm=0
     loaded_rss=$(kib VmRSS "$pid") loaded_hwm=$(kib VmHWM "$pid")
