@@ -7,14 +7,25 @@
 //! with `appendfsync always` (`--redis HOST:PORT`). Events cycle through C customers × K dimensions
 //! × T tag sets (`--customers`, `--dimensions`, `--tag-sets`).
 //!
+//! `--ids` puts an idempotency id on every event, as the client libraries (clients/python, go,
+//! node) add one when the application gives none: 16 bytes as 32 lowercase hex digits. Ids are
+//! numbered from `--id-base N` (default 0) and id number n always names the same event (the same
+//! line of the mix), so successive runs with `--id-base` set to the previous run's `id_next` send
+//! ids meterd has not seen, and a run with an earlier base resends remembered ids, which meterd
+//! must answer `"duplicate":true` (`--resend`: the same as `--ids`, named for the intent). With
+//! `--events N`, exactly N ids are sent (N + base is the next run's base). The line then adds
+//! `ids=fresh|resend id_base id_next duplicates wrong_id` (replies that did not echo the event's
+//! id); a refusal's reply is printed to stderr once.
+//!
 //! `--fsync-probe DIR` instead measures the raw rate of 4 KiB append + fdatasync on DIR's
 //! filesystem, the floor for one-at-a-time acks. `bash scripts/bench.sh` runs everything.
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -58,30 +69,35 @@ fn main() {
         tag_sets: args.number("--tag-sets", 8),
     };
     let pid = args.value("--pid", "");
+    let resend = args.0.iter().any(|a| a == "--resend");
+    let ids = (resend || args.0.iter().any(|a| a == "--ids")).then(|| {
+        assert!(matches!(target, Target::Meterd(_)), "--ids and --resend are for meterd's socket");
+        let base = args.number("--id-base", 0);
+        Arc::new(Ids { next: AtomicU64::new(base), base, end: base.saturating_add(limit), resend })
+    });
     let lines = Arc::new(mix.lines(&target));
     let daemon = (!pid.is_empty()).then(|| Daemon::start(&pid));
 
     let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(AtomicU64::new(0));
+    let counts = Arc::new(Counts::default());
     // One thread drives every connection, so that the generator's own wake-ups stay few.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (mut latencies, elapsed) = runtime.block_on(async {
         let start = Instant::now();
         let workers: Vec<_> = (0..connections)
             .map(|c| {
-                let (target, lines) = (target.clone(), lines.clone());
-                let (stop, acked, refused) = (stop.clone(), acked.clone(), refused.clone());
-                let offset = c * lines.len() / connections.max(1);
+                let (target, lines, ids) = (target.clone(), lines.clone(), ids.clone());
+                let (stop, counts) = (stop.clone(), counts.clone());
+                let offset = (c * lines.len() / connections.max(1)) as u64;
                 tokio::spawn(async move {
                     let load = Load {
                         lines: &lines,
                         offset,
                         depth,
                         limit,
+                        ids: ids.as_deref(),
                         stop: &stop,
-                        acked: &acked,
-                        refused: &refused,
+                        counts: &counts,
                     };
                     match &target {
                         Target::Meterd(socket) => {
@@ -101,7 +117,7 @@ fn main() {
             .collect();
         let deadline = tokio::time::sleep(Duration::from_secs(seconds));
         tokio::pin!(deadline);
-        while !deadline.is_elapsed() && acked.load(Ordering::Relaxed) < limit {
+        while !deadline.is_elapsed() && counts.answered() < limit {
             tokio::select! {
                 _ = &mut deadline => {}
                 _ = tokio::time::sleep(Duration::from_millis(5)) => {}
@@ -120,7 +136,7 @@ fn main() {
         let i = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
         latencies.get(i).map_or(0.0, |us| f64::from(*us) / 1000.0)
     };
-    let acked = acked.load(Ordering::SeqCst);
+    let acked = counts.acked.load(Ordering::SeqCst);
     let name = match target {
         Target::Meterd(_) => "meterd",
         Target::Redis(_) => "redis",
@@ -128,12 +144,25 @@ fn main() {
     let mut line = format!(
         "target={name} connections={connections} depth={depth} seconds={elapsed:.1} acked={acked} refused={} \
          events_per_sec={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3}",
-        refused.load(Ordering::SeqCst),
+        counts.refused.load(Ordering::SeqCst),
         acked as f64 / elapsed,
         pct(0.5),
         pct(0.99),
         pct(0.999),
     );
+    if let Some(ids) = &ids {
+        line.push_str(&format!(
+            " ids={} id_base={} id_next={} duplicates={} wrong_id={}",
+            if ids.resend { "resend" } else { "fresh" },
+            ids.base,
+            ids.next.load(Ordering::SeqCst).min(ids.end),
+            counts.duplicates.load(Ordering::SeqCst),
+            counts.wrong_id.load(Ordering::SeqCst),
+        ));
+    }
+    if let Some(reply) = counts.first_refusal.get() {
+        eprintln!("loadgen: first refusal: {}", reply.trim_end());
+    }
     if let Some(daemon) = daemon {
         let (peak_rss_mib, cpu) = daemon.finish(elapsed);
         line.push_str(&format!(" peak_rss_mib={peak_rss_mib:.1} cpu_pct={cpu:.0}"));
@@ -184,15 +213,89 @@ impl Mix {
     }
 }
 
+/// Idempotency ids shared by every connection: each takes the next numbers, up to `end`.
+struct Ids {
+    next: AtomicU64,
+    base: u64,
+    end: u64,
+    /// The ids were sent before: every reply should say `duplicate`.
+    resend: bool,
+}
+
+impl Ids {
+    /// The next `n` id numbers (fewer, or none, near `end`).
+    fn take(&self, n: u64) -> Range<u64> {
+        let start = self.next.fetch_add(n, Ordering::Relaxed).min(self.end);
+        start..start.saturating_add(n).min(self.end)
+    }
+}
+
+/// Id number `n` as the client libraries' ids look: 16 random-looking bytes in lowercase hex. The
+/// first 8 bytes are a bijection of `n` (splitmix64's finaliser), so ids never collide.
+fn id_hex(n: u64) -> [u8; 32] {
+    fn mix(n: u64) -> u64 {
+        let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (half, word) in [mix(n), mix(n ^ 0x5851_f42d_4c95_7f2d)].into_iter().enumerate() {
+        for (i, digit) in out[half * 16..][..16].iter_mut().enumerate() {
+            *digit = HEX[(word >> ((15 - i) * 4)) as usize & 15];
+        }
+    }
+    out
+}
+
+/// The replies of every connection.
+#[derive(Default)]
+struct Counts {
+    acked: AtomicU64,
+    refused: AtomicU64,
+    /// `ok` replies that said `"duplicate":true`.
+    duplicates: AtomicU64,
+    /// `ok` replies that did not echo the event's id.
+    wrong_id: AtomicU64,
+    first_refusal: OnceLock<String>,
+}
+
+impl Counts {
+    fn answered(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed) + self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Counts one reply (meterd's JSON, or Redis's `:n`) to the event with id number `n`.
+    fn tally(&self, reply: &str, n: Option<u64>) {
+        if !(reply.starts_with("{\"ok\":true") || reply.starts_with(':')) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            let _ = self.first_refusal.set(reply.to_string());
+            return;
+        }
+        self.acked.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = n {
+            // `{"ok":true,"id":"<32 hex digits>"` then `,"duplicate":true` or not.
+            if reply.as_bytes().get(17..49) != Some(&id_hex(n)[..]) || reply.as_bytes().get(49) != Some(&b'"')
+            {
+                self.wrong_id.fetch_add(1, Ordering::Relaxed);
+            }
+            if reply.as_bytes().get(49..).is_some_and(|rest| rest.starts_with(b"\",\"duplicate\":true")) {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// One connection's share of the load.
 struct Load<'a> {
     lines: &'a [Vec<u8>],
-    offset: usize,
+    offset: u64,
     depth: usize,
     limit: u64,
+    ids: Option<&'a Ids>,
     stop: &'a AtomicBool,
-    acked: &'a AtomicU64,
-    refused: &'a AtomicU64,
+    counts: &'a Counts,
 }
 
 impl Load<'_> {
@@ -202,54 +305,75 @@ impl Load<'_> {
         let (read, mut write) = tokio::io::split(stream);
         let mut reader = BufReader::with_capacity(64 * 1024, read);
         let mut next = self.offset;
-        let mut in_flight: VecDeque<Instant> = VecDeque::with_capacity(self.depth);
+        // Each request's send time and number (its line, and with ids its id).
+        let mut in_flight: VecDeque<(Instant, u64)> = VecDeque::with_capacity(self.depth);
         let mut out = Vec::with_capacity(self.depth * 256);
         let mut samples = Vec::new();
         let mut reply = String::new();
-        let mut send = |n: usize, out: &mut Vec<u8>, in_flight: &mut VecDeque<Instant>| {
+        let lines = self.lines.len() as u64;
+        let mut send = |n: usize, out: &mut Vec<u8>, in_flight: &mut VecDeque<(Instant, u64)>| {
             out.clear();
             let now = Instant::now();
-            for _ in 0..n {
-                out.extend_from_slice(&self.lines[next % self.lines.len()]);
-                next += 1;
-                in_flight.push_back(now);
+            let numbers = match self.ids {
+                Some(ids) => ids.take(n as u64),
+                None => {
+                    next += n as u64;
+                    next - n as u64..next
+                }
+            };
+            for number in numbers {
+                let line = &self.lines[(number % lines) as usize];
+                if self.ids.is_some() {
+                    // The line's closing `}` and newline, after the id.
+                    out.extend_from_slice(&line[..line.len() - 2]);
+                    out.extend_from_slice(b",\"id\":\"");
+                    out.extend_from_slice(&id_hex(number));
+                    out.extend_from_slice(b"\"}\n");
+                } else {
+                    out.extend_from_slice(line);
+                }
+                in_flight.push_back((now, number));
             }
         };
+        let id_of = |number: u64| self.ids.map(|_| number);
         send(self.depth, &mut out, &mut in_flight);
         write.write_all(&out).await.unwrap();
         loop {
             // Every reply already received, then as many new requests.
             let mut answered = 0;
             loop {
+                if in_flight.is_empty() {
+                    // Every id this run may send was sent and answered.
+                    return samples;
+                }
                 reply.clear();
                 if reader.read_line(&mut reply).await.unwrap_or(0) == 0 {
                     return samples;
                 }
-                let sent = in_flight.pop_front().expect("a reply answers a request");
+                let (sent, number) = in_flight.pop_front().expect("a reply answers a request");
                 samples.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-                let ok = reply.starts_with("{\"ok\":true") || reply.starts_with(':');
-                if ok { self.acked } else { self.refused }.fetch_add(1, Ordering::Relaxed);
+                self.counts.tally(&reply, id_of(number));
                 answered += 1;
                 if !reader.buffer().contains(&b'\n') {
                     break;
                 }
             }
-            if self.stop.load(Ordering::Relaxed) || self.acked.load(Ordering::Relaxed) >= self.limit {
+            let reached = self.ids.is_none() && self.counts.acked.load(Ordering::Relaxed) >= self.limit;
+            if self.stop.load(Ordering::Relaxed) || reached {
                 // Collect what is still in flight so that nothing is left half-answered.
-                while !in_flight.is_empty() {
+                while let Some((_, number)) = in_flight.pop_front() {
                     reply.clear();
                     if reader.read_line(&mut reply).await.unwrap_or(0) == 0 {
                         break;
                     }
-                    in_flight.pop_front();
-                    if reply.starts_with("{\"ok\":true") || reply.starts_with(':') {
-                        self.acked.fetch_add(1, Ordering::Relaxed);
-                    }
+                    self.counts.tally(&reply, id_of(number));
                 }
                 return samples;
             }
             send(answered, &mut out, &mut in_flight);
-            write.write_all(&out).await.unwrap();
+            if !out.is_empty() {
+                write.write_all(&out).await.unwrap();
+            }
         }
     }
 }

@@ -11,15 +11,32 @@
 #   - the time from a restart after kill -9 with 1,000,000 events (1,000,000 open keys) since the
 #     last checkpoint to /readyz answering 200;
 #   - the API calls needed to drain 30,000 sealed records through the emulator;
+#   - with idempotency ids (the client libraries' form, a unique one per event), on one meterd:
+#     ingest at 8 x 64 over 1,000 customers x 4 dimensions x 8 tag sets, and meterd's RSS and
+#     data-dir size, after the same events without ids and then after each BENCH_ID_STEP unique
+#     ids up to BENCH_IDS; ingest at 32 x 64 with and without ids; resending remembered ids
+#     (answered duplicate) against fresh ids; and the restart after kill -9 with every id
+#     remembered: time to /readyz 200 and the peak RSS of the restart;
 # and draws target/bench/throughput.png and target/bench/latency.png (copied to docs/img/).
-# BENCH_SECONDS (default 10) is the length of each throughput run.
+# Variables:
+#   BENCH_SECONDS (default 10)        the length of each throughput run
+#   BENCH_ONLY=ids                    only the id section (no Redis, no plots); its lines go to
+#                                     target/bench/results-ids.txt, results.txt is left alone
+#   BENCH_IDS (default 10000000)      unique ids sent in the id section's ladder
+#   BENCH_ID_STEP (default 1000000)   ids per ladder step (one line each)
+#   BENCH_IDS_RSS_LIMIT_MIB           the ladder stops once meterd's RSS passes it (default: half
+#                                     of the machine's memory), so a store that grows per id cannot
+#                                     take the machine down
+# A smoke run of the id section: BENCH_ONLY=ids BENCH_IDS=200000 BENCH_ID_STEP=100000 BENCH_SECONDS=2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${BENCH_SECONDS:-10}
+only=${BENCH_ONLY:-}
+case "$only" in "" | ids) ;; *) echo "BENCH_ONLY must be ids or unset" >&2; exit 2 ;; esac
 out=target/bench
 mkdir -p "$out" docs/img
 cargo build --release --locked --bin meterd --example loadgen
-if ! command -v redis-server >/dev/null; then
+if [ "$only" != ids ] && ! command -v redis-server >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server
 fi
@@ -53,11 +70,141 @@ start_meterd() {
     exit 1
 }
 results="$out/results.txt"
+[ "$only" = ids ] && results="$out/results-ids.txt"
 : >"$results"
+
+# The id section: one meterd, one load generator (a single thread), the events of the issue's
+# measurement (1,000 customers x 4 dimensions, tags), each with a unique id.
+ids_total=${BENCH_IDS:-10000000}
+ids_step=${BENCH_ID_STEP:-1000000}
+ids_rss_limit=${BENCH_IDS_RSS_LIMIT_MIB:-$(awk '/MemTotal/ { printf "%d", $2 / 2048 }' /proc/meminfo)}
+kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$2/status"; }
+data_kib() { { du -sk "$1" 2>/dev/null || true; } | cut -f1; }
+field() { sed -nE "s/(^|.* )$1=([^ ]+).*/\2/p" <<<"$2"; }
+# settle PID: 3 s, then until the process used under 10 % of a core for half a second (the
+# checkpoints that store the last run's ids are done), for at most 2 minutes.
+settle() {
+    local before after
+    sleep 3
+    for _ in $(seq 240); do
+        before=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat")
+        sleep 0.5
+        after=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat")
+        [ $(( after - before )) -le 5 ] && return
+    done
+}
+ids_section() {
+    echo "== ids: unique ids at 8 x 64 in steps of $ids_step up to $ids_total, 32 x 64, resends, restart"
+    local mix=(--customers 1000 --dimensions 4 --tag-sets 8) port sock data l l0 l1 l2 next=0 peak=0
+    port=$(free_port)
+    start_meterd ids "$port"
+    sock="$dir/ids/meterd.sock" data="$dir/ids/data"
+    # A ladder line: ids remembered, rate, RSS and data dir once settled, growth per id.
+    ids_line() {
+        local n=$1 line=$2 rss data0 ids_dir=""
+        settle "$pid"
+        rss=$(kib VmRSS "$pid") data0=$(data_kib "$data")
+        [ -d "$data/ids" ] && ids_dir=" ids_dir_mib=$(awk -v k="$(data_kib "$data/ids")" 'BEGIN { printf "%.1f", k / 1024 }')"
+        if [ "$n" = 0 ]; then base_rss=$rss base_data=$data0; fi
+        awk -v n="$n" -v r="$(field events_per_sec "$line")" -v rss="$rss" -v d="$data0" -v br="$base_rss" -v bd="$base_data" \
+            -v p99="$(field p99_ms "$line")" -v x="$ids_dir" 'BEGIN {
+            per = n > 0 ? sprintf("%.0f", (d - bd) * 1024 / n) : "-"
+            rper = n > 0 ? sprintf("%.0f", (rss - br) * 1024 / n) : "-"
+            printf "ids_million=%g rate=%s rss_mib=%.1f data_mib=%.1f bytes_per_id=%s rss_bytes_per_id=%s ids=%d p99_ms=%s%s\n",
+                n / 1000000, r, rss / 1024, d / 1024, per, rper, n, p99, x
+        }' | tee -a "$results"
+        peak=$(awk -v a="$peak" -v b="$(field peak_rss_mib "$line")" 'BEGIN { print (b > a ? b : a) }')
+    }
+    # Replies that were not ok, did not echo their id, or (fresh ids) said duplicate.
+    check_ids() {
+        local line=$1 want_dup=$2
+        if [ "$(field refused "$line")" != 0 ] || [ "$(field wrong_id "$line")" != 0 ] ||
+            [ "$(field duplicates "$line")" != "$([ "$want_dup" = yes ] && field acked "$line" || echo 0)" ]; then
+            echo "ids WARNING: unexpected replies: $line" | tee -a "$results"
+        fi
+    }
+    l=$("$loadgen" --socket "$sock" --connections 8 --depth 64 "${mix[@]}" --events "$ids_step" --seconds 3600 --pid "$pid")
+    echo "ids step=0 $l" >>"$out/ids-steps.txt"
+    ids_line 0 "$l"
+    while [ "$next" -lt "$ids_total" ]; do
+        local count=$(( ids_total - next < ids_step ? ids_total - next : ids_step ))
+        l=$("$loadgen" --socket "$sock" --connections 8 --depth 64 "${mix[@]}" --ids --id-base "$next" \
+            --events "$count" --seconds 3600 --pid "$pid")
+        check_ids "$l" no
+        next=$(field id_next "$l")
+        echo "ids step=$next $l" >>"$out/ids-steps.txt"
+        ids_line "$next" "$l"
+        if [ "$(kib VmRSS "$pid")" -gt $(( ids_rss_limit * 1024 )) ]; then
+            echo "ids_stopped ids=$next rss_limit_mib=$ids_rss_limit" | tee -a "$results"
+            break
+        fi
+    done
+    # 32 x 64, without ids and with fresh ids; then resending the oldest remembered ids.
+    l0=$("$loadgen" --socket "$sock" --connections 32 --depth 64 "${mix[@]}" --seconds "$seconds" --pid "$pid")
+    l1=$("$loadgen" --socket "$sock" --connections 32 --depth 64 "${mix[@]}" --ids --id-base "$next" \
+        --seconds "$seconds" --pid "$pid")
+    check_ids "$l1" no
+    local remembered=$next
+    next=$(field id_next "$l1")
+    # The checkpoints that store the fresh run's ids come first, so they are not charged to resends.
+    settle "$pid"
+    local rss_fresh rss_resend
+    rss_fresh=$(kib VmRSS "$pid")
+    l2=$("$loadgen" --socket "$sock" --connections 32 --depth 64 "${mix[@]}" --resend --id-base 0 \
+        --events "$remembered" --seconds "$seconds" --pid "$pid")
+    check_ids "$l2" yes
+    rss_resend=$(kib VmRSS "$pid")
+    for line in "$l0" "$l1" "$l2"; do
+        echo "ids $line" | tee -a "$results"
+        peak=$(awk -v a="$peak" -v b="$(field peak_rss_mib "$line")" 'BEGIN { print (b > a ? b : a) }')
+    done
+    awk -v a="$(field events_per_sec "$l1")" -v b="$(field events_per_sec "$l0")" -v c="$(field events_per_sec "$l2")" 'BEGIN {
+        printf "ids ratio level=32x64 ids_over_no_ids=%.2f (target >= 0.80)\n", a / b
+        printf "ids ratio level=32x64 resend_over_fresh=%.2f duplicates (target >= 0.50)\n", c / a
+    }' | tee -a "$results"
+    # Resends remember nothing new: RSS before and after them.
+    awk -v b="$rss_fresh" -v a="$rss_resend" \
+        'BEGIN { printf "ids resend rss_before_mib=%.1f rss_after_mib=%.1f\n", b / 1024, a / 1024 }' | tee -a "$results"
+    # kill -9 with every id remembered; the restart's time to /readyz 200 and its peak RSS.
+    local loaded_rss loaded_hwm started ready hwm=0
+    loaded_rss=$(kib VmRSS "$pid") loaded_hwm=$(kib VmHWM "$pid")
+    kill -9 "$pid"
+    wait "$pid" 2>/dev/null || true
+    started=$(date +%s.%N)
+    env $(meterd_env ids "$port") "$meterd" run 2>>"$dir/ids.log" &
+    pid=$!
+    pids+=("$pid")
+    until env $(meterd_env ids "$port") "$meterd" probe ready >/dev/null 2>&1; do
+        if ! hwm=$(kib VmHWM "$pid" 2>/dev/null) || [ -z "$hwm" ]; then
+            echo "meterd ids did not restart:" >&2
+            tail -n 20 "$dir/ids.log" >&2
+            exit 1
+        fi
+        sleep 0.01
+    done
+    ready=$(date +%s.%N)
+    hwm=$(kib VmHWM "$pid")
+    sleep 3
+    l=$("$loadgen" --socket "$sock" --connections 1 --depth 64 "${mix[@]}" --resend --id-base 0 --events 1000 --seconds 60)
+    check_ids "$l" yes
+    awk -v s="$started" -v r="$ready" -v n="$next" -v h="$hwm" -v after="$(kib VmRSS "$pid")" -v lr="$loaded_rss" \
+        -v lh="$loaded_hwm" -v p="$peak" -v d="$(field duplicates "$l")" 'BEGIN {
+        printf "ids restart ids=%d ready_after_kill9_s=%.2f restart_peak_rss_mib=%.1f rss_3s_after_ready_mib=%.1f", n, r - s, h / 1024, after / 1024
+        printf " loaded_rss_mib=%.1f loaded_peak_rss_mib=%.1f resent_after_restart=1000 duplicates=%s\n", lr / 1024, (p > lh / 1024 ? p : lh / 1024), d
+    }' | tee -a "$results"
+    kill -TERM "$pid"
+    wait "$pid" || true
+}
 
 echo "== machine"
 echo "$(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -r), $(date -u +%F)"
 "$loadgen" --fsync-probe "$dir" --seconds 3 | tee -a "$results"
+if [ "$only" = ids ]; then
+    : >"$out/ids-steps.txt"
+    ids_section
+    echo "results in $results; every ladder step's load-generator line in $out/ids-steps.txt"
+    exit 0
+fi
 
 echo "== meterd vs Redis (appendonly yes, appendfsync always), ${seconds}s per run"
 port=$(free_port)
@@ -181,6 +328,9 @@ awk -v c="$calls" -v s="$drain_start" -v e="$drain_end" \
     'BEGIN { printf "drain records=30000 calls=%d minimum=1200 ratio=%.3f seconds=%.0f\n", c, c / 1200, e - s }' \
     | tee -a "$results"
 kill -TERM "$pid"
+
+: >"$out/ids-steps.txt"
+ids_section
 
 echo "== plots"
 if ! target/bench/venv/bin/python -c "import matplotlib" 2>/dev/null; then
