@@ -140,7 +140,10 @@ fn id_files(dir: &std::path::Path) -> (usize, usize) {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    (names.iter().filter(|n| n.ends_with(".run")).count(), names.iter().filter(|n| n.ends_with(".log")).count())
+    (
+        names.iter().filter(|n| n.ends_with(".run")).count(),
+        names.iter().filter(|n| n.ends_with(".log")).count(),
+    )
 }
 
 #[test]
@@ -148,7 +151,8 @@ fn ids_expire_by_the_hour_and_their_files_go_with_them() {
     let emu = Emu::start(|_| {});
     let dir = tempfile::tempdir().unwrap();
     // Two hours of ids, 27 and 26 hours ago.
-    let ids = |from: usize| (from..from + 500).map(|n| with_id("111111111111", "requests", 1, &format!("id-{n}")));
+    let ids =
+        |from: usize| (from..from + 500).map(|n| with_id("111111111111", "requests", 1, &format!("id-{n}")));
     for (hours_ago, from) in [(27, 0), (26, 500)] {
         let offset = -hours_ago * 3600;
         emu.set_clock_offset(offset);
@@ -180,5 +184,9 @@ fn ids_expire_by_the_hour_and_their_files_go_with_them() {
     let replies = meterd.send(&ids(500).take(1).collect::<Vec<_>>());
     assert_eq!(replies, [json!({"ok": true, "id": "id-500"})], "counted again once forgotten");
     assert!(meterd.signal("TERM").success());
-    assert_eq!(id_files(dir.path()), (1, 1), "the second hour's run is gone; the last hour's ids are in a log");
+    assert_eq!(
+        id_files(dir.path()),
+        (1, 1),
+        "the second hour's run is gone; the last hour's ids are in a log"
+    );
 }

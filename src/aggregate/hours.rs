@@ -26,7 +26,7 @@ use super::ids::{self, ClientId, IdDelta, IdEntry, IdKey, Ids};
 use super::open::{Found, OpenHours, OpenTotals, Prepared};
 use super::record::{MAX_RECORD_BYTES, SealedRecord, allocation_len, base_len};
 use crate::clock::{deadline, hour_of, same_month};
-use crate::ids::{Loaded, Run, Seen};
+use crate::ids::{IdHash, Loaded, Run, Seen};
 use crate::model::{Customer, Event, LateEvents, MAX_ALLOCATIONS, MAX_QUANTITY, RecordKey, Scope, TagSet};
 
 /// The time rules, in seconds.
@@ -271,9 +271,22 @@ impl Aggregator {
         self.open.read_ahead(keys)
     }
 
+    /// Hashes each of a group's events' id once (into `hashes`, for [`Aggregator::admit_hashed`])
+    /// and reads ahead where the id store will look for them, so that their memory misses
+    /// overlap. Returns a sum of what was read.
+    pub fn prepare_ids<'a>(
+        &self,
+        events: impl Iterator<Item = &'a Event>,
+        hashes: &mut Vec<Option<IdHash>>,
+    ) -> u64 {
+        hashes.clear();
+        hashes.extend(events.map(|e| e.id.as_ref().map(|id| IdHash::of(e.peer, id))));
+        self.ids.read_ahead(hashes.iter().flatten())
+    }
+
     /// Checks an event against earlier ids, time, what is sealed and the key's total, and counts it.
     pub fn admit(&mut self, event: Event, now: i64) -> Result<Admission, AdmitError> {
-        self.admit_prepared(event, now, None)
+        self.admit_hashed(event, now, None, None)
     }
 
     /// [`Aggregator::admit`] with the event's record key from [`Aggregator::prepare`], in the
@@ -284,11 +297,23 @@ impl Aggregator {
         now: i64,
         prepared: Option<Prepared>,
     ) -> Result<Admission, AdmitError> {
+        self.admit_hashed(event, now, prepared, None)
+    }
+
+    /// [`Aggregator::admit_prepared`] with the event's id hashed by [`Aggregator::prepare_ids`].
+    pub fn admit_hashed(
+        &mut self,
+        event: Event,
+        now: i64,
+        prepared: Option<Prepared>,
+        id_hash: Option<IdHash>,
+    ) -> Result<Admission, AdmitError> {
         let (id, hash) = match &event.id {
             None => (None, None),
             Some(id) => {
                 let digest = ids::digest(&event);
-                let checked = self.ids.check(event.peer, id, digest);
+                let id_hash = id_hash.unwrap_or_else(|| IdHash::of(event.peer, id));
+                let checked = self.ids.check(id_hash, id, digest);
                 match checked.map_err(|err| AdmitError::IdsUnreadable { reason: err.to_string() })? {
                     (Seen::Same, _) => return Ok(Admission::Duplicate { id: id.clone() }),
                     (Seen::Conflict, _) => return Err(AdmitError::IdConflict { id: id.clone() }),

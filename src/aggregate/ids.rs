@@ -45,18 +45,25 @@ pub struct ClientId {
 /// A stable 64-bit digest (FNV-1a) of what an event says: where, who, what, how much, when (as
 /// sent) and its tags. It is stored, so it must never change between releases.
 pub fn digest(event: &Event) -> u64 {
-    let encoded = postcard::to_allocvec(&(
-        &event.scope,
-        &event.customer,
-        &event.dimension,
-        event.quantity,
-        event.timestamp,
-        &event.tags,
-    ))
-    .expect("an event always encodes");
-    encoded
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+    let fields =
+        (&event.scope, &event.customer, &event.dimension, event.quantity, event.timestamp, &event.tags);
+    postcard::serialize_with_flavor(&fields, Fnv(0xcbf2_9ce4_8422_2325)).expect("an event always encodes")
+}
+
+/// FNV-1a over postcard's bytes as they are made: the digest without a buffer for them.
+struct Fnv(u64);
+
+impl postcard::ser_flavors::Flavor for Fnv {
+    type Output = u64;
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<u64> {
+        Ok(self.0)
+    }
 }
 
 /// The remembered ids: the id store's book (`crate::ids`), and ids an older meterd remembered.
@@ -130,15 +137,19 @@ impl Ids {
         Ok(this)
     }
 
-    /// Whether an event (from `peer`, with `digest`) repeats, conflicts with, or is new to the
-    /// remembered ids; the id's hash, to remember it by.
-    pub fn check(&self, peer: u32, id: &str, digest: u64) -> std::io::Result<(Seen, IdHash)> {
-        let hash = IdHash::of(peer, id);
+    /// Whether an event (its id `id` and that id's `hash` with its peer, with `digest`) repeats,
+    /// conflicts with, or is new to the remembered ids; the hash, to remember it by.
+    pub fn check(&self, hash: IdHash, id: &str, digest: u64) -> std::io::Result<(Seen, IdHash)> {
         let seen = match self.book.check(&hash, short_digest(digest))? {
             Seen::New if self.legacy.contains_key(id) => Seen::Same,
             seen => seen,
         };
         Ok((seen, hash))
+    }
+
+    /// Reads ahead where [`Ids::check`] will look for these hashes; returns a sum of what it read.
+    pub fn read_ahead<'a>(&self, hashes: impl Iterator<Item = &'a IdHash>) -> u64 {
+        hashes.map(|hash| self.book.read_ahead(hash)).fold(0, u64::wrapping_add)
     }
 
     /// Remembers an id [`Ids::check`] found new, accepted at `at`.
@@ -232,17 +243,21 @@ mod tests {
     #[test]
     fn ids_are_per_peer_bound_to_their_event_and_legacy_ids_match_anything() {
         let mut ids = Ids::default();
-        let (seen, hash) = ids.check(1000, "x", 7).unwrap();
+        let (seen, hash) = ids.check(IdHash::of(1000, "x"), "x", 7).unwrap();
         assert_eq!(seen, Seen::New);
         ids.remember(hash, 7, 100);
-        assert_eq!(ids.check(1000, "x", 7).unwrap().0, Seen::Same);
-        assert_eq!(ids.check(1000, "x", 8 << 48).unwrap().0, Seen::Conflict);
-        assert_eq!(ids.check(1001, "x", 8).unwrap().0, Seen::New, "another uid's ids are its own");
+        assert_eq!(ids.check(IdHash::of(1000, "x"), "x", 7).unwrap().0, Seen::Same);
+        assert_eq!(ids.check(IdHash::of(1000, "x"), "x", 8 << 48).unwrap().0, Seen::Conflict);
+        assert_eq!(
+            ids.check(IdHash::of(1001, "x"), "x", 8).unwrap().0,
+            Seen::New,
+            "another uid's ids are its own"
+        );
         let legacy = ClientId { key: IdKey { peer: None, id: "old".into() }, digest: None };
         ids.replay(&legacy, 100).unwrap();
-        assert_eq!(ids.check(1001, "old", 9).unwrap().0, Seen::Same);
+        assert_eq!(ids.check(IdHash::of(1001, "old"), "old", 9).unwrap().0, Seen::Same);
         ids.expire(100 + ID_TTL_SECS);
-        assert_eq!(ids.check(1001, "old", 9).unwrap().0, Seen::New);
+        assert_eq!(ids.check(IdHash::of(1001, "old"), "old", 9).unwrap().0, Seen::New);
         let changes = ids.take_changes();
         assert_eq!(changes.legacy_new, vec![("old".to_string(), 100 + ID_TTL_SECS)]);
         assert_eq!(changes.legacy_expired, vec!["old".to_string()]);
@@ -264,9 +279,9 @@ mod tests {
             (IdKey { peer: None, id: "c".into() }, IdEntry { expiry: 10 * 3600, digest: None }),
         ];
         let mut ids = Ids::restore(sled_ids, Loaded::default()).unwrap();
-        assert_eq!(ids.check(5, "a", 2).unwrap().0, Seen::Same);
-        assert_eq!(ids.check(5, "b", 3).unwrap().0, Seen::Same);
-        assert_eq!(ids.check(6, "c", 0).unwrap().0, Seen::Same);
+        assert_eq!(ids.check(IdHash::of(5, "a"), "a", 2).unwrap().0, Seen::Same);
+        assert_eq!(ids.check(IdHash::of(5, "b"), "b", 3).unwrap().0, Seen::Same);
+        assert_eq!(ids.check(IdHash::of(6, "c"), "c", 0).unwrap().0, Seen::Same);
         let changes = ids.take_changes();
         assert!(changes.migrated);
         assert_eq!(changes.files.freeze.len(), 2, "one segment per hour of acceptance");

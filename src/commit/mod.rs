@@ -127,6 +127,7 @@ pub struct Committer {
     /// A group's record keys, admitted events and their encoding, in buffers kept from one group
     /// to the next.
     keys: Vec<Option<crate::aggregate::Prepared>>,
+    id_hashes: Vec<Option<crate::ids::IdHash>>,
     logged: Vec<crate::aggregate::Admitted>,
     encoder: LogEncoder,
 }
@@ -239,6 +240,7 @@ impl Committer {
             in_flight: None,
             checkpoint_failed: false,
             keys: Vec::new(),
+            id_hashes: Vec::new(),
             logged: Vec::new(),
             encoder: LogEncoder::default(),
         }
@@ -292,8 +294,9 @@ impl Committer {
             }
         }
         settled?;
-        // Full id segments hold memory until a checkpoint writes them as runs.
-        let tick = tick || self.aggregator.ids_waiting();
+        // Full id segments hold memory until a checkpoint writes them as runs: one is started for
+        // them when none is being written (never waiting for one here).
+        let tick = tick || (self.aggregator.ids_waiting() && self.in_flight.is_none());
         if tick && !self.failed() {
             // A flush is answered once its checkpoint is written, even one that sealed nothing.
             self.checkpoint(!self.flushed.is_empty())?;
@@ -420,13 +423,19 @@ impl Committer {
             now,
             &mut keys,
         ));
+        let mut id_hashes = std::mem::take(&mut self.id_hashes);
+        std::hint::black_box(
+            self.aggregator.prepare_ids(group.iter().flat_map(|s| s.events.iter()), &mut id_hashes),
+        );
         let mut prepared = keys.iter().copied();
+        let mut hashed = id_hashes.iter().copied();
         for submission in group.drain(..) {
             let mut outcomes = Vec::with_capacity(submission.events.len());
             for event in submission.events {
                 let client_id = event.id.clone();
                 let key = prepared.next().flatten();
-                outcomes.push(match self.aggregator.admit_prepared(event, now, key) {
+                let id_hash = hashed.next().flatten();
+                outcomes.push(match self.aggregator.admit_hashed(event, now, key, id_hash) {
                     Ok(Admission::Counted { admitted, .. }) => {
                         self.warn_legacy_customer(&admitted.key.customer, now);
                         let id = match client_id {
@@ -451,6 +460,7 @@ impl Committer {
             deliveries.push(Delivery { reply: submission.reply, outcomes, received: submission.received });
         }
         self.keys = keys;
+        self.id_hashes = id_hashes;
         self.ctx.metrics.events_duplicate.inc_by(duplicates);
         self.record_late_metrics();
         self.ctx.metrics.records.with_label_values(&["open"]).set(self.aggregator.open_records() as i64);

@@ -118,6 +118,13 @@ impl IdBook {
         Ok(Seen::New)
     }
 
+    /// Reads where [`IdBook::check`] will first look for `hash`: the open segment's index and each
+    /// run's filter (one cache line each). Returns a sum of what it read.
+    pub fn read_ahead(&self, hash: &IdHash) -> u64 {
+        let runs = self.runs.iter().map(|run| run.read_ahead(hash)).fold(0, u64::wrapping_add);
+        runs.wrapping_add(self.open.read_ahead(hash))
+    }
+
     /// Remembers an id [`IdBook::check`] found new, accepted at `at`. A segment holds one UTC
     /// hour of ids at most, so that its run expires at most an hour after its first id would.
     pub fn remember(&mut self, hash: IdHash, digest: u16, at: i64) {

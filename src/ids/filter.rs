@@ -54,6 +54,11 @@ impl Filter {
         Self::bits(hash).all(|(word, mask)| block[word] & mask != 0)
     }
 
+    /// Reads the block `hash` falls in.
+    pub fn read_ahead(&self, hash: &IdHash) -> u64 {
+        self.blocks[self.block(hash)][0]
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.blocks.len() * std::mem::size_of::<Block>()

@@ -212,6 +212,11 @@ impl Run {
         }))
     }
 
+    /// Reads the filter's block for `hash` (see [`IdBook::read_ahead`](super::IdBook::read_ahead)).
+    pub fn read_ahead(&self, hash: &IdHash) -> u64 {
+        self.filter.read_ahead(hash)
+    }
+
     pub fn len(&self) -> usize {
         self.count
     }

@@ -68,11 +68,19 @@ impl Segment {
         }
     }
 
+    /// Reads the index slot `hash` starts at.
+    pub fn read_ahead(&self, hash: &IdHash) -> u64 {
+        self.index.get(Self::slot(hash)).map_or(0, |&n| u64::from(n))
+    }
+
     /// Adds an id that [`Segment::get`] did not find, accepted at `at`.
     pub fn insert(&mut self, entry: Entry, at: i64) {
         assert!(self.entries.len() < SEGMENT_IDS, "a full segment is frozen before it takes more");
         if self.index.is_empty() {
+            // Both at full size at once: untouched pages take no memory, and the entries are
+            // never moved as they grow.
             self.index = vec![0; SLOTS];
+            self.entries.reserve_exact(SEGMENT_IDS);
         }
         let mut slot = Self::slot(&entry.hash);
         while self.index[slot] != 0 {

@@ -84,6 +84,21 @@ struct Registrar(Registry);
 
 impl Registrar {
     /// Per-listener connection metrics: open, closed over the cap, failed accepts.
+    /// The outbox's size, and the remembered ids' count and files.
+    fn storage(&self) -> (IntGauge, IntGauge, IntGauge) {
+        (
+            self.gauge("meterd_outbox_bytes", "The outbox's size on disk."),
+            self.gauge(
+                "meterd_remembered_ids",
+                "Client ids remembered (for 25 to 26 hours) so that a resend is answered duplicate.",
+            ),
+            self.gauge(
+                "meterd_id_files_bytes",
+                "The remembered ids' files on disk (not counted against storage.max_bytes).",
+            ),
+        )
+    }
+
     fn listeners(&self) -> (IntGaugeVec, IntCounterVec, IntCounterVec) {
         (
             self.gauge_vec("meterd_connections", "Connections open, by listener.", &["listener"]),
@@ -185,6 +200,7 @@ impl Metrics {
         let r = Registrar(Registry::new());
         let (http_requests, http_request_duration) = r.http();
         let (connections, connections_over_limit, accept_errors) = r.listeners();
+        let (outbox_bytes, remembered_ids, id_files_bytes) = r.storage();
         let metrics = Self {
             events_accepted: r.counter("meterd_events_accepted_total", "Events durably accepted and counted."),
             events_rejected: r.counter_vec("meterd_events_rejected_total", "Lines refused, by error code.", &["reason"]),
@@ -243,15 +259,9 @@ impl Metrics {
                 "SIGHUP reloads, by result (ok, or invalid: the old settings stay).",
                 &["result"],
             ),
-            outbox_bytes: r.gauge("meterd_outbox_bytes", "The outbox's size on disk."),
-            remembered_ids: r.gauge(
-                "meterd_remembered_ids",
-                "Client ids remembered (for 25 to 26 hours) so that a resend is answered duplicate.",
-            ),
-            id_files_bytes: r.gauge(
-                "meterd_id_files_bytes",
-                "The remembered ids' files on disk (not counted against storage.max_bytes).",
-            ),
+            outbox_bytes,
+            remembered_ids,
+            id_files_bytes,
             submission_paused: r.gauge(
                 "meterd_submission_paused",
                 "1 while submission is paused because the service refuses meterd's configuration or credentials.",
