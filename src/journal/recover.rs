@@ -74,8 +74,48 @@ fn read_all(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Reads a segment front to back through a window that holds at least one whole record from
+/// where it is asked for: a restart holds one window, never a whole segment (a segment is 64 MiB
+/// by default, most of it zeros ahead of use).
+struct SegmentReader {
+    file: File,
+    len: u64,
+    window: Vec<u8>,
+    /// File offset of `window[0]`.
+    base: u64,
+}
+
+/// What a window holds past the offset asked for, when the file has it: the largest record and
+/// its padding.
+const WINDOW: usize = frame::RECORD_HEADER + frame::MAX_PAYLOAD + frame::ALIGN;
+
+impl SegmentReader {
+    fn open(path: &Path) -> std::io::Result<Self> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Self { file, len, window: Vec::new(), base: 0 })
+    }
+
+    /// The file's bytes from `offset` on: all of them, or at least [`WINDOW`].
+    fn at(&mut self, offset: u64) -> std::io::Result<&[u8]> {
+        let offset = offset.min(self.len);
+        let want = (self.len - offset).min(WINDOW as u64) as usize;
+        let held = (self.base + self.window.len() as u64).saturating_sub(offset) as usize;
+        if offset < self.base || held < want {
+            // Slide to `offset` and read twice the window ahead, so that records are read in
+            // large pieces.
+            let read = (self.len - offset).min(2 * WINDOW as u64) as usize;
+            self.window.resize(read, 0);
+            self.file.read_exact_at(&mut self.window, offset)?;
+            self.base = offset;
+        }
+        Ok(&self.window[(offset - self.base) as usize..])
+    }
+}
+
 /// State of the walk through the records.
 struct Walk {
+    floor: u64,
     groups: Vec<Group>,
     /// A group whose later records are still to come: its sequence, payloads and first record.
     open: Option<(Group, Cut)>,
@@ -97,7 +137,10 @@ impl Walk {
         }
         let (group, _) =
             self.open.get_or_insert_with(|| (Group { seq: record.seq, payloads: Vec::new() }, at));
-        group.payloads.push(record.payload.to_vec());
+        // Groups the checkpoint holds are only counted: their payloads are not replayed.
+        if record.seq > self.floor {
+            group.payloads.push(record.payload.to_vec());
+        }
         if !more {
             let (group, _) = self.open.take().expect("just inserted");
             self.groups.push(group);
@@ -111,12 +154,11 @@ impl Walk {
 pub(super) fn scan(dir: &Path, floor: u64, read_only: bool) -> Result<Scan, JournalError> {
     let io = |source| JournalError::Io { path: dir.to_path_buf(), source };
     let files = list(dir, read_only).map_err(io)?;
-    let mut walk = Walk { groups: Vec::new(), open: None };
+    let mut walk = Walk { floor, groups: Vec::new(), open: None };
     let mut segments = Vec::with_capacity(files.len());
     let mut damage = None;
-    let mut contents = Vec::with_capacity(files.len());
     for (position, (index, path)) in files.iter().enumerate() {
-        let bytes = read_all(path).map_err(|source| JournalError::Io { path: path.clone(), source })?;
+        let io_at = |source| JournalError::Io { path: path.clone(), source };
         let segment = Segment {
             index: *index,
             path: path.clone(),
@@ -126,9 +168,10 @@ pub(super) fn scan(dir: &Path, floor: u64, read_only: bool) -> Result<Scan, Jour
         };
         segments.push(segment);
         if damage.is_none() {
-            damage = walk_segment(&bytes, *index, position, &mut walk, &mut segments[position]);
+            let mut reader = SegmentReader::open(path).map_err(io_at)?;
+            damage = walk_segment(&mut reader, *index, position, &mut walk, &mut segments[position])
+                .map_err(io_at)?;
         }
-        contents.push(bytes);
     }
     if damage.is_none()
         && let Some((group, cut)) = walk.open.take()
@@ -138,14 +181,15 @@ pub(super) fn scan(dir: &Path, floor: u64, read_only: bool) -> Result<Scan, Jour
     }
     let Some(damage) = damage else {
         if !read_only && let Some(last) = segments.last() {
-            zero_after(&last.path, &contents[contents.len() - 1], last.end).map_err(io)?;
+            zero_after(&last.path, last.end).map_err(io)?;
         }
         return Ok(Scan { groups: walk.groups, segments });
     };
     // A group begun before the damage is dropped with it.
     let cut = walk.open.take().map_or(damage.cut, |(_, cut)| cut);
     let before = walk.last_complete().unwrap_or(floor);
-    let synced_after = synced_after(&contents, cut);
+    // Damage is rare: only then are the segments from it on read whole, one at a time.
+    let synced_after = synced_after(&segments, cut).map_err(io)?;
     if let Some((synced, at)) = synced_after.filter(|(synced, _)| *synced > before) {
         return Err(JournalError::Corrupt {
             path: segments[at.segment].path.clone(),
@@ -166,7 +210,7 @@ pub(super) fn scan(dir: &Path, floor: u64, read_only: bool) -> Result<Scan, Jour
         "the journal ends in a torn write, never acknowledged; cutting it off there"
     );
     if !read_only {
-        cut_tail(&segments, &contents, cut).map_err(io)?;
+        cut_tail(&segments, cut).map_err(io)?;
     }
     // The cut segment keeps the complete groups its walk counted before the cut.
     segments.truncate(cut.segment + 1);
@@ -180,29 +224,29 @@ pub(super) fn scan(dir: &Path, floor: u64, read_only: bool) -> Result<Scan, Jour
 
 /// Walks the records of one segment into `walk`; returns the first damage, if any.
 fn walk_segment(
-    bytes: &[u8],
+    reader: &mut SegmentReader,
     index: u64,
     position: usize,
     walk: &mut Walk,
     segment: &mut Segment,
-) -> Option<Damage> {
+) -> std::io::Result<Option<Damage>> {
     let at = |offset: usize| Cut { segment: position, offset: offset as u64 };
-    match frame::parse_segment_header(bytes) {
+    match frame::parse_segment_header(reader.at(0)?) {
         Ok(named) if named == index => {}
-        Ok(named) => return Some(Damage { cut: at(0), reason: format!("its header names segment {named}") }),
-        Err(reason) => return Some(Damage { cut: at(0), reason }),
+        Ok(named) => return Ok(Some(Damage { cut: at(0), reason: format!("its header names segment {named}") })),
+        Err(reason) => return Ok(Some(Damage { cut: at(0), reason })),
     }
     let mut offset = SEGMENT_HEADER;
     loop {
-        match frame::read_record(&bytes[offset.min(bytes.len())..]) {
+        match frame::read_record(reader.at(offset as u64)?) {
             Frame::End => {
                 segment.end = offset as u64;
-                return None;
+                return Ok(None);
             }
-            Frame::Bad(reason) => return Some(Damage { cut: at(offset), reason: reason.into() }),
+            Frame::Bad(reason) => return Ok(Some(Damage { cut: at(offset), reason: reason.into() })),
             Frame::Record(record) => {
                 if let Err(reason) = walk.take(&record, record.more, at(offset)) {
-                    return Some(Damage { cut: at(offset), reason });
+                    return Ok(Some(Damage { cut: at(offset), reason }));
                 }
                 if !record.more {
                     segment.last_seq = Some(record.seq);
@@ -216,9 +260,10 @@ fn walk_segment(
 
 /// The highest `synced` of any intact record after `cut`, and where it is: a record found
 /// anywhere there was written after `cut`'s bytes were.
-fn synced_after(contents: &[Vec<u8>], cut: Cut) -> Option<(u64, Cut)> {
+fn synced_after(segments: &[Segment], cut: Cut) -> std::io::Result<Option<(u64, Cut)>> {
     let mut best: Option<(u64, Cut)> = None;
-    for (position, bytes) in contents.iter().enumerate().skip(cut.segment) {
+    for (position, segment) in segments.iter().enumerate().skip(cut.segment) {
+        let bytes = read_all(&segment.path)?;
         let mut offset =
             if position == cut.segment { cut.offset as usize + frame::ALIGN } else { SEGMENT_HEADER };
         while offset + frame::RECORD_HEADER <= bytes.len() {
@@ -233,28 +278,45 @@ fn synced_after(contents: &[Vec<u8>], cut: Cut) -> Option<(u64, Cut)> {
             }
         }
     }
-    best
+    Ok(best)
 }
 
-/// Zeroes `path` from `from` to its last non-zero byte, and syncs it.
-fn zero_after(path: &Path, bytes: &[u8], from: u64) -> std::io::Result<()> {
-    let from = from as usize;
-    let Some(last) = bytes.iter().rposition(|&b| b != 0).filter(|&last| last >= from) else {
-        return Ok(());
-    };
-    let file = std::fs::OpenOptions::new().write(true).open(path)?;
-    file.write_all_at(&vec![0; last + 1 - from], from as u64)?;
+/// Zeroes `path` from `from` to its last non-zero byte, and syncs it. Reads what follows `from`
+/// a chunk at a time.
+fn zero_after(path: &Path, from: u64) -> std::io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let len = file.metadata()?.len();
+    let mut chunk = vec![0u8; CHUNK];
+    let mut last = None;
+    let mut at = from;
+    while at < len {
+        let n = (len - at).min(CHUNK as u64) as usize;
+        file.read_exact_at(&mut chunk[..n], at)?;
+        if let Some(i) = chunk[..n].iter().rposition(|&b| b != 0) {
+            last = Some(at + i as u64);
+        }
+        at += n as u64;
+    }
+    let Some(last) = last else { return Ok(()) };
+    let zeros = vec![0u8; CHUNK];
+    let mut at = from;
+    while at <= last {
+        let n = (last + 1 - at).min(CHUNK as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
     file.sync_data()
 }
 
 /// Cuts the journal at `cut`: zeroes the rest of its segment (or removes the segment when the cut
 /// is in its header) and removes every later segment.
-fn cut_tail(segments: &[Segment], contents: &[Vec<u8>], cut: Cut) -> std::io::Result<()> {
+fn cut_tail(segments: &[Segment], cut: Cut) -> std::io::Result<()> {
     let segment = &segments[cut.segment];
     if cut.offset < SEGMENT_HEADER as u64 {
         std::fs::remove_file(&segment.path)?;
     } else {
-        zero_after(&segment.path, &contents[cut.segment], cut.offset)?;
+        zero_after(&segment.path, cut.offset)?;
     }
     for later in &segments[cut.segment + 1..] {
         std::fs::remove_file(&later.path)?;
