@@ -8,6 +8,7 @@
 //! | key | value | written by |
 //! |---|---|---|
 //! | `m` `checkpoint` | [`Meta`]: last group sequence folded into the checkpoint, last sealed hour, the live open-hours files (`open_files.rs`) | commit stage, at each checkpoint |
+//! | `m` `archived` | [`archive::Mark`]: the receipts archive's last move and committed file lengths | the task that settles records, at each move |
 //! | `j` peer uid:u32be, client id | [`IdEntry`]: expiry and the event's digest | commit stage, at each checkpoint |
 //! | `r` hour:u64be postcard(RecordKey) | [`StoredRecord`]: a sealed record and its state; never written twice by the commit stage | commit stage seals, submit stage settles |
 //! | `l` seq:u64be chunk:u16be | legacy (0.1.0 logged events in sled): `Vec<Admitted>`; replayed, deleted by the next checkpoint | — |
@@ -24,9 +25,9 @@
 //! | state | meaning | next |
 //! |---|---|---|
 //! | `Pending` | sealed, frozen, not yet confirmed (possibly sent) | `Accepted`, `DeadLetter` |
-//! | `Accepted` | the service returned Success; holds the MeteringRecordId | final |
+//! | `Accepted` | the service returned Success; holds the MeteringRecordId | final; moved to the receipts archive (`archive/`) |
 //! | `DeadLetter` | can never be accepted; holds the reason and the service's message | final |
-//! | `Shipped` | fleet mode: a partial committed to the fleet database, which bills it | final |
+//! | `Shipped` | fleet mode: a partial committed to the fleet database, which bills it | final; moved to the receipts archive |
 //!
 //! ## Durability
 //! An event is acknowledged once the journal's `fdatasync` covers it ([`Outbox::sync_journal`]).
@@ -50,6 +51,7 @@
 //! ([`Outbox::open_read_only`]) never write to the data dir: they open a private copy of sled's
 //! files (`offline.rs`) and read the journal in place.
 
+pub mod archive;
 mod chunks;
 mod disk;
 mod error;
@@ -58,6 +60,7 @@ mod legacy;
 mod offline;
 mod open_files;
 mod recovered;
+mod settled;
 mod watermark;
 
 use std::fs::File;
@@ -79,6 +82,7 @@ pub use layout::{FORMAT_VERSION, LOG_FORMAT_VERSION, MAX_CHUNK_BYTES, SEGMENT_SI
 use offline::PrivateCopy;
 pub use open_files::OpenFile;
 pub use recovered::Recovered;
+pub use settled::Moved;
 use watermark::{Marks, WATERMARK_FILE, open_watermark};
 
 /// `<data_dir>/meterd.lock`: the flock, and the pid of the meterd holding it.
@@ -176,6 +180,10 @@ pub struct Outbox {
     watermark: File,
     /// What the watermark says, kept in order under one lock.
     marks: std::sync::Mutex<Marks>,
+    /// Final records moved out of sled (`<data_dir>/receipts/`), and the lock that makes a read
+    /// of receipts see sled and the archive's committed lengths from the same moment.
+    archive: archive::Archive,
+    archive_lock: std::sync::RwLock<()>,
     /// The open hours' checkpoint files (written by checkpoints only), and their directory.
     open_state: std::sync::Mutex<OpenState>,
     open_dir: PathBuf,
@@ -293,6 +301,13 @@ impl Outbox {
         let recovered::OpenedJournal { journal, groups, damaged } =
             recovered::open_journal(&journal_dir, limits, floor, copy.is_some())?;
         recovered.absorb_journal(&groups)?;
+        let mark = settled::read_mark(&db)?;
+        let archive_dir = named.join(archive::ARCHIVE_DIR);
+        let archive = if copy.is_some() {
+            archive::Archive::open_read_only(&archive_dir, &mark)?
+        } else {
+            archive::Archive::open(&archive_dir, &mark)?
+        };
         let outbox = Outbox {
             db,
             journal,
@@ -300,6 +315,8 @@ impl Outbox {
             dir,
             watermark,
             marks: std::sync::Mutex::new(marks),
+            archive,
+            archive_lock: std::sync::RwLock::new(()),
             open_state: std::sync::Mutex::new(OpenState {
                 base: recovered.meta.open_base,
                 last: recovered.meta.open_last,
@@ -496,7 +513,8 @@ impl Outbox {
         Ok(removed)
     }
 
-    /// Bytes the outbox's files take on disk.
+    /// Bytes the outbox's files take on disk, without the receipts archive: what
+    /// `storage.max_bytes` bounds.
     pub fn size_on_disk(&self) -> Result<u64, OutboxError> {
         let open = {
             let state = self.open_state.lock().expect("open state lock");
@@ -509,6 +527,7 @@ impl Outbox {
     pub fn room(&self) -> Result<Room, OutboxError> {
         Ok(Room {
             bytes: self.size_on_disk()?,
+            archive_bytes: self.archive.totals().bytes,
             free_bytes: disk::free_bytes(&self.dir)?,
             min_free_bytes: self.min_free_bytes,
         })
