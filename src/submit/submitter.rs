@@ -40,6 +40,10 @@ use crate::outbox::{RecordState, StoredRecord};
 /// How often settled records older than `storage.retention` are compacted away.
 const COMPACT_EVERY: Duration = Duration::from_secs(3600);
 
+/// Receipts that wait in the outbox's sled tree before they are moved to the receipts archive
+/// (they are also moved at every new hour of meterd's clock): a block of the archive.
+const ARCHIVE_AT: usize = crate::outbox::archive::BLOCK_RECORDS;
+
 /// Submission timing, from `[submit]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -104,6 +108,10 @@ pub struct Submitter<A> {
     /// batch is not split again for it.
     pub(super) systemic: Option<String>,
     next_compaction: Instant,
+    /// Receipts written since the last move to the archive, and the hour (of meterd's clock) of
+    /// that move; `None` before the first, which runs at start.
+    pub(super) unarchived: usize,
+    archived_hour: Option<i64>,
 }
 
 impl<A: MeteringApi> Submitter<A> {
@@ -128,7 +136,10 @@ impl<A: MeteringApi> Submitter<A> {
             paused_until: None,
             systemic: None,
             next_compaction: Instant::now(),
+            unarchived: 0,
+            archived_hour: None,
         };
+        this.accepted = i64::try_from(this.store.archived_receipts()).expect("receipts fit in i64");
         for stored in records {
             match &stored.state {
                 RecordState::Pending => this.enqueue(stored),
@@ -195,6 +206,7 @@ impl<A: MeteringApi> Submitter<A> {
             if Instant::now() >= self.next_compaction {
                 self.compact();
             }
+            self.archive();
             self.expire();
             self.update_gauges();
             let now = Instant::now();
@@ -321,10 +333,20 @@ impl<A: MeteringApi> Submitter<A> {
         }
     }
 
-    /// Deletes receipts and dead letters older than the retention.
+    /// Deletes receipts and dead letters older than the retention: archived receipts by whole
+    /// days, records in sled one by one.
     fn compact(&mut self) {
         self.next_compaction = Instant::now() + COMPACT_EVERY;
         let before = self.ctx.clock.now() - self.settings.retention;
+        match self.store.expire_archive(before) {
+            Ok(0) => {}
+            Ok(receipts) => {
+                self.accepted -= i64::try_from(receipts).expect("receipts fit in i64");
+                self.update_gauges();
+                tracing::info!(receipts, "deleted archived receipts past the retention");
+            }
+            Err(err) => tracing::error!(%err, "expiring archived receipts failed; will try again"),
+        }
         match self.store.compact(before) {
             Ok(removed) if !removed.is_empty() => {
                 for stored in &removed {
@@ -334,15 +356,36 @@ impl<A: MeteringApi> Submitter<A> {
                         RecordState::Pending | RecordState::Shipped { .. } => {}
                     }
                 }
+                // Logged once durable and counted, so that what the log says the gauges show.
+                self.barrier();
+                self.update_gauges();
                 tracing::info!(
                     records = removed.len(),
                     "compacted receipts and dead letters past the retention"
                 );
-                self.barrier();
-                self.update_gauges();
             }
             Ok(_) => {}
             Err(err) => tracing::error!(%err, "compaction failed; will try again"),
+        }
+    }
+
+    /// Moves receipts out of sled to the receipts archive when a block's worth waits, at each new
+    /// hour of meterd's clock, and at start.
+    fn archive(&mut self) {
+        let hour = self.ctx.clock.now().div_euclid(3600);
+        if self.unarchived < ARCHIVE_AT && self.archived_hour == Some(hour) {
+            return;
+        }
+        self.archived_hour = Some(hour);
+        self.unarchived = 0;
+        match self.store.archive() {
+            Ok(0) => {}
+            Ok(records) => tracing::info!(records, "moved receipts to the receipts archive"),
+            Err(err) if self.store.fenced() => tracing::warn!(%err, "another submitter took over"),
+            Err(err) => {
+                tracing::error!(%err, "failed to move receipts to the receipts archive; stopping");
+                self.ctx.fail();
+            }
         }
     }
 
