@@ -483,6 +483,7 @@ impl Committer {
         };
         let (bytes, free, min_free) = (room.bytes, room.free_bytes, room.min_free_bytes);
         self.ctx.metrics.outbox_bytes.set(bytes as i64);
+        self.ctx.metrics.receipts_archive_bytes.set(room.archive_bytes as i64);
         let was = self.ctx.health.outbox_fullness();
         let full = crate::telemetry::health::OutboxFull {
             over_max_bytes: if was.over_max_bytes {

@@ -62,6 +62,7 @@ pub struct Metrics {
     pub http_request_duration: Histogram,
     pub config_reloads: IntCounterVec,
     pub outbox_bytes: IntGauge,
+    pub receipts_archive_bytes: IntGauge,
     pub submission_paused: IntGauge,
     pub records_awaiting_subscription: IntGauge,
     pub fleet: FleetMetrics,
@@ -81,6 +82,21 @@ const HTTP_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 struct Registrar(Registry);
 
 impl Registrar {
+    /// What the data dir takes: the outbox, which `storage.max_bytes` bounds, and the receipts
+    /// archive beside it.
+    fn storage(&self) -> (IntGauge, IntGauge) {
+        (
+            self.gauge(
+                "meterd_outbox_bytes",
+                "The outbox's size on disk, without the receipts archive: what storage.max_bytes bounds.",
+            ),
+            self.gauge(
+                "meterd_receipts_archive_bytes",
+                "The receipts archive's size on disk (settled records kept for storage.retention; not counted against storage.max_bytes).",
+            ),
+        )
+    }
+
     /// Per-listener connection metrics: open, closed over the cap, failed accepts.
     fn listeners(&self) -> (IntGaugeVec, IntCounterVec, IntCounterVec) {
         (
@@ -183,6 +199,7 @@ impl Metrics {
         let r = Registrar(Registry::new());
         let (http_requests, http_request_duration) = r.http();
         let (connections, connections_over_limit, accept_errors) = r.listeners();
+        let (outbox_bytes, receipts_archive_bytes) = r.storage();
         let metrics = Self {
             events_accepted: r.counter("meterd_events_accepted_total", "Events durably accepted and counted."),
             events_rejected: r.counter_vec("meterd_events_rejected_total", "Lines refused, by error code.", &["reason"]),
@@ -241,7 +258,8 @@ impl Metrics {
                 "SIGHUP reloads, by result (ok, or invalid: the old settings stay).",
                 &["result"],
             ),
-            outbox_bytes: r.gauge("meterd_outbox_bytes", "The outbox's size on disk."),
+            outbox_bytes,
+            receipts_archive_bytes,
             submission_paused: r.gauge(
                 "meterd_submission_paused",
                 "1 while submission is paused because the service refuses meterd's configuration or credentials.",
