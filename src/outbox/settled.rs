@@ -10,7 +10,6 @@ use super::{Outbox, OutboxError, RecordState, StoredRecord, decode, encode, layo
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Moved {
     pub records: usize,
-    pub bytes: u64,
 }
 
 /// The archive's mark as sled holds it; none yet is the empty mark.
@@ -22,14 +21,14 @@ pub(super) fn read_mark(db: &sled::Db) -> Result<Mark, OutboxError> {
 }
 
 impl Outbox {
-    /// Moves every final record (`Accepted`, `Shipped`) from sled to the receipts archive: the
+    /// Moves every final record (`Accepted`, `Shipped`) whose hour starts before `hours_before`
+    /// from sled to the receipts archive: the
     /// archive's blocks are written and synced first, then one sled batch removes the records and
     /// commits the archive's new mark, then the barrier. A crash between the two leaves them in
     /// sled only (`archive/mod.rs`). Moves run one at a time.
-    pub fn archive_settled(&self) -> Result<Moved, OutboxError> {
+    pub fn archive_settled(&self, hours_before: i64) -> Result<Moved, OutboxError> {
         let _one_move = self.archive.moving();
-        let Some((keys, staged)) = self.stage_archive()? else { return Ok(Moved::default()) };
-        let bytes = staged.mark.ends.values().sum::<u64>();
+        let Some((keys, staged)) = self.stage_archive(hours_before)? else { return Ok(Moved::default()) };
         let mut batch = sled::Batch::default();
         for key in &keys {
             batch.remove(key.clone());
@@ -41,19 +40,22 @@ impl Outbox {
             self.archive.note(staged);
         }
         self.barrier()?;
-        Ok(Moved { records: keys.len(), bytes })
+        Ok(Moved { records: keys.len() })
     }
 
     /// The first step of a move: the final records' keys, and their blocks written and synced.
     pub(super) fn stage_archive(
         &self,
+        hours_before: i64,
     ) -> Result<Option<(Vec<sled::IVec>, super::archive::Staged)>, OutboxError> {
         let mut keys = Vec::new();
         let mut records = Vec::new();
         for item in self.db.scan_prefix([layout::RECORD]) {
             let (key, value) = item?;
             let stored: StoredRecord = decode(&key, &value)?;
-            if matches!(stored.state, RecordState::Accepted { .. } | RecordState::Shipped { .. }) {
+            let final_state =
+                matches!(stored.state, RecordState::Accepted { .. } | RecordState::Shipped { .. });
+            if final_state && stored.record.key.hour < hours_before {
                 keys.push(key);
                 records.push(stored);
             }
@@ -161,7 +163,7 @@ mod tests {
             outbox.settle(&stored("999922223333", dead)).unwrap();
             outbox.settle(&stored("888822223333", RecordState::Pending)).unwrap();
             outbox.barrier().unwrap();
-            let (keys, staged) = outbox.stage_archive().unwrap().unwrap();
+            let (keys, staged) = outbox.stage_archive(i64::MAX).unwrap().unwrap();
             assert_eq!((keys.len(), staged.mark.seq), (3, 1));
             assert_eq!(receipts(&outbox), expected);
         }
@@ -174,7 +176,9 @@ mod tests {
         assert_eq!(receipts(&outbox), expected);
         assert_eq!(outbox.archive_totals(), ArchiveTotals::default());
 
-        let moved = outbox.archive_settled().unwrap();
+        // Receipts of hours from `HOUR` on stay in sled.
+        assert_eq!(outbox.archive_settled(HOUR).unwrap(), Moved::default());
+        let moved = outbox.archive_settled(HOUR + 1).unwrap();
         assert_eq!(moved.records, 3);
         assert_eq!(receipts(&outbox), expected);
         let left: Vec<RecordState> = outbox.records().map(|r| r.unwrap().state).collect();
@@ -184,7 +188,7 @@ mod tests {
                 | [RecordState::DeadLetter { .. }, RecordState::Pending]
         ));
         assert_eq!(outbox.archive_totals().accepted, 3);
-        assert_eq!(outbox.archive_settled().unwrap(), Moved::default());
+        assert_eq!(outbox.archive_settled(i64::MAX).unwrap(), Moved::default());
         drop(outbox);
 
         let (outbox, recovered) = Outbox::open(dir.path(), Limits::default()).unwrap();

@@ -280,7 +280,6 @@ impl<A: MeteringApi> Submitter<A> {
                     entry.stored.state = RecordState::Accepted { metering_record_id, at: now };
                     self.persist(&entry.stored);
                     self.accepted += 1;
-                    self.unarchived += 1;
                     "success"
                 }
                 RecordOutcome::CustomerNotSubscribed => {

@@ -28,9 +28,10 @@ pub trait Store: Send + Sync {
     fn remove_record(&self, key: &RecordKey) -> Result<(), StoreError>;
     /// Deletes settled records older than `before`; returns them.
     fn compact(&self, before: i64) -> Result<Vec<StoredRecord>, StoreError>;
-    /// Moves final records out of the store's hot part (the outbox's: to its receipts archive,
-    /// outside `storage.max_bytes`); returns how many. Made durable before it returns.
-    fn archive(&self) -> Result<usize, StoreError> {
+    /// Moves final records whose hour starts before `hours_before` out of the store's hot part
+    /// (the outbox's: to its receipts archive, outside `storage.max_bytes`); returns how many.
+    /// Made durable before it returns.
+    fn archive(&self, _hours_before: i64) -> Result<usize, StoreError> {
         Ok(0)
     }
     /// Deletes archived receipts of whole days that settled before `before`; returns how many.
@@ -69,8 +70,8 @@ impl Store for Outbox {
     fn compact(&self, before: i64) -> Result<Vec<StoredRecord>, StoreError> {
         Ok(Outbox::compact(self, before)?)
     }
-    fn archive(&self) -> Result<usize, StoreError> {
-        Ok(Outbox::archive_settled(self)?.records)
+    fn archive(&self, hours_before: i64) -> Result<usize, StoreError> {
+        Ok(Outbox::archive_settled(self, hours_before)?.records)
     }
     fn expire_archive(&self, before: i64) -> Result<u64, StoreError> {
         Ok(Outbox::expire_archive(self, before)?.accepted)

@@ -40,10 +40,6 @@ use crate::outbox::{RecordState, StoredRecord};
 /// How often settled records older than `storage.retention` are compacted away.
 const COMPACT_EVERY: Duration = Duration::from_secs(3600);
 
-/// Receipts that wait in the outbox's sled tree before they are moved to the receipts archive
-/// (they are also moved at every new hour of meterd's clock): a block of the archive.
-const ARCHIVE_AT: usize = crate::outbox::archive::BLOCK_RECORDS;
-
 /// Submission timing, from `[submit]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -108,9 +104,8 @@ pub struct Submitter<A> {
     /// batch is not split again for it.
     pub(super) systemic: Option<String>,
     next_compaction: Instant,
-    /// Receipts written since the last move to the archive, and the hour (of meterd's clock) of
-    /// that move; `None` before the first, which runs at start.
-    pub(super) unarchived: usize,
+    /// The hour (of meterd's clock) of the last move to the receipts archive; `None` before the
+    /// first, which runs at start.
     archived_hour: Option<i64>,
 }
 
@@ -136,7 +131,6 @@ impl<A: MeteringApi> Submitter<A> {
             paused_until: None,
             systemic: None,
             next_compaction: Instant::now(),
-            unarchived: 0,
             archived_hour: None,
         };
         this.accepted = i64::try_from(this.store.archived_receipts()).expect("receipts fit in i64");
@@ -369,16 +363,17 @@ impl<A: MeteringApi> Submitter<A> {
         }
     }
 
-    /// Moves receipts out of sled to the receipts archive when a block's worth waits, at each new
-    /// hour of meterd's clock, and at start.
+    /// At start and at each new hour of meterd's clock, moves the receipts whose hour is past
+    /// `submit.deadline` out of sled to the receipts archive. Younger ones stay: the commit stage
+    /// learns at start which keys were sealed from the records in sled, and an hour inside the
+    /// deadline must not be sealed twice.
     fn archive(&mut self) {
-        let hour = self.ctx.clock.now().div_euclid(3600);
-        if self.unarchived < ARCHIVE_AT && self.archived_hour == Some(hour) {
+        let now = self.ctx.clock.now();
+        if self.archived_hour == Some(now.div_euclid(3600)) {
             return;
         }
-        self.archived_hour = Some(hour);
-        self.unarchived = 0;
-        match self.store.archive() {
+        self.archived_hour = Some(now.div_euclid(3600));
+        match self.store.archive(now - self.settings.deadline) {
             Ok(0) => {}
             Ok(records) => tracing::info!(records, "moved receipts to the receipts archive"),
             Err(err) if self.store.fenced() => tracing::warn!(%err, "another submitter took over"),
