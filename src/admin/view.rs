@@ -98,11 +98,16 @@ impl RecordView {
     pub const CSV_HEADER: &'static str = "id,hour,product_code,license_arn,customer_aws_account_id,customer_identifier,dimension,quantity,allocations,state,metering_record_id,reason,message,sealed_at,settled_at";
 
     /// One CSV row (RFC 4180 quoting); `allocations` is `tags:quantity` pairs joined by `|`.
+    /// Written into one buffer: an export formats millions of rows.
     pub fn csv_row(&self) -> String {
-        let allocations: Vec<String> =
-            self.allocations.iter().map(|(tags, q)| format!("{tags}:{q}")).collect();
+        use std::fmt::Write;
+        let mut allocations = String::new();
+        for (i, (tags, q)) in self.allocations.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "|" };
+            let _ = write!(allocations, "{sep}{tags}:{q}");
+        }
         let none = String::new();
-        [
+        let fields = [
             &self.id,
             &self.hour,
             self.product_code.as_ref().unwrap_or(&none),
@@ -111,26 +116,32 @@ impl RecordView {
             self.customer_identifier.as_ref().unwrap_or(&none),
             &self.dimension,
             &self.quantity.to_string(),
-            &allocations.join("|"),
+            &allocations,
             &self.state,
             self.metering_record_id.as_ref().unwrap_or(&none),
             self.reason.as_ref().unwrap_or(&none),
             self.message.as_ref().unwrap_or(&none),
             &self.sealed_at,
             self.settled_at.as_ref().unwrap_or(&none),
-        ]
-        .iter()
-        .map(|field| csv_field(field))
-        .collect::<Vec<_>>()
-        .join(",")
+        ];
+        let mut row = String::with_capacity(256);
+        for (i, field) in fields.iter().enumerate() {
+            if i > 0 {
+                row.push(',');
+            }
+            push_csv_field(&mut row, field);
+        }
+        row
     }
 }
 
-fn csv_field(field: &str) -> String {
+fn push_csv_field(row: &mut String, field: &str) {
     if field.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", field.replace('"', "\"\""))
+        row.push('"');
+        row.push_str(&field.replace('"', "\"\""));
+        row.push('"');
     } else {
-        field.to_string()
+        row.push_str(field);
     }
 }
 

@@ -302,13 +302,18 @@ pub fn flush(target: &Target, customer: Option<String>) -> ExitCode {
 /// printed as they arrive (from the daemon, or read from the archive and sled of a stopped one).
 pub fn receipts_export(target: &Target, since: i64, until: i64, format: Format) -> ExitCode {
     let mut printer = Printer::new(format);
+    let mut ended = false;
     let asked = target.ask_each(&Request::Receipts { since, until }, &mut |line| match line {
         Line::Record { record } => printer.record(&record),
         Line::Error { error, .. } => Err(error),
-        _ => Ok(()),
+        _ => {
+            ended = true;
+            Ok(())
+        }
     });
     let read = match asked {
-        Ok(true) => Ok(()),
+        Ok(true) if ended => Ok(()),
+        Ok(true) => Err("meterd closed the connection before the export ended".to_string()),
         Ok(false) => target.open_offline().and_then(|(outbox, _)| {
             let mut failed = Ok(());
             outbox
