@@ -12,6 +12,10 @@ pub struct Moved {
     pub records: usize,
 }
 
+/// Most records one move takes (64 blocks): the receipts a month of an older meterd left in sled
+/// move in bounded steps, never all in memory at once.
+const MOVE_RECORDS: usize = 64 * super::archive::BLOCK_RECORDS;
+
 /// The archive's mark as sled holds it; none yet is the empty mark.
 pub(super) fn read_mark(db: &sled::Db) -> Result<Mark, OutboxError> {
     match db.get(layout::ARCHIVED)? {
@@ -22,31 +26,44 @@ pub(super) fn read_mark(db: &sled::Db) -> Result<Mark, OutboxError> {
 
 impl Outbox {
     /// Moves every final record (`Accepted`, `Shipped`) whose hour starts before `hours_before`
-    /// from sled to the receipts archive: the
-    /// archive's blocks are written and synced first, then one sled batch removes the records and
-    /// commits the archive's new mark, then the barrier. A crash between the two leaves them in
-    /// sled only (`archive/mod.rs`). Moves run one at a time.
+    /// from sled to the receipts archive, [`MOVE_RECORDS`] at a time: for each, the archive's
+    /// blocks are written and synced first, then one sled batch removes the records and commits
+    /// the archive's new mark, then the barrier. A crash between the two leaves them in sled only
+    /// (`archive/mod.rs`). Moves run one at a time.
     pub fn archive_settled(&self, hours_before: i64) -> Result<Moved, OutboxError> {
-        let _one_move = self.archive.moving();
-        let Some((keys, staged)) = self.stage_archive(hours_before)? else { return Ok(Moved::default()) };
-        let mut batch = sled::Batch::default();
-        for key in &keys {
-            batch.remove(key.clone());
-        }
-        batch.insert(layout::ARCHIVED, encode(&staged.mark));
-        {
-            let _readers_wait = self.archive_lock.write().expect("archive lock");
-            self.db.apply_batch(batch)?;
-            self.archive.note(staged);
-        }
-        self.barrier()?;
-        Ok(Moved { records: keys.len() })
+        self.archive_in_steps(hours_before, MOVE_RECORDS)
     }
 
-    /// The first step of a move: the final records' keys, and their blocks written and synced.
+    /// [`Outbox::archive_settled`], `step` records per move.
+    fn archive_in_steps(&self, hours_before: i64, step: usize) -> Result<Moved, OutboxError> {
+        let _one_move = self.archive.moving();
+        let mut moved = Moved::default();
+        while let Some((keys, staged)) = self.stage_archive(hours_before, step)? {
+            let mut batch = sled::Batch::default();
+            for key in &keys {
+                batch.remove(key.clone());
+            }
+            batch.insert(layout::ARCHIVED, encode(&staged.mark));
+            {
+                let _readers_wait = self.archive_lock.write().expect("archive lock");
+                self.db.apply_batch(batch)?;
+                self.archive.note(staged);
+            }
+            self.barrier()?;
+            moved.records += keys.len();
+            if keys.len() < step {
+                break;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// The first step of a move: the keys of up to `limit` final records, and their blocks
+    /// written and synced.
     pub(super) fn stage_archive(
         &self,
         hours_before: i64,
+        limit: usize,
     ) -> Result<Option<(Vec<sled::IVec>, super::archive::Staged)>, OutboxError> {
         let mut keys = Vec::new();
         let mut records = Vec::new();
@@ -58,6 +75,9 @@ impl Outbox {
             if final_state && stored.record.key.hour < hours_before {
                 keys.push(key);
                 records.push(stored);
+                if records.len() == limit {
+                    break;
+                }
             }
         }
         if records.is_empty() {
@@ -163,7 +183,7 @@ mod tests {
             outbox.settle(&stored("999922223333", dead)).unwrap();
             outbox.settle(&stored("888822223333", RecordState::Pending)).unwrap();
             outbox.barrier().unwrap();
-            let (keys, staged) = outbox.stage_archive(i64::MAX).unwrap().unwrap();
+            let (keys, staged) = outbox.stage_archive(i64::MAX, MOVE_RECORDS).unwrap().unwrap();
             assert_eq!((keys.len(), staged.mark.seq), (3, 1));
             assert_eq!(receipts(&outbox), expected);
         }
@@ -199,5 +219,19 @@ mod tests {
         let (offline, _, lost) = Outbox::open_read_only(dir.path()).unwrap();
         assert!(lost.is_none());
         assert_eq!(receipts(&offline), expected);
+    }
+
+    #[test]
+    fn a_large_move_goes_in_steps_each_its_own_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(dir.path(), Limits::default()).unwrap();
+        let expected: Vec<StoredRecord> = (0..5).map(|n| accepted(&format!("11112222{n:04}"))).collect();
+        for record in &expected {
+            outbox.settle(record).unwrap();
+        }
+        assert_eq!(outbox.archive_in_steps(i64::MAX, 2).unwrap(), Moved { records: 5 });
+        assert_eq!(read_mark(&outbox.db).unwrap().seq, 3);
+        assert_eq!(outbox.records().count(), 0);
+        assert_eq!(receipts(&outbox), expected);
     }
 }

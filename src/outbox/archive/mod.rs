@@ -23,9 +23,9 @@
 //! | 44 | 4 | CRC32C of bytes 0..44 and the payload |
 //! | 48 | n | payload: raw deflate of postcard `Vec<Entry>`, at most [`BLOCK_RECORDS`] records |
 //!
-//! An [`Entry`] is the sealed record, its sealed and settled times as offsets (from the hour, then
-//! from the sealing), and the receipt: a MeteringRecordId that is a lowercase hyphenated UUID is
-//! kept as its 16 bytes, any other as its text.
+//! An entry (`block.rs`) is the sealed record, its sealed and settled times as offsets (from the
+//! hour, then from the sealing), and the receipt: a MeteringRecordId that is a lowercase
+//! hyphenated UUID is kept as its 16 bytes, any other as its text (a fleet partial: none).
 //!
 //! ## The move, and a crash in the middle of it
 //! sled's `m` `archived` holds the [`Mark`]: the last move's sequence and, for each day file, its
