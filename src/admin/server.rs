@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +19,9 @@ use crate::listen::{self, Backoff, Cap, Refusals};
 use crate::outbox::{Outbox, OutboxError, StoredRecord};
 use crate::submit::Control;
 use crate::unix::{Accepted, Watched};
+
+/// How much of a streamed answer is handed to the connection at a time.
+const STREAM_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Longest request line read.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -92,6 +96,11 @@ impl AdminServer {
         let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES);
         let lines = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
             Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+                Ok(Request::Receipts { since, until }) => {
+                    self.receipts(since..until, &mut write).await;
+                    let _ = write.shutdown().await;
+                    return;
+                }
                 Ok(request) => self.answer(request).await,
                 Err(err) => vec![Line::error(format!("invalid request: {err}"))],
             },
@@ -119,7 +128,10 @@ impl AdminServer {
                 }
                 lines
             }
-            Request::DlqList | Request::Receipts { .. } => self.list(&request).await,
+            Request::DlqList => self.list(&request).await,
+            Request::Receipts { since, until } => {
+                vec![Line::error(format!("receipts {since}..{until} are streamed, not listed"))]
+            }
             Request::DlqRetry { selection } => self.change(selection, true).await,
             Request::DlqDrop { selection } => self.change(selection, false).await,
             Request::Flush { customer } => self.flush(customer).await,
@@ -149,6 +161,39 @@ impl AdminServer {
         tokio::task::spawn_blocking(move || outbox.records().collect::<Result<Vec<_>, _>>())
             .await
             .expect("outbox scan task")
+    }
+
+    /// Writes the receipts whose hour is in `hours` as they are read, a chunk at a time (a month
+    /// of them is far too much to hold as lines), then the count or the error that stopped the
+    /// read.
+    async fn receipts(&self, hours: std::ops::Range<i64>, write: &mut OwnedWriteHalf) {
+        let (chunks, mut receive) = mpsc::channel::<String>(4);
+        let outbox = self.outbox.clone();
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut chunk = String::new();
+            let mut count = 0;
+            let read = outbox.receipts(hours, &mut |stored| {
+                count += 1;
+                chunk.push_str(&Line::Record { record: Box::new(RecordView::new(&stored)) }.to_json());
+                if chunk.len() >= STREAM_CHUNK_BYTES {
+                    // A client that went away only makes the rest of the read go nowhere.
+                    let _ = chunks.blocking_send(std::mem::take(&mut chunk));
+                }
+            });
+            let last = match read {
+                Ok(()) => Line::Count { ok: true, count },
+                Err(err) => Line::error(err.to_string()),
+            };
+            chunk.push_str(&last.to_json());
+            let _ = chunks.blocking_send(chunk);
+        });
+        while let Some(chunk) = receive.recv().await {
+            if write.write_all(chunk.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+        drop(receive);
+        let _ = reader.await;
     }
 
     async fn list(&self, request: &Request) -> Vec<Line> {
@@ -211,6 +256,7 @@ impl AdminServer {
         report.not_ready = snapshot.not_ready;
         report.registration = snapshot.registration;
         report.outbox_bytes = self.outbox.size_on_disk().unwrap_or(0);
+        report.add_archive(self.outbox.archive_totals());
         report
     }
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Customer, DeadReason, RecordKey, Scope};
+use crate::outbox::archive::ArchiveTotals;
 use crate::outbox::{RecordState, Recovered, StoredRecord};
 
 /// A record's id for the CLI: the first 12 hex digits of the SHA-256 of its key. Stable across
@@ -97,11 +98,16 @@ impl RecordView {
     pub const CSV_HEADER: &'static str = "id,hour,product_code,license_arn,customer_aws_account_id,customer_identifier,dimension,quantity,allocations,state,metering_record_id,reason,message,sealed_at,settled_at";
 
     /// One CSV row (RFC 4180 quoting); `allocations` is `tags:quantity` pairs joined by `|`.
+    /// Written into one buffer: an export formats millions of rows.
     pub fn csv_row(&self) -> String {
-        let allocations: Vec<String> =
-            self.allocations.iter().map(|(tags, q)| format!("{tags}:{q}")).collect();
+        use std::fmt::Write;
+        let mut allocations = String::new();
+        for (i, (tags, q)) in self.allocations.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "|" };
+            let _ = write!(allocations, "{sep}{tags}:{q}");
+        }
         let none = String::new();
-        [
+        let fields = [
             &self.id,
             &self.hour,
             self.product_code.as_ref().unwrap_or(&none),
@@ -110,26 +116,32 @@ impl RecordView {
             self.customer_identifier.as_ref().unwrap_or(&none),
             &self.dimension,
             &self.quantity.to_string(),
-            &allocations.join("|"),
+            &allocations,
             &self.state,
             self.metering_record_id.as_ref().unwrap_or(&none),
             self.reason.as_ref().unwrap_or(&none),
             self.message.as_ref().unwrap_or(&none),
             &self.sealed_at,
             self.settled_at.as_ref().unwrap_or(&none),
-        ]
-        .iter()
-        .map(|field| csv_field(field))
-        .collect::<Vec<_>>()
-        .join(",")
+        ];
+        let mut row = String::with_capacity(256);
+        for (i, field) in fields.iter().enumerate() {
+            if i > 0 {
+                row.push(',');
+            }
+            push_csv_field(&mut row, field);
+        }
+        row
     }
 }
 
-fn csv_field(field: &str) -> String {
+fn push_csv_field(row: &mut String, field: &str) {
     if field.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", field.replace('"', "\"\""))
+        row.push('"');
+        row.push_str(&field.replace('"', "\"\""));
+        row.push('"');
     } else {
-        field.to_string()
+        row.push_str(field);
     }
 }
 
@@ -200,7 +212,11 @@ pub struct StatusReport {
     pub paused: Option<String>,
     /// Why `/readyz` fails; empty when ready (running only).
     pub not_ready: Vec<String>,
+    /// What counts against `storage.max_bytes`: sled, the journal and the open-hours files.
     pub outbox_bytes: u64,
+    /// The receipts archive (`<data_dir>/receipts/`), outside `storage.max_bytes`.
+    #[serde(default)]
+    pub archive_bytes: u64,
     /// RegisterUsage's answer when `aws.register_usage` is on (running only).
     pub registration: Option<crate::telemetry::health::RegistrationStatus>,
     /// Fleet mode: this host's id (running only).
@@ -265,9 +281,17 @@ impl StatusReport {
             paused: None,
             not_ready: Vec::new(),
             outbox_bytes: 0,
+            archive_bytes: 0,
             registration: None,
             fleet_host_id: None,
         }
+    }
+
+    /// Counts the archived receipts and shipped partials with the records still in sled.
+    pub fn add_archive(&mut self, archive: ArchiveTotals) {
+        *self.records.entry("accepted".into()).or_default() += archive.accepted;
+        *self.records.entry("shipped".into()).or_default() += archive.shipped;
+        self.archive_bytes = archive.bytes;
     }
 
     /// Plain text for a person.
@@ -275,7 +299,10 @@ impl StatusReport {
         let mut out = String::new();
         let state = if self.running { "running" } else { "not running (read from the data dir)" };
         out.push_str(&format!("meterd {}: {state}\n", self.version));
-        out.push_str(&format!("data dir: {} ({} bytes)\n", self.data_dir, self.outbox_bytes));
+        out.push_str(&format!(
+            "data dir: {} ({} bytes; receipts archive {} bytes)\n",
+            self.data_dir, self.outbox_bytes, self.archive_bytes
+        ));
         if let Some(host) = &self.fleet_host_id {
             out.push_str(&format!("fleet host: {host} (meterd fleet status shows the fleet)\n"));
         }
@@ -345,6 +372,7 @@ pub fn offline_status(
     recovered: &Recovered,
     data_dir: &str,
     outbox_bytes: u64,
+    archive: ArchiveTotals,
     deadline: i64,
     now: i64,
 ) -> StatusReport {
@@ -362,5 +390,6 @@ pub fn offline_status(
         .collect();
     report.records.insert("open".into(), open.len() as u64);
     report.outbox_bytes = outbox_bytes;
+    report.add_archive(archive);
     report
 }

@@ -42,6 +42,21 @@ impl Target {
 
     /// Sends `request`; `Ok(None)` when no daemon listens on the socket.
     fn ask(&self, request: &Request) -> Result<Option<Vec<Line>>, String> {
+        let mut lines = Vec::new();
+        let answered = self.ask_each(request, &mut |line| {
+            lines.push(line);
+            Ok(())
+        })?;
+        Ok(answered.then_some(lines))
+    }
+
+    /// Sends `request` and hands each answer line to `each` as it arrives; `Ok(false)` when no
+    /// daemon listens on the socket.
+    fn ask_each(
+        &self,
+        request: &Request,
+        each: &mut dyn FnMut(Line) -> Result<(), String>,
+    ) -> Result<bool, String> {
         let mut stream = match UnixStream::connect(&self.socket) {
             Ok(stream) => stream,
             Err(err)
@@ -50,19 +65,18 @@ impl Target {
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
                 ) =>
             {
-                return Ok(None);
+                return Ok(false);
             }
             Err(err) => return Err(format!("cannot reach meterd at {}: {err}", self.socket.display())),
         };
         let mut text = serde_json::to_string(request).expect("requests encode");
         text.push('\n');
         stream.write_all(text.as_bytes()).map_err(|e| format!("cannot send to meterd: {e}"))?;
-        let mut lines = Vec::new();
-        for line in BufReader::new(stream).lines() {
+        for line in BufReader::with_capacity(256 * 1024, stream).lines() {
             let line = line.map_err(|e| format!("cannot read meterd's answer: {e}"))?;
-            lines.push(serde_json::from_str(&line).map_err(|e| format!("unexpected answer {line:?}: {e}"))?);
+            each(serde_json::from_str(&line).map_err(|e| format!("unexpected answer {line:?}: {e}"))?)?;
         }
-        Ok(Some(lines))
+        Ok(true)
     }
 
     /// Reads the data dir of a stopped daemon, without writing to it (a private copy: see
@@ -137,6 +151,7 @@ pub fn status(target: &Target, json: bool) -> ExitCode {
                     &recovered,
                     &target.config.storage.data_dir.display().to_string(),
                     outbox.size_on_disk().unwrap_or(0),
+                    outbox.archive_totals(),
                     target.config.deadline().as_secs() as i64,
                     clock.now(),
                 )
@@ -283,15 +298,79 @@ pub fn flush(target: &Target, customer: Option<String>) -> ExitCode {
     }
 }
 
-/// `meterd receipts export --since … --until …`: accepted records whose hour starts in the range.
+/// `meterd receipts export --since … --until …`: accepted records whose hour starts in the range,
+/// printed as they arrive (from the daemon, or read from the archive and sled of a stopped one).
 pub fn receipts_export(target: &Target, since: i64, until: i64, format: Format) -> ExitCode {
-    let request = Request::Receipts { since, until };
-    match target.records(request) {
-        Ok(records) => {
-            print_records(&records, format);
-            ExitCode::SUCCESS
+    let mut printer = Printer::new(format);
+    let mut ended = false;
+    let asked = target.ask_each(&Request::Receipts { since, until }, &mut |line| match line {
+        Line::Record { record } => printer.record(&record),
+        Line::Error { error, .. } => Err(error),
+        _ => {
+            ended = true;
+            Ok(())
         }
+    });
+    let read = match asked {
+        Ok(true) if ended => Ok(()),
+        Ok(true) => Err("meterd closed the connection before the export ended".to_string()),
+        Ok(false) => target.open_offline().and_then(|(outbox, _)| {
+            let mut failed = Ok(());
+            outbox
+                .receipts(since..until, &mut |stored| {
+                    if failed.is_ok() {
+                        failed = printer.record(&RecordView::new(&stored));
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            failed
+        }),
+        Err(err) => Err(err),
+    };
+    match read.and_then(|()| printer.finish()) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(err),
+    }
+}
+
+/// Writes records as `print_records` would, one at a time: the CSV header first, or a JSON array
+/// laid out as `serde_json::to_string_pretty` lays out the whole list.
+struct Printer {
+    out: std::io::BufWriter<std::io::Stdout>,
+    format: Format,
+    count: usize,
+}
+
+impl Printer {
+    fn new(format: Format) -> Self {
+        Printer { out: std::io::BufWriter::with_capacity(256 * 1024, std::io::stdout()), format, count: 0 }
+    }
+
+    fn record(&mut self, record: &RecordView) -> Result<(), String> {
+        let written = match self.format {
+            Format::Csv if self.count == 0 => {
+                writeln!(self.out, "{}\n{}", RecordView::CSV_HEADER, record.csv_row())
+            }
+            Format::Csv => writeln!(self.out, "{}", record.csv_row()),
+            Format::Json => {
+                let text = serde_json::to_string_pretty(record).expect("a record encodes");
+                let open = if self.count == 0 { "[\n" } else { ",\n" };
+                let indented: Vec<String> = text.lines().map(|line| format!("  {line}")).collect();
+                write!(self.out, "{open}{}", indented.join("\n"))
+            }
+        };
+        self.count += 1;
+        written.map_err(|e| format!("cannot write the export: {e}"))
+    }
+
+    fn finish(mut self) -> Result<(), String> {
+        let written = match (self.format, self.count) {
+            (Format::Csv, 0) => writeln!(self.out, "{}", RecordView::CSV_HEADER),
+            (Format::Csv, _) => Ok(()),
+            (Format::Json, 0) => writeln!(self.out, "[]"),
+            (Format::Json, _) => writeln!(self.out, "\n]"),
+        };
+        written.and_then(|()| self.out.flush()).map_err(|e| format!("cannot write the export: {e}"))
     }
 }
 

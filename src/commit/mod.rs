@@ -519,6 +519,7 @@ impl Committer {
         self.ctx.metrics.outbox_bytes.set(bytes as i64);
         self.ctx.metrics.remembered_ids.set(self.aggregator.remembered_ids() as i64);
         self.ctx.metrics.id_files_bytes.set(self.outbox.id_bytes() as i64);
+        self.ctx.metrics.receipts_archive_bytes.set(room.archive_bytes as i64);
         let was = self.ctx.health.outbox_fullness();
         let full = crate::telemetry::health::OutboxFull {
             over_max_bytes: if was.over_max_bytes {

@@ -121,6 +121,13 @@ impl Shipper {
     /// Deletes shipped partials (and local dead letters) older than `storage.retention`.
     fn compact(&self) {
         let before = self.ctx.clock.now() - self.settings.retention;
+        // Shipped partials leave sled for the receipts archive, which expires by whole days. All
+        // of them: in fleet mode every hour up to the last sealed one is frozen without them.
+        let archived = self.outbox.archive_settled(i64::MAX).and_then(|_| self.outbox.expire_archive(before));
+        if let Err(err) = archived {
+            tracing::error!(%err, "failed to move shipped partials to the receipts archive; stopping");
+            self.ctx.fail();
+        }
         match self.outbox.compact(before) {
             Ok(removed) if !removed.is_empty() => {
                 tracing::info!(records = removed.len(), "compacted shipped partials past the retention");

@@ -233,7 +233,9 @@ fn walk_segment(
     let at = |offset: usize| Cut { segment: position, offset: offset as u64 };
     match frame::parse_segment_header(reader.at(0)?) {
         Ok(named) if named == index => {}
-        Ok(named) => return Ok(Some(Damage { cut: at(0), reason: format!("its header names segment {named}") })),
+        Ok(named) => {
+            return Ok(Some(Damage { cut: at(0), reason: format!("its header names segment {named}") }));
+        }
         Err(reason) => return Ok(Some(Damage { cut: at(0), reason })),
     }
     let mut offset = SEGMENT_HEADER;

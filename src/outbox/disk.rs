@@ -20,8 +20,11 @@ const SNAPSHOT_TRAILER: usize = 12;
 /// Room on the outbox's filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Room {
-    /// The outbox's size on disk, as sled counts it.
+    /// The outbox's size on disk, as sled counts it, with the journal and open-hours files.
     pub bytes: u64,
+    /// The receipts archive's size on disk (not part of `bytes`: retention never fills the
+    /// outbox).
+    pub archive_bytes: u64,
     /// Bytes an unprivileged process may still write on the filesystem (`f_bavail`).
     pub free_bytes: u64,
     /// `storage.min_free_bytes`; 0 when free space is not checked (offline reads).

@@ -75,4 +75,6 @@ pub enum OutboxError {
     OpenFile { path: PathBuf, reason: String },
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Archive(#[from] super::archive::ArchiveError),
 }

@@ -24,6 +24,8 @@ pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 pub const META: &[u8] = b"mcheckpoint";
 /// This outbox's instance id (fleet partial ids), made when first asked for.
 pub const INSTANCE: &[u8] = b"minstance";
+/// The receipts archive's mark: the last committed move and each day file's committed length.
+pub const ARCHIVED: &[u8] = b"marchived";
 pub const LOG: u8 = b'l';
 pub const OPEN: u8 = b'o';
 pub const ID: u8 = b'i';

@@ -8,6 +8,7 @@
 //! | key | value | written by |
 //! |---|---|---|
 //! | `m` `checkpoint` | [`Meta`]: last group sequence folded into the checkpoint, last sealed hour, the live open-hours files (`open_files.rs`) | commit stage, at each checkpoint |
+//! | `m` `archived` | [`archive::Mark`]: the receipts archive's last move and committed file lengths | the task that settles records, at each move |
 //! | `j` peer uid:u32be, client id | [`IdEntry`]: expiry and the event's digest | commit stage, at each checkpoint |
 //! | `r` hour:u64be postcard(RecordKey) | [`StoredRecord`]: a sealed record and its state; never written twice by the commit stage | commit stage seals, submit stage settles |
 //! | `l` seq:u64be chunk:u16be | legacy (0.1.0 logged events in sled): `Vec<Admitted>`; replayed, deleted by the next checkpoint | — |
@@ -24,9 +25,9 @@
 //! | state | meaning | next |
 //! |---|---|---|
 //! | `Pending` | sealed, frozen, not yet confirmed (possibly sent) | `Accepted`, `DeadLetter` |
-//! | `Accepted` | the service returned Success; holds the MeteringRecordId | final |
+//! | `Accepted` | the service returned Success; holds the MeteringRecordId | final; moved to the receipts archive (`archive/`) |
 //! | `DeadLetter` | can never be accepted; holds the reason and the service's message | final |
-//! | `Shipped` | fleet mode: a partial committed to the fleet database, which bills it | final |
+//! | `Shipped` | fleet mode: a partial committed to the fleet database, which bills it | final; moved to the receipts archive |
 //!
 //! ## Durability
 //! An event is acknowledged once the journal's `fdatasync` covers it ([`Outbox::sync_journal`]).
@@ -50,6 +51,7 @@
 //! ([`Outbox::open_read_only`]) never write to the data dir: they open a private copy of sled's
 //! files (`offline.rs`) and read the journal in place.
 
+pub mod archive;
 mod chunks;
 mod disk;
 mod error;
@@ -59,6 +61,7 @@ mod lock;
 mod offline;
 mod open_files;
 mod recovered;
+mod settled;
 mod watermark;
 
 use std::fs::File;
@@ -81,6 +84,7 @@ use lock::lock;
 use offline::PrivateCopy;
 pub use open_files::OpenFile;
 pub use recovered::Recovered;
+pub use settled::Moved;
 use watermark::{Marks, WATERMARK_FILE, open_watermark};
 
 /// `<data_dir>/meterd.lock`: the flock, and the pid of the meterd holding it.
@@ -180,6 +184,10 @@ pub struct Outbox {
     watermark: File,
     /// What the watermark says, kept in order under one lock.
     marks: std::sync::Mutex<Marks>,
+    /// Final records moved out of sled (`<data_dir>/receipts/`), and the lock that makes a read
+    /// of receipts see sled and the archive's committed lengths from the same moment.
+    archive: archive::Archive,
+    archive_lock: std::sync::RwLock<()>,
     /// The open hours' checkpoint files (written by checkpoints only), and their directory.
     open_state: std::sync::Mutex<OpenState>,
     open_dir: PathBuf,
@@ -308,6 +316,13 @@ impl Outbox {
             }
             Some(_) => None,
         };
+        let mark = settled::read_mark(&db)?;
+        let archive_dir = named.join(archive::ARCHIVE_DIR);
+        let archive = if copy.is_some() {
+            archive::Archive::open_read_only(&archive_dir, &mark)?
+        } else {
+            archive::Archive::open(&archive_dir, &mark)?
+        };
         let outbox = Outbox {
             ids,
             db,
@@ -316,6 +331,8 @@ impl Outbox {
             dir,
             watermark,
             marks: std::sync::Mutex::new(marks),
+            archive,
+            archive_lock: std::sync::RwLock::new(()),
             open_state: std::sync::Mutex::new(OpenState {
                 base: recovered.meta.open_base,
                 last: recovered.meta.open_last,
@@ -533,7 +550,8 @@ impl Outbox {
         Ok(removed)
     }
 
-    /// Bytes the outbox's files take on disk.
+    /// Bytes the outbox's files take on disk, without the receipts archive: what
+    /// `storage.max_bytes` bounds.
     pub fn size_on_disk(&self) -> Result<u64, OutboxError> {
         let open = {
             let state = self.open_state.lock().expect("open state lock");
@@ -554,6 +572,7 @@ impl Outbox {
     pub fn room(&self) -> Result<Room, OutboxError> {
         Ok(Room {
             bytes: self.size_on_disk()?,
+            archive_bytes: self.archive.totals().bytes,
             free_bytes: disk::free_bytes(&self.dir)?,
             min_free_bytes: self.min_free_bytes,
         })

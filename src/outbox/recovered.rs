@@ -44,7 +44,7 @@ impl Recovered {
             reason: reason.to_string(),
         };
         match key.first().copied() {
-            _ if key == layout::INSTANCE => {}
+            _ if key == layout::INSTANCE || key == layout::ARCHIVED => {}
             _ if key == layout::META => {
                 self.meta = super::decode_meta(key, value)?;
                 self.last_seq = self.last_seq.max(self.meta.log_seq);

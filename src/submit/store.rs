@@ -28,6 +28,20 @@ pub trait Store: Send + Sync {
     fn remove_record(&self, key: &RecordKey) -> Result<(), StoreError>;
     /// Deletes settled records older than `before`; returns them.
     fn compact(&self, before: i64) -> Result<Vec<StoredRecord>, StoreError>;
+    /// Moves final records whose hour starts before `hours_before` out of the store's hot part
+    /// (the outbox's: to its receipts archive, outside `storage.max_bytes`); returns how many.
+    /// Made durable before it returns.
+    fn archive(&self, _hours_before: i64) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+    /// Deletes archived receipts of whole days that settled before `before`; returns how many.
+    fn expire_archive(&self, _before: i64) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    /// Receipts kept in the archive.
+    fn archived_receipts(&self) -> u64 {
+        0
+    }
     /// Whether writes are refused because another submitter took over (fleet mode); the loop
     /// then stops instead of stopping meterd.
     fn fenced(&self) -> bool {
@@ -55,5 +69,14 @@ impl Store for Outbox {
     }
     fn compact(&self, before: i64) -> Result<Vec<StoredRecord>, StoreError> {
         Ok(Outbox::compact(self, before)?)
+    }
+    fn archive(&self, hours_before: i64) -> Result<usize, StoreError> {
+        Ok(Outbox::archive_settled(self, hours_before)?.records)
+    }
+    fn expire_archive(&self, before: i64) -> Result<u64, StoreError> {
+        Ok(Outbox::expire_archive(self, before)?.accepted)
+    }
+    fn archived_receipts(&self) -> u64 {
+        Outbox::archive_totals(self).accepted
     }
 }

@@ -104,6 +104,9 @@ pub struct Submitter<A> {
     /// batch is not split again for it.
     pub(super) systemic: Option<String>,
     next_compaction: Instant,
+    /// The hour (of meterd's clock) of the last move to the receipts archive; `None` before the
+    /// first, which runs at start.
+    archived_hour: Option<i64>,
 }
 
 impl<A: MeteringApi> Submitter<A> {
@@ -128,7 +131,9 @@ impl<A: MeteringApi> Submitter<A> {
             paused_until: None,
             systemic: None,
             next_compaction: Instant::now(),
+            archived_hour: None,
         };
+        this.accepted = i64::try_from(this.store.archived_receipts()).expect("receipts fit in i64");
         for stored in records {
             match &stored.state {
                 RecordState::Pending => this.enqueue(stored),
@@ -195,6 +200,7 @@ impl<A: MeteringApi> Submitter<A> {
             if Instant::now() >= self.next_compaction {
                 self.compact();
             }
+            self.archive();
             self.expire();
             self.update_gauges();
             let now = Instant::now();
@@ -321,10 +327,20 @@ impl<A: MeteringApi> Submitter<A> {
         }
     }
 
-    /// Deletes receipts and dead letters older than the retention.
+    /// Deletes receipts and dead letters older than the retention: archived receipts by whole
+    /// days, records in sled one by one.
     fn compact(&mut self) {
         self.next_compaction = Instant::now() + COMPACT_EVERY;
         let before = self.ctx.clock.now() - self.settings.retention;
+        match self.store.expire_archive(before) {
+            Ok(0) => {}
+            Ok(receipts) => {
+                self.accepted -= i64::try_from(receipts).expect("receipts fit in i64");
+                self.update_gauges();
+                tracing::info!(receipts, "deleted archived receipts past the retention");
+            }
+            Err(err) => tracing::error!(%err, "expiring archived receipts failed; will try again"),
+        }
         match self.store.compact(before) {
             Ok(removed) if !removed.is_empty() => {
                 for stored in &removed {
@@ -334,15 +350,37 @@ impl<A: MeteringApi> Submitter<A> {
                         RecordState::Pending | RecordState::Shipped { .. } => {}
                     }
                 }
+                // Logged once durable and counted, so that what the log says the gauges show.
+                self.barrier();
+                self.update_gauges();
                 tracing::info!(
                     records = removed.len(),
                     "compacted receipts and dead letters past the retention"
                 );
-                self.barrier();
-                self.update_gauges();
             }
             Ok(_) => {}
             Err(err) => tracing::error!(%err, "compaction failed; will try again"),
+        }
+    }
+
+    /// At start and at each new hour of meterd's clock, moves the receipts whose hour is past
+    /// `submit.deadline` out of sled to the receipts archive. Younger ones stay: the commit stage
+    /// learns at start which keys were sealed from the records in sled, and an hour inside the
+    /// deadline must not be sealed twice.
+    fn archive(&mut self) {
+        let now = self.ctx.clock.now();
+        if self.archived_hour == Some(now.div_euclid(3600)) {
+            return;
+        }
+        self.archived_hour = Some(now.div_euclid(3600));
+        match self.store.archive(now - self.settings.deadline) {
+            Ok(0) => {}
+            Ok(records) => tracing::info!(records, "moved receipts to the receipts archive"),
+            Err(err) if self.store.fenced() => tracing::warn!(%err, "another submitter took over"),
+            Err(err) => {
+                tracing::error!(%err, "failed to move receipts to the receipts archive; stopping");
+                self.ctx.fail();
+            }
         }
     }
 

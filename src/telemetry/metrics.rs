@@ -62,6 +62,7 @@ pub struct Metrics {
     pub http_request_duration: Histogram,
     pub config_reloads: IntCounterVec,
     pub outbox_bytes: IntGauge,
+    pub receipts_archive_bytes: IntGauge,
     pub remembered_ids: IntGauge,
     pub id_files_bytes: IntGauge,
     pub submission_paused: IntGauge,
@@ -83,11 +84,24 @@ const HTTP_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 struct Registrar(Registry);
 
 impl Registrar {
-    /// Per-listener connection metrics: open, closed over the cap, failed accepts.
-    /// The outbox's size, and the remembered ids' count and files.
-    fn storage(&self) -> (IntGauge, IntGauge, IntGauge) {
+    /// What the data dir takes: the outbox, which `storage.max_bytes` bounds, and the receipts
+    /// archive beside it.
+    fn storage(&self) -> (IntGauge, IntGauge) {
         (
-            self.gauge("meterd_outbox_bytes", "The outbox's size on disk."),
+            self.gauge(
+                "meterd_outbox_bytes",
+                "The outbox's size on disk, without the receipts archive: what storage.max_bytes bounds.",
+            ),
+            self.gauge(
+                "meterd_receipts_archive_bytes",
+                "The receipts archive's size on disk (settled records kept for storage.retention; not counted against storage.max_bytes).",
+            ),
+        )
+    }
+
+    /// The remembered ids: how many, and their files.
+    fn ids(&self) -> (IntGauge, IntGauge) {
+        (
             self.gauge(
                 "meterd_remembered_ids",
                 "Client ids remembered (for 25 to 26 hours) so that a resend is answered duplicate.",
@@ -99,6 +113,7 @@ impl Registrar {
         )
     }
 
+    /// Per-listener connection metrics: open, closed over the cap, failed accepts.
     fn listeners(&self) -> (IntGaugeVec, IntCounterVec, IntCounterVec) {
         (
             self.gauge_vec("meterd_connections", "Connections open, by listener.", &["listener"]),
@@ -200,7 +215,8 @@ impl Metrics {
         let r = Registrar(Registry::new());
         let (http_requests, http_request_duration) = r.http();
         let (connections, connections_over_limit, accept_errors) = r.listeners();
-        let (outbox_bytes, remembered_ids, id_files_bytes) = r.storage();
+        let (outbox_bytes, receipts_archive_bytes) = r.storage();
+        let (remembered_ids, id_files_bytes) = r.ids();
         let metrics = Self {
             events_accepted: r.counter("meterd_events_accepted_total", "Events durably accepted and counted."),
             events_rejected: r.counter_vec("meterd_events_rejected_total", "Lines refused, by error code.", &["reason"]),
@@ -260,6 +276,7 @@ impl Metrics {
                 &["result"],
             ),
             outbox_bytes,
+            receipts_archive_bytes,
             remembered_ids,
             id_files_bytes,
             submission_paused: r.gauge(
