@@ -69,6 +69,10 @@ pub struct IdBook {
     ttl: i64,
 }
 
+/// Runs whose files stay open: the newest, where resends mostly land. With many runs (a high
+/// rate of ids) the others are opened for each read, so the descriptors stay bounded.
+const OPEN_RUNS: usize = 32;
+
 fn hour(at: i64) -> i64 {
     at.div_euclid(3600)
 }
@@ -96,21 +100,35 @@ impl IdBook {
         };
         let next = open.number.max(last) + 1;
         let frozen = segments.into_iter().map(Arc::new).collect();
-        Self { open, frozen, writing: Vec::new(), runs, next, expired: Vec::new(), ttl }
+        let book = Self { open, frozen, writing: Vec::new(), runs, next, expired: Vec::new(), ttl };
+        book.release_old_files();
+        book
+    }
+
+    /// Keeps the files of the newest [`OPEN_RUNS`] runs open; older ones are opened per read.
+    fn release_old_files(&self) {
+        let older = self.runs.len().saturating_sub(OPEN_RUNS);
+        self.runs[..older].iter().for_each(Run::release);
     }
 
     /// Whether `hash` was remembered, and for the same event (`digest`) or another.
     pub fn check(&self, hash: &IdHash, digest: u16) -> io::Result<Seen> {
+        self.check_live(hash, digest, i64::MIN)
+    }
+
+    /// [`IdBook::check`] among the segments and runs still alive at `at` (whose last id is less
+    /// than the ttl older): what a check at `at` saw, whenever expiry has run since.
+    fn check_live(&self, hash: &IdHash, digest: u16, at: i64) -> io::Result<Seen> {
         let seen = |found: u16| if found == digest { Seen::Same } else { Seen::Conflict };
-        if let Some(found) = self.open.get(hash) {
-            return Ok(seen(found));
-        }
-        for segment in self.frozen.iter().chain(&self.writing).rev() {
+        let alive = |last_at: i64| last_at.saturating_add(self.ttl) > at;
+        let segments =
+            std::iter::once(&self.open).chain(self.frozen.iter().chain(&self.writing).rev().map(|s| &**s));
+        for segment in segments.filter(|s| alive(s.last_at)) {
             if let Some(found) = segment.get(hash) {
                 return Ok(seen(found));
             }
         }
-        for run in self.runs.iter().rev() {
+        for run in self.runs.iter().rev().filter(|r| alive(r.last_at)) {
             if let Some(found) = run.find(hash)? {
                 return Ok(seen(found));
             }
@@ -134,10 +152,11 @@ impl IdBook {
         self.open.insert(Entry { hash, digest }, at);
     }
 
-    /// Remembers an id unless it is known already (replaying the journal after a checkpoint
-    /// that may already hold it).
+    /// Remembers an id accepted at `at` unless it is known already (replaying the journal after
+    /// a checkpoint that may already hold it). Only what was alive at `at` counts: a run that had
+    /// expired when the id was accepted may still be on disk after a crash, and must not hide it.
     pub fn remember_if_new(&mut self, hash: IdHash, digest: u16, at: i64) -> io::Result<()> {
-        if self.check(&hash, digest)? == Seen::New {
+        if self.check_live(&hash, digest, at)? == Seen::New {
             self.remember(hash, digest, at);
         }
         Ok(())
@@ -214,6 +233,7 @@ impl IdBook {
             }
         }
         self.runs.sort_by_key(|run| run.number);
+        self.release_old_files();
     }
 
     /// Ids remembered.
@@ -298,6 +318,23 @@ mod tests {
         assert_eq!(book.check(&id(1), 1).unwrap(), Seen::New);
         assert_eq!(book.check(&id(2), 2).unwrap(), Seen::New);
         assert_eq!(checkpoint(&mut book).expired, vec![1]);
+    }
+
+    #[test]
+    fn a_replayed_id_accepted_after_its_old_run_expired_is_remembered_again() {
+        // A crash left an expired run on disk: the resend it no longer covered was accepted as
+        // new and journaled, and replay must remember it again, not take the dead run's word.
+        let image = Run::build(1, &[Entry { hash: id(1), digest: 1 }], 100, 100);
+        let bytes = image.bytes.clone();
+        let loaded = Loaded { runs: vec![image.into_run(Box::new(bytes))], segments: Vec::new() };
+        let mut book = IdBook::restore(loaded, TTL);
+        let at = 100 + TTL + 60;
+        book.remember_if_new(id(1), 2, at).unwrap();
+        book.expire(at);
+        assert_eq!(book.check(&id(1), 2).unwrap(), Seen::Same);
+        // An id its run still covered at the time is not remembered twice.
+        book.remember_if_new(id(1), 2, at + 1).unwrap();
+        assert_eq!(book.len(), 1);
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub fn encode(entries: &[Entry], first_at: i64, last_at: i64) -> Vec<u8> {
     block
 }
 
-/// What a log holds up to its first incomplete or damaged block.
+/// What a log holds up to a torn last block.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Decoded {
     pub entries: Vec<Entry>,
@@ -46,11 +46,17 @@ pub struct Decoded {
     pub valid: usize,
 }
 
-/// Reads a log file's bytes; `None` when it does not even start like one (an empty file, a file
-/// cut before its header was written, or another format).
-pub fn decode(bytes: &[u8]) -> Option<Decoded> {
-    if bytes.get(..FILE_HEADER.len())? != FILE_HEADER {
-        return None;
+/// Reads a log file's bytes. A file cut before its header was written holds nothing. Each block
+/// was synced before the next was written, so only the last can be torn: one that reaches the end
+/// of the file. A bad block with more after it, or a file of another format, is damage: ids
+/// whose events are gone from the journal would be lost, so it is an error.
+pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
+    let empty = Decoded { first_at: i64::MAX, last_at: i64::MIN, ..Decoded::default() };
+    match bytes.get(..FILE_HEADER.len()) {
+        Some(header) if header == FILE_HEADER => {}
+        None if FILE_HEADER.starts_with(bytes) || bytes.iter().all(|&b| b == 0) => return Ok(empty),
+        Some(header) if header.iter().all(|&b| b == 0) && bytes.iter().all(|&b| b == 0) => return Ok(empty),
+        _ => return Err("not an id log of this format".into()),
     }
     let mut out =
         Decoded { first_at: i64::MAX, last_at: i64::MIN, valid: FILE_HEADER.len(), ..Decoded::default() };
@@ -61,6 +67,9 @@ pub fn decode(bytes: &[u8]) -> Option<Decoded> {
         let Some(body) = rest.get(BLOCK_HEADER..BLOCK_HEADER + count * ENTRY) else { break };
         let crc = crc32c::crc32c_append(crc32c::crc32c(&header[..20]), body);
         if crc != u32::from_le_bytes(header[20..24].try_into().expect("4 bytes")) {
+            if rest.len() > BLOCK_HEADER + body.len() {
+                return Err(format!("a damaged block at offset {} with more after it", out.valid));
+            }
             break;
         }
         out.entries.extend(body.chunks_exact(ENTRY).map(|e| Entry {
@@ -75,7 +84,7 @@ pub fn decode(bytes: &[u8]) -> Option<Decoded> {
         out.valid += BLOCK_HEADER + body.len();
         rest = &rest[BLOCK_HEADER + body.len()..];
     }
-    Some(out)
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -99,10 +108,17 @@ mod tests {
             let decoded = decode(&file[..cut]).unwrap();
             assert_eq!((decoded.entries.len(), decoded.valid), (2, whole), "cut at {cut}");
         }
+        let mut torn = file.clone();
+        *torn.last_mut().unwrap() ^= 1;
+        assert_eq!(decode(&torn).unwrap().valid, whole, "a bad last block is a torn write");
         let mut damaged = file.clone();
-        *damaged.last_mut().unwrap() ^= 1;
-        assert_eq!(decode(&damaged).unwrap().valid, whole);
-        assert_eq!(decode(&file[..5]), None);
-        assert_eq!(decode(b"MIDLOG\x09\x00"), None, "another version");
+        damaged[FILE_HEADER.len() + 30] ^= 1;
+        assert_eq!(
+            decode(&damaged),
+            Err(format!("a damaged block at offset {} with more after it", FILE_HEADER.len()))
+        );
+        assert_eq!(decode(&file[..5]).unwrap().entries, vec![], "cut before its header was written");
+        assert_eq!(decode(&[0; 8]).unwrap().entries, vec![]);
+        assert_eq!(decode(b"MIDLOG\x09\x00"), Err("not an id log of this format".into()));
     }
 }

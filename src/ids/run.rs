@@ -33,6 +33,9 @@ const MAX_P: u8 = 24;
 /// Where a run's bytes are read from: its file, or memory in tests.
 pub trait RunBytes: Send + Sync + std::fmt::Debug {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+
+    /// Lets go of what it holds open (a file descriptor), to be opened again when read.
+    fn release(&self) {}
 }
 
 impl RunBytes for std::fs::File {
@@ -144,8 +147,9 @@ impl Run {
         }
         let p = header[7];
         let word = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
-        let count = usize::try_from(word(8)).map_err(|_| corrupt("count too large"))?;
-        let expected = (entries_at(p) + count.saturating_mul(ENTRY) + 4) as u64;
+        let count = usize::try_from(word(8)).ok().filter(|&n| n <= u32::MAX as usize);
+        let count = count.ok_or_else(|| corrupt("count too large"))?;
+        let expected = (entries_at(p) + count * ENTRY + 4) as u64;
         if len != expected {
             return Err(corrupt(&format!("{len} bytes where its header says {expected}")));
         }
@@ -215,6 +219,11 @@ impl Run {
     /// Reads the filter's block for `hash` (see [`IdBook::read_ahead`](super::IdBook::read_ahead)).
     pub fn read_ahead(&self, hash: &IdHash) -> u64 {
         self.filter.read_ahead(hash)
+    }
+
+    /// See [`RunBytes::release`].
+    pub fn release(&self) {
+        self.source.release();
     }
 
     pub fn len(&self) -> usize {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::book::{IdChanges, Loaded};
 use super::log;
-use super::run::{Run, RunError};
+use super::run::{Run, RunBytes, RunError};
 use super::segment::Segment;
 
 /// Why the id files cannot be read or written.
@@ -40,6 +40,27 @@ pub struct IdFiles {
     /// The open segment's log, appended to by checkpoints.
     log: Mutex<Option<(u64, File)>>,
     bytes: AtomicU64,
+}
+
+/// A run's file, open or to be opened for each read ([`super::run::RunBytes::release`]).
+#[derive(Debug)]
+struct RunFile {
+    path: PathBuf,
+    file: Mutex<Option<File>>,
+}
+
+impl RunBytes for RunFile {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let file = self.file.lock().expect("run file lock");
+        match &*file {
+            Some(file) => file.read_exact_at(buf, offset),
+            None => File::open(&self.path)?.read_exact_at(buf, offset),
+        }
+    }
+
+    fn release(&self) {
+        *self.file.lock().expect("run file lock") = None;
+    }
 }
 
 fn name(number: u64, kind: &str) -> String {
@@ -100,7 +121,8 @@ impl IdFiles {
         let path = self.dir.join(name(number, "run"));
         let file = File::open(&path).map_err(error(&path))?;
         let len = file.metadata().map_err(error(&path))?.len();
-        let run = Run::load(number, Box::new(file), len).map_err(|err| match err {
+        let source = RunFile { path: path.clone(), file: Mutex::new(Some(file)) };
+        let run = Run::load(number, Box::new(source), len).map_err(|err| match err {
             RunError::Corrupt(reason) => StoreError { path: path.clone(), reason },
             RunError::Io(err) => error(&path)(err),
         })?;
@@ -112,7 +134,7 @@ impl IdFiles {
     fn load_log(&self, number: u64, writable: bool) -> Result<Option<Segment>, StoreError> {
         let path = self.dir.join(name(number, "log"));
         let bytes = std::fs::read(&path).map_err(error(&path))?;
-        let decoded = log::decode(&bytes).unwrap_or_default();
+        let decoded = log::decode(&bytes).map_err(|reason| StoreError { path: path.clone(), reason })?;
         if writable && decoded.valid < bytes.len() {
             if decoded.entries.is_empty() {
                 std::fs::remove_file(&path).map_err(error(&path))?;
@@ -153,7 +175,7 @@ impl IdFiles {
             file.write_all(&image.bytes).and_then(|()| file.sync_all()).map_err(error(&tmp))?;
             std::fs::rename(&tmp, &path).map_err(error(&path))?;
             self.bytes.fetch_add(image.bytes.len() as u64, Ordering::Relaxed);
-            runs.push(image.into_run(Box::new(file)));
+            runs.push(image.into_run(Box::new(RunFile { path, file: Mutex::new(Some(file)) })));
         }
         if !runs.is_empty() {
             sync_dir(&self.dir)?;
@@ -189,16 +211,21 @@ impl IdFiles {
     pub fn remove_settled(&self, changes: &IdChanges) -> Result<(), StoreError> {
         let logs = changes.freeze.iter().map(|s| name(s.number, "log"));
         let expired = changes.expired.iter().flat_map(|&n| [name(n, "run"), name(n, "log")]);
+        let mut removed = false;
         for file in logs.chain(expired) {
             let path = self.dir.join(file);
             match std::fs::metadata(&path) {
                 Ok(meta) => {
                     std::fs::remove_file(&path).map_err(error(&path))?;
                     self.bytes.fetch_sub(meta.len().min(self.bytes()), Ordering::Relaxed);
+                    removed = true;
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => return Err(error(&path)(err)),
             }
+        }
+        if removed {
+            sync_dir(&self.dir)?;
         }
         let mut log = self.log.lock().expect("id log lock");
         if log.as_ref().is_some_and(|(n, _)| changes.freeze.iter().any(|s| s.number == *n)) {

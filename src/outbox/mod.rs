@@ -55,6 +55,7 @@ pub mod archive;
 mod chunks;
 mod disk;
 mod error;
+mod id_keys;
 mod layout;
 mod legacy;
 mod lock;
@@ -448,23 +449,6 @@ impl Outbox {
         Ok(runs)
     }
 
-    /// Sled's part of a checkpoint's ids: legacy ids remembered (replayed from an older journal)
-    /// and expired, and, once the id files hold them, the `j` keys an older meterd wrote.
-    fn note_ids(&self, batch: &mut sled::Batch, delta: &Delta) -> Result<(), OutboxError> {
-        for (id, expiry) in &delta.ids.legacy_new {
-            batch.insert(layout::id_key(&IdKey { peer: None, id: id.clone() }), encode(expiry));
-        }
-        for id in &delta.ids.legacy_expired {
-            batch.remove(layout::id_key(&IdKey { peer: None, id: id.clone() }));
-        }
-        if delta.ids.migrated {
-            for item in self.db.scan_prefix([layout::SCOPED_ID]) {
-                batch.remove(item?.0);
-            }
-        }
-        Ok(())
-    }
-
     /// Whether the next checkpoint should write every open hour ([`OpenWrite::full`]).
     pub fn wants_full_checkpoint(&self) -> bool {
         self.open_state.lock().expect("open state lock").wants_base()
@@ -558,14 +542,6 @@ impl Outbox {
             state.base_bytes + state.delta_bytes
         };
         Ok(self.db.size_on_disk()? + self.journal.as_ref().map_or(0, Journal::bytes) + open)
-    }
-
-    /// Bytes the remembered ids' files take. They are not part of [`Outbox::size_on_disk`], the
-    /// size `storage.max_bytes` limits: they cannot pile up (they expire 25 to 26 hours after
-    /// their events, whatever becomes of submission), so a steady rate of id-bearing events must
-    /// never be what refuses new ones.
-    pub fn id_bytes(&self) -> u64 {
-        self.ids.as_ref().map_or(0, IdFiles::bytes)
     }
 
     /// The outbox's size and the room left on its filesystem, against `storage.min_free_bytes`.

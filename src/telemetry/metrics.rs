@@ -85,23 +85,17 @@ struct Registrar(Registry);
 
 impl Registrar {
     /// What the data dir takes: the outbox, which `storage.max_bytes` bounds, and the receipts
-    /// archive beside it.
-    fn storage(&self) -> (IntGauge, IntGauge) {
+    /// archive and the remembered ids beside it.
+    fn storage(&self) -> (IntGauge, IntGauge, IntGauge, IntGauge) {
         (
             self.gauge(
                 "meterd_outbox_bytes",
-                "The outbox's size on disk, without the receipts archive: what storage.max_bytes bounds.",
+                "The outbox's size on disk, without the receipts archive and the id files: what storage.max_bytes bounds.",
             ),
             self.gauge(
                 "meterd_receipts_archive_bytes",
                 "The receipts archive's size on disk (settled records kept for storage.retention; not counted against storage.max_bytes).",
             ),
-        )
-    }
-
-    /// The remembered ids: how many, and their files.
-    fn ids(&self) -> (IntGauge, IntGauge) {
-        (
             self.gauge(
                 "meterd_remembered_ids",
                 "Client ids remembered (for 25 to 26 hours) so that a resend is answered duplicate.",
@@ -215,8 +209,7 @@ impl Metrics {
         let r = Registrar(Registry::new());
         let (http_requests, http_request_duration) = r.http();
         let (connections, connections_over_limit, accept_errors) = r.listeners();
-        let (outbox_bytes, receipts_archive_bytes) = r.storage();
-        let (remembered_ids, id_files_bytes) = r.ids();
+        let (outbox_bytes, receipts_archive_bytes, remembered_ids, id_files_bytes) = r.storage();
         let metrics = Self {
             events_accepted: r.counter("meterd_events_accepted_total", "Events durably accepted and counted."),
             events_rejected: r.counter_vec("meterd_events_rejected_total", "Lines refused, by error code.", &["reason"]),
@@ -240,11 +233,7 @@ impl Metrics {
                 "Per-record results of BatchMeterUsage and MeterUsage.",
                 &["status"],
             ),
-            api_requests: r.counter_vec(
-                "meterd_api_requests_total",
-                "Metering Service calls, by outcome.",
-                &["operation", "outcome"],
-            ),
+            api_requests: r.counter_vec("meterd_api_requests_total", "Metering Service calls.", &["operation", "outcome"]),
             api_duration: r.histogram_vec(
                 "meterd_api_request_duration_seconds",
                 "Metering Service call duration.",
