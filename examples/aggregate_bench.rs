@@ -43,6 +43,7 @@ fn run(keys: u64, events: u64, every: u64, now: i64) -> (f64, usize) {
             tags: vec![("set".into(), "t0".into())],
             id: None,
             peer: 0,
+            id_print: None,
         })
         .collect();
     let mut aggregator = Aggregator::new(Rules {

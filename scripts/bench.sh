@@ -80,6 +80,8 @@ ids_step=${BENCH_ID_STEP:-1000000}
 ids_rss_limit=${BENCH_IDS_RSS_LIMIT_MIB:-$(awk '/MemTotal/ { printf "%d", $2 / 2048 }' /proc/meminfo)}
 kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$2/status"; }
 data_kib() { { du -sk "$1" 2>/dev/null || true; } | cut -f1; }
+# The mean of numbers on stdin, separated by spaces.
+mean() { tr ' ' '\n' | awk 'NF { s += $1; n++ } END { printf "%.0f", s / n }'; }
 field() { sed -nE "s/(^|.* )$1=([^ ]+).*/\2/p" <<<"$2"; }
 # settle PID: 3 s, then until the process used under 10 % of a core for half a second (the
 # checkpoints that store the last run's ids are done), for at most 2 minutes.
@@ -139,13 +141,25 @@ ids_section() {
             break
         fi
     done
-    # 32 x 64, without ids and with fresh ids; then resending the oldest remembered ids.
-    l0=$("$loadgen" --socket "$sock" --connections 32 --depth 64 "${mix[@]}" --seconds "$seconds" --pid "$pid")
-    l1=$("$loadgen" --socket "$sock" --connections 32 --depth 64 "${mix[@]}" --ids --id-base "$next" \
-        --seconds "$seconds" --pid "$pid")
-    check_ids "$l1" no
-    local remembered=$next
-    next=$(field id_next "$l1")
+    # 32 x 64, without ids and with fresh ids, taking turns in three rounds (the virtual disk's
+    # flush rate drifts from minute to minute; each figure is the mean of its rounds), each run
+    # after meterd is idle again; then resending the oldest remembered ids.
+    local remembered=$next round_seconds r0=() r1=()
+    round_seconds=$(( (seconds + 2) / 3 ))
+    for round in 1 2 3; do
+        settle "$pid"
+        l0=$("$loadgen" --socket "$sock" --connections 32 --depth 64 "${mix[@]}" --seconds "$round_seconds" --pid "$pid")
+        settle "$pid"
+        l1=$("$loadgen" --socket "$sock" --connections 32 --depth 64 "${mix[@]}" --ids --id-base "$next" \
+            --seconds "$round_seconds" --pid "$pid")
+        check_ids "$l1" no
+        next=$(field id_next "$l1")
+        r0+=("$(field events_per_sec "$l0")") r1+=("$(field events_per_sec "$l1")")
+        echo "ids round=$round no_ids $l0" | tee -a "$results"
+        echo "ids round=$round fresh_ids $l1" | tee -a "$results"
+    done
+    local mean0 mean1
+    mean0=$(echo "${r0[@]}" | mean) mean1=$(echo "${r1[@]}" | mean)
     # The checkpoints that store the fresh run's ids come first, so they are not charged to resends.
     settle "$pid"
     local rss_fresh rss_resend
@@ -155,11 +169,11 @@ ids_section() {
     check_ids "$l2" yes
     rss_resend=$(kib VmRSS "$pid")
     for line in "$l0" "$l1" "$l2"; do
-        echo "ids $line" | tee -a "$results"
         peak=$(awk -v a="$peak" -v b="$(field peak_rss_mib "$line")" 'BEGIN { print (b > a ? b : a) }')
     done
-    awk -v a="$(field events_per_sec "$l1")" -v b="$(field events_per_sec "$l0")" -v c="$(field events_per_sec "$l2")" 'BEGIN {
-        printf "ids ratio level=32x64 ids_over_no_ids=%.2f (target >= 0.80)\n", a / b
+    echo "ids resend $l2" | tee -a "$results"
+    awk -v a="$mean1" -v b="$mean0" -v c="$(field events_per_sec "$l2")" 'BEGIN {
+        printf "ids ratio level=32x64 no_ids_mean=%d fresh_ids_mean=%d ids_over_no_ids=%.2f (target >= 0.80)\n", b, a, a / b
         printf "ids ratio level=32x64 resend_over_fresh=%.2f duplicates (target >= 0.50)\n", c / a
     }' | tee -a "$results"
     # Resends remember nothing new: RSS before and after them.
@@ -220,7 +234,6 @@ redis=$!
 pids+=("$redis")
 for _ in $(seq 200); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.025; done
 rate() { sed -E 's/.*events_per_sec=([0-9]+).*/\1/' <<<"$1"; }
-mean() { tr ' ' '\n' | awk 'NF { s += $1; n++ } END { printf "%.0f", s / n }'; }
 # 1 x 1 is bound by the device's flush latency, which drifts from minute to minute on a virtual
 # disk: the raw probe, meterd and Redis take turns in five short rounds, and each figure is the
 # mean of its rounds (every round's line is in target/bench/rounds.txt).

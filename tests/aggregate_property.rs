@@ -194,6 +194,7 @@ fn check(ops: Vec<Op>, policy: LateEvents) -> Result<(), TestCaseError> {
                     tags: tag_set(tags),
                     id: id.map(|i| format!("id-{i}")),
                     peer: 1000,
+                    id_print: None,
                 };
                 let want = model.admit(now, at, Sent { customer, dimension, tags, quantity, id });
                 let got = match aggregator.admit(event, now) {

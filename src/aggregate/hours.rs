@@ -280,7 +280,10 @@ impl Aggregator {
         hashes: &mut Vec<Option<IdHash>>,
     ) -> u64 {
         hashes.clear();
-        hashes.extend(events.map(|e| e.id.as_ref().map(|id| IdHash::of(e.peer, id))));
+        hashes.extend(events.map(|e| match (&e.id_print, &e.id) {
+            (Some(print), _) => Some(IdHash(print.hash)),
+            (None, id) => id.as_ref().map(|id| IdHash::of(e.peer, id)),
+        }));
         self.ids.read_ahead(hashes.iter().flatten())
     }
 
@@ -311,7 +314,7 @@ impl Aggregator {
         let (id, hash) = match &event.id {
             None => (None, None),
             Some(id) => {
-                let digest = ids::digest(&event);
+                let digest = event.id_print.map_or_else(|| ids::digest(&event), |print| print.digest);
                 let id_hash = id_hash.unwrap_or_else(|| IdHash::of(event.peer, id));
                 let checked = self.ids.check(id_hash, id, digest);
                 match checked.map_err(|err| AdmitError::IdsUnreadable { reason: err.to_string() })? {
@@ -534,6 +537,7 @@ mod tests {
             tags: Vec::new(),
             id: None,
             peer: 0,
+            id_print: None,
         }
     }
 

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{IdBook, IdChanges, IdHash, Loaded, Run, Seen, short_digest};
-use crate::model::Event;
+use crate::model::{Event, IdPrint};
 
 /// How long a client id is remembered after its event was accepted.
 pub const ID_TTL_SECS: i64 = 25 * 3600;
@@ -48,6 +48,12 @@ pub fn digest(event: &Event) -> u64 {
     let fields =
         (&event.scope, &event.customer, &event.dimension, event.quantity, event.timestamp, &event.tags);
     postcard::serialize_with_flavor(&fields, Fnv(0xcbf2_9ce4_8422_2325)).expect("an event always encodes")
+}
+
+/// The event's id's hash (scoped to its peer) and its digest, if it has an id.
+pub fn id_print(event: &Event) -> Option<IdPrint> {
+    let id = event.id.as_ref()?;
+    Some(IdPrint { hash: IdHash::of(event.peer, id).0, digest: digest(event) })
 }
 
 /// FNV-1a over postcard's bytes as they are made: the digest without a buffer for them.
@@ -227,6 +233,7 @@ mod tests {
             tags: Vec::new(),
             id: Some("x".into()),
             peer: 1000,
+            id_print: None,
         }
     }
 

@@ -10,6 +10,6 @@ mod record;
 mod table;
 
 pub use hours::{Admission, AdmitError, Admitted, Aggregator, Delta, Heartbeat, Rules};
-pub use ids::{ClientId, ID_TTL_SECS, IdDelta, IdEntry, IdKey, digest};
+pub use ids::{ClientId, ID_TTL_SECS, IdDelta, IdEntry, IdKey, digest, id_print};
 pub use open::Prepared;
 pub use record::{Allocation, MAX_RECORD_BYTES, SealedRecord, allocation_len, base_len, json_str_len};

@@ -112,14 +112,14 @@ impl IdBook {
     }
 
     /// Whether `hash` was remembered, and for the same event (`digest`) or another.
-    pub fn check(&self, hash: &IdHash, digest: u16) -> io::Result<Seen> {
+    pub fn check(&self, hash: &IdHash, digest: u32) -> io::Result<Seen> {
         self.check_live(hash, digest, i64::MIN)
     }
 
     /// [`IdBook::check`] among the segments and runs still alive at `at` (whose last id is less
     /// than the ttl older): what a check at `at` saw, whenever expiry has run since.
-    fn check_live(&self, hash: &IdHash, digest: u16, at: i64) -> io::Result<Seen> {
-        let seen = |found: u16| if found == digest { Seen::Same } else { Seen::Conflict };
+    fn check_live(&self, hash: &IdHash, digest: u32, at: i64) -> io::Result<Seen> {
+        let seen = |found: u32| if found == digest { Seen::Same } else { Seen::Conflict };
         let alive = |last_at: i64| last_at.saturating_add(self.ttl) > at;
         let segments =
             std::iter::once(&self.open).chain(self.frozen.iter().chain(&self.writing).rev().map(|s| &**s));
@@ -145,7 +145,7 @@ impl IdBook {
 
     /// Remembers an id [`IdBook::check`] found new, accepted at `at`. A segment holds one UTC
     /// hour of ids at most, so that its run expires at most an hour after its first id would.
-    pub fn remember(&mut self, hash: IdHash, digest: u16, at: i64) {
+    pub fn remember(&mut self, hash: IdHash, digest: u32, at: i64) {
         if !self.open.is_empty() && (self.open.is_full() || hour(at) != hour(self.open.first_at)) {
             self.freeze_open();
         }
@@ -155,7 +155,7 @@ impl IdBook {
     /// Remembers an id accepted at `at` unless it is known already (replaying the journal after
     /// a checkpoint that may already hold it). Only what was alive at `at` counts: a run that had
     /// expired when the id was accepted may still be on disk after a crash, and must not hide it.
-    pub fn remember_if_new(&mut self, hash: IdHash, digest: u16, at: i64) -> io::Result<()> {
+    pub fn remember_if_new(&mut self, hash: IdHash, digest: u32, at: i64) -> io::Result<()> {
         if self.check_live(&hash, digest, at)? == Seen::New {
             self.remember(hash, digest, at);
         }
@@ -350,7 +350,7 @@ mod tests {
         let mut book = IdBook::restore(loaded, TTL);
         assert_eq!((book.open.number, book.next, book.frozen.len()), (5, 6, 1));
         for n in 1..=3 {
-            assert_eq!(book.check(&id(n), n as u16).unwrap(), Seen::Same, "id {n}");
+            assert_eq!(book.check(&id(n), n as u32).unwrap(), Seen::Same, "id {n}");
         }
         book.remember_if_new(id(2), 2, 3700).unwrap();
         assert_eq!(book.len(), 3, "a replayed id already known is not added twice");

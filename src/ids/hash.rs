@@ -1,4 +1,4 @@
-//! What an id is reduced to: a 128-bit hash of (peer, id) and 16 bits of its event's digest.
+//! What an id is reduced to: a 128-bit hash of (peer, id) and 32 bits of its event's digest.
 
 use sha2::{Digest, Sha256};
 
@@ -47,10 +47,10 @@ impl IdHash {
     }
 }
 
-/// The 16 bits of an event's 64-bit digest that are kept: enough to tell a different event under
-/// a known id (`id_conflict`) from a resend in all but one case in 65,536.
-pub fn short_digest(digest: u64) -> u16 {
-    (digest >> 48) as u16
+/// The 32 bits of an event's 64-bit digest that are kept: enough to tell a different event under
+/// a known id (`id_conflict`) from a resend in all but one case in four billion.
+pub fn short_digest(digest: u64) -> u32 {
+    (digest >> 32) as u32
 }
 
 #[cfg(test)]

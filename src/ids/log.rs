@@ -9,7 +9,7 @@
 //! | block + 0 | 4 | entries, u32 LE |
 //! | block + 4 | 16 | the segment's first and last acceptance times so far, i64 LE |
 //! | block + 20 | 4 | CRC32C of the block's other bytes, u32 LE |
-//! | block + 24 | 18 × entries | each: the hash's two words (u64 LE), the short digest (u16 LE) |
+//! | block + 24 | 20 × entries | each: the hash's two words (u64 LE), the short digest (u32 LE) |
 
 use super::hash::IdHash;
 use super::segment::Entry;
@@ -17,7 +17,7 @@ use super::segment::Entry;
 pub const LOG_VERSION: u8 = 1;
 pub const FILE_HEADER: [u8; 8] = [b'M', b'I', b'D', b'L', b'O', b'G', LOG_VERSION, 0];
 const BLOCK_HEADER: usize = 24;
-const ENTRY: usize = 18;
+const ENTRY: usize = 20;
 
 /// One block for `entries`.
 pub fn encode(entries: &[Entry], first_at: i64, last_at: i64) -> Vec<u8> {
@@ -77,7 +77,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
                 u64::from_le_bytes(e[..8].try_into().expect("8 bytes")),
                 u64::from_le_bytes(e[8..16].try_into().expect("8 bytes")),
             ]),
-            digest: u16::from_le_bytes([e[16], e[17]]),
+            digest: u32::from_le_bytes(e[16..20].try_into().expect("4 bytes")),
         }));
         out.first_at = out.first_at.min(word(4));
         out.last_at = out.last_at.max(word(12));
@@ -92,7 +92,7 @@ mod tests {
     use super::*;
 
     fn entry(n: u64) -> Entry {
-        Entry { hash: IdHash([n, !n]), digest: n as u16 }
+        Entry { hash: IdHash([n, !n]), digest: n as u32 }
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! Client idempotency ids: which ids were accepted in the last 25 hours, for which event, in
 //! memory that does not grow with them.
 //!
-//! An id is reduced to a 128-bit hash of (peer uid, id) and 16 bits of its event's digest
+//! An id is reduced to a 128-bit hash of (peer uid, id) and 32 bits of its event's digest
 //! (`hash.rs`). New ids go to the open segment, in memory (`segment.rs`); each checkpoint appends
 //! the segment's new ids to its log (`log.rs`) before the journal that holds their events may go.
 //! A segment holds at most [`SEGMENT_IDS`] ids and one UTC hour of them; then it is frozen and
-//! the next checkpoint writes it as a run: sorted, 10 bytes an id on disk, with a slot directory
+//! the next checkpoint writes it as a run: sorted, 12 bytes an id on disk, with a slot directory
 //! and a Bloom filter (`filter.rs`) kept in memory, about 1.5 bytes an id (`run.rs`). A lookup
 //! asks the open and frozen segments, then each run's filter; only a filter hit reads the run.
 //! A run expires whole once its last id is 25 hours old: its file is removed, so expiry costs

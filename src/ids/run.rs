@@ -10,7 +10,7 @@
 //! | 8 | 8 | entries, u64 LE |
 //! | 16 | 16 | when the first and last of its ids were accepted, i64 LE epoch seconds |
 //! | 32 | 4 × (2^p + 1) | the directory: the first entry of each slot, u32 LE, then the count |
-//! | … | 10 × entries | each: the 64 hash bits after the slot (u64 LE), the event's short digest (u16 LE), in hash order |
+//! | … | 12 × entries | each: the 64 hash bits after the slot (u64 LE), the event's short digest (u32 LE), in hash order |
 //! | … | 4 | CRC32C of everything before it, u32 LE |
 //!
 //! A run knows `64 + p` bits of each hash (`p` grows with the run: about 16 entries a slot), so
@@ -26,7 +26,7 @@ use super::segment::Entry;
 pub const RUN_VERSION: u8 = 1;
 const MAGIC: &[u8; 6] = b"MIDRUN";
 const HEADER: usize = 32;
-const ENTRY: usize = 10;
+const ENTRY: usize = 12;
 /// Widest slot directory: 2^24 slots, for runs of up to 268 million ids.
 const MAX_P: u8 = 24;
 
@@ -164,7 +164,7 @@ impl Run {
             return Err(corrupt("its directory does not count its entries"));
         }
         let mut filter = Filter::new(count, p);
-        let mut chunk = vec![0u8; ENTRY * 6_554];
+        let mut chunk = vec![0u8; ENTRY * 5_461];
         let mut slot = 0;
         let mut index = 0usize;
         while index < count {
@@ -191,7 +191,7 @@ impl Run {
     }
 
     /// The short digest remembered for `hash`, if this run holds it.
-    pub fn find(&self, hash: &IdHash) -> io::Result<Option<u16>> {
+    pub fn find(&self, hash: &IdHash) -> io::Result<Option<u32>> {
         if !self.filter.may_contain(hash) {
             return Ok(None);
         }
@@ -212,7 +212,7 @@ impl Run {
         let remainder = hash.remainder(self.p);
         Ok(buf.chunks_exact(ENTRY).find_map(|entry| {
             (u64::from_le_bytes(entry[..8].try_into().expect("8 bytes")) == remainder)
-                .then(|| u16::from_le_bytes([entry[8], entry[9]]))
+                .then(|| u32::from_le_bytes(entry[8..12].try_into().expect("4 bytes")))
         }))
     }
 
@@ -245,7 +245,7 @@ mod tests {
     use super::*;
 
     fn entries(n: u64) -> Vec<Entry> {
-        (0..n).map(|i| Entry { hash: IdHash::of(1, &format!("id-{i}")), digest: i as u16 }).collect()
+        (0..n).map(|i| Entry { hash: IdHash::of(1, &format!("id-{i}")), digest: i as u32 }).collect()
     }
 
     fn round_trip(entries: &[Entry]) -> Run {

@@ -15,7 +15,7 @@ const SLOTS: usize = 2 * SEGMENT_IDS;
 pub struct Entry {
     pub hash: IdHash,
     /// [`super::short_digest`] of its event.
-    pub digest: u16,
+    pub digest: u32,
 }
 
 #[derive(Debug)]
@@ -49,7 +49,7 @@ impl Segment {
     }
 
     /// The digest remembered for `hash`, if it is here.
-    pub fn get(&self, hash: &IdHash) -> Option<u16> {
+    pub fn get(&self, hash: &IdHash) -> Option<u32> {
         if self.index.is_empty() {
             return None;
         }

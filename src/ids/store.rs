@@ -296,7 +296,7 @@ mod tests {
         file.write_all(&block[..block.len() - 3]).unwrap();
         let book = reopen(&dir);
         for n in 1..=3 {
-            assert_eq!(book.check(&id(n), n as u16).unwrap(), Seen::Same, "id {n}");
+            assert_eq!(book.check(&id(n), n as u32).unwrap(), Seen::Same, "id {n}");
         }
         assert_eq!(book.check(&id(4), 4).unwrap(), Seen::New);
         assert_eq!(std::fs::metadata(&log).unwrap().len(), whole, "the torn block is cut off");

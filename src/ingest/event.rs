@@ -308,7 +308,7 @@ impl EventParser {
         let quantity = quantity(present(raw.quantity).ok_or_else(|| missing("quantity"))?)?;
         let timestamp = present(raw.timestamp).map(timestamp).transpose()?;
         let tags = present(raw.tags).map(tags).transpose()?.unwrap_or_default();
-        Ok(Event { scope, customer, dimension, quantity, timestamp, tags, id, peer: 0 })
+        Ok(Event { scope, customer, dimension, quantity, timestamp, tags, id, peer: 0, id_print: None })
     }
 }
 
@@ -363,6 +363,7 @@ mod tests {
                 tags: vec![("env".into(), "prod".into()), ("team".into(), "a".into())],
                 id: Some("e-1".into()),
                 peer: 0,
+                id_print: None,
             }
         );
     }

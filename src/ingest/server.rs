@@ -225,7 +225,9 @@ impl IngestServer {
                 Frame::Line(line) => match parser.parse(line) {
                     Ok(event) => {
                         committed_cost += COMMITTED_REPLY_BYTES + event.id.as_ref().map_or(0, String::len);
-                        events.push(Event { peer, ..event });
+                        let mut event = Event { peer, ..event };
+                        event.id_print = crate::aggregate::id_print(&event);
+                        events.push(event);
                         match pending.slots.last_mut() {
                             Some(Slot::Committed(n)) => *n += 1,
                             _ => pending.slots.push(Slot::Committed(1)),

@@ -17,6 +17,17 @@ pub struct Event {
     pub id: Option<String>,
     /// The uid of the process that sent it (`SO_PEERCRED`); ids are scoped to it.
     pub peer: u32,
+    /// Its id's hash and its content's digest, computed where it was read (on the ingest
+    /// threads, beside the parse) so that the one commit thread does not; `None` until then.
+    pub id_print: Option<IdPrint>,
+}
+
+/// What remembering an event's id needs: the hash of (peer, id) and the digest of the event
+/// (`crate::aggregate::id_print`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdPrint {
+    pub hash: [u64; 2],
+    pub digest: u64,
 }
 
 /// The error codes of the socket protocol (and the `reason` label of

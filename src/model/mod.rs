@@ -8,7 +8,7 @@ mod fields;
 mod key;
 mod modes;
 
-pub use event::{ErrorCode, Event};
+pub use event::{ErrorCode, Event, IdPrint};
 pub use fields::*;
 pub use key::{Customer, MAX_QUANTITY, RecordKey, Scope, TagSet, record_id};
 pub use modes::{DeadReason, LateEvents, Mode};
