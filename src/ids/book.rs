@@ -6,6 +6,7 @@
 use std::io;
 use std::sync::Arc;
 
+use super::filter::Filters;
 use super::hash::IdHash;
 use super::run::Run;
 use super::segment::{Entry, Segment};
@@ -64,6 +65,8 @@ pub struct IdBook {
     writing: Vec<Arc<Segment>>,
     /// Oldest first.
     runs: Vec<Run>,
+    /// Their filters, side by side, in the same order.
+    filters: Filters,
     next: u64,
     expired: Vec<u64>,
     ttl: i64,
@@ -100,7 +103,9 @@ impl IdBook {
         };
         let next = open.number.max(last) + 1;
         let frozen = segments.into_iter().map(Arc::new).collect();
-        let book = Self { open, frozen, writing: Vec::new(), runs, next, expired: Vec::new(), ttl };
+        let added: Vec<_> = runs.iter_mut().map(Run::take_filter).collect();
+        let filters = Filters::default().rebuild(&[], &added);
+        let book = Self { open, frozen, writing: Vec::new(), runs, filters, next, expired: Vec::new(), ttl };
         book.release_old_files();
         book
     }
@@ -128,7 +133,7 @@ impl IdBook {
                 return Ok(seen(found));
             }
         }
-        for run in self.runs.iter().rev().filter(|r| alive(r.last_at)) {
+        for run in self.filters.candidates(hash).rev().map(|r| &self.runs[r]).filter(|r| alive(r.last_at)) {
             if let Some(found) = run.find(hash)? {
                 return Ok(seen(found));
             }
@@ -139,8 +144,7 @@ impl IdBook {
     /// Reads where [`IdBook::check`] will first look for `hash`: the open segment's index and each
     /// run's filter (one cache line each). Returns a sum of what it read.
     pub fn read_ahead(&self, hash: &IdHash) -> u64 {
-        let runs = self.runs.iter().map(|run| run.read_ahead(hash)).fold(0, u64::wrapping_add);
-        runs.wrapping_add(self.open.read_ahead(hash))
+        self.filters.read_ahead(hash).wrapping_add(self.open.read_ahead(hash))
     }
 
     /// Remembers an id [`IdBook::check`] found new, accepted at `at`. A segment holds one UTC
@@ -183,13 +187,18 @@ impl IdBook {
         }
         let ttl = self.ttl;
         let expired = &mut self.expired;
-        self.runs.retain(|run| {
-            let keep = run.last_at + ttl > now;
-            if !keep {
-                expired.push(run.number);
-            }
-            keep
-        });
+        let keep: Vec<bool> = self.runs.iter().map(|run| run.last_at + ttl > now).collect();
+        if keep.contains(&false) {
+            self.filters = self.filters.rebuild(&keep, &[]);
+            let mut kept = keep.iter();
+            self.runs.retain(|run| {
+                let keep = *kept.next().expect("one flag a run");
+                if !keep {
+                    expired.push(run.number);
+                }
+                keep
+            });
+        }
         for segments in [&mut self.frozen, &mut self.writing] {
             segments.retain(|segment| {
                 let keep = segment.last_at + ttl > now;
@@ -225,15 +234,20 @@ impl IdBook {
     /// Takes the runs a checkpoint wrote in place of their segments; a run whose segment expired
     /// meanwhile is dropped (its files go with the expired ones).
     pub fn install(&mut self, runs: Vec<Run>) {
-        for run in runs {
+        let mut added = Vec::new();
+        for mut run in runs {
             let before = self.writing.len();
             self.writing.retain(|segment| segment.number != run.number);
             if self.writing.len() < before {
+                added.push(run.take_filter());
                 self.runs.push(run);
             }
         }
-        self.runs.sort_by_key(|run| run.number);
-        self.release_old_files();
+        if !added.is_empty() {
+            let keep = vec![true; self.runs.len() - added.len()];
+            self.filters = self.filters.rebuild(&keep, &added);
+            self.release_old_files();
+        }
     }
 
     /// Ids remembered.
@@ -249,7 +263,8 @@ impl IdBook {
     /// Bytes held in memory.
     pub fn bytes(&self) -> usize {
         let segments: usize = self.frozen.iter().chain(&self.writing).map(|s| s.bytes()).sum();
-        self.open.bytes() + segments + self.runs.iter().map(Run::bytes).sum::<usize>()
+        let runs = self.filters.bytes() + self.runs.iter().map(Run::bytes).sum::<usize>();
+        self.open.bytes() + segments + runs
     }
 }
 

@@ -1,67 +1,109 @@
-//! A blocked Bloom filter: every id sets [`PROBES`] bits inside one 512-bit block, so that a
-//! lookup costs one memory miss. About 10 bits an id: some 1 % of ids a run does not hold read
-//! the run on disk for nothing.
+//! Blocked Bloom filters, one per run, all of one geometry, kept side by side: every id sets
+//! [`PROBES`] bits inside one 512-bit block chosen by its hash, and block `b` of every run sits
+//! next to block `b` of the others ([`Filters`]). A lookup tests one block per run, and those
+//! blocks are contiguous, so asking twenty runs costs about as much as asking one: the memory
+//! misses that scattered filters cost each id grew with the runs, and ingest slowed as ids
+//! accumulated.
+//!
+//! Every filter has [`BLOCKS`] blocks, about 10 bits for each id of a full segment (some 1 % of
+//! the ids a run does not hold pass its filter); a smaller run's filter is as large.
 
 use super::hash::IdHash;
+use super::segment::SEGMENT_IDS;
 
-/// Bits the filter spends per id.
-const BITS_PER_ID: usize = 10;
+/// Blocks of one run's filter: 10 bits for each id of a full segment.
+pub const BLOCKS: usize = SEGMENT_IDS * 10 / 512;
 
 /// Bits set per id within its block (9 bits of the hash each).
-const PROBES: u32 = 7;
+const PROBES: u32 = 5;
 
 /// One cache line.
 type Block = [u64; 8];
 
+/// The block an id falls in: from the first word's top bits (the probes use its low bits).
+fn block(hash: &IdHash) -> usize {
+    (((hash.0[0] >> 48) * BLOCKS as u64) >> 16) as usize
+}
+
+fn bits(hash: &IdHash) -> impl Iterator<Item = (usize, u64)> {
+    let word = hash.0[0];
+    (0..PROBES).map(move |probe| {
+        let bit = (word >> (9 * probe)) & 511;
+        ((bit >> 6) as usize, 1u64 << (bit & 63))
+    })
+}
+
+fn holds(block: &Block, hash: &IdHash) -> bool {
+    bits(hash).all(|(word, mask)| block[word] & mask != 0)
+}
+
+/// One run's filter, while it is built.
 #[derive(Debug, Clone)]
 pub struct Filter {
     blocks: Vec<Block>,
-    /// Width of the run's slot: the filter reads only the bits of the hash a run keeps.
-    p: u8,
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Self { blocks: vec![[0; 8]; BLOCKS] }
+    }
 }
 
 impl Filter {
-    /// An empty filter for `ids` ids of a run with slot width `p`.
-    pub fn new(ids: usize, p: u8) -> Self {
-        Self { blocks: vec![[0; 8]; (ids * BITS_PER_ID).div_ceil(512).max(1)], p }
-    }
-
-    /// Which block: from the second word's top bits (independent of the probes).
-    fn block(&self, hash: &IdHash) -> usize {
-        ((u128::from(hash.filter_word(self.p)) * self.blocks.len() as u128) >> 64) as usize
-    }
-
-    /// The probes: from the low 63 bits of the first word.
-    fn bits(hash: &IdHash) -> impl Iterator<Item = (usize, u64)> {
-        let word = hash.0[0];
-        (0..PROBES).map(move |probe| {
-            let bit = (word >> (9 * probe)) & 511;
-            ((bit >> 6) as usize, 1u64 << (bit & 63))
-        })
-    }
-
     pub fn insert(&mut self, hash: &IdHash) {
-        let block = self.block(hash);
-        let block = &mut self.blocks[block];
-        for (word, mask) in Self::bits(hash) {
+        let block = &mut self.blocks[block(hash)];
+        for (word, mask) in bits(hash) {
             block[word] |= mask;
         }
     }
 
     /// Whether `hash` may be in the run (never `false` for one that is).
     pub fn may_contain(&self, hash: &IdHash) -> bool {
-        let block = &self.blocks[self.block(hash)];
-        Self::bits(hash).all(|(word, mask)| block[word] & mask != 0)
+        holds(&self.blocks[block(hash)], hash)
+    }
+}
+
+/// The filters of every run, block by block: block `b` of run `r` is at `b * runs + r`.
+#[derive(Debug, Default)]
+pub struct Filters {
+    blocks: Vec<Block>,
+    runs: usize,
+}
+
+impl Filters {
+    /// The filters of the runs `keep` marks (in order), then `added`'s.
+    pub fn rebuild(&self, keep: &[bool], added: &[Filter]) -> Filters {
+        debug_assert_eq!(keep.len(), self.runs);
+        let runs = keep.iter().filter(|&&k| k).count() + added.len();
+        let mut blocks = Vec::with_capacity(BLOCKS * runs);
+        for b in 0..BLOCKS {
+            let old = &self.blocks[b * self.runs..(b + 1) * self.runs];
+            blocks.extend(old.iter().zip(keep).filter(|(_, k)| **k).map(|(block, _)| *block));
+            blocks.extend(added.iter().map(|filter| filter.blocks[b]));
+        }
+        Filters { blocks, runs }
     }
 
-    /// Reads the block `hash` falls in.
+    /// The runs (by position) whose filter `hash` passes.
+    pub fn candidates<'a>(&'a self, hash: &'a IdHash) -> impl DoubleEndedIterator<Item = usize> + 'a {
+        let start = block(hash) * self.runs;
+        let group = self.blocks.get(start..start + self.runs).unwrap_or_default();
+        group.iter().enumerate().filter(|(_, block)| holds(block, hash)).map(|(run, _)| run)
+    }
+
+    /// Reads the blocks `hash` falls in: returns a sum of what it read.
     pub fn read_ahead(&self, hash: &IdHash) -> u64 {
-        self.blocks[self.block(hash)][0]
+        let start = block(hash) * self.runs;
+        match self.blocks.get(start..start + self.runs) {
+            Some([first, .., last]) => first[0].wrapping_add(last[7]),
+            Some([only]) => only[0],
+            _ => 0,
+        }
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.blocks.len() * std::mem::size_of::<Block>()
+        self.blocks.capacity() * std::mem::size_of::<Block>()
     }
 }
 
@@ -75,16 +117,32 @@ mod tests {
 
     #[test]
     fn every_inserted_id_is_found_and_few_others_are() {
-        let p = 12;
-        let mut filter = Filter::new(50_000, p);
-        // Inserted as a run knows them: only the top p bits of the second word.
-        let known = |n| {
-            let h = hash(n);
-            IdHash([h.0[0], h.filter_word(p)])
+        let mut filter = Filter::default();
+        (0..SEGMENT_IDS as u64).for_each(|n| filter.insert(&hash(n)));
+        assert!((0..SEGMENT_IDS as u64).all(|n| filter.may_contain(&hash(n))));
+        let unknown = SEGMENT_IDS as u64..SEGMENT_IDS as u64 + 100_000;
+        let false_hits = unknown.filter(|&n| filter.may_contain(&hash(n))).count();
+        assert!(false_hits < 2_500, "{false_hits} of 100,000 unknown ids hit a full run's filter");
+    }
+
+    #[test]
+    fn side_by_side_filters_name_the_runs_that_may_hold_an_id() {
+        let filter = |ids: std::ops::Range<u64>| {
+            let mut filter = Filter::default();
+            ids.for_each(|n| filter.insert(&hash(n)));
+            filter
         };
-        (0..50_000).for_each(|n| filter.insert(&known(n)));
-        assert!((0..50_000).all(|n| filter.may_contain(&hash(n))));
-        let false_hits = (50_000..150_000).filter(|&n| filter.may_contain(&hash(n))).count();
-        assert!(false_hits < 2_500, "{false_hits} of 100,000 unknown ids hit");
+        let all = Filters::default().rebuild(&[], &[filter(0..100), filter(100..200), filter(200..300)]);
+        let found = |filters: &Filters, n| filters.candidates(&hash(n)).collect::<Vec<_>>();
+        assert_eq!(found(&all, 5), [0]);
+        assert_eq!(found(&all, 150), [1]);
+        assert_eq!(found(&all, 250), [2]);
+        // The middle run dropped, one added: positions follow.
+        let next = all.rebuild(&[true, false, true], &[filter(300..400)]);
+        assert_eq!(
+            (found(&next, 5), found(&next, 150), found(&next, 250), found(&next, 350)),
+            (vec![0], vec![], vec![1], vec![2])
+        );
+        assert_eq!(next.bytes(), 3 * BLOCKS * 64);
     }
 }

@@ -39,12 +39,6 @@ impl IdHash {
         let p = u32::from(p);
         IdHash([((slot as u64) << (64 - p)) | (remainder >> p), remainder << (64 - p)])
     }
-
-    /// The top `p` bits of the second word, in place (the rest zero): where a run's filter puts
-    /// the hash (see [`super::filter::Filter`]).
-    pub fn filter_word(&self, p: u8) -> u64 {
-        if p == 0 { 0 } else { self.0[1] & !(u64::MAX >> p) }
-    }
 }
 
 /// The 32 bits of an event's 64-bit digest that are kept: enough to tell a different event under
@@ -71,7 +65,7 @@ mod tests {
         for p in [0u8, 1, 4, 17, 24] {
             let back = IdHash::from_parts(hash.slot(p), hash.remainder(p), p);
             assert_eq!(back.0[0], hash.0[0], "p {p}");
-            assert_eq!(back.0[1], hash.filter_word(p), "p {p}");
+            assert_eq!(back.0[1], if p == 0 { 0 } else { hash.0[1] & !(u64::MAX >> p) }, "p {p}");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! A run: a frozen segment written once, sorted by hash, behind a slot directory and a filter.
-//! The filter and the directory stay in memory (about 1.5 bytes an id); the entries stay on disk
-//! and a lookup the filter lets through reads one slot of them (some 16 entries, 160 bytes).
+//! The filter (kept beside the other runs' in [`super::filter::Filters`]) and the directory stay in
+//! memory, about 1.5 bytes an id of a full run; the entries stay on disk and a lookup the filter
+//! lets through reads one slot of them (some 16 entries, 200 bytes).
 //!
 //! | offset | bytes | what |
 //! |---|---|---|
@@ -70,7 +71,8 @@ pub struct Run {
     pub first_at: i64,
     pub last_at: i64,
     directory: Vec<u32>,
-    filter: Filter,
+    /// Its filter, until the book takes it ([`Run::take_filter`]).
+    filter: Option<Filter>,
     source: Box<dyn RunBytes>,
 }
 
@@ -103,7 +105,7 @@ impl Run {
         let mut sorted = entries.to_vec();
         sorted.sort_unstable_by_key(|entry| entry.hash);
         let mut directory = vec![0u32; (1 << p) + 1];
-        let mut filter = Filter::new(sorted.len(), p);
+        let mut filter = Filter::default();
         for entry in &sorted {
             directory[entry.hash.slot(p) + 1] += 1;
             filter.insert(&entry.hash);
@@ -130,7 +132,7 @@ impl Run {
             first_at,
             last_at,
             directory,
-            filter,
+            filter: Some(filter),
             source: Box::new(Vec::new()),
         };
         Image { bytes, run }
@@ -163,7 +165,7 @@ impl Run {
         if directory.last() != Some(&(count as u32)) || directory.windows(2).any(|w| w[0] > w[1]) {
             return Err(corrupt("its directory does not count its entries"));
         }
-        let mut filter = Filter::new(count, p);
+        let mut filter = Filter::default();
         let mut chunk = vec![0u8; ENTRY * 5_461];
         let mut slot = 0;
         let mut index = 0usize;
@@ -187,14 +189,18 @@ impl Run {
             return Err(corrupt("its checksum does not match"));
         }
         let time = |at: usize| i64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
-        Ok(Run { number, p, count, first_at: time(16), last_at: time(24), directory, filter, source })
+        let (first_at, last_at) = (time(16), time(24));
+        Ok(Run { number, p, count, first_at, last_at, directory, filter: Some(filter), source })
     }
 
-    /// The short digest remembered for `hash`, if this run holds it.
+    /// Its filter, for the book to keep beside the others'.
+    pub fn take_filter(&mut self) -> Filter {
+        self.filter.take().expect("a run's filter is taken once")
+    }
+
+    /// The short digest remembered for `hash`, if this run holds it: reads the slot `hash` falls
+    /// in (the caller asked the filter first).
     pub fn find(&self, hash: &IdHash) -> io::Result<Option<u32>> {
-        if !self.filter.may_contain(hash) {
-            return Ok(None);
-        }
         let slot = hash.slot(self.p);
         let (start, end) = (self.directory[slot] as usize, self.directory[slot + 1] as usize);
         if start == end {
@@ -216,11 +222,6 @@ impl Run {
         }))
     }
 
-    /// Reads the filter's block for `hash` (see [`IdBook::read_ahead`](super::IdBook::read_ahead)).
-    pub fn read_ahead(&self, hash: &IdHash) -> u64 {
-        self.filter.read_ahead(hash)
-    }
-
     /// See [`RunBytes::release`].
     pub fn release(&self) {
         self.source.release();
@@ -236,7 +237,7 @@ impl Run {
 
     /// Bytes held in memory.
     pub fn bytes(&self) -> usize {
-        self.filter.bytes() + self.directory.capacity() * 4
+        self.directory.capacity() * 4
     }
 }
 
