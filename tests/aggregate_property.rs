@@ -163,11 +163,7 @@ fn check(ops: Vec<Op>, policy: LateEvents) -> Result<(), TestCaseError> {
             .files
             .freeze
             .iter()
-            .map(|s| {
-                let image = Run::build(s.number, s.entries(), s.first_at, s.last_at);
-                let bytes = image.bytes.clone();
-                image.into_run(Box::new(bytes))
-            })
+            .map(|s| Run::in_memory(s.number, s.entries(), s.first_at, s.last_at))
             .collect();
         aggregator.install_id_runs(runs);
         for record in delta.sealed {

@@ -284,11 +284,7 @@ mod tests {
         let runs = changes
             .freeze
             .iter()
-            .map(|s| {
-                let image = Run::build(s.number, s.entries(), s.first_at, s.last_at);
-                let bytes = image.bytes.clone();
-                image.into_run(Box::new(bytes))
-            })
+            .map(|s| Run::in_memory(s.number, s.entries(), s.first_at, s.last_at))
             .collect();
         book.install(runs);
         changes.freeze.clear();
@@ -310,9 +306,7 @@ mod tests {
         assert_eq!(changes.freeze.len(), 1);
         assert_eq!(changes.append.as_ref().map(|a| (a.number, a.entries.len())), Some((2, 1)));
         assert_eq!(book.check(&id(1), 7).unwrap(), Seen::Same, "while its run is written");
-        let image = Run::build(1, changes.freeze[0].entries(), 3600, 3600);
-        let bytes = image.bytes.clone();
-        book.install(vec![image.into_run(Box::new(bytes))]);
+        book.install(vec![Run::in_memory(1, changes.freeze[0].entries(), 3600, 3600)]);
         assert_eq!(book.check(&id(1), 7).unwrap(), Seen::Same, "in its run");
         assert_eq!(book.check(&id(1), 6).unwrap(), Seen::Conflict, "in its run");
         assert_eq!(book.len(), 2);
@@ -339,9 +333,8 @@ mod tests {
     fn a_replayed_id_accepted_after_its_old_run_expired_is_remembered_again() {
         // A crash left an expired run on disk: the resend it no longer covered was accepted as
         // new and journaled, and replay must remember it again, not take the dead run's word.
-        let image = Run::build(1, &[Entry { hash: id(1), digest: 1 }], 100, 100);
-        let bytes = image.bytes.clone();
-        let loaded = Loaded { runs: vec![image.into_run(Box::new(bytes))], segments: Vec::new() };
+        let run = Run::in_memory(1, &[Entry { hash: id(1), digest: 1 }], 100, 100);
+        let loaded = Loaded { runs: vec![run], segments: Vec::new() };
         let mut book = IdBook::restore(loaded, TTL);
         let at = 100 + TTL + 60;
         book.remember_if_new(id(1), 2, at).unwrap();
@@ -359,9 +352,8 @@ mod tests {
         let mut newest = Segment::new(5);
         newest.insert(Entry { hash: id(2), digest: 2 }, 3700);
         newest.logged = 1;
-        let image = Run::build(3, &[Entry { hash: id(3), digest: 3 }], 50, 50);
-        let bytes = image.bytes.clone();
-        let loaded = Loaded { runs: vec![image.into_run(Box::new(bytes))], segments: vec![newest, older] };
+        let run = Run::in_memory(3, &[Entry { hash: id(3), digest: 3 }], 50, 50);
+        let loaded = Loaded { runs: vec![run], segments: vec![newest, older] };
         let mut book = IdBook::restore(loaded, TTL);
         assert_eq!((book.open.number, book.next, book.frozen.len()), (5, 6, 1));
         for n in 1..=3 {

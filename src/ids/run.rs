@@ -138,6 +138,14 @@ impl Run {
         Image { bytes, run }
     }
 
+    /// A run of these entries kept in memory, as if written: for the aggregator's tests and its
+    /// property test, which have no data dir.
+    pub fn in_memory(number: u64, entries: &[Entry], first_at: i64, last_at: i64) -> Run {
+        let image = Run::build(number, entries, first_at, last_at);
+        let bytes = image.bytes.clone();
+        image.into_run(Box::new(bytes))
+    }
+
     /// Reads a run of `len` bytes from `source`: the directory, and the entries once, a chunk at
     /// a time, to build the filter and check the CRC.
     pub fn load(number: u64, source: Box<dyn RunBytes>, len: u64) -> Result<Run, RunError> {

@@ -264,25 +264,36 @@ mod tests {
         files.remove_settled(&changes).unwrap();
     }
 
+    /// The files in `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    }
+
+    /// A new data dir's id files and book.
+    fn fresh() -> (tempfile::TempDir, IdFiles, IdBook) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (files, loaded) = IdFiles::open(&tmp.path().join("ids"), true).unwrap();
+        (tmp, files, IdBook::restore(loaded, 25 * 3600))
+    }
+
     fn reopen(dir: &Path) -> IdBook {
         IdBook::restore(IdFiles::open(dir, true).unwrap().1, 25 * 3600)
     }
 
     #[test]
     fn a_restart_finds_every_id_a_checkpoint_wrote_and_a_torn_log_block_is_cut() {
-        let tmp = tempfile::tempdir().unwrap();
+        let (tmp, files, mut book) = fresh();
         let dir = tmp.path().join("ids");
-        let (files, loaded) = IdFiles::open(&dir, true).unwrap();
-        let mut book = IdBook::restore(loaded, 25 * 3600);
         book.remember(id(1), 1, 3600);
         checkpoint(&mut book, &files);
         book.remember(id(2), 2, 3700);
         checkpoint(&mut book, &files);
         book.remember(id(3), 3, 7200);
         checkpoint(&mut book, &files);
-        let mut names: Vec<String> =
-            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        names.sort();
+        let names = names(&dir);
         assert_eq!(names, ["0000000000000001.run", "0000000000000002.log"]);
         let on_disk: u64 = names.iter().map(|n| std::fs::metadata(dir.join(n)).unwrap().len()).sum();
         assert_eq!(files.bytes(), on_disk);
@@ -304,10 +315,8 @@ mod tests {
 
     #[test]
     fn leftovers_of_a_crash_between_steps_are_cleared_at_start() {
-        let tmp = tempfile::tempdir().unwrap();
+        let (tmp, files, mut book) = fresh();
         let dir = tmp.path().join("ids");
-        let (files, loaded) = IdFiles::open(&dir, true).unwrap();
-        let mut book = IdBook::restore(loaded, 25 * 3600);
         book.remember(id(1), 1, 3600);
         checkpoint(&mut book, &files);
         book.expire(7200);
@@ -318,9 +327,7 @@ mod tests {
         drop(files);
         let book = reopen(&dir);
         assert_eq!(book.check(&id(1), 1).unwrap(), Seen::Same);
-        let mut names: Vec<String> =
-            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        names.sort();
+        let names = names(&dir);
         assert_eq!(names, ["0000000000000001.run"]);
         let damaged = dir.join("0000000000000001.run");
         let mut bytes = std::fs::read(&damaged).unwrap();
