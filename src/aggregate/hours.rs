@@ -271,25 +271,24 @@ impl Aggregator {
         self.open.read_ahead(keys)
     }
 
-    /// Hashes each of a group's events' id once (into `hashes`, for [`Aggregator::admit_hashed`])
-    /// and reads ahead where the id store will look for them, so that their memory misses
-    /// overlap. Returns a sum of what was read.
-    pub fn prepare_ids<'a>(
-        &self,
-        events: impl Iterator<Item = &'a Event>,
-        hashes: &mut Vec<Option<IdHash>>,
-    ) -> u64 {
+    /// Hashes each of a group's events' id once (into `hashes`, for [`Aggregator::admit_hashed`]).
+    pub fn prepare_ids<'a>(&self, events: impl Iterator<Item = &'a Event>, hashes: &mut Vec<Option<IdHash>>) {
         hashes.clear();
         hashes.extend(events.map(|e| match (&e.id_print, &e.id) {
             (Some(print), _) => Some(IdHash(print.hash)),
             (None, id) => id.as_ref().map(|id| IdHash::of(e.peer, id)),
         }));
-        self.ids.read_ahead(hashes.iter().flatten())
+    }
+
+    /// Reads where the id store will look for `hash`, some events before it is admitted, so that
+    /// the memory misses of several ids overlap; returns a sum of what was read.
+    pub fn read_ahead_id(&self, hash: &IdHash) -> u64 {
+        self.ids.read_ahead(hash)
     }
 
     /// Checks an event against earlier ids, time, what is sealed and the key's total, and counts it.
     pub fn admit(&mut self, event: Event, now: i64) -> Result<Admission, AdmitError> {
-        self.admit_hashed(event, now, None, None)
+        self.admit_hashed(event, now, None, None).map_err(|(error, _)| error)
     }
 
     /// [`Aggregator::admit`] with the event's record key from [`Aggregator::prepare`], in the
@@ -300,40 +299,50 @@ impl Aggregator {
         now: i64,
         prepared: Option<Prepared>,
     ) -> Result<Admission, AdmitError> {
-        self.admit_hashed(event, now, prepared, None)
+        self.admit_hashed(event, now, prepared, None).map_err(|(error, _)| error)
     }
 
     /// [`Aggregator::admit_prepared`] with the event's id hashed by [`Aggregator::prepare_ids`].
+    /// The event's id is moved, never copied: into what is logged, or back with the refusal.
     pub fn admit_hashed(
         &mut self,
         event: Event,
         now: i64,
         prepared: Option<Prepared>,
         id_hash: Option<IdHash>,
-    ) -> Result<Admission, AdmitError> {
-        let (id, hash) = match &event.id {
+    ) -> Result<Admission, (AdmitError, Option<String>)> {
+        let digest = match (&event.id, event.id_print) {
+            (None, _) => 0,
+            (Some(_), Some(print)) => print.digest,
+            (Some(_), None) => ids::digest(&event),
+        };
+        let Event { scope, customer, dimension, quantity, timestamp, tags, id, peer, .. } = event;
+        let (id, hash) = match id {
             None => (None, None),
             Some(id) => {
-                let digest = event.id_print.map_or_else(|| ids::digest(&event), |print| print.digest);
-                let id_hash = id_hash.unwrap_or_else(|| IdHash::of(event.peer, id));
-                let checked = self.ids.check(id_hash, id, digest);
-                match checked.map_err(|err| AdmitError::IdsUnreadable { reason: err.to_string() })? {
-                    (Seen::Same, _) => return Ok(Admission::Duplicate { id: id.clone() }),
-                    (Seen::Conflict, _) => return Err(AdmitError::IdConflict { id: id.clone() }),
-                    (Seen::New, hash) => (
-                        Some(ClientId {
-                            key: IdKey { peer: Some(event.peer), id: id.clone() },
-                            digest: Some(digest),
-                        }),
+                let id_hash = id_hash.unwrap_or_else(|| IdHash::of(peer, &id));
+                match self.ids.check(id_hash, &id, digest) {
+                    Err(err) => {
+                        return Err((AdmitError::IdsUnreadable { reason: err.to_string() }, Some(id)));
+                    }
+                    Ok((Seen::Same, _)) => return Ok(Admission::Duplicate { id }),
+                    Ok((Seen::Conflict, _)) => {
+                        return Err((AdmitError::IdConflict { id: id.clone() }, Some(id)));
+                    }
+                    Ok((Seen::New, hash)) => (
+                        Some(ClientId { key: IdKey { peer: Some(peer), id }, digest: Some(digest) }),
                         Some((hash, digest)),
                     ),
                 }
             }
         };
-        let at = event.timestamp.unwrap_or(now);
-        let Event { scope, customer, dimension, quantity, tags, .. } = event;
+        let refused = |error, id: Option<ClientId>| Err((error, id.map(|id| id.key.id)));
+        let at = timestamp.unwrap_or(now);
         let mut key = RecordKey { scope, customer, dimension, hour: hour_of(at) };
-        let carried = self.place(&mut key, at, now)?;
+        let carried = match self.place(&mut key, at, now) {
+            Ok(carried) => carried,
+            Err(error) => return refused(error, id),
+        };
         // The key's open record is looked up once for the checks and the count.
         let open = self.open.find_prepared(&key, prepared);
         if open.is_none() && self.frozen.must_note_open(&key) {
@@ -341,7 +350,9 @@ impl Aggregator {
                 self.frozen.note_scope(&self.open.record_key(&open));
             }
         }
-        self.check_room(open, &key, &tags, quantity)?;
+        if let Err(error) = self.check_room(open, &key, &tags, quantity) {
+            return refused(error, id);
+        }
         if carried {
             self.late_carried += 1;
         }

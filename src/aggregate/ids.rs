@@ -153,9 +153,9 @@ impl Ids {
         Ok((seen, hash))
     }
 
-    /// Reads ahead where [`Ids::check`] will look for these hashes; returns a sum of what it read.
-    pub fn read_ahead<'a>(&self, hashes: impl Iterator<Item = &'a IdHash>) -> u64 {
-        hashes.map(|hash| self.book.read_ahead(hash)).fold(0, u64::wrapping_add)
+    /// Reads where [`Ids::check`] will look for `hash`; returns a sum of what it read.
+    pub fn read_ahead(&self, hash: &IdHash) -> u64 {
+        self.book.read_ahead(hash)
     }
 
     /// Remembers an id [`Ids::check`] found new, accepted at `at`.

@@ -15,6 +15,7 @@
 
 mod checkpoint;
 mod inline;
+mod outcome;
 mod sync;
 
 use std::collections::HashSet;
@@ -30,6 +31,8 @@ use crate::context::Context;
 use crate::model::{Customer, Event};
 use crate::outbox::{LogEncoder, Outbox, OutboxError, Recovered, StoredRecord};
 pub use inline::{Intake, Shared, run};
+pub use outcome::{AckId, Outcome};
+use outcome::{refuse_acks, take_logged_ids};
 use sync::{Delivery, Logged};
 
 /// Most events in a group the commit thread syncs and answers itself (when the sync thread is
@@ -61,32 +64,9 @@ pub enum Command {
     },
 }
 
-/// The id an acknowledgement names: the client's own, or one made up from the commit it was in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AckId {
-    Client(String),
-    Generated { commit: u64, index: u32 },
-}
-
-/// What became of one event of a [`Submission`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Durable and counted.
-    Counted(AckId),
-    /// Its id was accepted before: not counted again (the earlier event is durable).
-    Duplicate(String),
-    /// Refused by the aggregator's rules; nothing was counted.
-    Refused { id: Option<String>, error: AdmitError },
-    /// The outbox could not make it durable; nothing was counted.
-    NotStored { id: Option<String> },
-}
-
-impl Outcome {
-    /// Whether the client is told `ok`.
-    pub fn is_ok(&self) -> bool {
-        matches!(self, Outcome::Counted(_) | Outcome::Duplicate(_))
-    }
-}
+/// How many ids ahead of the one being checked the commit thread reads where the id store will
+/// look (see `Committer::admit_group`).
+const ID_READ_AHEAD: usize = 16;
 
 /// What the commit stage is configured with.
 #[derive(Debug, Clone)]
@@ -137,18 +117,6 @@ pub struct Committer {
 fn stop_after_storage_failure(failed: &AtomicBool, ctx: &Context) {
     failed.store(true, Ordering::SeqCst);
     ctx.fail();
-}
-
-/// Turns every `ok` outcome into `NotStored`: nothing of the group may be confirmed.
-fn refuse_acks(outcomes: &mut [Outcome]) {
-    for outcome in outcomes.iter_mut() {
-        let id = match outcome {
-            Outcome::Counted(AckId::Client(id)) | Outcome::Duplicate(id) => Some(std::mem::take(id)),
-            Outcome::Counted(AckId::Generated { .. }) => None,
-            Outcome::Refused { .. } | Outcome::NotStored { .. } => continue,
-        };
-        *outcome = Outcome::NotStored { id };
-    }
 }
 
 /// The aggregator as the checkpoint left it, with the log after it replayed. Unreadable state
@@ -382,7 +350,7 @@ impl Committer {
         let mut deliveries = self.admit_group(group, seq, &mut logged);
         let accepted = logged.len() as u64;
         let appended = (!logged.is_empty()).then(|| self.outbox.append(seq, &logged, &mut self.encoder));
-        logged.clear();
+        take_logged_ids(&mut logged, &mut deliveries);
         self.logged = logged;
         let mut wrote = false;
         if let Some(appended) = appended {
@@ -424,22 +392,29 @@ impl Committer {
             &mut keys,
         ));
         let mut id_hashes = std::mem::take(&mut self.id_hashes);
-        std::hint::black_box(
-            self.aggregator.prepare_ids(group.iter().flat_map(|s| s.events.iter()), &mut id_hashes),
-        );
+        self.aggregator.prepare_ids(group.iter().flat_map(|s| s.events.iter()), &mut id_hashes);
+        // Where each id will be looked up is read [`ID_READ_AHEAD`] ids before its own turn: near
+        // enough that the lines are still in the core's cache when it comes.
+        let mut ahead = id_hashes.iter().flatten();
+        let mut read =
+            ahead.by_ref().take(ID_READ_AHEAD).fold(0, |sum, hash| sum ^ self.aggregator.read_ahead_id(hash));
         let mut prepared = keys.iter().copied();
         let mut hashed = id_hashes.iter().copied();
         for submission in group.drain(..) {
             let mut outcomes = Vec::with_capacity(submission.events.len());
             for event in submission.events {
-                let client_id = event.id.clone();
                 let key = prepared.next().flatten();
                 let id_hash = hashed.next().flatten();
+                if let (Some(_), Some(hash)) = (id_hash, ahead.next()) {
+                    read ^= self.aggregator.read_ahead_id(hash);
+                }
                 outcomes.push(match self.aggregator.admit_hashed(event, now, key, id_hash) {
                     Ok(Admission::Counted { admitted, .. }) => {
                         self.warn_legacy_customer(&admitted.key.customer, now);
-                        let id = match client_id {
-                            Some(id) => AckId::Client(id),
+                        // A client's id stays with what is logged until it is written
+                        // ([`take_logged_ids`]).
+                        let id = match admitted.id {
+                            Some(_) => AckId::Client(String::new()),
                             None => AckId::Generated { commit: seq, index: logged.len() as u32 },
                         };
                         logged.push(admitted);
@@ -449,16 +424,17 @@ impl Committer {
                         duplicates += 1;
                         Outcome::Duplicate(id)
                     }
-                    Err(AdmitError::IdsUnreadable { reason }) => {
+                    Err((AdmitError::IdsUnreadable { reason }, id)) => {
                         tracing::error!(%reason, "the remembered ids are unreadable; refusing everything from now on and stopping");
                         self.storage_failed();
-                        Outcome::NotStored { id: client_id }
+                        Outcome::NotStored { id }
                     }
-                    Err(error) => Outcome::Refused { id: client_id, error },
+                    Err((error, id)) => Outcome::Refused { id, error },
                 });
             }
             deliveries.push(Delivery { reply: submission.reply, outcomes, received: submission.received });
         }
+        std::hint::black_box(read);
         self.keys = keys;
         self.id_hashes = id_hashes;
         self.ctx.metrics.events_duplicate.inc_by(duplicates);

@@ -87,7 +87,7 @@ impl Answering {
                     let acked = outcomes.iter().filter(|o| o.is_ok()).count();
                     (0..acked).for_each(|_| self.ctx.metrics.ack_latency.observe(latency));
                 } else {
-                    super::refuse_acks(&mut outcomes);
+                    super::outcome::refuse_acks(&mut outcomes);
                 }
                 let _ = reply.send(outcomes);
             }

@@ -141,10 +141,11 @@ impl IdBook {
         Ok(Seen::New)
     }
 
-    /// Reads where [`IdBook::check`] will first look for `hash`: the open segment's index and each
-    /// run's filter (one cache line each). Returns a sum of what it read.
+    /// Reads where [`IdBook::check`] will first look for `hash`: each segment's index and the
+    /// runs' filters (one cache line each). Returns a sum of what it read.
     pub fn read_ahead(&self, hash: &IdHash) -> u64 {
-        self.filters.read_ahead(hash).wrapping_add(self.open.read_ahead(hash))
+        let segments = self.frozen.iter().chain(&self.writing).map(|segment| segment.read_ahead(hash));
+        segments.fold(self.filters.read_ahead(hash) ^ self.open.read_ahead(hash), u64::wrapping_add)
     }
 
     /// Remembers an id [`IdBook::check`] found new, accepted at `at`. A segment holds one UTC

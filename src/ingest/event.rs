@@ -247,10 +247,15 @@ impl EventParser {
                 Some(id)
             }
         };
-        self.fields(&raw, id.clone()).map_err(|rejection| LineError { id, rejection })
+        // The id is moved into the event or the error, never copied.
+        match self.fields(&raw) {
+            Ok(event) => Ok(Event { id, ..event }),
+            Err(rejection) => Err(LineError { id, rejection }),
+        }
     }
 
-    fn fields(&self, raw: &RawEvent, id: Option<String>) -> Result<Event, Rejection> {
+    /// The event `raw` describes, without its id.
+    fn fields(&self, raw: &RawEvent) -> Result<Event, Rejection> {
         let customer = match (present(raw.customer_aws_account_id), present(raw.customer_identifier)) {
             _ if self.mode == Mode::MeterUsage => self.caller(raw)?,
             (Some(_), Some(_)) => {
@@ -308,7 +313,7 @@ impl EventParser {
         let quantity = quantity(present(raw.quantity).ok_or_else(|| missing("quantity"))?)?;
         let timestamp = present(raw.timestamp).map(timestamp).transpose()?;
         let tags = present(raw.tags).map(tags).transpose()?.unwrap_or_default();
-        Ok(Event { scope, customer, dimension, quantity, timestamp, tags, id, peer: 0, id_print: None })
+        Ok(Event { scope, customer, dimension, quantity, timestamp, tags, id: None, peer: 0, id_print: None })
     }
 }
 

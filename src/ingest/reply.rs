@@ -86,8 +86,16 @@ impl Reply {
     }
 }
 
+/// `text` as a JSON string, as serde_json writes it. Ids are nearly always plain (no quote,
+/// backslash or control character: nothing to escape), and are then copied as they are.
 fn write_json_string(out: &mut Vec<u8>, text: &str) {
-    serde_json::to_writer(&mut *out, text).expect("writing to a Vec cannot fail");
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, text).expect("writing to a Vec cannot fail");
+    }
 }
 
 #[cfg(test)]
@@ -109,5 +117,25 @@ mod tests {
             lines[2],
             json!({"ok": false, "id": "x", "error": "out_of_window", "message": "too \"old\""})
         );
+    }
+
+    #[test]
+    fn strings_are_written_byte_for_byte_as_serde_json_writes_them() {
+        let texts = [
+            "",
+            "0f3c9a",
+            "id with spaces ~\u{7f}",
+            "é✓",
+            "a\"b",
+            "back\\slash",
+            "tab\t",
+            "\u{1}",
+            "\u{1f}x",
+        ];
+        for text in texts {
+            let mut ours = Vec::new();
+            write_json_string(&mut ours, text);
+            assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(text).unwrap(), "{text:?}");
+        }
     }
 }
