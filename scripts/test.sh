@@ -1,15 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of meterd: the Rust suites (unit, SDK against the emulator, CLI), then the boto3
-# suite and the client libraries' suites (clients/) against the built binary. Creates .venv with
-# boto3 and pytest on first use.
+# suite and the client libraries' suites (clients/) against the built binary. Installs what they
+# need on first use (scripts/setup.sh: the venv, and Debian packages as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! .venv/bin/python -c "import boto3, pytest" 2>/dev/null; then
-  echo "== creating .venv with boto3 and pytest"
-  python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/boto3/requirements.txt
-fi
+# What the suites need (the venv, Debian packages), installed when missing: scripts/setup.sh.
+bash scripts/setup.sh tests
 
 cargo test --locked
 METERD_BIN=target/debug/meterd .venv/bin/python -m pytest tests/boto3 -q -p no:cacheprovider

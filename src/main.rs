@@ -214,8 +214,10 @@ struct SendArgs {
     license_arn: Option<String>,
     #[arg(long)]
     dimension: Option<String>,
-    #[arg(long)]
-    quantity: Option<u64>,
+    /// Sent as given: meterd itself answers a quantity it refuses (negative, fractional, too
+    /// large) with `invalid_field`, as it would from any client.
+    #[arg(long, allow_hyphen_values = true)]
+    quantity: Option<String>,
     /// RFC 3339 or epoch seconds; default: when meterd receives it.
     #[arg(long)]
     timestamp: Option<String>,

@@ -128,4 +128,14 @@ fn meterd_send_prints_replies_and_fails_on_a_refusal() {
         codes(&out.lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<Value>>()),
         ["ok", "invalid_json"]
     );
+    // A quantity meterd does not take reaches meterd's own check, not the argument parser's.
+    for bad in ["-1", "2.5", "lots"] {
+        let (code, out) = send(&[&flags[..4], &["--quantity", bad]].concat(), "");
+        let reply: Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(
+            (code, reply["error"].as_str()),
+            (Some(1), Some("invalid_field")),
+            "--quantity {bad}: {out}"
+        );
+    }
 }

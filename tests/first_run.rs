@@ -1,5 +1,6 @@
 //! The first ten minutes of a new user: a configuration that cannot bill is refused with a pointer
-//! to the sandbox, `meterd send` says what it waits for at a terminal, and logs that do not go to a
+//! to the sandbox, `meterd send` says what it waits for at a terminal (and how to start the
+//! sandbox when no meterd listens), and logs that do not go to a
 //! terminal carry no colour codes.
 
 mod common;
@@ -89,4 +90,41 @@ fn send_says_what_it_waits_for_at_a_terminal_and_nothing_in_a_pipe() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("reading events"), "{stderr}");
     assert!(stderr.contains("cannot connect"), "{stderr}");
+    // No socket there: the error says how to start the sandbox.
+    assert!(stderr.contains("is meterd running?") && stderr.contains("meterd run --sandbox"), "{stderr}");
+}
+
+#[test]
+fn the_test_setup_names_what_is_missing_when_it_cannot_install_it() {
+    // A copy of scripts/setup.sh in a tree whose venv is ready, run with a PATH that has the
+    // shell's basics and none of the tools (nor apt-get): it must name the packages and fail.
+    let dir = tempfile::tempdir().unwrap();
+    let (scripts, venv, bin) =
+        (dir.path().join("scripts"), dir.path().join(".venv/bin"), dir.path().join("bin"));
+    for made in [&scripts, &venv, &bin] {
+        std::fs::create_dir_all(made).unwrap();
+    }
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/setup.sh"), scripts.join("setup.sh"))
+        .unwrap();
+    std::fs::write(venv.join("python"), "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(venv.join("python"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    for tool in ["dirname", "ls", "id"] {
+        let found =
+            ["/usr/bin", "/bin"].iter().map(|d| std::path::Path::new(d).join(tool)).find(|p| p.exists());
+        std::os::unix::fs::symlink(found.expect(tool), bin.join(tool)).unwrap();
+    }
+    let output = Command::new("/bin/bash")
+        .arg(scripts.join("setup.sh"))
+        .arg("ci")
+        .env_clear()
+        .env("PATH", &bin)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    for package in ["systemd", "golang-go", "nodejs", "strace", "rpm", "man-db", "binutils"] {
+        assert!(stderr.split([' ', ')', ':']).any(|word| word == package), "{package} not named: {stderr}");
+    }
+    assert!(stderr.contains("apt-get install"), "{stderr}");
 }

@@ -15,7 +15,9 @@ pub struct EventFlags {
     pub customer_identifier: Option<String>,
     pub license_arn: Option<String>,
     pub dimension: Option<String>,
-    pub quantity: Option<u64>,
+    /// As typed: a JSON number when it reads as one, else a string (meterd refuses either form
+    /// it does not take, with its own error code).
+    pub quantity: Option<String>,
     pub timestamp: Option<String>,
     pub tags: Vec<String>,
     pub id: Option<String>,
@@ -41,7 +43,7 @@ impl EventFlags {
         put("customer_identifier", self.customer_identifier.clone().map(Value::String));
         put("license_arn", self.license_arn.clone().map(Value::String));
         put("dimension", self.dimension.clone().map(Value::String));
-        put("quantity", self.quantity.map(|q| json!(q)));
+        put("quantity", self.quantity.as_deref().map(number_or_string));
         put(
             "timestamp",
             self.timestamp.clone().map(|t| t.parse::<i64>().map(|n| json!(n)).unwrap_or(Value::String(t))),
@@ -57,6 +59,12 @@ impl EventFlags {
         }
         Ok(Value::Object(event).to_string())
     }
+}
+
+/// `text` as a JSON number if it is one (`-1`, `2.5`, `1e3`), else as a string.
+fn number_or_string(text: &str) -> Value {
+    serde_json::from_str::<serde_json::Number>(text)
+        .map_or_else(|_| Value::String(text.into()), Value::Number)
 }
 
 /// Sends and prints; returns the exit code.
@@ -105,8 +113,16 @@ pub fn send(socket: &Path, flags: &EventFlags, file: Option<&PathBuf>) -> ExitCo
 
 /// Streams `input` to the socket while printing replies; returns (accepted, refused).
 fn exchange(socket: &Path, input: Box<dyn Read + Send>) -> Result<(u64, u64), String> {
-    let stream =
-        UnixStream::connect(socket).map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+    let stream = UnixStream::connect(socket).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                "; is meterd running? For the sandbox, start it in another terminal with \
+                 `meterd run --sandbox` (`cargo run -- run --sandbox` in the source tree) and send with --sandbox"
+            }
+            _ => "",
+        };
+        format!("cannot connect to {}: {e}{hint}", socket.display())
+    })?;
     let write_half = stream.try_clone().map_err(|e| e.to_string())?;
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
         let mut out = BufWriter::new(&write_half);
