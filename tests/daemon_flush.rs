@@ -72,9 +72,33 @@ fn the_sandbox_bills_a_record_within_seconds_of_a_flush() {
         "5",
     ]);
     assert_eq!(code, 0, "{sent}");
+    // The sandbox's listing: a dimension it does not have is refused at once; a customer with no
+    // subscription is taken, and the service answers its record `CustomerNotSubscribed`.
+    let (code, refused) = run(&[
+        "send",
+        "--sandbox",
+        "--customer-aws-account-id",
+        "111122223333",
+        "--dimension",
+        "cpu",
+        "--quantity",
+        "1",
+    ]);
+    assert!(code == 1 && refused.contains("\"error\":\"unknown_dimension\""), "{refused}");
+    let (code, sent) = run(&[
+        "send",
+        "--sandbox",
+        "--customer-aws-account-id",
+        "444455556666",
+        "--dimension",
+        "storage_gb",
+        "--quantity",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{sent}");
     assert_eq!(
         run(&["flush", "--sandbox", "--all"]),
-        (0, "sealed 1 record(s); they are submitted now\n".into())
+        (0, "sealed 2 record(s); they are submitted now\n".into())
     );
     let start = Instant::now();
     let receipts = loop {
@@ -86,8 +110,26 @@ fn the_sandbox_bills_a_record_within_seconds_of_a_flush() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let rows: Vec<&str> = receipts.lines().collect();
-    assert_eq!(rows.len(), 2, "a header and the record: {receipts}");
+    assert_eq!(rows.len(), 2, "a header and the subscribed customer's record: {receipts}");
     assert!(rows[1].contains("111122223333") && rows[1].contains("requests"), "{receipts}");
+    let metrics = banner.split("metrics:").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap();
+    let not_subscribed = "meterd_records_submitted_total{status=\"customer_not_subscribed\"} 1";
+    let start = Instant::now();
+    while !scrape(metrics).contains(not_subscribed) {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", scrape(metrics));
+        std::thread::sleep(Duration::from_millis(100));
+    }
     sandbox.kill().unwrap();
     sandbox.wait().unwrap();
+}
+
+/// The body of `GET url` (`http://host:port/path`).
+fn scrape(url: &str) -> String {
+    use std::io::{Read, Write};
+    let (host, path) = url.trim_start_matches("http://").split_once('/').unwrap();
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(stream, "GET /{path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
 }

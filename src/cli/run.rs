@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use crate::clock::{Clock, OFFSET_ENV};
 use crate::config::Config;
 use crate::daemon::Host;
-use crate::emulator::{Credential, Emulator, EmulatorConfig};
+use crate::emulator::{Catalogue, Credential, Emulator, EmulatorConfig};
 use crate::submit::{RegistrationRefused, SdkMeteringApi};
 use crate::systemd::Notifier;
 
@@ -15,11 +15,18 @@ use crate::systemd::Notifier;
 pub const SANDBOX_ACCESS_KEY: &str = "AKIDMETERDSANDBOX";
 pub const SANDBOX_SECRET_KEY: &str = "meterd-sandbox-secret";
 
+/// The sandbox's listing, as a seller's would be: these dimensions (others are refused
+/// `unknown_dimension` at ingest, and by its Metering Service), and one subscribed customer
+/// (records of any other get `CustomerNotSubscribed`).
+pub const SANDBOX_DIMENSIONS: [&str; 2] = ["requests", "storage_gb"];
+pub const SANDBOX_CUSTOMER: &str = "111122223333";
+
 /// Defaults of `--sandbox`: everything under `./meterd-sandbox`, metrics on a free loopback port
 /// (printed at start), so that several sandboxes never collide.
 pub fn sandbox_defaults() -> Config {
     let mut config = Config::default();
     config.aws.product_code = "prod-sandbox".into();
+    config.aws.dimensions = SANDBOX_DIMENSIONS.map(String::from).to_vec();
     config.ingest.socket = "meterd-sandbox/meterd.sock".into();
     config.storage.data_dir = "meterd-sandbox/data".into();
     config.admin.socket = "meterd-sandbox/admin.sock".into();
@@ -104,6 +111,12 @@ async fn serve(mut config: Config, clock: Clock, host: Host, sandbox: bool) -> a
             access_key_id: SANDBOX_ACCESS_KEY.into(),
             secret_access_key: SANDBOX_SECRET_KEY.into(),
         }],
+        catalogue: Catalogue {
+            product_codes: Some(vec![config.aws.product_code.clone()]),
+            dimensions: Some(SANDBOX_DIMENSIONS.map(String::from).to_vec()),
+            subscribed_customers: Some(vec![SANDBOX_CUSTOMER.into()]),
+            ..Catalogue::default()
+        },
         ..EmulatorConfig::default()
     };
     let emulator = Emulator::new(emulator_config).start("127.0.0.1:0".parse()?).await?;
@@ -133,14 +146,16 @@ fn print_sandbox(endpoints: &crate::daemon::Endpoints, emulator_url: &str) {
          \x20 ingest socket:  {socket}\n\
          \x20 metrics:        http://{metrics}/metrics\n\
          \x20 emulator:       {emulator_url}  (records: {emulator_url}/_emulator/records)\n\
+         its listing: dimensions {dimensions}; customer {SANDBOX_CUSTOMER} is subscribed, others are not\n\
          send an event:\n\
-         \x20 cargo run -- send{socket_flag} --customer-aws-account-id 111122223333 --dimension requests --quantity 5\n\
+         \x20 cargo run -- send{socket_flag} --customer-aws-account-id {SANDBOX_CUSTOMER} --dimension requests --quantity 5\n\
          bill the open hour now (the sandbox only; meterd otherwise seals an hour after it ends):\n\
          \x20 cargo run -- flush --sandbox --all\n\
          see what meterd holds and what was billed:\n\
          \x20 cargo run -- status --sandbox\n\
          \x20 cargo run -- receipts export --sandbox --since 0",
         metrics = endpoints.metrics,
+        dimensions = SANDBOX_DIMENSIONS.join(", "),
     );
     let _ = out.flush();
 }
