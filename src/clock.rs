@@ -8,15 +8,24 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// rehearsals only; meterd logs a warning when it is set.
 pub const OFFSET_ENV: &str = "METERD_TEST_CLOCK_OFFSET";
 
-/// The wall clock, shifted by a fixed offset.
+/// The wall clock, shifted by a fixed offset; or, for tests, a clock that runs with tokio's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Clock {
     offset_secs: i64,
+    /// [`Clock::driven`]: the epoch milliseconds it read at this instant of tokio's clock.
+    anchor: Option<(i64, tokio::time::Instant)>,
 }
 
 impl Clock {
     pub fn with_offset(offset_secs: i64) -> Self {
-        Self { offset_secs }
+        Self { offset_secs, anchor: None }
+    }
+
+    /// A clock that reads `epoch_secs` now and then moves with tokio's clock: under tokio's
+    /// paused time (the tests of the submit loop), meterd's "now" moves only when the test's
+    /// time does, and deadlines come without waiting for them.
+    pub fn driven(epoch_secs: i64) -> Self {
+        Self { offset_secs: 0, anchor: Some((epoch_secs * 1000, tokio::time::Instant::now())) }
     }
 
     /// The system clock, shifted by [`OFFSET_ENV`] when that is set to a whole number of seconds.
@@ -37,6 +46,9 @@ impl Clock {
 
     /// Now, in milliseconds since the epoch.
     pub fn now_millis(&self) -> i64 {
+        if let Some((millis, at)) = self.anchor {
+            return millis + at.elapsed().as_millis() as i64 + self.offset_secs * 1000;
+        }
         let since = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         since + self.offset_secs * 1000
     }

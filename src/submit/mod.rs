@@ -3,10 +3,14 @@
 
 pub mod api;
 pub mod register;
+#[cfg(test)]
+mod scripted;
 mod send;
 pub mod size;
 mod store;
 mod submitter;
+#[cfg(test)]
+mod tests;
 
 pub use api::{
     ApiFailure, Disposition, MeteringApi, RecordOutcome, Registration, ResolvedCustomer, SdkMeteringApi,

@@ -186,6 +186,9 @@ impl<A: MeteringApi> Submitter<A> {
         if !self.wait_until_cleared(cleared, &mut sealed, &mut controls, &cancel).await {
             return;
         }
+        // Whether sealed records may still come: once the commit stage has stopped, what is
+        // queued is still sent, and the loop ends when it is all settled.
+        let mut sealed_open = true;
         loop {
             if self.store.fenced() {
                 tracing::warn!("this submit loop's store is fenced (the lease moved on); it stops");
@@ -209,14 +212,19 @@ impl<A: MeteringApi> Submitter<A> {
                 _ => self.queue.values().map(|e| e.next_at).min(),
             };
             if wake.is_none_or(|at| at > now) {
+                if !sealed_open && self.queue.is_empty() {
+                    return;
+                }
                 // Nothing due: wait for new records, the next due time (at most a minute, so
                 // deadlines are checked), or shutdown.
                 let sleep_until =
                     wake.unwrap_or(now + Duration::from_secs(60)).min(now + Duration::from_secs(60));
                 tokio::select! {
-                    received = sealed.recv() => match received {
+                    // A closed channel answers at once: once closed it is not asked again, or
+                    // the loop would turn without end while queued records wait.
+                    received = sealed.recv(), if sealed_open => match received {
                         Some(records) => self.enqueue_all(records),
-                        None => if self.queue.is_empty() { return },
+                        None => sealed_open = false,
                     },
                     Some(control) = controls.recv() => self.control(control),
                     _ = tokio::time::sleep_until(sleep_until) => {}
