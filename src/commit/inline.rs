@@ -142,9 +142,13 @@ pub fn run(shared: Arc<Shared>, mut commands: mpsc::Receiver<Command>) -> Result
         Err(mpsc::error::TryRecvError::Empty) => Ok(None),
         Err(mpsc::error::TryRecvError::Disconnected) => Err(()),
     };
-    while let Some(first) = spin_then_wait(&mut commands, try_next, |c| c.blocking_recv()) {
+    // A reload or flush that ended the last group (`Committer::take_group`) starts the next.
+    let mut held = None;
+    while let Some(first) =
+        held.take().or_else(|| spin_then_wait(&mut commands, try_next, |c| c.blocking_recv()))
+    {
         let mut committer = shared.lock();
-        let tick = committer.take_group(first, &mut commands, &mut group);
+        let tick = committer.take_group(first, &mut commands, &mut group, &mut held);
         if !group.is_empty() && !committer.log_group(&mut group, &shared, &commands, &sync_tx) {
             break;
         }

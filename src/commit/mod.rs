@@ -17,6 +17,8 @@ mod checkpoint;
 mod inline;
 mod outcome;
 mod sync;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -278,18 +280,25 @@ impl Committer {
     }
 
     /// Takes `first` and whatever else is queued (up to [`MAX_GROUP_EVENTS`] events) into `group`;
-    /// returns whether a checkpoint tick was among them.
+    /// returns whether a checkpoint tick was among them. A reload or a flush ends the group: the
+    /// events before it are admitted first, under the rules they came under, and a flush seals
+    /// them; it is put in `held`, to be the first command of the next group.
     fn take_group(
         &mut self,
         first: Command,
         commands: &mut mpsc::Receiver<Command>,
         group: &mut Vec<Submission>,
+        held: &mut Option<Command>,
     ) -> bool {
         let mut tick = false;
         let mut events = 0;
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
+                Command::Reconfigure(_) | Command::Flush { .. } if !group.is_empty() => {
+                    *held = Some(command);
+                    break;
+                }
                 Command::Tick => tick = true,
                 Command::Reconfigure(rules) => self.aggregator.set_rules(rules),
                 Command::Flush { customer, reply } => {
