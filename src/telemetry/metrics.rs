@@ -192,7 +192,7 @@ impl FleetMetrics {
             backlog: r.gauge("meterd_fleet_backlog", "Fleet mode: this host's partials waiting to be shipped."),
             lease_held: r.gauge("meterd_fleet_lease_held", "Fleet mode: 1 while this host holds the submitter lease."),
             hours_closed: r.counter(
-                "meterd_fleet_hours_closed_total",
+                "meterd_fleet_hour_closes_total",
                 "Fleet mode: hours this host closed (summed into fleet records) as lease holder.",
             ),
             late_partials: r.counter_vec(
