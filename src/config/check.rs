@@ -17,7 +17,30 @@ impl Config {
         out.extend(self.submit_problems());
         out.extend(self.other_problems());
         out.extend(self.fleet_problems());
+        out.extend(self.whole_second_problems());
         out
+    }
+
+    /// Settings meterd counts in whole seconds (timestamps, hours, deadlines, leases): a fraction
+    /// would be cut without a word, `"500ms"` becoming 0, so it is refused.
+    fn whole_second_problems(&self) -> Vec<String> {
+        let counted_in_seconds = [
+            ("ingest.future_tolerance", Some(self.ingest.future_tolerance)),
+            ("submit.seal_delay", Some(self.submit.seal_delay)),
+            ("submit.deadline", self.submit.deadline),
+            ("storage.retention", Some(self.storage.retention)),
+            ("fleet.close_after", Some(self.fleet.close_after)),
+            ("fleet.host_timeout", Some(self.fleet.host_timeout)),
+            ("fleet.lease_ttl", Some(self.fleet.lease_ttl)),
+        ];
+        let fractional = counted_in_seconds.into_iter().filter_map(|(key, value)| Some((key, value?)));
+        fractional
+            .filter(|(_, value)| value.subsec_nanos() != 0)
+            .map(|(key, value)| {
+                let value = crate::duration::format(value);
+                format!("{key} ({value}) must be a whole number of seconds: meterd counts it in seconds")
+            })
+            .collect()
     }
 
     /// What makes a configuration unable to bill, checked by `run` and `check-config` (the

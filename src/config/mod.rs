@@ -468,6 +468,21 @@ mod tests {
     }
 
     #[test]
+    fn settings_counted_in_seconds_refuse_a_fraction() {
+        let err = load_toml(
+            "[ingest]\nfuture_tolerance = \"1500ms\"\n[fleet]\nlease_ttl = \"10s\"\nhost_timeout = \"2500ms\"",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.problems,
+            [
+                "ingest.future_tolerance (1s500ms) must be a whole number of seconds: meterd counts it in seconds",
+                "fleet.host_timeout (2s500ms) must be a whole number of seconds: meterd counts it in seconds",
+            ]
+        );
+    }
+
+    #[test]
     fn deadline_must_leave_time_to_submit() {
         let err = load_toml("[submit]\nseal_delay = \"30m\"\ndeadline = \"1h\"").unwrap_err();
         assert_eq!(err.problems.len(), 1);
