@@ -177,6 +177,15 @@ fn sent_five_hours_ago(launch: Launch, events: &[Value]) {
     assert!(meterd.signal("TERM").success());
 }
 
+/// Like [`sent_five_hours_ago`], once the host holds the lease (the fleet's schema is in place),
+/// so that the partial is in PostgreSQL when it has stopped.
+fn shipped_five_hours_ago(launch: Launch, events: &[Value]) {
+    let meterd = launch.offset(-5 * H).start();
+    wait_until("the lease held", Duration::from_secs(20), || lease_held(&meterd));
+    assert!(meterd.send(events).iter().all(|r| r["ok"] == true));
+    assert!(meterd.signal("TERM").success());
+}
+
 #[test]
 fn one_host_submits_at_a_time_and_another_takes_over_when_the_holder_stops() {
     const OTHER_KEY: &str = "AKIDFLEETOTHER";
@@ -320,4 +329,35 @@ fn a_partial_for_a_closed_hour_is_carried_into_the_open_hour_or_dead_lettered() 
     assert_eq!(code, 0);
     assert!(status.contains("fleet host: host-c"), "{status}");
     drop((a, b, c));
+}
+
+#[test]
+fn partials_with_tags_that_cannot_be_read_stop_their_record() {
+    let pg = Pg::start();
+    let emu = Emu::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let host = || fleet(dir.path(), &emu, &pg, "host-a");
+    let mut tagged = events_now("300000000007", 2, "t");
+    for e in &mut tagged {
+        e["tags"] = json!({ "team": "a" });
+    }
+    shipped_five_hours_ago(host(), &tagged);
+    // Another host's partial of the same key and hour, with a tag set no meterd wrote.
+    pg.query(
+        "INSERT INTO meterd.partials (host_id, partial_id, tags, scope_kind, scope, customer_kind, customer,
+           dimension, hour, quantity, digest)
+         SELECT 'host-z', 'z:1', '{\"team\": 1', scope_kind, scope, customer_kind, customer, dimension, hour, 10, 0
+         FROM meterd.partials LIMIT 1",
+    );
+    let meterd = host().start();
+    wait_until("the hour closed", Duration::from_secs(30), || {
+        pg.query("SELECT count(*) FROM meterd.hours WHERE state = 'closed'")[0][0] == "1"
+    });
+    let record = pg.query("SELECT state, dead_reason, quantity, message FROM meterd.records");
+    assert_eq!(record.len(), 1);
+    assert_eq!(record[0][..3], ["dead_letter", "invalid", "16"], "{record:?}");
+    assert!(record[0][3].starts_with(r#"unreadable tags "{\"team\": 1" in a partial: "#), "{}", record[0][3]);
+    assert_eq!(pg.query("SELECT count(*) FROM meterd.records WHERE state = 'pending'"), [["0"]]);
+    assert!(emu.records().is_empty(), "nothing billed: {:?}", emu.records());
+    drop(meterd);
 }
