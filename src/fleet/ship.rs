@@ -418,7 +418,24 @@ impl Rows {
     }
 }
 
-/// The wait after `failures` failed attempts: 1 s doubling to 30 s.
+/// The wait after `failures` failed attempts: the project's backoff with full jitter (a fleet
+/// that lost its database does not retry in lock-step), under a ceiling of 1 s doubling to 30 s.
 fn backoff(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.min(5).saturating_sub(1)).min(Duration::from_secs(30))
+    crate::submit::backoff(Duration::from_secs(1), Duration::from_secs(30), failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ship_backoff_is_jittered_under_a_ceiling_of_one_second_doubling_to_thirty() {
+        for failures in 1..12u32 {
+            let ceiling = Duration::from_secs(1 << (failures - 1).min(5)).min(Duration::from_secs(30));
+            let waits: Vec<Duration> = (0..200).map(|_| backoff(failures)).collect();
+            assert!(waits.iter().all(|w| *w <= ceiling), "{failures}: {waits:?} above {ceiling:?}");
+            assert!(waits.iter().any(|w| *w != waits[0]), "{failures}: every wait is {:?}", waits[0]);
+        }
+        assert!((0..200).map(|_| backoff(20)).any(|w| w > Duration::from_secs(16)), "up to 30 s");
+    }
 }
