@@ -70,7 +70,16 @@ fn three_hosts_bill_the_sum_once_through_kills_and_a_database_restart() {
     let emu = Emu::start(|_| {});
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let hosts = ["host-a", "host-b", "host-c"];
-    let start = |i: usize, offset: i64| fleet(dirs[i].path(), &emu, &pg, hosts[i]).offset(offset).start();
+    // The hosts are down for four hours below: long enough a host timeout and close delay that
+    // the fleet waits for every one of them to ship before it closes the hours (the holder closes
+    // as soon as it may).
+    let start = |i: usize, offset: i64| {
+        fleet(dirs[i].path(), &emu, &pg, hosts[i])
+            .env("METERD_FLEET__HOST_TIMEOUT", "6h")
+            .env("METERD_FLEET__CLOSE_AFTER", "6h")
+            .offset(offset)
+            .start()
+    };
     let mut meterds: Vec<Option<Meterd>> = (0..3).map(|i| Some(start(i, 0))).collect();
 
     // The same customers, dimensions and hours on every host; every event has an id.
@@ -359,5 +368,74 @@ fn partials_with_tags_that_cannot_be_read_stop_their_record() {
     assert!(record[0][3].starts_with(r#"unreadable tags "{\"team\": 1" in a partial: "#), "{}", record[0][3]);
     assert_eq!(pg.query("SELECT count(*) FROM meterd.records WHERE state = 'pending'"), [["0"]]);
     assert!(emu.records().is_empty(), "nothing billed: {:?}", emu.records());
+    drop(meterd);
+}
+
+/// The offset that puts a host's clock `before` seconds ahead of the end of the current hour,
+/// and that hour.
+fn near_the_end_of_the_hour(before: i64) -> (i64, i64) {
+    let hour = common::now_secs() / H * H;
+    (hour + H - before - common::now_secs(), hour)
+}
+
+/// An event of `quantity` stamped `at`, with an id.
+fn stamped(customer: &str, quantity: u64, at: i64, id: &str) -> Value {
+    let mut e = event(customer, "requests", quantity);
+    e["timestamp"] = json!(at);
+    e["id"] = json!(id);
+    e
+}
+
+#[test]
+fn a_lost_reply_to_the_closing_commit_does_not_stall_the_hour() {
+    let pg = Pg::start();
+    let proxy = common::proxy::Proxy::start(pg.port);
+    let emu = Emu::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let host = || fleet(dir.path(), &emu, &pg, "host-a").env("METERD_FLEET__CLOSE_AFTER", "6h");
+    shipped_five_hours_ago(host(), &events_now("300000000006", 3, "l"));
+    let hour = pg.query("SELECT hour FROM meterd.partials")[0][0].clone();
+    // Another host, alive, holds the hour open while host-a takes the lease through the proxy.
+    pg.query("INSERT INTO meterd.hosts (host_id, first_seen, heartbeat) VALUES ('host-w', 0, 4102444800)");
+    proxy.lose_commit_reply_after("UPDATE hours SET state = 'closed'");
+    let meterd = host().env("METERD_FLEET__DATABASE_URL", &proxy.url()).start();
+    wait_until("the lease held", Duration::from_secs(20), || lease_held(&meterd));
+    let epoch = pg.query("SELECT epoch FROM meterd.lease")[0][0].clone();
+    // The hour closes: PostgreSQL commits it, the holder hears only that its connection went away.
+    pg.query(&format!("UPDATE meterd.hosts SET shipped_through = {hour} WHERE host_id = 'host-w'"));
+    let records = emu.wait_records(1, Duration::from_secs(30));
+    assert_eq!(proxy.lost(), 1, "the reply to the close was lost");
+    assert_eq!(records.len(), 1, "submitted by the holder that closed the hour: {records:?}");
+    assert_eq!(records[0]["quantity"], 9);
+    assert_eq!(pg.query("SELECT state FROM meterd.hours WHERE state = 'closed'"), [["closed"]]);
+    assert_eq!(pg.query("SELECT epoch FROM meterd.lease")[0][0], epoch, "the same lease, never lost");
+    let missed =
+        meterd.wait_log("closed fleet records the submit loop was not given", Duration::from_secs(1));
+    assert_eq!(missed["records"], 1);
+    assert!(!emu.statuses().contains_key("DuplicateRecord"));
+}
+
+#[test]
+fn an_hour_closes_as_soon_as_the_last_host_has_shipped_it() {
+    let pg = Pg::start();
+    let emu = Emu::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    // Heartbeats every 30 s and lease renewals every 20 s: neither may decide when the hour
+    // closes. The host's clock starts 2 s into an hour and seals the hour before at 45 s.
+    let (offset, hour) = near_the_end_of_the_hour(-2);
+    let meterd = fleet(dir.path(), &emu, &pg, "host-a")
+        .env("METERD_FLEET__LEASE_TTL", "60s")
+        .env("METERD_FLEET__HOST_TIMEOUT", "10m")
+        .env("METERD_SUBMIT__SEAL_DELAY", "45s")
+        .offset(offset)
+        .start();
+    let replies = meterd.send(&[stamped("300000000008", 4, hour + 60, "s")]);
+    assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
+    wait_until("the lease held", Duration::from_secs(30), || lease_held(&meterd));
+    let state = || pg.query(&format!("SELECT state FROM meterd.hours WHERE hour = {hour}"));
+    wait_until("the partial shipped", Duration::from_secs(60), || !state().is_empty());
+    let shipped = Instant::now();
+    wait_until("the hour closed", Duration::from_secs(60), || state() == [["closed"]]);
+    assert!(shipped.elapsed() < Duration::from_secs(8), "closed {:?} after the partial", shipped.elapsed());
     drop(meterd);
 }

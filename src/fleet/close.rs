@@ -1,4 +1,4 @@
-//! Closing an hour (the lease holder only): when every host alive during the hour has shipped
+//! Closing an hour (the lease holder only): when every live host has shipped
 //! through it, or `close_after` has passed since it ended, its partials are summed per record key
 //! and tag set and written as frozen fleet records, and the hour is marked closed — one
 //! transaction, fenced by the lease epoch. The records then go through the same submit loop as a
@@ -13,7 +13,9 @@ use super::db::{DbError, key_columns, key_of};
 use crate::aggregate::{Allocation, SealedRecord};
 use crate::model::{MAX_QUANTITY, RecordKey, TagSet};
 
-/// Hours that may close now, oldest first, with the hosts still waited for (empty: close).
+/// Hours that may close now, oldest first, with the hosts still waited for (empty: close): every
+/// live host that has not shipped through the hour, including one first seen after the hour
+/// ended, which may hold events of it (stamped in it, acknowledged inside `seal_delay`).
 pub async fn due_hours(
     client: &Client,
     settings: &FleetSettings,
@@ -30,7 +32,7 @@ pub async fn due_hours(
         let waiting: Vec<String> = client
             .query(
                 "SELECT host_id FROM hosts WHERE deregistered_at IS NULL AND heartbeat >= $1
-                   AND first_seen < $2::bigint + 3600 AND coalesce(shipped_through, -1) < $2 ORDER BY host_id",
+                   AND coalesce(shipped_through, -1) < $2 ORDER BY host_id",
                 &[&(now - settings.host_timeout), &hour],
             )
             .await?

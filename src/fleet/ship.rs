@@ -80,12 +80,15 @@ impl Shipper {
                     Some(records) => self.add(records),
                     None => break,
                 },
+                // A newly sealed hour is shipped at once, so that the holder can close it.
+                Ok(()) = self.sealed_through.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = cancel.cancelled() => break,
             }
             // The sealed hour first, then the channel: the commit stage sends an hour's records
-            // before it announces the hour, so all of them are drained below.
-            let through = *self.sealed_through.borrow();
+            // before it announces the hour, so all of them are drained below and shipped in the
+            // same transaction as the hour.
+            let through = *self.sealed_through.borrow_and_update();
             while let Ok(records) = sealed.try_recv() {
                 self.add(records);
             }
@@ -187,11 +190,12 @@ impl Shipper {
         }
     }
 
-    /// The highest hour this host has sealed and shipped whole, given the last sealed hour as it
-    /// was read before the channel was drained.
-    fn shipped_through(&self, sealed: Option<i64>) -> Option<i64> {
+    /// The highest hour this host has sealed and shipped whole once the first `shipping` pending
+    /// partials are (they go in the same transaction), given the last sealed hour as it was read
+    /// before the channel was drained.
+    fn shipped_through(&self, sealed: Option<i64>, shipping: usize) -> Option<i64> {
         let sealed = sealed?;
-        match self.pending.keys().next() {
+        match self.pending.keys().nth(shipping) {
             Some((hour, _)) if *hour <= sealed => Some(hour - 3600),
             _ => Some(sealed),
         }
@@ -249,7 +253,7 @@ impl Shipper {
             done.push((*hour, local.clone()));
         }
         rows.insert(&tx, host).await?;
-        let through = self.shipped_through(through);
+        let through = self.shipped_through(through, batch.len());
         tx.execute(
             "INSERT INTO hosts (host_id, first_seen, heartbeat, shipped_through) VALUES ($1, $2, $2, $3)
              ON CONFLICT (host_id) DO UPDATE SET heartbeat = $2, deregistered_at = NULL,
