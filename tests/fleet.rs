@@ -439,3 +439,73 @@ fn an_hour_closes_as_soon_as_the_last_host_has_shipped_it() {
     assert!(shipped.elapsed() < Duration::from_secs(8), "closed {:?} after the partial", shipped.elapsed());
     drop(meterd);
 }
+
+/// One event for the hour about to end and one stamped five seconds into the next hour
+/// (inside `future_tolerance`), both acknowledged, a minute before the hour ends by the host's
+/// clock. Returns the host, its clock offset and the hour.
+fn acknowledged_across_the_hour(launch: Launch) -> (Meterd, i64, i64) {
+    let (offset, hour) = near_the_end_of_the_hour(60);
+    let meterd = launch.offset(offset).start();
+    wait_until("the lease held", Duration::from_secs(20), || lease_held(&meterd));
+    let customer = "300000000005";
+    let events = [stamped(customer, 7, hour + H - 90, "now"), stamped(customer, 5, hour + H + 5, "next")];
+    let replies = meterd.send(&events);
+    assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
+    (meterd, offset, hour)
+}
+
+#[test]
+fn a_stopping_host_ships_every_hour_it_acknowledged_before_it_deregisters() {
+    let pg = Pg::start();
+    let emu = Emu::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let (meterd, offset, hour) = acknowledged_across_the_hour(fleet(dir.path(), &emu, &pg, "host-a"));
+    assert!(common::now_secs() + offset < hour + H, "stopped before the hour ended");
+    assert!(meterd.signal("TERM").success());
+
+    let shipped = pg.query("SELECT hour, sum(quantity) FROM meterd.partials GROUP BY hour ORDER BY hour");
+    let expected = [[hour.to_string(), "7".into()], [(hour + H).to_string(), "5".into()]];
+    assert_eq!(shipped, expected, "both hours in PostgreSQL");
+    let host = pg.query("SELECT deregistered_at IS NOT NULL FROM meterd.hosts WHERE host_id = 'host-a'");
+    assert_eq!(host, [["t"]], "deregistered once everything is in PostgreSQL");
+    let launch = fleet(dir.path(), &emu, &pg, "host-a").offset(offset);
+    let (code, out, err) = Meterd::cli(&launch, &["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["records"]["open"], 0, "{status}");
+    assert_eq!(status["records"]["shipped"], 2, "{status}");
+}
+
+#[test]
+fn a_stopping_host_that_cannot_reach_the_database_stays_registered_and_says_what_it_keeps() {
+    let pg = Pg::start();
+    let emu = Emu::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let launch = || fleet(dir.path(), &emu, &pg, "host-a").env("METERD_SHUTDOWN__GRACE", "3s");
+    let (meterd, offset, hour) = acknowledged_across_the_hour(launch());
+    wait_until("the host registered", Duration::from_secs(20), || {
+        pg.query("SELECT count(*) FROM meterd.hosts")[0][0] == "1"
+    });
+    // The test cluster commits asynchronously: what the host wrote is made durable before the
+    // crash.
+    pg.query("CHECKPOINT");
+    pg.kill();
+    assert!(common::now_secs() + offset < hour + H, "stopped before the hour ended");
+    meterd.signal_only("TERM");
+    let error = meterd.wait_log("stopping with partials not shipped", Duration::from_secs(10));
+    assert_eq!(error["level"], "ERROR");
+    assert_eq!((error["partials"].as_u64(), error["quantity"].as_u64()), (Some(2), Some(12)), "{error}");
+    assert!(meterd.wait_exit(Duration::from_secs(10)).success());
+
+    pg.restart();
+    let host = pg.query("SELECT deregistered_at IS NULL FROM meterd.hosts WHERE host_id = 'host-a'");
+    assert_eq!(host, [["t"]], "still registered: the fleet waits for it");
+    assert_eq!(pg.query("SELECT count(*) FROM meterd.partials"), [["0"]]);
+    let (code, out, err) = Meterd::cli(&launch().offset(offset), &["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (status["records"]["open"].as_u64(), status["records"]["pending"].as_u64()),
+        (Some(0), Some(2))
+    );
+}

@@ -1,8 +1,8 @@
-//! Closing an hour (the lease holder only): when every live host has shipped
-//! through it, or `close_after` has passed since it ended, its partials are summed per record key
-//! and tag set and written as frozen fleet records, and the hour is marked closed — one
-//! transaction, fenced by the lease epoch. The records then go through the same submit loop as a
-//! single host's, with their state in `records`.
+//! Closing an hour (the lease holder only): when every live host has shipped through it, or
+//! `close_after` has passed since it ended, its partials are summed per record key and tag set
+//! and written as frozen fleet records, and the hour is marked closed — one transaction, fenced
+//! by the lease epoch. The records then go through the same submit loop as a single host's, with
+//! their state in `records`.
 
 use std::collections::BTreeMap;
 

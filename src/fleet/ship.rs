@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +29,9 @@ use crate::outbox::{Outbox, RecordState, StoredRecord};
 
 /// Most partials in one transaction.
 const BATCH: usize = 500;
+
+/// What the last shipment leaves of the shutdown's grace, for the rest of the shutdown.
+const FINISH_MARGIN: Duration = Duration::from_millis(500);
 
 /// What happens to a partial whose hour the fleet already closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +63,9 @@ pub struct Shipper {
     pub pending: BTreeMap<(i64, String), StoredRecord>,
     /// The commit stage's last sealed hour (a partial of every hour up to it was handed over).
     pub sealed_through: watch::Receiver<Option<i64>>,
+    /// When the daemon's shutdown must be over (set as it begins): the last shipment retries
+    /// until shortly before. `None`: one attempt.
+    pub stop_by: watch::Receiver<Option<Instant>>,
 }
 
 impl Shipper {
@@ -71,7 +78,7 @@ impl Shipper {
         let mut client: Option<Client> = None;
         let mut failures = 0u32;
         let every = self.settings.heartbeat_every();
-        let mut next_compaction = tokio::time::Instant::now();
+        let mut next_compaction = Instant::now();
         self.ctx.metrics.fleet.backlog.set(self.pending.len() as i64);
         loop {
             let wait = if failures == 0 { every } else { backoff(failures) };
@@ -92,8 +99,8 @@ impl Shipper {
             while let Ok(records) = sealed.try_recv() {
                 self.add(records);
             }
-            if tokio::time::Instant::now() >= next_compaction {
-                next_compaction = tokio::time::Instant::now() + Duration::from_secs(3600);
+            if Instant::now() >= next_compaction {
+                next_compaction = Instant::now() + Duration::from_secs(3600);
                 self.compact();
             }
             match self.ship(&mut client, through).await {
@@ -315,31 +322,64 @@ impl Shipper {
         self.persist(&stored);
     }
 
-    /// At shutdown: ship what is left once more, then deregister, so the fleet does not wait.
+    /// At shutdown (scale-in): ships everything left, retrying until shortly before the stop
+    /// deadline, and deregisters only once all of it is committed, so that the fleet never stops
+    /// waiting for a host whose partials it lacks. What cannot be shipped stays in the outbox,
+    /// and the host stays registered.
     async fn finish(&mut self, client: &mut Option<Client>, through: Option<i64>) {
-        if let Err(err) = self.ship(client, through).await {
-            tracing::warn!(%err, "last shipment failed");
+        let until = (*self.stop_by.borrow()).map(|by| by.checked_sub(FINISH_MARGIN).unwrap_or(by));
+        let mut failures = 0;
+        loop {
+            match within(until, self.ship(client, through)).await {
+                Ok(()) => return self.deregister(client, until).await,
+                Err(err) => {
+                    failures += 1;
+                    *client = None;
+                    tracing::warn!(%err, backlog = self.pending.len(), "last shipment failed");
+                }
+            }
+            let retry_at = Instant::now() + backoff(failures);
+            if until.is_none_or(|until| retry_at >= until) {
+                break;
+            }
+            tokio::time::sleep_until(retry_at).await;
         }
-        if !self.pending.is_empty() {
-            let quantity: u64 = self.pending.values().map(|s| u64::from(s.record.quantity)).sum();
-            tracing::error!(
-                partials = self.pending.len(),
-                quantity,
-                "stopping with partials not shipped; they stay in the outbox and ship when this data dir runs again"
-            );
-            return;
-        }
+        let quantity: u64 = self.pending.values().map(|s| u64::from(s.record.quantity)).sum();
+        tracing::error!(
+            partials = self.pending.len(),
+            quantity,
+            "stopping with partials not shipped: this host stays registered, and they stay in the outbox and ship when this data dir runs again (lost with it if it is not kept)"
+        );
+    }
+
+    /// Marks this host deregistered: the fleet no longer waits for it.
+    async fn deregister(&self, client: &Option<Client>, until: Option<Instant>) {
+        let Some(client) = client.as_ref() else { return };
         let now = self.ctx.clock.now();
-        if let Some(client) = client.as_ref()
-            && let Err(err) = client
-                .execute(
-                    "UPDATE hosts SET deregistered_at = $2 WHERE host_id = $1",
-                    &[&self.settings.host_id, &now],
-                )
-                .await
-        {
-            tracing::warn!(%err, "could not deregister from the fleet; it stops waiting after fleet.host_timeout");
+        let update = async {
+            let host = &self.settings.host_id;
+            Ok(client
+                .execute("UPDATE hosts SET deregistered_at = $2 WHERE host_id = $1", &[host, &now])
+                .await?)
+        };
+        match within(until, update).await {
+            Ok(_) => tracing::info!("every partial shipped; deregistered from the fleet"),
+            Err(err) => tracing::warn!(
+                %err,
+                "every partial shipped, but could not deregister from the fleet; it stops waiting after fleet.host_timeout"
+            ),
         }
+    }
+}
+
+/// `work`, given up at `until` (if any).
+async fn within<T>(
+    until: Option<Instant>,
+    work: impl std::future::Future<Output = Result<T, DbError>>,
+) -> Result<T, DbError> {
+    match until {
+        Some(until) => tokio::time::timeout_at(until, work).await.unwrap_or(Err(DbError::TimedOut)),
+        None => work.await,
     }
 }
 
