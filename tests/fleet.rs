@@ -509,3 +509,28 @@ fn a_stopping_host_that_cannot_reach_the_database_stays_registered_and_says_what
         (Some(0), Some(2))
     );
 }
+
+#[test]
+fn a_stopping_host_whose_database_stops_answering_says_what_it_keeps_before_the_grace_runs_out() {
+    let pg = Pg::start();
+    let proxy = common::proxy::Proxy::start(pg.port);
+    let emu = Emu::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let launch = fleet(dir.path(), &emu, &pg, "host-a")
+        .env("METERD_FLEET__DATABASE_URL", &proxy.url())
+        .env("METERD_SHUTDOWN__GRACE", "3s");
+    let (meterd, _, _) = acknowledged_across_the_hour(launch);
+    wait_until("the host registered", Duration::from_secs(20), || {
+        pg.query("SELECT count(*) FROM meterd.hosts")[0][0] == "1"
+    });
+    // Connections hang instead of failing: every attempt must be given up in time.
+    proxy.blackhole();
+    meterd.signal_only("TERM");
+    let error = meterd.wait_log("stopping with partials not shipped", Duration::from_secs(10));
+    assert_eq!((error["partials"].as_u64(), error["quantity"].as_u64()), (Some(2), Some(12)), "{error}");
+    let logs = meterd.logs();
+    let status = meterd.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}; logs:\n{}", logs.join("\n"));
+    let host = pg.query("SELECT deregistered_at IS NULL FROM meterd.hosts WHERE host_id = 'host-a'");
+    assert_eq!(host, [["t"]], "still registered: the fleet waits for it");
+}

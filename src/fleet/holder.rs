@@ -80,8 +80,13 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
         let mut lease = Lease::default();
         loop {
             let renew = lease.tried.is_none_or(|at| at.elapsed() >= self.settings.lease_every());
+            // A database that stopped answering must not hold the shutdown up: a turn cut short
+            // is rolled back, and its writes are fenced anyway.
             if renew || lease.held.is_some() {
-                self.step(&mut lease, renew).await;
+                tokio::select! {
+                    _ = self.step(&mut lease, renew) => {}
+                    _ = cancel.cancelled() => break,
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.settings.close_every()) => {}
@@ -92,7 +97,9 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
             run.end().await;
         }
         if let (Some(client), Some(held)) = (lease.client.as_ref(), lease.held) {
-            let _ = lease::release(client, &self.settings.host_id, held).await;
+            // Given up after a moment: the lease then runs out by itself within `lease_ttl`.
+            let release = lease::release(client, &self.settings.host_id, held);
+            let _ = tokio::time::timeout(self.settings.close_every(), release).await;
         }
         self.ctx.metrics.fleet.lease_held.set(0);
     }

@@ -103,7 +103,17 @@ impl Shipper {
                 next_compaction = Instant::now() + Duration::from_secs(3600);
                 self.compact();
             }
-            match self.ship(&mut client, through).await {
+            // Cut short by the shutdown (a database that stopped answering must not hold it up):
+            // `finish` ships again on a new connection within the grace, and a resend is a no-op.
+            let shipped = tokio::select! {
+                shipped = self.ship(&mut client, through) => Some(shipped),
+                _ = cancel.cancelled() => None,
+            };
+            let Some(shipped) = shipped else {
+                client = None;
+                break;
+            };
+            match shipped {
                 Ok(()) => failures = 0,
                 Err(err) => {
                     failures += 1;

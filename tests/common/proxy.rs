@@ -1,8 +1,9 @@
 //! A TCP proxy on loopback between meterd and PostgreSQL that can lose the reply to one COMMIT:
 //! once armed with a piece of SQL, the first connection that sends it has its next COMMIT
 //! forwarded to the server, the server's reply read and thrown away, and both sides closed. The
-//! transaction is committed; the client only hears that its connection went away. Every other
-//! byte passes unchanged.
+//! transaction is committed; the client only hears that its connection went away. It can also
+//! blackhole: every connection, open or new, stays open and nothing more passes either way (a
+//! database that stopped answering). Every other byte passes unchanged.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -23,6 +24,8 @@ struct Shared {
     armed: Mutex<Option<Vec<u8>>>,
     /// COMMIT replies thrown away so far.
     lost: AtomicUsize,
+    /// Nothing passes any more.
+    blackholed: AtomicBool,
 }
 
 impl Proxy {
@@ -49,6 +52,11 @@ impl Proxy {
     /// Loses the reply to the COMMIT of the next transaction that sends `sql`.
     pub fn lose_commit_reply_after(&self, sql: &str) {
         *self.shared.armed.lock().unwrap() = Some(sql.as_bytes().to_vec());
+    }
+
+    /// From now on nothing passes, on open connections or new ones; none is closed.
+    pub fn blackhole(&self) {
+        self.shared.blackholed.store(true, Ordering::SeqCst);
     }
 
     /// How many COMMIT replies were lost.
@@ -78,6 +86,9 @@ fn forward(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            if upstream_shared.blackholed.load(Ordering::SeqCst) {
+                continue;
+            }
             seen.extend_from_slice(&buf[..n]);
             if !marked {
                 let mut armed = upstream_shared.armed.lock().unwrap();
@@ -105,6 +116,9 @@ fn forward(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            if shared.blackholed.load(Ordering::SeqCst) {
+                continue;
+            }
             if lose_reply.load(Ordering::SeqCst) {
                 shared.lost.fetch_add(1, Ordering::SeqCst);
                 let _ = from_server.shutdown(Shutdown::Both);
