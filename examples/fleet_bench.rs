@@ -78,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
             outbox: Arc::new(outbox),
             pending: host_partials(host, partials, hour),
             sealed_through,
+            stop_by: tokio::sync::watch::channel(None).1,
         });
     }
     let started = Instant::now();

@@ -70,7 +70,16 @@ fn three_hosts_bill_the_sum_once_through_kills_and_a_database_restart() {
     let emu = Emu::start(|_| {});
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let hosts = ["host-a", "host-b", "host-c"];
-    let start = |i: usize, offset: i64| fleet(dirs[i].path(), &emu, &pg, hosts[i]).offset(offset).start();
+    // The hosts are down for four hours below: long enough a host timeout and close delay that
+    // the fleet waits for every one of them to ship before it closes the hours (the holder closes
+    // as soon as it may).
+    let start = |i: usize, offset: i64| {
+        fleet(dirs[i].path(), &emu, &pg, hosts[i])
+            .env("METERD_FLEET__HOST_TIMEOUT", "6h")
+            .env("METERD_FLEET__CLOSE_AFTER", "6h")
+            .offset(offset)
+            .start()
+    };
     let mut meterds: Vec<Option<Meterd>> = (0..3).map(|i| Some(start(i, 0))).collect();
 
     // The same customers, dimensions and hours on every host; every event has an id.
@@ -173,6 +182,15 @@ fn events_now(customer: &str, quantity: u64, ids: &str) -> Vec<Value> {
 /// host seals that hour now and ships it (when it can reach the database).
 fn sent_five_hours_ago(launch: Launch, events: &[Value]) {
     let meterd = launch.offset(-5 * H).start();
+    assert!(meterd.send(events).iter().all(|r| r["ok"] == true));
+    assert!(meterd.signal("TERM").success());
+}
+
+/// Like [`sent_five_hours_ago`], once the host holds the lease (the fleet's schema is in place),
+/// so that the partial is in PostgreSQL when it has stopped.
+fn shipped_five_hours_ago(launch: Launch, events: &[Value]) {
+    let meterd = launch.offset(-5 * H).start();
+    wait_until("the lease held", Duration::from_secs(20), || lease_held(&meterd));
     assert!(meterd.send(events).iter().all(|r| r["ok"] == true));
     assert!(meterd.signal("TERM").success());
 }
@@ -320,4 +338,199 @@ fn a_partial_for_a_closed_hour_is_carried_into_the_open_hour_or_dead_lettered() 
     assert_eq!(code, 0);
     assert!(status.contains("fleet host: host-c"), "{status}");
     drop((a, b, c));
+}
+
+#[test]
+fn partials_with_tags_that_cannot_be_read_stop_their_record() {
+    let pg = Pg::start();
+    let emu = Emu::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let host = || fleet(dir.path(), &emu, &pg, "host-a");
+    let mut tagged = events_now("300000000007", 2, "t");
+    for e in &mut tagged {
+        e["tags"] = json!({ "team": "a" });
+    }
+    shipped_five_hours_ago(host(), &tagged);
+    // Another host's partial of the same key and hour, with a tag set no meterd wrote.
+    pg.query(
+        "INSERT INTO meterd.partials (host_id, partial_id, tags, scope_kind, scope, customer_kind, customer,
+           dimension, hour, quantity, digest)
+         SELECT 'host-z', 'z:1', '{\"team\": 1', scope_kind, scope, customer_kind, customer, dimension, hour, 10, 0
+         FROM meterd.partials LIMIT 1",
+    );
+    let meterd = host().start();
+    wait_until("the hour closed", Duration::from_secs(30), || {
+        pg.query("SELECT count(*) FROM meterd.hours WHERE state = 'closed'")[0][0] == "1"
+    });
+    let record = pg.query("SELECT state, dead_reason, quantity, message FROM meterd.records");
+    assert_eq!(record.len(), 1);
+    assert_eq!(record[0][..3], ["dead_letter", "invalid", "16"], "{record:?}");
+    assert!(record[0][3].starts_with(r#"unreadable tags "{\"team\": 1" in a partial: "#), "{}", record[0][3]);
+    assert_eq!(pg.query("SELECT count(*) FROM meterd.records WHERE state = 'pending'"), [["0"]]);
+    assert!(emu.records().is_empty(), "nothing billed: {:?}", emu.records());
+    drop(meterd);
+}
+
+/// The offset that puts a host's clock `before` seconds ahead of the end of the current hour,
+/// and that hour.
+fn near_the_end_of_the_hour(before: i64) -> (i64, i64) {
+    let hour = common::now_secs() / H * H;
+    (hour + H - before - common::now_secs(), hour)
+}
+
+/// An event of `quantity` stamped `at`, with an id.
+fn stamped(customer: &str, quantity: u64, at: i64, id: &str) -> Value {
+    let mut e = event(customer, "requests", quantity);
+    e["timestamp"] = json!(at);
+    e["id"] = json!(id);
+    e
+}
+
+#[test]
+fn a_lost_reply_to_the_closing_commit_does_not_stall_the_hour() {
+    let pg = Pg::start();
+    let proxy = common::proxy::Proxy::start(pg.port);
+    let emu = Emu::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let host = || fleet(dir.path(), &emu, &pg, "host-a").env("METERD_FLEET__CLOSE_AFTER", "6h");
+    shipped_five_hours_ago(host(), &events_now("300000000006", 3, "l"));
+    let hour = pg.query("SELECT hour FROM meterd.partials")[0][0].clone();
+    // Another host, alive, holds the hour open while host-a takes the lease through the proxy.
+    pg.query("INSERT INTO meterd.hosts (host_id, first_seen, heartbeat) VALUES ('host-w', 0, 4102444800)");
+    proxy.lose_commit_reply_after("UPDATE hours SET state = 'closed'");
+    let meterd = host().env("METERD_FLEET__DATABASE_URL", &proxy.url()).start();
+    wait_until("the lease held", Duration::from_secs(20), || lease_held(&meterd));
+    let epoch = pg.query("SELECT epoch FROM meterd.lease")[0][0].clone();
+    // The hour closes: PostgreSQL commits it, the holder hears only that its connection went away.
+    pg.query(&format!("UPDATE meterd.hosts SET shipped_through = {hour} WHERE host_id = 'host-w'"));
+    let records = emu.wait_records(1, Duration::from_secs(30));
+    assert_eq!(proxy.lost(), 1, "the reply to the close was lost");
+    assert_eq!(records.len(), 1, "submitted by the holder that closed the hour: {records:?}");
+    assert_eq!(records[0]["quantity"], 9);
+    assert_eq!(pg.query("SELECT state FROM meterd.hours WHERE state = 'closed'"), [["closed"]]);
+    assert_eq!(pg.query("SELECT epoch FROM meterd.lease")[0][0], epoch, "the same lease, never lost");
+    let missed =
+        meterd.wait_log("closed fleet records the submit loop was not given", Duration::from_secs(1));
+    assert_eq!(missed["records"], 1);
+    assert!(!emu.statuses().contains_key("DuplicateRecord"));
+}
+
+#[test]
+fn an_hour_closes_as_soon_as_the_last_host_has_shipped_it() {
+    let pg = Pg::start();
+    let emu = Emu::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    // Heartbeats every 30 s and lease renewals every 20 s: neither may decide when the hour
+    // closes. The host's clock starts 2 s into an hour and seals the hour before at 45 s.
+    let (offset, hour) = near_the_end_of_the_hour(-2);
+    let meterd = fleet(dir.path(), &emu, &pg, "host-a")
+        .env("METERD_FLEET__LEASE_TTL", "60s")
+        .env("METERD_FLEET__HOST_TIMEOUT", "10m")
+        .env("METERD_SUBMIT__SEAL_DELAY", "45s")
+        .offset(offset)
+        .start();
+    let replies = meterd.send(&[stamped("300000000008", 4, hour + 60, "s")]);
+    assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
+    wait_until("the lease held", Duration::from_secs(30), || lease_held(&meterd));
+    let state = || pg.query(&format!("SELECT state FROM meterd.hours WHERE hour = {hour}"));
+    wait_until("the partial shipped", Duration::from_secs(60), || !state().is_empty());
+    let shipped = Instant::now();
+    wait_until("the hour closed", Duration::from_secs(60), || state() == [["closed"]]);
+    assert!(shipped.elapsed() < Duration::from_secs(8), "closed {:?} after the partial", shipped.elapsed());
+    drop(meterd);
+}
+
+/// One event for the hour about to end and one stamped five seconds into the next hour
+/// (inside `future_tolerance`), both acknowledged, a minute before the hour ends by the host's
+/// clock. Returns the host, its clock offset and the hour.
+fn acknowledged_across_the_hour(launch: Launch) -> (Meterd, i64, i64) {
+    let (offset, hour) = near_the_end_of_the_hour(60);
+    let meterd = launch.offset(offset).start();
+    wait_until("the lease held", Duration::from_secs(20), || lease_held(&meterd));
+    let customer = "300000000005";
+    let events = [stamped(customer, 7, hour + H - 90, "now"), stamped(customer, 5, hour + H + 5, "next")];
+    let replies = meterd.send(&events);
+    assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
+    (meterd, offset, hour)
+}
+
+#[test]
+fn a_stopping_host_ships_every_hour_it_acknowledged_before_it_deregisters() {
+    let pg = Pg::start();
+    let emu = Emu::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let (meterd, offset, hour) = acknowledged_across_the_hour(fleet(dir.path(), &emu, &pg, "host-a"));
+    assert!(common::now_secs() + offset < hour + H, "stopped before the hour ended");
+    assert!(meterd.signal("TERM").success());
+
+    let shipped = pg.query("SELECT hour, sum(quantity) FROM meterd.partials GROUP BY hour ORDER BY hour");
+    let expected = [[hour.to_string(), "7".into()], [(hour + H).to_string(), "5".into()]];
+    assert_eq!(shipped, expected, "both hours in PostgreSQL");
+    let host = pg.query("SELECT deregistered_at IS NOT NULL FROM meterd.hosts WHERE host_id = 'host-a'");
+    assert_eq!(host, [["t"]], "deregistered once everything is in PostgreSQL");
+    let launch = fleet(dir.path(), &emu, &pg, "host-a").offset(offset);
+    let (code, out, err) = Meterd::cli(&launch, &["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["records"]["open"], 0, "{status}");
+    assert_eq!(status["records"]["shipped"], 2, "{status}");
+}
+
+#[test]
+fn a_stopping_host_that_cannot_reach_the_database_stays_registered_and_says_what_it_keeps() {
+    let pg = Pg::start();
+    let emu = Emu::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let launch = || fleet(dir.path(), &emu, &pg, "host-a").env("METERD_SHUTDOWN__GRACE", "3s");
+    let (meterd, offset, hour) = acknowledged_across_the_hour(launch());
+    wait_until("the host registered", Duration::from_secs(20), || {
+        pg.query("SELECT count(*) FROM meterd.hosts")[0][0] == "1"
+    });
+    // The test cluster commits asynchronously: what the host wrote is made durable before the
+    // crash.
+    pg.query("CHECKPOINT");
+    pg.kill();
+    assert!(common::now_secs() + offset < hour + H, "stopped before the hour ended");
+    meterd.signal_only("TERM");
+    let error = meterd.wait_log("stopping with partials not shipped", Duration::from_secs(10));
+    assert_eq!(error["level"], "ERROR");
+    assert_eq!((error["partials"].as_u64(), error["quantity"].as_u64()), (Some(2), Some(12)), "{error}");
+    assert!(meterd.wait_exit(Duration::from_secs(10)).success());
+
+    pg.restart();
+    let host = pg.query("SELECT deregistered_at IS NULL FROM meterd.hosts WHERE host_id = 'host-a'");
+    assert_eq!(host, [["t"]], "still registered: the fleet waits for it");
+    assert_eq!(pg.query("SELECT count(*) FROM meterd.partials"), [["0"]]);
+    let (code, out, err) = Meterd::cli(&launch().offset(offset), &["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (status["records"]["open"].as_u64(), status["records"]["pending"].as_u64()),
+        (Some(0), Some(2))
+    );
+}
+
+#[test]
+fn a_stopping_host_whose_database_stops_answering_says_what_it_keeps_before_the_grace_runs_out() {
+    let pg = Pg::start();
+    let proxy = common::proxy::Proxy::start(pg.port);
+    let emu = Emu::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let launch = fleet(dir.path(), &emu, &pg, "host-a")
+        .env("METERD_FLEET__DATABASE_URL", &proxy.url())
+        .env("METERD_SHUTDOWN__GRACE", "3s");
+    let (meterd, _, _) = acknowledged_across_the_hour(launch);
+    wait_until("the host registered", Duration::from_secs(20), || {
+        pg.query("SELECT count(*) FROM meterd.hosts")[0][0] == "1"
+    });
+    // Connections hang instead of failing: every attempt must be given up in time.
+    proxy.blackhole();
+    meterd.signal_only("TERM");
+    let error = meterd.wait_log("stopping with partials not shipped", Duration::from_secs(10));
+    assert_eq!((error["partials"].as_u64(), error["quantity"].as_u64()), (Some(2), Some(12)), "{error}");
+    let logs = meterd.logs();
+    let status = meterd.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}; logs:\n{}", logs.join("\n"));
+    let host = pg.query("SELECT deregistered_at IS NULL FROM meterd.hosts WHERE host_id = 'host-a'");
+    assert_eq!(host, [["t"]], "still registered: the fleet waits for it");
 }

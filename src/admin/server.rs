@@ -146,7 +146,7 @@ impl AdminServer {
             )];
         }
         let (reply, answer) = oneshot::channel();
-        if self.commands.send(Command::Flush { customer, reply }).await.is_err() {
+        if self.commands.send(Command::Flush { customer, every_hour: false, reply }).await.is_err() {
             return vec![Line::error("meterd is stopping")];
         }
         match answer.await {

@@ -154,8 +154,10 @@ impl Committer {
                 .collect();
             let _ = self.sealed_tx.send(stored);
         }
-        // After the records: whoever sees this hour also finds its records in the channel.
-        self.sealed_through.send_replace(sealed_through);
+        // After the records: whoever sees this hour also finds its records in the channel. Told
+        // only when it moves (the ship stage wakes for it).
+        self.sealed_through
+            .send_if_modified(|through| std::mem::replace(through, sealed_through) != sealed_through);
         Ok(())
     }
 

@@ -59,9 +59,11 @@ pub enum Command {
     /// New time rules after a reload.
     Reconfigure(Rules),
     /// Seal the open hours of this customer (`None`: all) now, checkpoint, and answer how many
-    /// records were sealed.
+    /// records were sealed. Hours that have begun only, unless `every_hour` (a stopping fleet
+    /// host: its partials of an hour still to come are summed when that hour closes).
     Flush {
         customer: Option<String>,
+        every_hour: bool,
         reply: oneshot::Sender<usize>,
     },
 }
@@ -301,20 +303,9 @@ impl Committer {
                 }
                 Command::Tick => tick = true,
                 Command::Reconfigure(rules) => self.aggregator.set_rules(rules),
-                Command::Flush { customer, reply } => {
-                    // Hours that have begun only: a record for a future hour cannot be sent yet.
-                    let current = crate::clock::hour_of(self.ctx.clock.now());
-                    let sealed = self.aggregator.seal_now(|key| {
-                        key.hour <= current
-                            && match (&customer, &key.customer) {
-                                (None, _) => true,
-                                (Some(want), Customer::AwsAccountId(id) | Customer::Identifier(id)) => {
-                                    want == id
-                                }
-                                (Some(_), Customer::Caller) => false,
-                            }
-                    });
-                    tracing::info!(customer = ?customer, records = sealed, "open hours flushed: sealed now and submitted next");
+                Command::Flush { customer, every_hour, reply } => {
+                    let sealed = self.flush(customer.as_deref(), every_hour);
+                    tracing::info!(customer = ?customer, records = sealed, every_hour, "open hours flushed: sealed now and submitted next");
                     self.flushed.push((reply, sealed));
                     tick = true;
                 }
@@ -328,6 +319,20 @@ impl Committer {
             }
         }
         tick
+    }
+
+    /// Seals the open records of `customer` (`None`: every customer) now: those of hours that
+    /// have begun (a record for a future hour cannot be sent yet), or of every hour.
+    fn flush(&mut self, customer: Option<&str>, every_hour: bool) -> usize {
+        let current = crate::clock::hour_of(self.ctx.clock.now());
+        self.aggregator.seal_now(|key| {
+            (every_hour || key.hour <= current)
+                && match (customer, &key.customer) {
+                    (None, _) => true,
+                    (Some(want), Customer::AwsAccountId(id) | Customer::Identifier(id)) => want == id,
+                    (Some(_), Customer::Caller) => false,
+                }
+        })
     }
 
     /// No event is taken any more: storage failed, or a checkpoint did.

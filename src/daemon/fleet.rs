@@ -62,6 +62,7 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
             outbox: outbox.clone(),
             pending,
             sealed_through,
+            stop_by: self.stops.shutdown_by.subscribe(),
         };
         self.supervisor.spawn_unit("ship", shipper.run(sealed, self.stops.submit.clone()));
         let holder = Holder {
@@ -101,10 +102,15 @@ pub(super) async fn drain_submissions(ctx: &Context, within: Duration) {
     );
 }
 
-/// Seals every open hour now, before the commit thread's last checkpoint (fleet mode's scale-in).
-pub(super) async fn flush_open_hours(commands: mpsc::Sender<commit::Command>) {
+/// Seals the open hours now, before the commit thread's last checkpoint (scale-in). A fleet host
+/// seals every open record, whatever its hour (`every_hour`): it ships all it acknowledged,
+/// including events of the next hour (inside `future_tolerance`, or carried forward), before it
+/// deregisters. A `meter_usage` instance seals the hours that have begun: it submits them now,
+/// and a record of an hour to come cannot be sent yet.
+pub(super) async fn flush_open_hours(commands: mpsc::Sender<commit::Command>, every_hour: bool) {
     let (reply, sealed) = oneshot::channel();
-    if commands.send(commit::Command::Flush { customer: None, reply }).await.is_ok()
+    let flush = commit::Command::Flush { customer: None, every_hour, reply };
+    if commands.send(flush).await.is_ok()
         && let Ok(count) = sealed.await
     {
         tracing::info!(records = count, "stopping: open hours sealed now, to be shipped before exit");

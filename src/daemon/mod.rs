@@ -8,8 +8,9 @@
 //! a task that ends on its own. With `aws.register_usage`, nothing is metered before RegisterUsage
 //! has succeeded at this start: the submit loop sends nothing, and the ingest socket (bound, so
 //! that clients' connections wait in its backlog) accepts no connection until then. Shutdown order ([`Running::shutdown`]): `STOPPING=1` → stop
-//! accepting → answer every line already read → final checkpoint and fdatasync → stop submitting
-//! → remove the sockets meterd bound, all within `shutdown.grace`. SIGHUP reloads what can
+//! accepting → answer every line already read → (fleet mode: seal every open record, whatever its
+//! hour) → final checkpoint and fdatasync → stop submitting (fleet mode: ship every partial, then
+//! deregister) → remove the sockets meterd bound, all within `shutdown.grace`. SIGHUP reloads what can
 //! change while running (`reload.rs`).
 
 mod fleet;
@@ -132,6 +133,9 @@ struct Stops {
     intake: CancellationToken,
     submit: CancellationToken,
     metrics: CancellationToken,
+    /// When the shutdown must be over, set as it begins (a fleet host's last shipment retries
+    /// until shortly before).
+    shutdown_by: watch::Sender<Option<tokio::time::Instant>>,
 }
 
 /// A started daemon: every stage runs under the supervisor.
@@ -200,6 +204,7 @@ pub async fn start<A: MeteringApi + Clone + 'static>(
         intake: CancellationToken::new(),
         submit: CancellationToken::new(),
         metrics: CancellationToken::new(),
+        shutdown_by: watch::channel(None).0,
     };
     let (supervisor, notifier) = (Supervisor::new(), Arc::new(notifier));
     let (registered, _) = watch::channel(registration(&config).is_none());
@@ -518,13 +523,14 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
         self.ctx.health.set_stopping();
         let mut trouble = Vec::new();
         let started = std::time::Instant::now();
+        self.stops.shutdown_by.send_replace(Some(tokio::time::Instant::now() + grace));
         let drained = tokio::time::timeout(grace, async {
             self.stops.intake.cancel();
             trouble.extend(
                 self.supervisor.wait_for(&["ingest", "http", "admin", "reload", "watchdog", "ticker"]).await,
             );
             if let Some(commands) = self.flush_on_stop.take() {
-                flush_open_hours(commands).await;
+                flush_open_hours(commands, self.fleet.is_some()).await;
             }
             // Every sender of the commit queue is gone now: the commit thread checkpoints and ends.
             trouble.extend(self.supervisor.wait_for(&["commit"]).await);

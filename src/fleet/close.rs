@@ -1,8 +1,8 @@
-//! Closing an hour (the lease holder only): when every host alive during the hour has shipped
-//! through it, or `close_after` has passed since it ended, its partials are summed per record key
-//! and tag set and written as frozen fleet records, and the hour is marked closed — one
-//! transaction, fenced by the lease epoch. The records then go through the same submit loop as a
-//! single host's, with their state in `records`.
+//! Closing an hour (the lease holder only): when every live host has shipped through it, or
+//! `close_after` has passed since it ended, its partials are summed per record key and tag set
+//! and written as frozen fleet records, and the hour is marked closed — one transaction, fenced
+//! by the lease epoch. The records then go through the same submit loop as a single host's, with
+//! their state in `records`.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +13,9 @@ use super::db::{DbError, key_columns, key_of};
 use crate::aggregate::{Allocation, SealedRecord};
 use crate::model::{MAX_QUANTITY, RecordKey, TagSet};
 
-/// Hours that may close now, oldest first, with the hosts still waited for (empty: close).
+/// Hours that may close now, oldest first, with the hosts still waited for (empty: close): every
+/// live host that has not shipped through the hour, including one first seen after the hour
+/// ended, which may hold events of it (stamped in it, acknowledged inside `seal_delay`).
 pub async fn due_hours(
     client: &Client,
     settings: &FleetSettings,
@@ -30,7 +32,7 @@ pub async fn due_hours(
         let waiting: Vec<String> = client
             .query(
                 "SELECT host_id FROM hosts WHERE deregistered_at IS NULL AND heartbeat >= $1
-                   AND first_seen < $2::bigint + 3600 AND coalesce(shipped_through, -1) < $2 ORDER BY host_id",
+                   AND coalesce(shipped_through, -1) < $2 ORDER BY host_id",
                 &[&(now - settings.host_timeout), &hour],
             )
             .await?
@@ -67,17 +69,16 @@ pub async fn close(
             &[&hour],
         )
         .await?;
-    let mut sums: BTreeMap<RecordKey, Vec<(TagSet, i64)>> = BTreeMap::new();
+    let mut sums: BTreeMap<RecordKey, TagSums> = BTreeMap::new();
     for row in rows {
         let key = key_of(row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), hour);
-        let tags: TagSet = serde_json::from_str(row.get::<_, &str>(5)).unwrap_or_default();
-        sums.entry(key).or_default().push((tags, row.get(6)));
+        sums.entry(key).or_default().push((tag_set(row.get(5)), row.get(6)));
     }
     let mut records = Vec::with_capacity(sums.len());
     for (key, tags) in sums {
-        match record(key, tags) {
-            (record, None) => records.push(record),
-            (record, Some(total)) => dead_letter_overflow(&tx, &record, total, epoch, now).await?,
+        match decide(key, tags) {
+            Ok(record) => records.push(record),
+            Err(dead) => dead_letter(&tx, &dead, epoch, now).await?,
         }
     }
     insert_records(&tx, &records, epoch, now).await?;
@@ -105,30 +106,71 @@ fn record(key: RecordKey, tags: Vec<(TagSet, i64)>) -> (SealedRecord, Option<i64
     (record, (total > i64::from(MAX_QUANTITY)).then_some(total))
 }
 
-/// A fleet record whose sum cannot be sent: a dead letter that names the true sum, never a
-/// silently capped bill.
-async fn dead_letter_overflow(
-    tx: &tokio_postgres::Transaction<'_>,
-    record: &SealedRecord,
+/// A partial's tag set as stored (JSON), or why it cannot be read.
+fn tag_set(text: &str) -> Result<TagSet, String> {
+    serde_json::from_str(text).map_err(|err| format!("unreadable tags {text:?} in a partial: {err}"))
+}
+
+/// A key's quantities per tag set, each tag set as read from its partials (or why it cannot be).
+type TagSums = Vec<(Result<TagSet, String>, i64)>;
+
+/// A fleet record that cannot be sent: what is known of it, its true sum and why.
+struct Dead {
+    record: SealedRecord,
     total: i64,
+    message: String,
+}
+
+/// The fleet record of a key's summed tag sets, or why it cannot be sent: a sum above the
+/// largest quantity the service takes, or a tag set this meterd cannot read (its allocations
+/// are unknown, and sending the sum untagged would re-shape the bill).
+fn decide(key: RecordKey, tags: TagSums) -> Result<SealedRecord, Box<Dead>> {
+    let total: i64 = tags.iter().map(|(_, q)| *q).sum();
+    let hour = key.hour;
+    let readable: Result<Vec<(TagSet, i64)>, String> =
+        tags.into_iter().map(|(tags, q)| tags.map(|tags| (tags, q))).collect();
+    let readable = match readable {
+        Ok(readable) => readable,
+        Err(reason) => {
+            tracing::error!(hour, total, %reason, "a fleet record's partials have unreadable tags; dead-lettered");
+            let message = format!(
+                "{reason}; the fleet's sum {total} for this customer, dimension and hour is not sent"
+            );
+            return Err(Box::new(Dead { record: record(key, vec![(Vec::new(), total)]).0, total, message }));
+        }
+    };
+    match record(key, readable) {
+        (record, None) => Ok(record),
+        (record, Some(total)) => {
+            tracing::error!(
+                hour,
+                total,
+                "a fleet record's sum is above the service's largest quantity; dead-lettered"
+            );
+            let message = format!(
+                "the fleet's sum {total} for this customer, dimension and hour is above 2147483647, the largest quantity the service takes"
+            );
+            Err(Box::new(Dead { record, total, message }))
+        }
+    }
+}
+
+/// A fleet record that cannot be sent: a dead letter that names the true sum and why, never a
+/// silently changed bill.
+async fn dead_letter(
+    tx: &tokio_postgres::Transaction<'_>,
+    dead: &Dead,
     epoch: i64,
     now: i64,
 ) -> Result<(), DbError> {
+    let Dead { record, total, message } = dead;
     let (scope_kind, scope, customer_kind, customer) = key_columns(&record.key);
-    let message = format!(
-        "the fleet's sum {total} for this customer, dimension and hour is above 2147483647, the largest quantity the service takes"
-    );
-    tracing::error!(
-        hour = record.key.hour,
-        total,
-        "a fleet record's sum is above the service's largest quantity; dead-lettered"
-    );
     let bytes = postcard::to_allocvec(record).expect("a record always encodes");
     tx.execute(
         "INSERT INTO records (scope_kind, scope, customer_kind, customer, dimension, hour, quantity, record, state,
            dead_reason, message, sealed_at, settled_at, epoch)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'dead_letter', 'invalid', $9, $10, $10, $11) ON CONFLICT DO NOTHING",
-        &[&scope_kind, &scope, &customer_kind, &customer, &record.key.dimension, &record.key.hour, &total, &bytes, &message, &now, &epoch],
+        &[&scope_kind, &scope, &customer_kind, &customer, &record.key.dimension, &record.key.hour, total, &bytes, message, &now, &epoch],
     )
     .await?;
     Ok(())
@@ -192,5 +234,22 @@ mod tests {
         let max = i64::from(MAX_QUANTITY);
         let (_, over) = super::record(key(), vec![(Vec::new(), max), (Vec::new(), 2)]);
         assert_eq!(over, Some(max + 2));
+    }
+
+    #[test]
+    fn a_tag_set_that_cannot_be_read_stops_the_record_instead_of_billing_it_untagged() {
+        let team = vec![("team".to_string(), "a".to_string())];
+        let tags = vec![(Ok(team), 5), (tag_set("{not json"), 7)];
+        let Err(dead) = decide(key(), tags) else { panic!("sent with unreadable tags") };
+        assert_eq!(dead.total, 12);
+        assert!(dead.message.starts_with("unreadable tags \"{not json\" in a partial: "), "{}", dead.message);
+        assert!(
+            dead.message.ends_with("; the fleet's sum 12 for this customer, dimension and hour is not sent")
+        );
+        assert_eq!(dead.record.quantity, 12);
+        let Ok(sent) = decide(key(), vec![(tag_set("[]"), 3), (tag_set(r#"[["team","a"]]"#), 4)]) else {
+            panic!("readable tags are sent")
+        };
+        assert_eq!((sent.quantity, sent.allocations.len()), (7, 2));
     }
 }

@@ -112,6 +112,8 @@ pub enum DbError {
     Tls(String),
     #[error("PostgreSQL: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("no answer from PostgreSQL in time")]
+    TimedOut,
 }
 
 /// How to reach the fleet database.

@@ -3,10 +3,21 @@
 //! new holder resends exactly what the last one froze). Losing the lease, or failing to renew it
 //! before it runs out, stops the holder's submit loop at once; the fencing epoch in every write
 //! refuses whatever it still tries.
+//!
+//! | every | the loop |
+//! |---|---|
+//! | `lease_ttl / 3` | takes or renews the lease; as holder, (re)starts the submit loop for its epoch and hands it the pending records it was never given |
+//! | second, as holder | closes the hours that are due, so an hour closes a second or two after the last host shipped it, and hands their records to the submit loop |
+//! | turn after an error | learns the true state from PostgreSQL before anything else: a close whose reply was lost (committed, but the holder heard an error) is submitted all the same |
+//!
+//! So no closed, unsubmitted record waits longer than about `lease_ttl / 3` while a holder lives,
+//! whatever failed before.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +25,7 @@ use super::FleetSettings;
 use super::close;
 use super::db::{DbError, Target};
 use super::lease::{self, Held};
-use super::store::FleetStore;
+use super::store::{self, FleetStore};
 use crate::context::Context;
 use crate::outbox::{RecordState, StoredRecord};
 use crate::submit::{MeteringApi, Settings, Submitter};
@@ -31,102 +42,190 @@ pub struct Holder<A> {
 /// The holder's submit loop while it runs.
 struct Running {
     records: mpsc::UnboundedSender<Vec<StoredRecord>>,
+    /// The hours whose pending records this loop was given (and that still have some).
+    handed: BTreeSet<i64>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
+impl Running {
+    /// Gives the submit loop `records`, the pending records of `hours`.
+    fn hand(&mut self, hours: &[i64], records: Vec<StoredRecord>) {
+        self.handed.extend(hours);
+        let _ = self.records.send(records);
+    }
+
+    async fn end(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// What the lease loop keeps from one turn to the next.
+#[derive(Default)]
+struct Lease {
+    client: Option<Client>,
+    held: Option<Held>,
+    running: Option<Running>,
+    /// When the lease was last taken or renewed, or tried.
+    tried: Option<Instant>,
+    /// A turn failed: PostgreSQL may hold what the submit loop was not given.
+    unsure: bool,
+}
+
 impl<A: MeteringApi + Clone + 'static> Holder<A> {
-    /// Tries for the lease every `lease_ttl / 3` until `cancel`; gives it up at the end.
+    /// Tries for the lease every `lease_ttl / 3` and, as holder, closes due hours every second,
+    /// until `cancel`; gives the lease up at the end.
     pub async fn run(self, cancel: CancellationToken) {
-        let mut client: Option<Client> = None;
-        let mut held: Option<Held> = None;
-        let mut running: Option<Running> = None;
+        let mut lease = Lease::default();
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(self.settings.lease_every()) => {}
-                _ = cancel.cancelled() => break,
-            }
-            let now = self.ctx.clock.now();
-            match self.turn(&mut client, held, &mut running, now).await {
-                Ok(now_held) => held = now_held,
-                Err(err) => {
-                    client = None;
-                    tracing::warn!(%err, "fleet database unreachable from the lease loop");
-                    // A lease that could not be renewed is ours only until it runs out.
-                    held = held.filter(|h| h.until > now + 1);
+            let renew = lease.tried.is_none_or(|at| at.elapsed() >= self.settings.lease_every());
+            // A database that stopped answering must not hold the shutdown up: a turn cut short
+            // is rolled back, and its writes are fenced anyway.
+            if renew || lease.held.is_some() {
+                tokio::select! {
+                    _ = self.step(&mut lease, renew) => {}
+                    _ = cancel.cancelled() => break,
                 }
             }
-            if held.is_none()
-                && let Some(run) = running.take()
-            {
-                tracing::warn!("the submitter lease is lost; this host stops submitting");
-                run.stop.cancel();
-                let _ = run.task.await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.close_every()) => {}
+                _ = cancel.cancelled() => break,
             }
-            self.ctx.metrics.fleet.lease_held.set(i64::from(held.is_some()));
         }
-        if let Some(run) = running.take() {
-            run.stop.cancel();
-            let _ = run.task.await;
+        if let Some(run) = lease.running.take() {
+            run.end().await;
         }
-        if let (Some(client), Some(held)) = (client.as_ref(), held) {
-            let _ = lease::release(client, &self.settings.host_id, held).await;
+        if let (Some(client), Some(held)) = (lease.client.as_ref(), lease.held) {
+            // Given up after a moment: the lease then runs out by itself within `lease_ttl`.
+            let release = lease::release(client, &self.settings.host_id, held);
+            let _ = tokio::time::timeout(self.settings.close_every(), release).await;
         }
         self.ctx.metrics.fleet.lease_held.set(0);
     }
 
-    /// One turn: take or renew the lease; as holder, start the submit loop and close due hours.
-    async fn turn(
-        &self,
-        client: &mut Option<Client>,
-        held: Option<Held>,
-        running: &mut Option<Running>,
-        now: i64,
-    ) -> Result<Option<Held>, DbError> {
-        if client.is_none() {
-            self.target.migrate().await?;
-            *client = Some(self.target.connect().await?);
+    /// One turn, and what follows from its outcome: a lease not renewed in time is lost, and
+    /// the submit loop with it.
+    async fn step(&self, lease: &mut Lease, renew: bool) {
+        let now = self.ctx.clock.now();
+        if let Err(err) = self.turn(lease, renew, now).await {
+            lease.client = None;
+            lease.unsure = true;
+            tracing::warn!(%err, "fleet database unreachable from the lease loop");
+            // A lease that could not be renewed is ours only until it runs out.
+            lease.held = lease.held.filter(|h| h.until > now + 1);
         }
+        if renew {
+            lease.tried = Some(Instant::now());
+        }
+        if lease.held.is_none()
+            && let Some(run) = lease.running.take()
+        {
+            tracing::warn!("the submitter lease is lost; this host stops submitting");
+            run.end().await;
+        }
+        self.ctx.metrics.fleet.lease_held.set(i64::from(lease.held.is_some()));
+    }
+
+    /// With `renew`: take or renew the lease, and as holder keep the submit loop running. As
+    /// holder: hand it what it misses (on a renewal, or after an error), then close due hours.
+    async fn turn(&self, lease: &mut Lease, renew: bool, now: i64) -> Result<(), DbError> {
+        if lease.client.is_none() {
+            self.target.migrate().await?;
+            lease.client = Some(self.target.connect().await?);
+        }
+        let Lease { client, held, running, unsure, .. } = lease;
         let db = client.as_mut().expect("just connected");
-        let host = &self.settings.host_id;
-        let Some(now_held) = lease::acquire(db, host, now, self.settings.lease_ttl, held).await? else {
-            return Ok(None);
-        };
-        let same_epoch = held.map(|h| h.epoch) == Some(now_held.epoch);
+        if renew {
+            let before = *held;
+            let host = &self.settings.host_id;
+            *held = lease::acquire(db, host, now, self.settings.lease_ttl, before).await?;
+            if let Some(now_held) = *held {
+                self.keep_submitting(db, running, before, now_held).await?;
+            }
+        }
+        let (Some(held), Some(running)) = (*held, running.as_mut()) else { return Ok(()) };
+        if renew || *unsure {
+            self.hand_over_missed(db, running).await?;
+            *unsure = false;
+        }
+        self.close_due(db, held.epoch, running, now).await
+    }
+
+    /// Starts the submit loop for `held`'s epoch, or again after it stopped on a database error.
+    async fn keep_submitting(
+        &self,
+        db: &Client,
+        running: &mut Option<Running>,
+        before: Option<Held>,
+        held: Held,
+    ) -> Result<(), DbError> {
+        let same_epoch = before.map(|h| h.epoch) == Some(held.epoch);
         let ended = running.as_ref().is_some_and(|run| run.task.is_finished());
         if same_epoch && ended {
             // Its store was retired by a database error: start again on a new connection.
             tracing::warn!(
-                epoch = now_held.epoch,
+                epoch = held.epoch,
                 "the fleet submit loop stopped on a database error; starting it again"
             );
         }
-        if !same_epoch || ended {
-            tracing::info!(epoch = now_held.epoch, "this host holds the submitter lease");
-            if let Some(run) = running.take() {
-                run.stop.cancel();
-                let _ = run.task.await;
-            }
-            *running = Some(self.start_submitting(db, now_held.epoch).await?);
+        if same_epoch && !ended && running.is_some() {
+            return Ok(());
         }
-        let records = &running.as_ref().expect("started above").records;
+        tracing::info!(epoch = held.epoch, "this host holds the submitter lease");
+        if let Some(run) = running.take() {
+            run.end().await;
+        }
+        *running = Some(self.start_submitting(db, held.epoch).await?);
+        Ok(())
+    }
+
+    /// Closes the hours that are due, oldest first, and hands their records to the submit loop.
+    async fn close_due(
+        &self,
+        db: &mut Client,
+        epoch: i64,
+        running: &mut Running,
+        now: i64,
+    ) -> Result<(), DbError> {
         for (hour, waiting) in close::due_hours(db, &self.settings, now).await? {
             if !waiting.is_empty() {
                 tracing::debug!(hour, hosts = ?waiting, "hour not closed yet: waiting for hosts");
                 break;
             }
-            if let Some(closed) = close::close(db, hour, now_held.epoch, now).await? {
-                tracing::info!(hour, records = closed.len(), epoch = now_held.epoch, "fleet hour closed");
+            if let Some(closed) = close::close(db, hour, epoch, now).await? {
+                tracing::info!(hour, records = closed.len(), epoch, "fleet hour closed");
                 self.ctx.metrics.fleet.hours_closed.inc();
                 let stored = closed.into_iter().map(|record| StoredRecord {
                     record,
                     sealed_at: now,
                     state: RecordState::Pending,
                 });
-                let _ = records.send(stored.collect());
+                running.hand(&[hour], stored.collect());
             }
         }
-        Ok(Some(now_held))
+        Ok(())
+    }
+
+    /// Hands the submit loop the pending records of hours it was never given: a close whose
+    /// reply was lost (PostgreSQL committed it, this holder heard an error), or anything else
+    /// that failed between a close and the submit loop.
+    async fn hand_over_missed(&self, db: &Client, running: &mut Running) -> Result<(), DbError> {
+        let pending = store::pending_hours(db).await?;
+        // An hour without pending records has none in the submit loop either.
+        running.handed.retain(|hour| pending.contains(hour));
+        let missed: Vec<i64> = pending.into_iter().filter(|hour| !running.handed.contains(hour)).collect();
+        if missed.is_empty() {
+            return Ok(());
+        }
+        let records = store::pending_in(db, &missed).await?;
+        tracing::warn!(
+            hours = ?missed,
+            records = records.len(),
+            "closed fleet records the submit loop was not given (a lost reply to a close?); submitting them now"
+        );
+        running.hand(&missed, records);
+        Ok(())
     }
 
     /// The submit loop over the fleet's pending records, fenced by `epoch`.
@@ -134,8 +233,9 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
         let store =
             FleetStore::new(self.target.clone(), self.ctx.clock, self.settings.host_id.clone(), epoch)
                 .await?;
-        let pending = super::store::pending(db).await?;
+        let pending = store::pending(db).await?;
         tracing::info!(records = pending.len(), epoch, "submitting the fleet's records");
+        let handed = pending.iter().map(|stored| stored.record.key.hour).collect();
         let submitter =
             Submitter::new(self.ctx.clone(), self.api.clone(), Arc::new(store), pending, self.submit);
         let (records, records_rx) = mpsc::unbounded_channel();
@@ -144,6 +244,6 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
         let stop = CancellationToken::new();
         // Fleet mode is batch mode: no RegisterUsage to wait for.
         let task = tokio::spawn(submitter.run(records_rx, control_rx, std::future::ready(()), stop.clone()));
-        Ok(Running { records, stop, task })
+        Ok(Running { records, handed, stop, task })
     }
 }

@@ -13,7 +13,7 @@
 //! | hour state | means | next |
 //! |---|---|---|
 //! | (no row) | no partial shipped for it yet | `open` when the first partial arrives |
-//! | `open` | partials arrive; hosts report how far they shipped | `closed` when every host alive during it shipped through it, or `close_after` after it ended |
+//! | `open` | partials arrive; hosts report how far they shipped | `closed` when every live host shipped through it, or `close_after` after it ended |
 //! | `closed` | summed into `records` (state `pending` → `accepted` / `dead_letter`, as on one host) | a partial arriving now is late ([`ship::Late`]) |
 
 pub mod close;
@@ -66,6 +66,12 @@ impl FleetSettings {
     /// How often the lease is renewed (or tried).
     pub fn lease_every(&self) -> Duration {
         Duration::from_millis((self.lease_ttl * 1000 / 3).max(100) as u64)
+    }
+
+    /// How often the holder looks for hours to close: an hour closes a second or two after the
+    /// last host shipped it.
+    pub fn close_every(&self) -> Duration {
+        self.lease_every().min(Duration::from_secs(1))
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +29,9 @@ use crate::outbox::{Outbox, RecordState, StoredRecord};
 
 /// Most partials in one transaction.
 const BATCH: usize = 500;
+
+/// What the last shipment leaves of the shutdown's grace, for the rest of the shutdown.
+const FINISH_MARGIN: Duration = Duration::from_millis(500);
 
 /// What happens to a partial whose hour the fleet already closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +63,9 @@ pub struct Shipper {
     pub pending: BTreeMap<(i64, String), StoredRecord>,
     /// The commit stage's last sealed hour (a partial of every hour up to it was handed over).
     pub sealed_through: watch::Receiver<Option<i64>>,
+    /// When the daemon's shutdown must be over (set as it begins): the last shipment retries
+    /// until shortly before. `None`: one attempt.
+    pub stop_by: watch::Receiver<Option<Instant>>,
 }
 
 impl Shipper {
@@ -71,7 +78,7 @@ impl Shipper {
         let mut client: Option<Client> = None;
         let mut failures = 0u32;
         let every = self.settings.heartbeat_every();
-        let mut next_compaction = tokio::time::Instant::now();
+        let mut next_compaction = Instant::now();
         self.ctx.metrics.fleet.backlog.set(self.pending.len() as i64);
         loop {
             let wait = if failures == 0 { every } else { backoff(failures) };
@@ -80,20 +87,33 @@ impl Shipper {
                     Some(records) => self.add(records),
                     None => break,
                 },
+                // A newly sealed hour is shipped at once, so that the holder can close it.
+                Ok(()) = self.sealed_through.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = cancel.cancelled() => break,
             }
             // The sealed hour first, then the channel: the commit stage sends an hour's records
-            // before it announces the hour, so all of them are drained below.
-            let through = *self.sealed_through.borrow();
+            // before it announces the hour, so all of them are drained below and shipped in the
+            // same transaction as the hour.
+            let through = *self.sealed_through.borrow_and_update();
             while let Ok(records) = sealed.try_recv() {
                 self.add(records);
             }
-            if tokio::time::Instant::now() >= next_compaction {
-                next_compaction = tokio::time::Instant::now() + Duration::from_secs(3600);
+            if Instant::now() >= next_compaction {
+                next_compaction = Instant::now() + Duration::from_secs(3600);
                 self.compact();
             }
-            match self.ship(&mut client, through).await {
+            // Cut short by the shutdown (a database that stopped answering must not hold it up):
+            // `finish` ships again on a new connection within the grace, and a resend is a no-op.
+            let shipped = tokio::select! {
+                shipped = self.ship(&mut client, through) => Some(shipped),
+                _ = cancel.cancelled() => None,
+            };
+            let Some(shipped) = shipped else {
+                client = None;
+                break;
+            };
+            match shipped {
                 Ok(()) => failures = 0,
                 Err(err) => {
                     failures += 1;
@@ -187,11 +207,12 @@ impl Shipper {
         }
     }
 
-    /// The highest hour this host has sealed and shipped whole, given the last sealed hour as it
-    /// was read before the channel was drained.
-    fn shipped_through(&self, sealed: Option<i64>) -> Option<i64> {
+    /// The highest hour this host has sealed and shipped whole once the first `shipping` pending
+    /// partials are (they go in the same transaction), given the last sealed hour as it was read
+    /// before the channel was drained.
+    fn shipped_through(&self, sealed: Option<i64>, shipping: usize) -> Option<i64> {
         let sealed = sealed?;
-        match self.pending.keys().next() {
+        match self.pending.keys().nth(shipping) {
             Some((hour, _)) if *hour <= sealed => Some(hour - 3600),
             _ => Some(sealed),
         }
@@ -249,7 +270,7 @@ impl Shipper {
             done.push((*hour, local.clone()));
         }
         rows.insert(&tx, host).await?;
-        let through = self.shipped_through(through);
+        let through = self.shipped_through(through, batch.len());
         tx.execute(
             "INSERT INTO hosts (host_id, first_seen, heartbeat, shipped_through) VALUES ($1, $2, $2, $3)
              ON CONFLICT (host_id) DO UPDATE SET heartbeat = $2, deregistered_at = NULL,
@@ -311,31 +332,64 @@ impl Shipper {
         self.persist(&stored);
     }
 
-    /// At shutdown: ship what is left once more, then deregister, so the fleet does not wait.
+    /// At shutdown (scale-in): ships everything left, retrying until shortly before the stop
+    /// deadline, and deregisters only once all of it is committed, so that the fleet never stops
+    /// waiting for a host whose partials it lacks. What cannot be shipped stays in the outbox,
+    /// and the host stays registered.
     async fn finish(&mut self, client: &mut Option<Client>, through: Option<i64>) {
-        if let Err(err) = self.ship(client, through).await {
-            tracing::warn!(%err, "last shipment failed");
+        let until = (*self.stop_by.borrow()).map(|by| by.checked_sub(FINISH_MARGIN).unwrap_or(by));
+        let mut failures = 0;
+        loop {
+            match within(until, self.ship(client, through)).await {
+                Ok(()) => return self.deregister(client, until).await,
+                Err(err) => {
+                    failures += 1;
+                    *client = None;
+                    tracing::warn!(%err, backlog = self.pending.len(), "last shipment failed");
+                }
+            }
+            let retry_at = Instant::now() + backoff(failures);
+            if until.is_none_or(|until| retry_at >= until) {
+                break;
+            }
+            tokio::time::sleep_until(retry_at).await;
         }
-        if !self.pending.is_empty() {
-            let quantity: u64 = self.pending.values().map(|s| u64::from(s.record.quantity)).sum();
-            tracing::error!(
-                partials = self.pending.len(),
-                quantity,
-                "stopping with partials not shipped; they stay in the outbox and ship when this data dir runs again"
-            );
-            return;
-        }
+        let quantity: u64 = self.pending.values().map(|s| u64::from(s.record.quantity)).sum();
+        tracing::error!(
+            partials = self.pending.len(),
+            quantity,
+            "stopping with partials not shipped: this host stays registered, and they stay in the outbox and ship when this data dir runs again (lost with it if it is not kept)"
+        );
+    }
+
+    /// Marks this host deregistered: the fleet no longer waits for it.
+    async fn deregister(&self, client: &Option<Client>, until: Option<Instant>) {
+        let Some(client) = client.as_ref() else { return };
         let now = self.ctx.clock.now();
-        if let Some(client) = client.as_ref()
-            && let Err(err) = client
-                .execute(
-                    "UPDATE hosts SET deregistered_at = $2 WHERE host_id = $1",
-                    &[&self.settings.host_id, &now],
-                )
-                .await
-        {
-            tracing::warn!(%err, "could not deregister from the fleet; it stops waiting after fleet.host_timeout");
+        let update = async {
+            let host = &self.settings.host_id;
+            Ok(client
+                .execute("UPDATE hosts SET deregistered_at = $2 WHERE host_id = $1", &[host, &now])
+                .await?)
+        };
+        match within(until, update).await {
+            Ok(_) => tracing::info!("every partial shipped; deregistered from the fleet"),
+            Err(err) => tracing::warn!(
+                %err,
+                "every partial shipped, but could not deregister from the fleet; it stops waiting after fleet.host_timeout"
+            ),
         }
+    }
+}
+
+/// `work`, given up at `until` (if any).
+async fn within<T>(
+    until: Option<Instant>,
+    work: impl std::future::Future<Output = Result<T, DbError>>,
+) -> Result<T, DbError> {
+    match until {
+        Some(until) => tokio::time::timeout_at(until, work).await.unwrap_or(Err(DbError::TimedOut)),
+        None => work.await,
     }
 }
 
@@ -418,7 +472,24 @@ impl Rows {
     }
 }
 
-/// The wait after `failures` failed attempts: 1 s doubling to 30 s.
+/// The wait after `failures` failed attempts: the project's backoff with full jitter (a fleet
+/// that lost its database does not retry in lock-step), under a ceiling of 1 s doubling to 30 s.
 fn backoff(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.min(5).saturating_sub(1)).min(Duration::from_secs(30))
+    crate::submit::backoff(Duration::from_secs(1), Duration::from_secs(30), failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ship_backoff_is_jittered_under_a_ceiling_of_one_second_doubling_to_thirty() {
+        for failures in 1..12u32 {
+            let ceiling = Duration::from_secs(1 << (failures - 1).min(5)).min(Duration::from_secs(30));
+            let waits: Vec<Duration> = (0..200).map(|_| backoff(failures)).collect();
+            assert!(waits.iter().all(|w| *w <= ceiling), "{failures}: {waits:?} above {ceiling:?}");
+            assert!(waits.iter().any(|w| *w != waits[0]), "{failures}: every wait is {:?}", waits[0]);
+        }
+        assert!((0..200).map(|_| backoff(20)).any(|w| w > Duration::from_secs(16)), "up to 30 s");
+    }
 }

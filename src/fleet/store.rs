@@ -2,6 +2,7 @@
 //! lease epoch (zero rows: the lease moved on, and this store refuses everything from then on).
 //! PostgreSQL commits durably, so there is no separate barrier.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio_postgres::Client;
@@ -186,6 +187,25 @@ impl Store for FleetStore {
 pub async fn pending(client: &Client) -> Result<Vec<StoredRecord>, DbError> {
     let rows = client
         .query(&format!("SELECT {COLUMNS} FROM records WHERE state = 'pending' ORDER BY hour"), &[])
+        .await?;
+    Ok(rows.iter().filter_map(stored_of).collect())
+}
+
+/// The hours that have pending records.
+pub async fn pending_hours(client: &Client) -> Result<BTreeSet<i64>, DbError> {
+    let rows = client.query("SELECT DISTINCT hour FROM records WHERE state = 'pending'", &[]).await?;
+    Ok(rows.into_iter().map(|row| row.get(0)).collect())
+}
+
+/// The pending records of `hours`.
+pub async fn pending_in(client: &Client, hours: &[i64]) -> Result<Vec<StoredRecord>, DbError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM records WHERE state = 'pending' AND hour = ANY($1) ORDER BY hour"
+            ),
+            &[&hours],
+        )
         .await?;
     Ok(rows.iter().filter_map(stored_of).collect())
 }

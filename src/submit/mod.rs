@@ -17,6 +17,7 @@ pub use api::{
     StripEmptyFields, classify,
 };
 pub use register::{RegisterRequest, RegistrationRefused, register};
+pub use send::backoff;
 pub use size::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
 pub use store::{Store, StoreError};
 pub use submitter::{Control, Settings, Submitter};

@@ -345,7 +345,7 @@ impl<A: MeteringApi> Submitter<A> {
 
 /// The wait before attempt `attempts + 1`: full jitter, anywhere between now and an exponential
 /// ceiling of `base · 2^(attempts-1)`, at most `max`.
-pub(super) fn backoff(base: Duration, max: Duration, attempts: u32) -> Duration {
+pub fn backoff(base: Duration, max: Duration, attempts: u32) -> Duration {
     let ceiling =
         base.saturating_mul(1u32.checked_shl(attempts.clamp(1, 20) - 1).unwrap_or(u32::MAX)).min(max);
     ceiling.mul_f64(fastrand::f64())

@@ -145,7 +145,7 @@ impl Pg {
             let (client, connection) =
                 tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await.unwrap();
             tokio::spawn(connection);
-            let rows = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let rows = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
             rows.into_iter()
                 .filter_map(|m| match m {
                     tokio_postgres::SimpleQueryMessage::Row(row) => {
