@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod aggregate;
+pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod commit;

@@ -57,7 +57,18 @@ impl Running {
 
     async fn end(self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        surface_panic(self.task.await);
+    }
+}
+
+/// The submit loop is spawned by the holder, not by the supervisor (it starts and stops with the
+/// lease): a panic in it is raised again in the holder, a supervised task, so that it stops
+/// meterd as any task's panic does instead of being taken for a database error.
+fn surface_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(err) = joined
+        && err.is_panic()
+    {
+        std::panic::resume_unwind(err.into_panic());
     }
 }
 
@@ -163,7 +174,11 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
         let same_epoch = before.map(|h| h.epoch) == Some(held.epoch);
         let ended = running.as_ref().is_some_and(|run| run.task.is_finished());
         if same_epoch && ended {
-            // Its store was retired by a database error: start again on a new connection.
+            // A loop that panicked ends the holder the same way (the supervisor stops meterd);
+            // one whose store was retired by a database error starts again on a new connection.
+            if let Some(run) = running.take() {
+                surface_panic(run.task.await);
+            }
             tracing::warn!(
                 epoch = held.epoch,
                 "the fleet submit loop stopped on a database error; starting it again"
@@ -245,5 +260,21 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
         // Fleet mode is batch mode: no RegisterUsage to wait for.
         let task = tokio::spawn(submitter.run(records_rx, control_rx, std::future::ready(()), stop.clone()));
         Ok(Running { records, handed, stop, task })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    #[tokio::test]
+    async fn a_panic_of_the_submit_loop_is_raised_again_in_the_holder() {
+        let panicked = tokio::spawn(async { panic!("the submit loop panicked") }).await;
+        assert!(catch_unwind(AssertUnwindSafe(|| super::surface_panic(panicked))).is_err());
+        // A loop that returned, or was cancelled, is no panic.
+        super::surface_panic(tokio::spawn(async {}).await);
+        let aborted = tokio::spawn(std::future::pending::<()>());
+        aborted.abort();
+        super::surface_panic(aborted.await);
     }
 }

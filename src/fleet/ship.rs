@@ -475,7 +475,7 @@ impl Rows {
 /// The wait after `failures` failed attempts: the project's backoff with full jitter (a fleet
 /// that lost its database does not retry in lock-step), under a ceiling of 1 s doubling to 30 s.
 fn backoff(failures: u32) -> Duration {
-    crate::submit::backoff(Duration::from_secs(1), Duration::from_secs(30), failures)
+    crate::backoff::delay(Duration::from_secs(1), Duration::from_secs(30), failures)
 }
 
 #[cfg(test)]

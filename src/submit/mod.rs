@@ -17,7 +17,6 @@ pub use api::{
     StripEmptyFields, classify,
 };
 pub use register::{RegisterRequest, RegistrationRefused, register};
-pub use send::backoff;
 pub use size::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
 pub use store::{Store, StoreError};
 pub use submitter::{Control, Settings, Submitter};

@@ -108,7 +108,7 @@ pub async fn register<A: MeteringApi>(
             return Err(refused);
         }
         attempt += 1;
-        let delay = super::send::backoff(request.backoff_base, request.backoff_max, attempt);
+        let delay = crate::backoff::delay(request.backoff_base, request.backoff_max, attempt);
         tracing::warn!(attempt, error = %failure, delay_ms = delay.as_millis() as u64, "RegisterUsage failed; retrying");
         status.last_error = Some(failure.to_string());
         health.set_registration(status.clone());

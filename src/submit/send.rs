@@ -339,16 +339,9 @@ impl<A: MeteringApi> Submitter<A> {
         let settings = self.settings;
         let Some(entry) = self.queue.get_mut(key) else { return };
         entry.attempts += 1;
-        entry.next_at = Instant::now() + backoff(settings.backoff_base, settings.backoff_max, entry.attempts);
+        entry.next_at = Instant::now()
+            + crate::backoff::delay(settings.backoff_base, settings.backoff_max, entry.attempts);
     }
-}
-
-/// The wait before attempt `attempts + 1`: full jitter, anywhere between now and an exponential
-/// ceiling of `base · 2^(attempts-1)`, at most `max`.
-pub fn backoff(base: Duration, max: Duration, attempts: u32) -> Duration {
-    let ceiling =
-        base.saturating_mul(1u32.checked_shl(attempts.clamp(1, 20) - 1).unwrap_or(u32::MAX)).min(max);
-    ceiling.mul_f64(fastrand::f64())
 }
 
 /// The `outcome` label of `meterd_api_requests_total` for a failed call.
