@@ -142,17 +142,22 @@ pub fn run(shared: Arc<Shared>, mut commands: mpsc::Receiver<Command>) -> Result
         Err(mpsc::error::TryRecvError::Empty) => Ok(None),
         Err(mpsc::error::TryRecvError::Disconnected) => Err(()),
     };
-    // A reload or flush that ended the last group (`Committer::take_group`) starts the next.
+    // A reload or flush that ended a group (`Committer::take_group`) starts the next, under the
+    // same hold of the lock: no connection commits between the two.
     let mut held = None;
-    while let Some(first) =
-        held.take().or_else(|| spin_then_wait(&mut commands, try_next, |c| c.blocking_recv()))
-    {
+    'turns: while let Some(mut first) = spin_then_wait(&mut commands, try_next, |c| c.blocking_recv()) {
         let mut committer = shared.lock();
-        let tick = committer.take_group(first, &mut commands, &mut group, &mut held);
-        if !group.is_empty() && !committer.log_group(&mut group, &shared, &commands, &sync_tx) {
-            break;
+        loop {
+            let tick = committer.take_group(first, &mut commands, &mut group, &mut held);
+            if !group.is_empty() && !committer.log_group(&mut group, &shared, &commands, &sync_tx) {
+                break 'turns;
+            }
+            committer.after_turn(tick)?;
+            match held.take() {
+                Some(next) => first = next,
+                None => break,
+            }
         }
-        committer.after_turn(tick)?;
     }
     let mut committer = shared.lock();
     shared.running.store(false, Ordering::Release);

@@ -419,7 +419,10 @@ impl Committer {
             for event in submission.events {
                 let key = prepared.next().flatten();
                 let id_hash = hashed.next().flatten();
-                if let (Some(_), Some(hash)) = (id_hash, ahead.next()) {
+                // Only an event with an id moves the read-ahead on: `ahead` holds ids alone.
+                if id_hash.is_some()
+                    && let Some(hash) = ahead.next()
+                {
                     read ^= self.aggregator.read_ahead_id(hash);
                 }
                 outcomes.push(match self.aggregator.admit_hashed(event, now, key, id_hash) {

@@ -245,9 +245,15 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
 
     /// The submit loop over the fleet's pending records, fenced by `epoch`.
     async fn start_submitting(&self, db: &Client, epoch: i64) -> Result<Running, DbError> {
-        let store =
-            FleetStore::new(self.target.clone(), self.ctx.clock, self.settings.host_id.clone(), epoch)
-                .await?;
+        let write_timeout = std::time::Duration::from_secs(self.settings.lease_ttl.max(1) as u64);
+        let store = FleetStore::new(
+            self.target.clone(),
+            self.ctx.clock,
+            self.settings.host_id.clone(),
+            epoch,
+            write_timeout,
+        )
+        .await?;
         let pending = store::pending(db).await?;
         tracing::info!(records = pending.len(), epoch, "submitting the fleet's records");
         let handed = pending.iter().map(|stored| stored.record.key.hour).collect();

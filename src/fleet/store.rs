@@ -20,6 +20,8 @@ pub struct FleetStore {
     host: String,
     epoch: i64,
     fenced: AtomicBool,
+    /// The longest a write may take (`fleet.lease_ttl`: past it the lease is gone anyway).
+    timeout: std::time::Duration,
 }
 
 impl FleetStore {
@@ -28,6 +30,7 @@ impl FleetStore {
         clock: crate::clock::Clock,
         host: String,
         epoch: i64,
+        timeout: std::time::Duration,
     ) -> Result<Self, DbError> {
         let client = target.connect().await?;
         Ok(Self {
@@ -36,6 +39,7 @@ impl FleetStore {
             host,
             epoch,
             fenced: AtomicBool::new(false),
+            timeout,
         })
     }
 
@@ -44,16 +48,22 @@ impl FleetStore {
     /// loop starts it again on a new connection from what the database holds (a settle that
     /// failed leaves its record pending, to be resent unchanged).
     fn blocking<T>(&self, work: impl AsyncFnOnce(&Client) -> Result<T, DbError>) -> Result<T, StoreError> {
-        tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(async {
+        // Bounded: a database that stops answering must not hold the submit loop (nor, through
+        // its thread, a stopping meterd) until the kernel gives the connection up.
+        let done = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(tokio::time::timeout(self.timeout, async {
                 let client = self.client.lock().await;
                 work(&client).await
-            })
-        })
-        .map_err(|e| {
+            }))
+        });
+        let failed = |reason: String| {
             self.fenced.store(true, Ordering::SeqCst);
-            StoreError(e.to_string())
-        })
+            StoreError(reason)
+        };
+        match done {
+            Ok(result) => result.map_err(|e| failed(e.to_string())),
+            Err(_) => Err(failed(format!("the fleet database did not answer within {:?}", self.timeout))),
+        }
     }
 
     fn refuse_if_fenced(&self, changed: u64) -> Result<(), StoreError> {

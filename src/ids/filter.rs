@@ -1,9 +1,9 @@
 //! Blocked Bloom filters, one per run, all of one geometry, kept side by side: every id sets
 //! [`PROBES`] bits inside one 512-bit block chosen by its hash, and block `b` of every run sits
-//! next to block `b` of the others ([`Filters`]). A lookup tests one block per run, and those
-//! blocks are contiguous, so asking twenty runs costs about as much as asking one: the memory
-//! misses that scattered filters cost each id grew with the runs, and ingest slowed as ids
-//! accumulated.
+//! next to block `b` of the others ([`Filters`]). A lookup tests one block (one cache line) per
+//! run, and those lines are contiguous, so their misses overlap and the hardware's prefetcher
+//! follows them: scattered filters cost each id a miss per run, one after another, and ingest
+//! slowed as ids accumulated. The commit thread also reads them ahead of the lookup.
 //!
 //! Every filter has [`BLOCKS`] blocks, about 10 bits for each id of a full segment (some 1 % of
 //! the ids a run does not hold pass its filter); a smaller run's filter is as large.
