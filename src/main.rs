@@ -216,7 +216,7 @@ struct SendArgs {
     dimension: Option<String>,
     /// Sent as given: meterd itself answers a quantity it refuses (negative, fractional, too
     /// large) with `invalid_field`, as it would from any client.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_negative_numbers = true)]
     quantity: Option<String>,
     /// RFC 3339 or epoch seconds; default: when meterd receives it.
     #[arg(long)]
