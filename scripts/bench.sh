@@ -8,8 +8,9 @@
 #   - meterd's idle RSS; ingest (8 connections x 64 in flight, 2,000,000 events) with 1,000,
 #     100,000 and 1,000,000 customer x dimension keys open in one hour, three rounds in turn, and
 #     the RSS after each;
-#   - the time from a restart after kill -9 with 1,000,000 events (1,000,000 open keys) since the
-#     last checkpoint to /readyz answering 200;
+#   - the restart after kill -9 with 1,000,000 events (1,000,000 open keys), with the default
+#     checkpoint interval and with none of them checkpointed (60 s): the time to /readyz answering
+#     200, and the restart's peak RSS beside the peak of the run it recovers;
 #   - the API calls needed to drain 30,000 sealed records through the emulator;
 #   - with idempotency ids (the client libraries' form, a unique one per event), on one meterd:
 #     ingest at 8 x 64 over 1,000 customers x 4 dimensions x 8 tag sets, and meterd's RSS and
@@ -22,6 +23,11 @@
 #   BENCH_SECONDS (default 10)        the length of each throughput run
 #   BENCH_ONLY=ids                    only the id section (no Redis, no plots); its lines go to
 #                                     target/bench/results-ids.txt, results.txt is left alone
+#   BENCH_ONLY=restart                only the restart section: two kill -9 restarts at 1,000,000
+#                                     open keys (checkpoint_interval 1s and 60s); its lines go to
+#                                     target/bench/results-restart.txt
+#   BENCH_METERD                      the meterd binary to measure (default target/release/meterd,
+#                                     built first): another build, to compare two in turn
 #   BENCH_IDS (default 10000000)      unique ids sent in the id section's ladder
 #   BENCH_ID_STEP (default 1000000)   ids per ladder step (one line each)
 #   BENCH_IDS_RSS_LIMIT_MIB           the ladder stops once meterd's RSS passes it (default: half
@@ -32,15 +38,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${BENCH_SECONDS:-10}
 only=${BENCH_ONLY:-}
-case "$only" in "" | ids) ;; *) echo "BENCH_ONLY must be ids or unset" >&2; exit 2 ;; esac
+case "$only" in "" | ids | restart) ;; *) echo "BENCH_ONLY must be ids, restart or unset" >&2; exit 2 ;; esac
 out=target/bench
 mkdir -p "$out" docs/img
 cargo build --release --locked --bin meterd --example loadgen
-if [ "$only" != ids ] && ! command -v redis-server >/dev/null; then
+if [ -z "$only" ] && ! command -v redis-server >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server
 fi
-meterd=target/release/meterd
+meterd=${BENCH_METERD:-target/release/meterd}
 loadgen=target/release/examples/loadgen
 dir=$(mktemp -d "${TMPDIR:-/tmp}/meterd-bench.XXXXXX")
 pids=()
@@ -70,7 +76,7 @@ start_meterd() {
     exit 1
 }
 results="$out/results.txt"
-[ "$only" = ids ] && results="$out/results-ids.txt"
+[ -n "$only" ] && results="$out/results-$only.txt"
 : >"$results"
 
 # The id section: one meterd, one load generator (a single thread), the events of the issue's
@@ -210,9 +216,58 @@ ids_section() {
     wait "$pid" || true
 }
 
+# The restart after kill -9 with 1,000,000 events for 1,000,000 open keys, with the default
+# checkpoint interval and the longest allowed (60 s: none of them checkpointed): events replayed,
+# the time to /readyz 200, the restart's peak RSS beside the loaded run's peak, and the RSS 3 s
+# after ready.
+replay_section() {
+    local interval port started ready hwm loaded_hwm loaded_rss replayed opened
+    for interval in 1s 60s; do
+        echo "== replay: kill -9 with 1,000,000 events (1,000,000 open keys), checkpoint_interval $interval"
+        port=$(free_port)
+        rm -rf "$dir/replay"
+        start_meterd replay "$port" METERD_STORAGE__CHECKPOINT_INTERVAL=$interval
+        "$loadgen" --socket "$dir/replay/meterd.sock" --connections 32 --depth 64 --customers 250000 --dimensions 4 \
+            --tag-sets 1 --events 1000000 --seconds 50 | tee -a "$results"
+        loaded_rss=$(kib VmRSS "$pid") loaded_hwm=$(kib VmHWM "$pid")
+        kill -9 "$pid"
+        wait "$pid" 2>/dev/null || true
+        : >"$dir/replay.log"
+        started=$(date +%s.%N)
+        env $(meterd_env replay "$port") METERD_STORAGE__CHECKPOINT_INTERVAL=$interval "$meterd" run 2>>"$dir/replay.log" &
+        pid=$!
+        pids+=("$pid")
+        until env $(meterd_env replay "$port") "$meterd" probe ready >/dev/null 2>&1; do
+            if ! kill -0 "$pid" 2>/dev/null; then
+                echo "meterd replay did not restart:" >&2
+                tail -n 20 "$dir/replay.log" >&2
+                exit 1
+            fi
+            sleep 0.01
+        done
+        ready=$(date +%s.%N)
+        hwm=$(kib VmHWM "$pid")
+        sleep 3
+        replayed=$(grep -o '"replayed_events":[0-9]*' "$dir/replay.log" | tail -1 | grep -o '[0-9]*$')
+        opened=$(grep -o '"open_records":[0-9]*' "$dir/replay.log" | tail -1 | grep -o '[0-9]*$')
+        awk -v i="$interval" -v s="$started" -v r="$ready" -v n="$replayed" -v o="$opened" -v h="$hwm" \
+            -v lh="$loaded_hwm" -v lr="$loaded_rss" -v after="$(kib VmRSS "$pid")" 'BEGIN {
+            printf "replay checkpoint_interval=%s replayed_events=%s open_records=%s ready_after_kill9_s=%.2f", i, n, o, r - s
+            printf " loaded_rss_mib=%.1f loaded_peak_rss_mib=%.1f restart_peak_rss_mib=%.1f rss_3s_after_ready_mib=%.1f\n", lr / 1024, lh / 1024, h / 1024, after / 1024
+        }' | tee -a "$results"
+        kill -TERM "$pid"
+        wait "$pid" || true
+    done
+}
+
 echo "== machine"
 echo "$(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -r), $(date -u +%F)"
 "$loadgen" --fsync-probe "$dir" --seconds 3 | tee -a "$results"
+if [ "$only" = restart ]; then
+    replay_section
+    echo "results in $results"
+    exit 0
+fi
 if [ "$only" = ids ]; then
     : >"$out/ids-steps.txt"
     ids_section
@@ -298,25 +353,7 @@ done
 awk -v m="$(mean <<<"${rates[1000000]}")" -v b="$(mean <<<"${rates[1000]}")" \
     'BEGIN { printf "keys ratio_1000000_over_1000=%.2f\n", m / b }' | tee -a "$results"
 
-echo "== replay: kill -9 with 1,000,000 events (1,000,000 open keys) since the last checkpoint"
-port=$(free_port)
-start_meterd replay "$port" METERD_STORAGE__CHECKPOINT_INTERVAL=60s
-"$loadgen" --socket "$dir/replay/meterd.sock" --connections 32 --depth 64 --customers 250000 --dimensions 4 \
-    --tag-sets 1 --events 1000000 --seconds 50 | tee -a "$results"
-kill -9 "$pid"
-wait "$pid" 2>/dev/null || true
-started=$(date +%s.%N)
-env $(meterd_env replay "$port") METERD_STORAGE__CHECKPOINT_INTERVAL=60s "$meterd" run 2>>"$dir/replay.log" &
-pid=$!
-pids+=("$pid")
-until env $(meterd_env replay "$port") "$meterd" probe ready >/dev/null 2>&1; do sleep 0.01; done
-ready=$(date +%s.%N)
-replayed=$(grep -o '"replayed_events":[0-9]*\|replayed_events=[0-9]*' "$dir/replay.log" | tail -1 | grep -o '[0-9]*$')
-opened=$(grep -o '"open_records":[0-9]*\|open_records=[0-9]*' "$dir/replay.log" | tail -1 | grep -o '[0-9]*$')
-awk -v s="$started" -v r="$ready" -v n="$replayed" -v o="$opened" \
-    'BEGIN { printf "replayed_events=%s open_records=%s ready_after_kill9_s=%.2f\n", n, o, r - s }' | tee -a "$results"
-kill -TERM "$pid"
-
+replay_section
 echo "== drain: 30,000 sealed records through the emulator at 10 requests/s"
 emu_port=$(free_port)
 "$meterd" emulator --listen "127.0.0.1:$emu_port" 2>"$dir/emulator.log" &

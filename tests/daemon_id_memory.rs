@@ -14,7 +14,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::daemon::{Emu, Launch};
+use common::daemon::{Emu, Launch, Meterd};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -110,27 +110,13 @@ fn send_all(socket: &Path, numbers: &[u64], duplicate: bool) -> u64 {
     })
 }
 
-/// `VmRSS` and `VmHWM` of process `pid`, in bytes.
-fn memory(pid: i32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> f64 {
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"));
-        kib * 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 #[test]
 fn a_million_remembered_ids_stay_within_bounded_memory() {
     let ids: u64 = std::env::var("METERD_ID_MEMORY_IDS").map_or(1_000_000, |v| v.parse().unwrap());
     let emu = Emu::start(|_| {});
     let dir = tempfile::tempdir().unwrap();
     let meterd = Launch::new(dir.path(), &emu).start();
-    let (idle, _) = memory(meterd.pid());
+    let (idle, _) = meterd.memory();
 
     // In rounds, each checked against the bound, so that a store that grows per id fails early
     // rather than after using gigabytes.
@@ -140,7 +126,7 @@ fn a_million_remembered_ids_stay_within_bounded_memory() {
         let round: Vec<u64> = (sent..ids.min(sent + ROUND)).collect();
         assert_eq!(send_all(&meterd.socket, &round, false), round.len() as u64);
         sent += round.len() as u64;
-        within_bound(meterd.pid(), idle, sent);
+        within_bound(&meterd, idle, sent);
     }
     let sending = start.elapsed();
     assert_eq!(meterd.metric("meterd_events_accepted_total"), ids as f64);
@@ -153,7 +139,7 @@ fn a_million_remembered_ids_stay_within_bounded_memory() {
 
     // A few checkpoints (every 100 ms here) after the last event, then meterd's own accounting.
     std::thread::sleep(Duration::from_secs(1));
-    let (rss, hwm) = within_bound(meterd.pid(), idle, ids);
+    let (rss, hwm) = within_bound(&meterd, idle, ids);
     println!(
         "ids={ids} sent_in_s={:.1} idle_rss_mib={:.1} rss_mib={:.1} hwm_mib={:.1} rss_bytes_per_id={:.0}",
         sending.as_secs_f64(),
@@ -165,8 +151,8 @@ fn a_million_remembered_ids_stay_within_bounded_memory() {
 }
 
 /// meterd's RSS and peak RSS, both asserted within [`BOUND_MIB`], `ids` ids after it was `idle`.
-fn within_bound(pid: i32, idle: f64, ids: u64) -> (f64, f64) {
-    let (rss, hwm) = memory(pid);
+fn within_bound(meterd: &Meterd, idle: f64, ids: u64) -> (f64, f64) {
+    let (rss, hwm) = meterd.memory();
     let per_id = (rss - idle) / ids as f64;
     assert!(
         rss / MIB <= BOUND_MIB,

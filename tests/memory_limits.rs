@@ -1,10 +1,16 @@
 //! The memory limits of the systemd unit and the container manifests cover what meterd can use
 //! with the settings each of them runs with (docs/operations.md, "Limits"): the runtime and sled's
-//! cache, every ingest connection's unsent replies and read buffer, and room for open hours.
+//! cache, every ingest connection's unsent replies and read buffer, and room for open hours. And a
+//! restart fits in them: it needs no more than the run it recovers.
+
+mod common;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
+use common::daemon::{Emu, Launch};
 use meterd::config::Config;
 use serde_json::Value;
 use yaml_rust2::YamlLoader;
@@ -89,4 +95,70 @@ fn the_container_sidecars_fit_their_connections_in_their_memory_limit() {
         assert_eq!(env["METERD_AWS__MODE"], "meter_usage", "{what}");
         assert!(limit >= bound(env) + 64 * MIB, "{what}: limit {limit} vs {}", bound(env));
     }
+}
+
+/// Events sent before the kill, each its own key (customer × dimension), in this many parts at once.
+const RESTART_EVENTS: u64 = 200_000;
+const RESTART_PARTS: u64 = 4;
+
+/// A restart after kill -9 replays the journal without holding it: with the longest checkpoint
+/// interval allowed, a run of open keys none of which a checkpoint holds yet, then kill -9. The
+/// restart's peak resident set (`VmHWM`, meterd's own accounting) stays within 32 MiB of the peak
+/// of the run it recovers (docs/operations.md, "Restart"). The figures at a million keys come
+/// from `scripts/bench.sh` (docs/performance.md).
+#[test]
+fn a_restart_after_kill_9_needs_no_more_memory_than_the_run_it_recovers() {
+    let emu = Emu::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let launch = || Launch::new(dir.path(), &emu).env("METERD_STORAGE__CHECKPOINT_INTERVAL", "60s");
+    let meterd = launch().start();
+    std::thread::scope(|scope| {
+        let share = RESTART_EVENTS / RESTART_PARTS;
+        let parts: Vec<_> = (0..RESTART_PARTS)
+            .map(|part| {
+                let meterd = &meterd;
+                scope.spawn(move || {
+                    let mut lines = Vec::new();
+                    for n in part * share..(part + 1) * share {
+                        let (customer, dimension) = (100_000_000_000 + n / 4, n % 4);
+                        writeln!(
+                            lines,
+                            r#"{{"customer_aws_account_id":"{customer}","dimension":"dim{dimension}","quantity":1}}"#
+                        )
+                        .unwrap();
+                    }
+                    let replies = meterd.send_raw(&lines);
+                    assert_eq!(replies.len() as u64, share);
+                    assert!(replies.iter().all(|r| r["ok"] == true), "every event accepted");
+                })
+            })
+            .collect();
+        parts.into_iter().for_each(|p| p.join().unwrap());
+    });
+    let (loaded_rss, loaded_peak) = meterd.memory();
+    meterd.kill9();
+
+    let meterd = launch().start();
+    let restored = meterd.wait_log("open hours restored", Duration::from_secs(5));
+    let (rss, peak) = meterd.memory();
+    let replayed = restored["replayed_events"].as_u64().unwrap();
+    println!(
+        "replayed_events={replayed} open_records={} loaded_rss_mib={:.1} loaded_peak_mib={:.1} \
+         restart_peak_mib={:.1} rss_after_restart_mib={:.1}",
+        restored["open_records"],
+        loaded_rss / MIB as f64,
+        loaded_peak / MIB as f64,
+        peak / MIB as f64,
+        rss / MIB as f64,
+    );
+    // A machine slow enough to pass the 60 s interval while sending checkpoints some of the keys:
+    // the replay is shorter, but still most of the run.
+    assert!(replayed >= RESTART_EVENTS / 2, "only {replayed} events replayed");
+    assert_eq!(restored["open_records"].as_u64(), Some(RESTART_EVENTS));
+    assert!(
+        peak <= loaded_peak + 32.0 * MIB as f64,
+        "the restart peaked at {:.1} MiB, the run it recovers at {:.1} MiB",
+        peak / MIB as f64,
+        loaded_peak / MIB as f64
+    );
 }

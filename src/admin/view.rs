@@ -375,21 +375,22 @@ pub fn offline_status(
     archive: ArchiveTotals,
     deadline: i64,
     now: i64,
-) -> StatusReport {
+) -> Result<StatusReport, crate::outbox::OutboxError> {
     let mut report = StatusReport::from_records(recovered.records.iter().cloned(), data_dir, deadline, now);
-    let chunked: Vec<RecordKey> = recovered
-        .open_chunks
-        .iter()
-        .filter_map(|chunk| crate::outbox::decode_open_chunk(chunk).ok())
-        .flat_map(|totals| totals.into_iter().map(|t| t.key))
-        .collect();
-    let open: BTreeSet<&RecordKey> = chunked
-        .iter()
-        .chain(recovered.legacy_open.iter().map(|t| &t.key))
-        .chain(recovered.log_events().map(|a| &a.key))
-        .collect();
+    let mut open: BTreeSet<RecordKey> = recovered.legacy_open.iter().map(|t| t.key.clone()).collect();
+    recovered.open_chunks.for_each(|chunk| {
+        if let Ok(totals) = crate::outbox::decode_open_chunk(chunk) {
+            open.extend(totals.into_iter().map(|t| t.key));
+        }
+    })?;
+    recovered.replay(|admitted| {
+        if !open.contains(&admitted.key) {
+            open.insert(admitted.key.clone());
+        }
+        true
+    })?;
     report.records.insert("open".into(), open.len() as u64);
     report.outbox_bytes = outbox_bytes;
     report.add_archive(archive);
-    report
+    Ok(report)
 }

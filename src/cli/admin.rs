@@ -147,14 +147,18 @@ pub fn status(target: &Target, json: bool) -> ExitCode {
         Ok(None) => match target.open_offline() {
             Ok((outbox, recovered)) => {
                 let clock = crate::clock::Clock::from_env().unwrap_or_default();
-                offline_status(
+                let report = offline_status(
                     &recovered,
                     &target.config.storage.data_dir.display().to_string(),
                     outbox.size_on_disk().unwrap_or(0),
                     outbox.archive_totals(),
                     target.config.deadline().as_secs() as i64,
                     clock.now(),
-                )
+                );
+                match report {
+                    Ok(report) => report,
+                    Err(err) => return fail(err),
+                }
             }
             Err(err) => return fail(err),
         },

@@ -123,9 +123,14 @@ fn stop_after_storage_failure(failed: &AtomicBool, ctx: &Context) {
     ctx.fail();
 }
 
-/// The aggregator as the checkpoint left it, with the log after it replayed. Unreadable state
-/// stops meterd (what can be restored is, so that the stop is orderly).
-fn restore_aggregator(ctx: &Context, recovered: &mut Recovered, settings: &CommitSettings) -> Aggregator {
+/// The aggregator as the checkpoint left it, with the log after it replayed, and the number of
+/// events replayed. Unreadable ids stop meterd (what can be restored is, so that the stop is
+/// orderly); a log that cannot be read is an error.
+fn restore_aggregator(
+    ctx: &Context,
+    recovered: &mut Recovered,
+    settings: &CommitSettings,
+) -> Result<(Aggregator, u64), OutboxError> {
     let restored = Aggregator::restore(
         settings.rules,
         std::mem::take(&mut recovered.ids),
@@ -140,26 +145,30 @@ fn restore_aggregator(ctx: &Context, recovered: &mut Recovered, settings: &Commi
     for totals in std::mem::take(&mut recovered.legacy_open) {
         aggregator.restore_open(&totals);
     }
-    // One chunk at a time, so that a million open records are never decoded all at once.
-    for chunk in std::mem::take(&mut recovered.open_chunks) {
-        match crate::outbox::decode_open_chunk(&chunk) {
+    // One chunk at a time, read from its file, so that a million open records are never held
+    // or decoded all at once.
+    std::mem::take(&mut recovered.open_chunks).for_each(|chunk| {
+        match crate::outbox::decode_open_chunk(chunk) {
             Ok(totals) => totals.iter().for_each(|t| aggregator.restore_open(t)),
             Err(err) => {
                 tracing::error!(%err, "an open-hours checkpoint chunk is unreadable; stopping");
                 ctx.fail();
             }
         }
-    }
+    })?;
     aggregator.set_heartbeat(settings.heartbeat.clone());
     aggregator.remember_sealed(recovered.records.iter().map(|stored| &stored.record.key));
-    for admitted in recovered.log_events() {
-        if let Err(err) = aggregator.apply(admitted) {
+    // The log streams from the journal's files: never held whole, however long it grew.
+    let replayed = recovered.replay(|admitted| match aggregator.apply(admitted) {
+        Ok(()) => true,
+        Err(err) => {
             tracing::error!(%err, "the remembered ids are unreadable; stopping");
             ctx.fail();
-            break;
+            false
         }
-    }
-    aggregator
+    })?;
+    recovered.legacy_log = Vec::new();
+    Ok((aggregator, replayed))
 }
 
 impl Committer {
@@ -170,20 +179,13 @@ impl Committer {
         recovered: &mut Recovered,
         settings: CommitSettings,
         sealed_tx: mpsc::UnboundedSender<Vec<StoredRecord>>,
-    ) -> Self {
-        let aggregator = restore_aggregator(&ctx, recovered, &settings);
+    ) -> Result<Self, OutboxError> {
+        let (aggregator, replayed) = restore_aggregator(&ctx, recovered, &settings)?;
         tracing::info!(
             open_records = aggregator.open_records(),
-            replayed_events = recovered.log_len(),
+            replayed_events = replayed,
             "open hours restored"
         );
-        // A million replayed events are millions of small allocations: freed beside the start,
-        // not before it.
-        let replayed = std::mem::take(&mut recovered.log);
-        if let Err(err) = std::thread::Builder::new().name("meterd-free".into()).spawn(move || drop(replayed))
-        {
-            tracing::debug!(%err, "no thread to free the replayed events; freed here");
-        }
         let now = ctx.clock.now();
         if let Some(through) = recovered.meta.sealed_through
             && crate::clock::hour_of(now) <= through
@@ -194,7 +196,7 @@ impl Committer {
                 "meterd's clock is behind the hours it has sealed (a restored snapshot, or a clock step); sealed hours stay sealed, events for them follow submit.late_events"
             );
         }
-        Self {
+        Ok(Self {
             ctx,
             outbox,
             aggregator,
@@ -215,7 +217,7 @@ impl Committer {
             id_hashes: Vec::new(),
             logged: Vec::new(),
             encoder: LogEncoder::default(),
-        }
+        })
     }
 
     /// Seals the hours due before the first event is taken. The open hours a replay rebuilt are

@@ -54,7 +54,8 @@ fn run_queued(dir: &std::path::Path, commands: Vec<Command>) -> Vec<StoredRecord
         &mut recovered,
         settings,
         sealed_tx,
-    );
+    )
+    .unwrap();
     let (queue, receiver) = mpsc::channel(commands.len() + 1);
     commands.into_iter().for_each(|command| queue.try_send(command).unwrap());
     let (_, shared) = committer.share(queue, false);

@@ -279,7 +279,7 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
             sealed_through,
         };
         let committer =
-            Committer::recover(ctx.clone(), outbox.clone(), recovered, commit_settings, sealed_tx);
+            Committer::recover(ctx.clone(), outbox.clone(), recovered, commit_settings, sealed_tx)?;
         let (commands, command_rx) = mpsc::channel(COMMIT_QUEUE);
         // A connection may commit on its own worker only when another worker stays free.
         let inline = tokio::runtime::Handle::current().metrics().num_workers() > 1;
@@ -396,7 +396,7 @@ async fn open_outbox(config: &Config) -> anyhow::Result<(Arc<Outbox>, Recovered)
     let outbox = Arc::new(outbox);
     tracing::info!(
         outbox = %outbox.dir().display(),
-        log_events = recovered.log_len(),
+        journal_bytes_to_replay = recovered.journal_bytes(),
         sealed_records = recovered.records.len(),
         "outbox opened"
     );

@@ -52,9 +52,14 @@
 //!
 //! Acknowledged events at the very end (nothing after them) are guarded by the outbox's
 //! watermark instead: a journal that ends before the acknowledged sequence is refused there.
+//!
+//! The check keeps no payload: it reads each segment through one window and notes where the first
+//! group after the checkpoint starts. The replay ([`Replay`]) reads the checked segments again
+//! from there, the same way, so that a restart holds one window of the journal, never all of it.
 
 mod frame;
 mod recover;
+mod replay;
 mod spare;
 
 use std::fs::File;
@@ -64,8 +69,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use frame::MAX_PAYLOAD;
-pub use recover::Group;
 use recover::Segment;
+pub use replay::{Group, Replay};
 use spare::Spares;
 
 /// The first byte of segment and record headers.
@@ -119,13 +124,15 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal in `dir`, checks it and returns what it holds. `floor` is the
-    /// sequence the outbox's checkpoint already holds.
-    pub fn open(dir: &Path, segment_bytes: u64, floor: u64) -> Result<(Journal, Vec<Group>), JournalError> {
+    /// Opens (or creates) the journal in `dir`, checks it and says where the groups after
+    /// `floor`, the sequence the outbox's checkpoint already holds, are to be read again. Read
+    /// them before the first checkpoint: it may remove their segments.
+    pub fn open(dir: &Path, segment_bytes: u64, floor: u64) -> Result<(Journal, Replay), JournalError> {
         let io = |source| JournalError::Io { path: dir.to_path_buf(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
         let scan = recover::scan(dir, floor, false)?;
-        let last_seq = scan.groups.last().map_or(floor, |g| g.seq).max(floor);
+        let replay = Replay::new(&scan, floor);
+        let last_seq = replay.last_seq();
         let mut segments = scan.segments;
         let spares = Spares::start(dir.to_path_buf(), segment_bytes);
         let segment = match segments.pop() {
@@ -151,15 +158,15 @@ impl Journal {
             poisoned: AtomicBool::new(false),
             spares,
         };
-        Ok((journal, scan.groups))
+        Ok((journal, replay))
     }
 
-    /// Reads the journal in `dir` without changing anything (the operator's offline commands).
-    pub fn read(dir: &Path, floor: u64) -> Result<Vec<Group>, JournalError> {
+    /// Checks the journal in `dir` without changing anything (the operator's offline commands).
+    pub fn read(dir: &Path, floor: u64) -> Result<Replay, JournalError> {
         if !dir.exists() {
-            return Ok(Vec::new());
+            return Ok(Replay::empty(floor));
         }
-        Ok(recover::scan(dir, floor, true)?.groups)
+        Ok(Replay::new(&recover::scan(dir, floor, true)?, floor))
     }
 
     pub fn dir(&self) -> &Path {

@@ -23,25 +23,22 @@ pub(super) struct Segment {
     pub end: u64,
 }
 
-/// A group commit read back: its sequence and its payloads, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Group {
-    pub seq: u64,
-    pub payloads: Vec<Vec<u8>>,
-}
-
-/// Everything a journal holds, checked.
+/// What a journal holds, checked: its segments, and where the groups after the checkpoint are.
+/// Payloads are not kept: a restart reads them again, one window at a time ([`super::Replay`]).
 #[derive(Debug, Default)]
 pub(super) struct Scan {
-    pub groups: Vec<Group>,
     pub segments: Vec<Segment>,
+    /// The last complete group's sequence.
+    pub last_seq: Option<u64>,
+    /// The first record of a group after the checkpoint, when there is one.
+    pub replay_from: Option<Cut>,
 }
 
 /// A position in the journal: segment (its position in the list) and offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cut {
-    segment: usize,
-    offset: u64,
+pub(super) struct Cut {
+    pub segment: usize,
+    pub offset: u64,
 }
 
 /// The first point where the journal stops being a clean sequence of complete groups.
@@ -77,7 +74,7 @@ fn read_all(path: &Path) -> std::io::Result<Vec<u8>> {
 /// Reads a segment front to back through a window that holds at least one whole record from
 /// where it is asked for: a restart holds one window, never a whole segment (a segment is 64 MiB
 /// by default, most of it zeros ahead of use).
-struct SegmentReader {
+pub(super) struct SegmentReader {
     file: File,
     len: u64,
     window: Vec<u8>,
@@ -90,14 +87,14 @@ struct SegmentReader {
 const WINDOW: usize = frame::RECORD_HEADER + frame::MAX_PAYLOAD + frame::ALIGN;
 
 impl SegmentReader {
-    fn open(path: &Path) -> std::io::Result<Self> {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
         Ok(Self { file, len, window: Vec::new(), base: 0 })
     }
 
     /// The file's bytes from `offset` on: all of them, or at least [`WINDOW`].
-    fn at(&mut self, offset: u64) -> std::io::Result<&[u8]> {
+    pub fn at(&mut self, offset: u64) -> std::io::Result<&[u8]> {
         let offset = offset.min(self.len);
         let want = (self.len - offset).min(WINDOW as u64) as usize;
         let held = (self.base + self.window.len() as u64).saturating_sub(offset) as usize;
@@ -116,34 +113,31 @@ impl SegmentReader {
 /// State of the walk through the records.
 struct Walk {
     floor: u64,
-    groups: Vec<Group>,
-    /// A group whose later records are still to come: its sequence, payloads and first record.
-    open: Option<(Group, Cut)>,
+    /// The last complete group's sequence.
+    last: Option<u64>,
+    /// A group whose later records are still to come: its sequence and first record.
+    open: Option<(u64, Cut)>,
+    /// The first record of the first complete group after `floor`.
+    replay_from: Option<Cut>,
 }
 
 impl Walk {
-    fn last_complete(&self) -> Option<u64> {
-        self.groups.last().map(|g| g.seq)
-    }
-
     /// Takes one record at `at`; `Err` when it does not continue the sequence.
     fn take(&mut self, record: &frame::Record<'_>, more: bool, at: Cut) -> Result<(), String> {
         let expected = match &self.open {
-            Some((group, _)) => Some(group.seq),
-            None => self.last_complete().map(|seq| seq + 1),
+            Some((seq, _)) => Some(*seq),
+            None => self.last.map(|seq| seq + 1),
         };
         if expected.is_some_and(|seq| seq != record.seq) {
             return Err(format!("sequence {} where {} was due", record.seq, expected.unwrap_or(0)));
         }
-        let (group, _) =
-            self.open.get_or_insert_with(|| (Group { seq: record.seq, payloads: Vec::new() }, at));
-        // Groups the checkpoint holds are only counted: their payloads are not replayed.
-        if record.seq > self.floor {
-            group.payloads.push(record.payload.to_vec());
-        }
+        let (seq, first) = *self.open.get_or_insert((record.seq, at));
         if !more {
-            let (group, _) = self.open.take().expect("just inserted");
-            self.groups.push(group);
+            self.open = None;
+            self.last = Some(seq);
+            if seq > self.floor && self.replay_from.is_none() {
+                self.replay_from = Some(first);
+            }
         }
         Ok(())
     }
@@ -154,7 +148,7 @@ impl Walk {
 pub(super) fn scan(dir: &Path, floor: u64, read_only: bool) -> Result<Scan, JournalError> {
     let io = |source| JournalError::Io { path: dir.to_path_buf(), source };
     let files = list(dir, read_only).map_err(io)?;
-    let mut walk = Walk { floor, groups: Vec::new(), open: None };
+    let mut walk = Walk { floor, last: None, open: None, replay_from: None };
     let mut segments = Vec::with_capacity(files.len());
     let mut damage = None;
     for (position, (index, path)) in files.iter().enumerate() {
@@ -174,20 +168,20 @@ pub(super) fn scan(dir: &Path, floor: u64, read_only: bool) -> Result<Scan, Jour
         }
     }
     if damage.is_none()
-        && let Some((group, cut)) = walk.open.take()
+        && let Some((seq, cut)) = walk.open.take()
     {
         // A group whose last record never came: torn at the end, like a torn record.
-        damage = Some(Damage { cut, reason: format!("group {} ends without its last record", group.seq) });
+        damage = Some(Damage { cut, reason: format!("group {seq} ends without its last record") });
     }
     let Some(damage) = damage else {
         if !read_only && let Some(last) = segments.last() {
             zero_after(&last.path, last.end).map_err(io)?;
         }
-        return Ok(Scan { groups: walk.groups, segments });
+        return Ok(Scan { segments, last_seq: walk.last, replay_from: walk.replay_from });
     };
     // A group begun before the damage is dropped with it.
     let cut = walk.open.take().map_or(damage.cut, |(_, cut)| cut);
-    let before = walk.last_complete().unwrap_or(floor);
+    let before = walk.last.unwrap_or(floor);
     // Damage is rare: only then are the segments from it on read whole, one at a time.
     let synced_after = synced_after(&segments, cut).map_err(io)?;
     if let Some((synced, at)) = synced_after.filter(|(synced, _)| *synced > before) {
@@ -219,7 +213,7 @@ pub(super) fn scan(dir: &Path, floor: u64, read_only: bool) -> Result<Scan, Jour
     } else {
         segments[cut.segment].end = cut.offset;
     }
-    Ok(Scan { groups: walk.groups, segments })
+    Ok(Scan { segments, last_seq: walk.last, replay_from: walk.replay_from })
 }
 
 /// Walks the records of one segment into `walk`; returns the first damage, if any.

@@ -12,6 +12,7 @@ fn payload(seq: u64, len: usize) -> Vec<u8> {
 /// Groups 1..=count, each synced before the next is written (as acknowledged one at a time).
 fn written(dir: &Path, count: u64, sync_each: bool) -> Vec<Group> {
     let (journal, found) = Journal::open(dir, SEGMENT, 0).unwrap();
+    let found = found.groups().unwrap();
     assert!(found.is_empty());
     let mut groups = Vec::new();
     for seq in 1..=count {
@@ -45,11 +46,12 @@ fn groups_read_back_in_order_after_a_reopen_and_appending_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let groups = written(dir.path(), 40, false);
     let (journal, found) = Journal::open(dir.path(), SEGMENT, 0).unwrap();
+    let found = found.groups().unwrap();
     assert_eq!(found, groups);
     journal.append(41, &[b"more".to_vec()]).unwrap();
     journal.sync().unwrap();
     drop(journal);
-    let found = Journal::read(dir.path(), 0).unwrap();
+    let found = Journal::read(dir.path(), 0).unwrap().groups().unwrap();
     assert_eq!(found.len(), 41);
     assert_eq!(found[40], Group { seq: 41, payloads: vec![b"more".to_vec()] });
 }
@@ -76,18 +78,19 @@ fn a_truncation_at_every_offset_of_the_last_segment_leaves_exactly_the_groups_be
             .zip(&at)
             .filter(|(group, start)| **start + (frame::RECORD_HEADER + group.payloads[0].len()) as u64 <= cut)
             .count();
-        assert_eq!(Journal::read(copy.path(), 0).unwrap(), groups[..whole], "cut at {cut}");
+        assert_eq!(Journal::read(copy.path(), 0).unwrap().groups().unwrap(), groups[..whole], "cut at {cut}");
         if cut % 11 != 0 {
             continue;
         }
         // Opening cuts the torn record off; what follows is appended and read back after it.
         let (journal, found) = Journal::open(copy.path(), SEGMENT, 0).unwrap();
+        let found = found.groups().unwrap();
         assert_eq!(found, groups[..whole], "cut at {cut}");
         let next = whole as u64 + 1;
         journal.append(next, &[b"after".to_vec()]).unwrap();
         journal.sync().unwrap();
         drop(journal);
-        let found = Journal::read(copy.path(), 0).unwrap();
+        let found = Journal::read(copy.path(), 0).unwrap().groups().unwrap();
         assert_eq!(found.len(), whole + 1, "cut at {cut}");
         assert_eq!(found[whole].payloads, [b"after".to_vec()], "cut at {cut}");
     }
@@ -120,7 +123,7 @@ fn a_flipped_bit_before_durable_records_is_refused_and_one_in_the_last_record_is
                     byte >= at[groups.len() - 1],
                     "bit {bit}: a damaged record before others was accepted"
                 );
-                assert_eq!(found, groups[..groups.len() - 1], "bit {bit}");
+                assert_eq!(found.groups().unwrap(), groups[..groups.len() - 1], "bit {bit}");
             }
             Err(other) => panic!("bit {bit}: {other}"),
         }
@@ -138,11 +141,16 @@ fn a_torn_write_before_records_never_synced_is_cut_off_with_them() {
     bytes[at[3] as usize + 40] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
     let (journal, found) = Journal::open(dir.path(), SEGMENT, 0).unwrap();
+    let found = found.groups().unwrap();
     assert_eq!(found, groups[..3]);
     journal.append(4, &[b"again".to_vec()]).unwrap();
     journal.sync().unwrap();
     drop(journal);
-    assert_eq!(Journal::read(dir.path(), 0).unwrap().len(), 4, "the cut-off records are gone for good");
+    assert_eq!(
+        Journal::read(dir.path(), 0).unwrap().groups().unwrap().len(),
+        4,
+        "the cut-off records are gone for good"
+    );
 }
 
 #[test]
@@ -154,7 +162,7 @@ fn a_zero_filled_tail_reads_as_the_end() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[at[5] as usize..].fill(0);
     std::fs::write(&path, &bytes).unwrap();
-    assert_eq!(Journal::read(dir.path(), 0).unwrap(), groups[..5]);
+    assert_eq!(Journal::read(dir.path(), 0).unwrap().groups().unwrap(), groups[..5]);
 }
 
 #[test]
@@ -179,12 +187,13 @@ fn large_groups_span_records_and_segments_and_trimmed_segments_are_removed() {
     assert!(segments().len() >= 7, "{:?}", segments());
     drop(journal);
     let (journal, found) = Journal::open(dir.path(), SEGMENT, 0).unwrap();
+    let found = found.groups().unwrap();
     assert_eq!(found, groups);
     assert!(journal.trimmable(5));
     let removed = journal.trim(5).unwrap();
     assert!(removed >= 3, "{removed}");
     drop(journal);
-    let found = Journal::read(dir.path(), 5).unwrap();
+    let found = Journal::read(dir.path(), 5).unwrap().groups().unwrap();
     assert!(
         found.iter().all(|g| g.seq > 4) && found.last().unwrap().seq == 9,
         "{:?}",
@@ -194,7 +203,7 @@ fn large_groups_span_records_and_segments_and_trimmed_segments_are_removed() {
     // Each group fills a segment of its own: group 9 is in segment 8.
     let file = std::fs::OpenOptions::new().write(true).open(segment_file(dir.path(), 8)).unwrap();
     file.set_len(frame::SEGMENT_HEADER as u64 + 100).unwrap();
-    let found = Journal::read(dir.path(), 5).unwrap();
+    let found = Journal::read(dir.path(), 5).unwrap().groups().unwrap();
     assert_eq!(found.last().unwrap().seq, 8);
 }
 
@@ -221,8 +230,13 @@ fn trimming_keeps_a_segment_that_holds_the_start_of_a_later_group() {
     for through in 1..=5u64 {
         removed += journal.trim(through).unwrap();
         // What a restart replays: the groups after the checkpoint's.
-        let after: Vec<Group> =
-            Journal::read(dir.path(), through).unwrap().into_iter().filter(|g| g.seq > through).collect();
+        let after: Vec<Group> = Journal::read(dir.path(), through)
+            .unwrap()
+            .groups()
+            .unwrap()
+            .into_iter()
+            .filter(|g| g.seq > through)
+            .collect();
         assert_eq!(shape(&after), shape(&groups[through as usize..]), "through {through}");
         assert_eq!(after, groups[through as usize..], "through {through}");
     }

@@ -305,9 +305,9 @@ impl Outbox {
             open_files::read(&open_dir, recovered.meta.open_base, recovered.meta.open_last, copy.is_some())?;
         recovered.open_chunks = open_chunks;
         let journal_dir = named.join(JOURNAL_DIR);
-        let recovered::OpenedJournal { journal, groups, damaged } =
+        let recovered::OpenedJournal { journal, replay, damaged } =
             recovered::open_journal(&journal_dir, limits, floor, copy.is_some())?;
-        recovered.absorb_journal(&groups)?;
+        recovered.absorb_journal(replay);
         // Only the daemon reads the ids: an offline read has no use for them.
         let ids = match copy {
             None => {

@@ -17,7 +17,7 @@
 //! read back whole is damage, and meterd refuses to start.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::OutboxError;
@@ -65,9 +65,62 @@ impl OpenFile {
     }
 }
 
-/// The chunks of generations `base..=last` in order (none when `last` is 0), and their bytes.
-/// Unless `read_only`, files outside that range are removed.
-pub fn read(dir: &Path, base: u64, last: u64, read_only: bool) -> Result<(Vec<Vec<u8>>, u64), OutboxError> {
+/// The live generations' files, checked on open and read again, a chunk at a time, when the open
+/// hours are restored: a restart never holds them whole (a full write of a million open records
+/// is tens of MiB).
+#[derive(Debug, Default)]
+pub struct OpenChunks {
+    files: Vec<PathBuf>,
+}
+
+impl OpenChunks {
+    /// Calls `each` with every chunk, in order, one at a time.
+    pub fn for_each(&self, mut each: impl FnMut(&[u8])) -> Result<(), OutboxError> {
+        let mut chunk = Vec::new();
+        for path in &self.files {
+            read_file(path, &mut chunk, &mut each)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the chunks of the file at `path` into `chunk`, one after the other, and calls `each`
+/// with each; returns the file's length. Anything but whole chunks to the end is damage.
+fn read_file(path: &Path, chunk: &mut Vec<u8>, each: &mut impl FnMut(&[u8])) -> Result<u64, OutboxError> {
+    let damaged = |reason: &str| OutboxError::OpenFile { path: path.to_path_buf(), reason: reason.into() };
+    let io = |source: std::io::Error| OutboxError::OpenFile {
+        path: path.to_path_buf(),
+        reason: source.to_string(),
+    };
+    let file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut file = BufReader::with_capacity(256 * 1024, file);
+    let mut at = 0;
+    while at < len {
+        let mut header = [0u8; 8];
+        if len - at < 8 {
+            return Err(damaged("a chunk header cut short"));
+        }
+        file.read_exact(&mut header).map_err(io)?;
+        let size = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as u64;
+        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        if size > len - at - 8 {
+            return Err(damaged("a chunk cut short"));
+        }
+        chunk.resize(size as usize, 0);
+        file.read_exact(chunk).map_err(io)?;
+        if crc32c::crc32c(chunk) != crc {
+            return Err(damaged("a chunk checksum mismatch"));
+        }
+        each(chunk);
+        at += 8 + size;
+    }
+    Ok(len)
+}
+
+/// The chunks of generations `base..=last` in order (none when `last` is 0), checked, and their
+/// bytes. Unless `read_only`, files outside that range are removed.
+pub fn read(dir: &Path, base: u64, last: u64, read_only: bool) -> Result<(OpenChunks, u64), OutboxError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source: std::io::Error| OutboxError::OpenFile { path, reason: source.to_string() }
@@ -85,26 +138,13 @@ pub fn read(dir: &Path, base: u64, last: u64, read_only: bool) -> Result<(Vec<Ve
             }
         }
     }
-    let mut chunks = Vec::new();
+    let mut chunks = OpenChunks::default();
     let mut bytes = 0;
+    let mut buffer = Vec::new();
     for generation in (base.max(1)..=last).filter(|_| last > 0) {
         let path = path(dir, generation);
-        let mut content = Vec::new();
-        File::open(&path).and_then(|mut f| f.read_to_end(&mut content)).map_err(io(&path))?;
-        bytes += content.len() as u64;
-        let mut rest = &content[..];
-        while !rest.is_empty() {
-            let damaged = |reason: &str| OutboxError::OpenFile { path: path.clone(), reason: reason.into() };
-            let header = rest.get(..8).ok_or_else(|| damaged("a chunk header cut short"))?;
-            let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-            let chunk = rest.get(8..8 + len).ok_or_else(|| damaged("a chunk cut short"))?;
-            if crc32c::crc32c(chunk) != crc {
-                return Err(damaged("a chunk checksum mismatch"));
-            }
-            chunks.push(chunk.to_vec());
-            rest = &rest[8 + len..];
-        }
+        bytes += read_file(&path, &mut buffer, &mut |_| {})?;
+        chunks.files.push(path);
     }
     Ok((chunks, bytes))
 }
@@ -132,6 +172,12 @@ pub fn remove_before(dir: &Path, base: u64) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    fn all(chunks: &OpenChunks) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        chunks.for_each(|chunk| out.push(chunk.to_vec())).unwrap();
+        out
+    }
+
     fn write(dir: &Path, generation: u64, chunks: &[&[u8]]) {
         let mut file = OpenFile::create(dir, generation).unwrap();
         for chunk in chunks {
@@ -148,7 +194,7 @@ mod tests {
         write(dir.path(), 3, &[b"delta"]);
         write(dir.path(), 4, &[b"never named"]);
         let (chunks, bytes) = read(dir.path(), 2, 3, true).unwrap();
-        assert_eq!(chunks, [b"base-a".to_vec(), b"base-b".to_vec(), b"delta".to_vec()]);
+        assert_eq!(all(&chunks), [b"base-a".to_vec(), b"base-b".to_vec(), b"delta".to_vec()]);
         assert_eq!(bytes, 3 * 8 + 6 + 6 + 5);
         assert!(path(dir.path(), 1).exists(), "a read-only read removes nothing");
         read(dir.path(), 2, 3, false).unwrap();
@@ -160,7 +206,10 @@ mod tests {
         assert!(matches!(read(dir.path(), 2, 3, true), Err(OutboxError::OpenFile { .. })));
         std::fs::write(path(dir.path(), 3), &damaged[..10]).unwrap();
         assert!(matches!(read(dir.path(), 2, 3, true), Err(OutboxError::OpenFile { .. })));
-        assert_eq!(read(dir.path(), 0, 0, false).unwrap().0.len(), 0, "none named: none read, all removed");
+        assert!(
+            all(&read(dir.path(), 0, 0, false).unwrap().0).is_empty(),
+            "none named: none read, all removed"
+        );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -5,12 +5,13 @@ use std::path::Path;
 
 use sled::Db;
 
+use super::open_files::OpenChunks;
 use super::watermark::{Marks, WATERMARK_FILE};
 use super::{
     IdEntry, IdKey, JOURNAL_DIR, Limits, Meta, OUTBOX_DIR, OutboxError, StoredRecord, decode, layout, legacy,
 };
 use crate::aggregate::{Admitted, SealedRecord};
-use crate::journal::Journal;
+use crate::journal::{Journal, Replay};
 use crate::model::RecordKey;
 
 /// Everything found on open: the checkpoint, the log after it, and every sealed record.
@@ -20,16 +21,18 @@ pub struct Recovered {
     /// The open hours' checkpoint chunks, oldest first: each a [`FORMAT_VERSION`] byte, then a
     /// postcard `Vec<SealedRecord>` of totals; a later one replaces an earlier one's totals for
     /// the same key ([`decode_open_chunk`]).
-    pub open_chunks: Vec<Vec<u8>>,
+    pub open_chunks: OpenChunks,
     /// Open hours an older meterd checkpointed as one `o` key each.
     pub legacy_open: Vec<SealedRecord>,
     /// Ids an older meterd kept in sled (`i` and `j` keys).
     pub ids: Vec<(IdKey, IdEntry)>,
     /// What the id files hold (the daemon's open only).
     pub id_files: crate::ids::Loaded,
-    /// Events logged after the checkpoint, in commit order, in the batches they were stored in
-    /// (a journal payload or an older meterd's sled log chunk each).
-    pub log: Vec<Vec<Admitted>>,
+    /// Events an older meterd logged in sled after the checkpoint, a chunk each, in commit order;
+    /// they come before the journal's ([`Recovered::replay`]).
+    pub legacy_log: Vec<Vec<Admitted>>,
+    /// Where the journal's groups after the checkpoint are.
+    pub journal: Replay,
     /// The highest log sequence on disk (or the checkpoint's).
     pub last_seq: u64,
     pub records: Vec<StoredRecord>,
@@ -53,7 +56,7 @@ impl Recovered {
                 let seq = layout::log_seq(key).ok_or_else(|| corrupt("a log key is 11 bytes"))?;
                 if seq > self.meta.log_seq {
                     self.last_seq = self.last_seq.max(seq);
-                    self.log.push(legacy::decode_log(key, value)?);
+                    self.legacy_log.push(legacy::decode_log(key, value)?);
                 }
             }
             Some(layout::OPEN) => {
@@ -80,67 +83,107 @@ impl Recovered {
 }
 
 impl Recovered {
-    /// Takes the journal's groups after the checkpoint into the log to replay.
-    pub fn absorb_journal(&mut self, groups: &[crate::journal::Group]) -> Result<(), OutboxError> {
-        let after: Vec<_> = groups.iter().filter(|g| g.seq > self.meta.log_seq).collect();
-        let payloads: Vec<(u64, &[u8])> =
-            after.iter().flat_map(|g| g.payloads.iter().map(|p| (g.seq, p.as_slice()))).collect();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(DECODE_THREADS);
-        self.log.extend(decode_payloads(&payloads, threads)?);
-        self.last_seq = after.iter().map(|g| g.seq).fold(self.last_seq, u64::max);
-        Ok(())
+    /// Takes where the journal's groups after the checkpoint are, to replay.
+    pub fn absorb_journal(&mut self, journal: Replay) {
+        self.last_seq = self.last_seq.max(journal.last_seq());
+        self.journal = journal;
     }
 
-    /// The number of events to replay.
-    pub fn log_len(&self) -> usize {
-        self.log.iter().map(Vec::len).sum()
+    /// Bytes of journal records to replay.
+    pub fn journal_bytes(&self) -> u64 {
+        self.journal.bytes()
     }
 
-    /// The events to replay, in commit order.
-    pub fn log_events(&self) -> impl Iterator<Item = &Admitted> {
-        self.log.iter().flatten()
+    /// Gives `apply` every event logged after the checkpoint, in commit order (an older meterd's
+    /// log chunks, then the journal's groups), until it answers `false`; returns how many it took.
+    /// The journal is read and decoded on a thread beside `apply`, a payload at a time and at most
+    /// [`DECODE_AHEAD`] payloads ahead of it: however long the log, a restart holds no more of it
+    /// than that, and decoding overlaps applying. The first payload that does not decode gives
+    /// the error.
+    pub fn replay(&self, mut apply: impl FnMut(&Admitted) -> bool) -> Result<u64, OutboxError> {
+        let mut taken = 0;
+        for admitted in self.legacy_log.iter().flatten() {
+            taken += 1;
+            if !apply(admitted) {
+                return Ok(taken);
+            }
+        }
+        // One payload's events to `apply`: `Ok(false)` once it wants no more.
+        let mut take = |events: Result<Vec<Admitted>, OutboxError>| -> Result<bool, OutboxError> {
+            for admitted in &events? {
+                taken += 1;
+                if !apply(admitted) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        };
+        let journal = &self.journal;
+        let (tx, rx) = std::sync::mpsc::sync_channel(DECODE_AHEAD);
+        std::thread::scope(|scope| {
+            let decoding = std::thread::Builder::new()
+                .name("meterd-decode".into())
+                .spawn_scoped(scope, move || decode_journal(journal, |events| tx.send(events).is_ok()));
+            if let Err(err) = decoding {
+                // No thread to decode beside this one (a task limit): decoded here, in turn.
+                tracing::debug!(%err, "no thread to decode the journal; decoded in turn");
+                let mut failed = None;
+                decode_journal(journal, |events| {
+                    take(events).unwrap_or_else(|err| {
+                        failed = Some(err);
+                        false
+                    })
+                });
+                return failed.map_or(Ok(()), Err);
+            }
+            // Leaving early drops `rx`: the decoding thread ends at its next payload.
+            for events in rx {
+                if !take(events)? {
+                    break;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(taken)
     }
 }
 
-/// Most threads that decode the journal at start.
-const DECODE_THREADS: usize = 4;
+/// Payloads decoded ahead of the replay: each at most [`crate::journal::MAX_PAYLOAD`] encoded.
+const DECODE_AHEAD: usize = 4;
 
-/// Decodes journal payloads (each stands alone) on `threads` threads, in order: with a million
-/// events since the checkpoint, decoding them one after the other took about half of a restart.
-/// The first payload that does not decode gives the error.
-fn decode_payloads(payloads: &[(u64, &[u8])], threads: usize) -> Result<Vec<Vec<Admitted>>, OutboxError> {
-    // One flat list per part: a payload may hold a single event.
-    let decode_all = |part: &[(u64, &[u8])]| -> Result<Vec<Admitted>, OutboxError> {
-        let mut events = Vec::new();
-        for (seq, payload) in part {
-            events.extend(legacy::decode_log(format!("journal group {seq}").as_bytes(), payload)?);
-        }
-        Ok(events)
-    };
-    if threads < 2 || payloads.len() < 2 * threads {
-        return Ok(vec![decode_all(payloads)?]);
+/// Why the walk through the journal's payloads ended early.
+enum Ended {
+    /// Whoever takes the events wants no more.
+    Stopped,
+    Failed(OutboxError),
+}
+
+impl From<crate::journal::JournalError> for Ended {
+    fn from(err: crate::journal::JournalError) -> Self {
+        Ended::Failed(err.into())
     }
-    let parts: Vec<_> = payloads.chunks(payloads.len().div_ceil(threads)).collect();
-    let decoded: Vec<Result<_, _>> = std::thread::scope(|scope| {
-        // A part whose thread cannot start (a task limit) is decoded here, after the first.
-        let rest: Vec<_> = parts[1..]
-            .iter()
-            .map(|part| {
-                std::thread::Builder::new()
-                    .name("meterd-decode".into())
-                    .spawn_scoped(scope, || decode_all(part))
-                    .map_err(|_| part)
-            })
-            .collect();
-        let first = decode_all(parts[0]);
-        std::iter::once(first)
-            .chain(rest.into_iter().map(|started| match started {
-                Ok(handle) => handle.join().expect("decoding a payload never panics"),
-                Err(part) => decode_all(part),
-            }))
-            .collect()
+}
+
+/// Decodes the journal's payloads after the checkpoint, in order, and hands each payload's events
+/// to `each` (an error in place of the first that does not decode, then no more) until it
+/// answers `false`.
+fn decode_journal(journal: &Replay, mut each: impl FnMut(Result<Vec<Admitted>, OutboxError>) -> bool) {
+    let walked = journal.for_each(|seq, payload| {
+        let events = legacy::decode_log(b"", payload).map_err(|err| match err {
+            OutboxError::Corrupt { reason, .. } => {
+                OutboxError::Corrupt { key: format!("journal group {seq}"), reason }
+            }
+            other => other,
+        });
+        let failed = events.is_err();
+        if !each(events) || failed {
+            return Err(Ended::Stopped);
+        }
+        Ok(())
     });
-    decoded.into_iter().collect()
+    if let Err(Ended::Failed(err)) = walked {
+        each(Err(err));
+    }
 }
 
 /// Everything sled holds: the checkpoint, legacy log chunks after it, open hours, ids, records.
@@ -169,18 +212,18 @@ pub(super) fn open_journal(
 ) -> Result<OpenedJournal, OutboxError> {
     if offline {
         return Ok(match Journal::read(dir, floor) {
-            Ok(groups) => OpenedJournal { journal: None, groups, damaged: None },
-            Err(err) => OpenedJournal { journal: None, groups: Vec::new(), damaged: Some(err.into()) },
+            Ok(replay) => OpenedJournal { journal: None, replay, damaged: None },
+            Err(err) => OpenedJournal { journal: None, replay: Replay::default(), damaged: Some(err.into()) },
         });
     }
-    let (journal, groups) = Journal::open(dir, limits.journal_segment_bytes, floor)?;
-    Ok(OpenedJournal { journal: Some(journal), groups, damaged: None })
+    let (journal, replay) = Journal::open(dir, limits.journal_segment_bytes, floor)?;
+    Ok(OpenedJournal { journal: Some(journal), replay, damaged: None })
 }
 
 /// What [`open_journal`] found.
 pub(super) struct OpenedJournal {
     pub journal: Option<Journal>,
-    pub groups: Vec<crate::journal::Group>,
+    pub replay: Replay,
     pub damaged: Option<OutboxError>,
 }
 
@@ -229,29 +272,53 @@ mod tests {
         super::super::chunks::encode_log(&[admitted]).remove(0)
     }
 
-    #[test]
-    fn payloads_decode_on_threads_in_order_and_the_first_bad_one_is_named() {
-        let good: Vec<Vec<u8>> = (1..=10).map(payload).collect();
-        let decode = |bytes: &[Vec<u8>], threads| {
-            let payloads: Vec<(u64, &[u8])> =
-                bytes.iter().enumerate().map(|(n, p)| (n as u64 + 1, p.as_slice())).collect();
-            decode_payloads(&payloads, threads)
-        };
-        for threads in [1, 3] {
-            let log = decode(&good, threads).unwrap();
-            assert_eq!(
-                log.iter().flatten().map(|a| a.quantity).collect::<Vec<_>>(),
-                (1..=10).collect::<Vec<_>>()
-            );
+    /// A journal in a fresh directory holding `payloads` as groups 1, 2, …, read back to replay.
+    fn journaled(payloads: &[Vec<u8>]) -> (tempfile::TempDir, Recovered) {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), crate::journal::MIN_SEGMENT_BYTES, 0).unwrap();
+        for (n, payload) in payloads.iter().enumerate() {
+            journal.append(n as u64 + 1, &[payload]).unwrap();
         }
+        journal.sync().unwrap();
+        drop(journal);
+        let mut recovered = Recovered::default();
+        recovered.absorb_journal(Journal::read(dir.path(), 0).unwrap());
+        (dir, recovered)
+    }
+
+    fn replayed(recovered: &Recovered) -> Result<Vec<u32>, OutboxError> {
+        let mut quantities = Vec::new();
+        recovered.replay(|a| {
+            quantities.push(a.quantity);
+            true
+        })?;
+        Ok(quantities)
+    }
+
+    #[test]
+    fn the_log_replays_in_commit_order_older_chunks_first_and_the_first_bad_payload_is_named() {
+        let good: Vec<Vec<u8>> = (1..=10).map(payload).collect();
+        let (_dir, mut recovered) = journaled(&good);
+        assert_eq!(recovered.last_seq, 10);
+        assert_eq!(replayed(&recovered).unwrap(), (1..=10).collect::<Vec<_>>());
+        recovered.legacy_log = vec![super::super::legacy::decode_log(b"", &payload(70)).unwrap()];
+        assert_eq!(replayed(&recovered).unwrap(), [70, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        let mut taken = Vec::new();
+        let count = recovered.replay(|a| {
+            taken.push(a.quantity);
+            taken.len() < 4
+        });
+        assert_eq!((count.unwrap(), taken), (4, vec![70, 1, 2, 3]), "no event after a `false`");
+
         let mut bad = good.clone();
         bad[7] = vec![layout::LOG_FORMAT_VERSION, 0xff];
-        let named = |result: Result<_, OutboxError>| match result {
-            Err(OutboxError::Corrupt { key, .. }) => key,
+        bad[8] = vec![layout::LOG_FORMAT_VERSION, 0xfe];
+        let (_dir, recovered) = journaled(&bad);
+        match replayed(&recovered) {
+            Err(OutboxError::Corrupt { key, .. }) => {
+                assert_eq!(key, "journal group 8", "the first in commit order")
+            }
             other => panic!("not corrupt: {other:?}"),
-        };
-        assert_eq!(named(decode(&bad, 3)), "journal group 8");
-        bad[2] = vec![layout::LOG_FORMAT_VERSION, 0xff];
-        assert_eq!(named(decode(&bad, 3)), "journal group 3", "the first in commit order");
+        }
     }
 }

@@ -375,6 +375,22 @@ impl Meterd {
         self.child.as_ref().unwrap().id() as i32
     }
 
+    /// meterd's own accounting of its memory: `VmRSS` and `VmHWM` (the peak) of
+    /// `/proc/<pid>/status`, in bytes.
+    pub fn memory(&self) -> (f64, f64) {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| -> f64 {
+            let kib: f64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"));
+            kib * 1024.0
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
     /// Waits for meterd to exit on its own.
     pub fn wait_exit(mut self, within: Duration) -> ExitStatus {
         let mut child = self.child.take().unwrap();
