@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::daemon::{Emu, Launch, Meterd, PRODUCT, event, find};
-use common::{hour_start, now_secs};
+use common::{hour_start, now_secs, wait_until};
 use meterd::aggregate::{Allocation, SealedRecord};
 use meterd::model::{Customer, RecordKey, Scope};
 use meterd::outbox::{Outbox, RecordState, StoredRecord};
@@ -50,6 +50,13 @@ fn outcomes(emu: &Emu) -> Vec<String> {
     emu.requests().iter().map(|r| r["outcome"].as_str().unwrap().to_string()).collect()
 }
 
+/// When the emulator answered each request that had a record answered `status`, in ms.
+fn answered_with(emu: &Emu, status: &str) -> Vec<i64> {
+    let requests = emu.requests();
+    let with = requests.iter().filter(|r| r["statuses"].get(status).is_some());
+    with.map(|r| r["at_ms"].as_i64().unwrap()).collect()
+}
+
 fn dead_letters(dir: &std::path::Path, emu: &Emu) -> Vec<Value> {
     let (code, out, err) = Meterd::cli(&Launch::new(dir, emu), &["dlq", "export", "--format", "json"]);
     assert_eq!(code, 0, "{err}");
@@ -67,14 +74,17 @@ fn an_unknown_client_error_backs_off_only_its_batch_while_the_rest_flows() {
     let records = emu.records();
     assert_eq!(records.len(), 29);
     assert!(find(&records, &customer(3), "requests", hour_start(0)).is_none());
-    // Still pending and retried with backoff; never dead-lettered, never a pause of everything.
-    std::thread::sleep(Duration::from_secs(1));
+    // Still pending and retried with backoff (the batch, its half, then the record alone, and
+    // alone again); never dead-lettered, never a pause of everything.
+    let alone = || {
+        let requests = emu.requests();
+        requests.iter().filter(|r| r["outcome"] == "SomethingNewException" && r["records"] == 1).count()
+    };
+    wait_until("the record refused alone twice", Duration::from_secs(30), || alone() >= 2);
     assert_eq!(meterd.metric("meterd_records{state=\"pending\"}"), 1.0);
     assert_eq!(meterd.metric("meterd_records{state=\"dead_letter\"}"), 0.0);
     assert_eq!(meterd.metric("meterd_submission_paused"), 0.0);
     assert!(!meterd.logs().iter().any(|l| l.contains("submission paused")));
-    let refused = outcomes(&emu).iter().filter(|o| *o == "SomethingNewException").count();
-    assert!(refused >= 3, "the batch, its half, then the record alone again: {refused}");
     // The record goes once the service takes it.
     emu.clear_faults();
     meterd.wait_metric("meterd_records{state=\"accepted\"}", 30.0, Duration::from_secs(30));
@@ -159,10 +169,12 @@ fn a_customer_not_subscribed_yet_is_checked_again_and_billed_once_subscribed() {
     meterd.wait_metric("meterd_records_awaiting_subscription", 1.0, Duration::from_secs(10));
     assert_eq!(meterd.metric("meterd_dead_letters{reason=\"customer_not_subscribed\"}"), 0.0);
     assert_eq!(meterd.metric("meterd_records{state=\"pending\"}"), 1.0);
-    // Checked again about once a second, not at the pace of retries.
-    std::thread::sleep(Duration::from_millis(2500));
-    let answers = emu.statuses()["CustomerNotSubscribed"];
-    assert!((2..=4).contains(&answers), "{answers} CustomerNotSubscribed answers in 2.5 s");
+    // Checked again every `submit.subscription_recheck` (1 s), not at the pace of retries (50 ms
+    // doubling to 400 ms): each answer at least a second after the one before.
+    let answered = || answered_with(&emu, "CustomerNotSubscribed");
+    wait_until("four CustomerNotSubscribed answers", Duration::from_secs(30), || answered().len() >= 4);
+    let at = answered();
+    assert!(at.windows(2).all(|w| w[1] - w[0] >= 990), "answered at {at:?} (ms)");
 
     let subscribed = json!({ "subscribed_customers": [customer(0), customer(1), customer(2)] });
     emu.control("PUT", "/_emulator/catalogue", subscribed);
@@ -219,12 +231,16 @@ fn a_validation_error_every_record_shares_pauses_instead_of_dead_lettering_the_h
     assert_eq!(meterd.metric("meterd_records{state=\"dead_letter\"}"), 0.0);
     assert_eq!(meterd.metric("meterd_records{state=\"pending\"}"), 6.0);
     assert!(meterd.get("/readyz").1.contains("submission paused"));
-    // Paused again without splitting the batch again: one request per pause.
-    std::thread::sleep(Duration::from_secs(1));
-    let before = emu.requests().len();
-    std::thread::sleep(Duration::from_millis(1500));
-    let during = emu.requests().len() - before;
-    assert!((1..=7).contains(&during), "{during} requests in 1.5 s of 300 ms pauses");
+    // Paused again without splitting the batch again: from the pause on, each request holds the
+    // whole batch, at least `submit.pause` (300 ms) after the one before.
+    let paused_after = emu.requests().len();
+    wait_until("three requests after the pause", Duration::from_secs(30), || {
+        emu.requests().len() >= paused_after + 3
+    });
+    let after = emu.requests().split_off(paused_after);
+    assert!(after.iter().all(|r| r["records"] == 6), "{after:?}");
+    let at: Vec<i64> = after.iter().map(|r| r["at_ms"].as_i64().unwrap()).collect();
+    assert!(at.windows(2).all(|w| w[1] - w[0] >= 290), "requests at {at:?} (ms)");
 
     emu.control("PUT", "/_emulator/catalogue", json!({ "dimensions": ["requests", "api_calls"] }));
     meterd.wait_metric("meterd_records{state=\"accepted\"}", 6.0, Duration::from_secs(10));

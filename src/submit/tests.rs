@@ -238,3 +238,34 @@ async fn a_record_the_service_never_takes_is_an_expired_dead_letter_at_its_deadl
     assert!(calls.len() > 5 * 60 - 10, "{} calls", calls.len());
     run.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_customer_not_subscribed_yet_is_checked_again_at_each_recheck_alone_until_billed() {
+    // Customer "b" subscribes 25 minutes in; "a" and "c" are billed in the first call.
+    let subscribed_at = Instant::now() + 1500 * SECOND;
+    let api = ScriptedApi::with_rule(move |_| {
+        let waiting = Instant::now() < subscribed_at;
+        Some(Answer::Each(Box::new(move |record| {
+            if waiting && record.key.customer == Customer::AwsAccountId("b".into()) {
+                RecordOutcome::CustomerNotSubscribed
+            } else {
+                RecordOutcome::Accepted { metering_record_id: format!("mr-{}", record.quantity) }
+            }
+        })))
+    });
+    let run = Loop::start(api, &["a", "b", "c"]);
+    tokio::time::sleep(3600 * SECOND).await;
+    // Every `submit.subscription_recheck` (600 s), "b" alone: never at the pace of retries, and
+    // never with records already billed.
+    assert_eq!(
+        run.calls(),
+        [
+            (0, customers(&["a", "b", "c"])),
+            (600, customers(&["b"])),
+            (1200, customers(&["b"])),
+            (1800, customers(&["b"])),
+        ]
+    );
+    assert_eq!(untimed(run.states()), [accepted("mr-1"), accepted("mr-1"), accepted("mr-1")]);
+    run.stop().await;
+}

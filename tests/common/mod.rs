@@ -140,3 +140,13 @@ pub async fn records(addr: SocketAddr) -> Vec<Value> {
 pub async fn requests(addr: SocketAddr) -> Vec<Value> {
     control(addr, "GET", "/_emulator/requests", Value::Null).await["requests"].as_array().unwrap().clone()
 }
+
+/// Waits until `done` holds, looking every 20 ms; fails naming `what` after `within`. Tests wait
+/// for conditions, never for a time in which something should have happened.
+pub fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -122,10 +122,11 @@ impl Service {
         sent: Sent,
     ) {
         let mut state = self.lock();
-        let now = epoch(shift(SystemTime::now(), state.clock_offset_secs));
+        let now = shift(SystemTime::now(), state.clock_offset_secs);
         state.requests.push(RequestLog {
             seq: 0, // numbered by the log
-            at: now,
+            at: epoch(now),
+            at_ms: epoch_ms(now),
             operation: operation.map(Operation::name),
             caller: caller.map(|c| c.access_key_id.clone()),
             status,
@@ -192,6 +193,13 @@ impl Service {
 fn shift(time: SystemTime, offset_secs: i64) -> SystemTime {
     let delta = Duration::from_secs(offset_secs.unsigned_abs());
     if offset_secs >= 0 { time + delta } else { time - delta }
+}
+
+fn epoch_ms(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    }
 }
 
 fn epoch(time: SystemTime) -> i64 {

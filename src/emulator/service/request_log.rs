@@ -15,7 +15,9 @@ const REQUEST_LOG_CAPACITY: usize = 100_000;
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestLog {
     pub seq: u64,
+    /// When it was answered, by the emulator's clock: epoch seconds, and milliseconds.
     pub at: i64,
+    pub at_ms: i64,
     pub operation: Option<&'static str>,
     pub caller: Option<String>,
     pub status: u16,
@@ -119,6 +121,7 @@ mod tests {
         RequestLog {
             seq: 0,
             at: 0,
+            at_ms: 0,
             operation: None,
             caller: None,
             status: 200,
