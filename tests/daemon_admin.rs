@@ -255,8 +255,9 @@ fn receipts_and_dead_letters_are_compacted_after_the_retention() {
     // Within a one-day retention: kept.
     let within = Launch::new(dir.path(), &emu).offset(LATER + 3600).env("METERD_STORAGE__RETENTION", "1d");
     let meterd = within.start();
-    assert_eq!(meterd.metric("meterd_records{state=\"accepted\"}"), 1.0);
-    assert_eq!(meterd.metric("meterd_records{state=\"dead_letter\"}"), 1.0);
+    // The gauges follow the outbox a moment after the start: waited for, never read at once.
+    meterd.wait_metric("meterd_records{state=\"accepted\"}", 1.0, Duration::from_secs(10));
+    meterd.wait_metric("meterd_records{state=\"dead_letter\"}", 1.0, Duration::from_secs(10));
     assert!(!meterd.logs().iter().any(|l| l.contains("compacted")));
     assert!(meterd.signal("TERM").success());
 
@@ -265,8 +266,8 @@ fn receipts_and_dead_letters_are_compacted_after_the_retention() {
         Launch::new(dir.path(), &emu).offset(LATER + 2 * 86_400).env("METERD_STORAGE__RETENTION", "1d");
     let meterd = later.start();
     meterd.wait_log("compacted receipts and dead letters", Duration::from_secs(10));
-    assert_eq!(meterd.metric("meterd_records{state=\"accepted\"}"), 0.0);
-    assert_eq!(meterd.metric("meterd_records{state=\"dead_letter\"}"), 0.0);
+    meterd.wait_metric("meterd_records{state=\"accepted\"}", 0.0, Duration::from_secs(10));
+    meterd.wait_metric("meterd_records{state=\"dead_letter\"}", 0.0, Duration::from_secs(10));
     assert!(meterd.signal("TERM").success());
     let (code, stdout, _) = Meterd::cli(
         &Launch::new(dir.path(), &emu).offset(LATER + 2 * 86_400),
