@@ -32,6 +32,7 @@ fn settings() -> Settings {
         pause: 300 * SECOND,
         subscription_recheck: 600 * SECOND,
         retention: 35 * 86_400,
+        call_per_license: false,
     }
 }
 
