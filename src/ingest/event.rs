@@ -2,8 +2,8 @@
 //!
 //! The checks here are the stateless ones: JSON shape, field types, the service model's patterns
 //! and limits, the event's product among the configured ones, and that product's dimension
-//! allowlist. Time, idempotency and overflow depend on what was
-//! already accepted and are checked by the aggregator.
+//! allowlist. Time, idempotency and overflow depend on what was already accepted and are checked
+//! by the aggregator.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
