@@ -236,3 +236,26 @@ fn check_config_refuses_both_forms_and_checks_every_product() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("product code: \"prod-a\" (dimensions: requests, gb)\n  product code: \"prod-b\" (dimensions: requests)"), "{stdout}");
 }
+
+#[test]
+fn a_reload_adds_a_product() {
+    let emu = emulator();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("meterd.toml");
+    std::fs::write(&file, "[aws]\nproducts = [{ code = \"prod-a\" }]\n").unwrap();
+    let meterd = Launch::new(dir.path(), &emu)
+        .env("METERD_AWS__PRODUCT_CODE", "")
+        .arg("--config")
+        .arg(file.to_str().unwrap())
+        .start();
+    let b = usage("prod-b", "111111111111", "requests", 1, "b-1");
+    assert_eq!(meterd.send(std::slice::from_ref(&b))[0]["error"], "unknown_product");
+    // A second product: its events are taken, and now every event names its product.
+    std::fs::write(&file, "[aws]\nproducts = [{ code = \"prod-a\" }, { code = \"prod-b\" }]\n").unwrap();
+    meterd.signal_only("HUP");
+    let reloaded = meterd.wait_log("configuration reloaded", Duration::from_secs(10));
+    assert_eq!(reloaded["applied"], "[\"aws.products\"]");
+    assert_eq!(meterd.send(std::slice::from_ref(&b))[0]["ok"], true);
+    let unnamed = json!({ "customer_aws_account_id": "1", "dimension": "requests", "quantity": 1 });
+    assert_eq!(meterd.send(&[unnamed])[0]["error"], "missing_field");
+}

@@ -51,10 +51,11 @@ impl Live {
     /// key keeps its running value, so what runs and the next reload's comparison agree.
     async fn apply(&mut self, file: Config) {
         // The file is valid; what would run (its reloadable keys over the running others) must
-        // be too: `aws.products` in the file while `aws.product_code` runs, say.
+        // be too: `aws.products` in the file while `aws.product_code` runs, or the file's
+        // `aws.product_code` (which waits for a restart) in place of the running `aws.products`.
         let mut next = self.config.clone();
         let applied = next.apply_reloadable(&file);
-        if let Err(err) = next.validate() {
+        if let Err(err) = next.validate().and_then(|()| next.clone().check_billing().map(drop)) {
             self.metrics.config_reloads.with_label_values(&["invalid"]).inc();
             tracing::error!(
                 "reload refused, the running settings stay: the keys a reload applies do not fit the ones that need a restart: {err}"
