@@ -62,6 +62,10 @@ enum Command {
         /// The customer's AWS account id or customer identifier.
         #[arg(long, required_unless_present = "all")]
         customer: Option<String>,
+        /// Only this product's records (with several products configured); the customer's
+        /// records that name a license ARN are flushed with any product.
+        #[arg(long, requires = "customer")]
+        product_code: Option<String>,
         /// Every open hour of every customer: the sandbox only, to see a record billed now.
         #[arg(long, conflicts_with = "customer")]
         all: bool,
@@ -212,6 +216,9 @@ struct SendArgs {
     customer_identifier: Option<String>,
     #[arg(long)]
     license_arn: Option<String>,
+    /// The product, when meterd serves several (aws.products).
+    #[arg(long)]
+    product_code: Option<String>,
     #[arg(long)]
     dimension: Option<String>,
     /// Sent as given: meterd itself answers a quantity it refuses (negative, fractional, too
@@ -238,6 +245,7 @@ fn main() -> ExitCode {
                 customer_aws_account_id: args.customer_aws_account_id,
                 customer_identifier: args.customer_identifier,
                 license_arn: args.license_arn,
+                product_code: args.product_code,
                 dimension: args.dimension,
                 quantity: args.quantity,
                 timestamp: args.timestamp,
@@ -266,7 +274,9 @@ fn main() -> ExitCode {
             let until = until.unwrap_or_else(|| meterd::clock::Clock::default().now() + 1);
             with_target(target, |t| admin::receipts_export(t, since, until, format))
         }
-        Command::Flush { target, customer, all: _ } => with_target(target, |t| admin::flush(t, customer)),
+        Command::Flush { target, customer, product_code, all: _ } => {
+            with_target(target, |t| admin::flush(t, customer, product_code))
+        }
         Command::CheckConfig { config, sandbox } => admin::check_config(config.as_deref(), sandbox),
         Command::ResolveCustomer { token, config, json } => {
             with_config(config, |config| admin::resolve_customer(config, &token, json))

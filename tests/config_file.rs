@@ -18,6 +18,7 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ("aws", "region", r#""eu-west-1""#),
     ("aws", "endpoint_url", r#""http://127.0.0.1:1""#),
     ("aws", "dimensions", r#"["cpu"]"#),
+    ("aws", "products", r#"[{ code = "prod-a", dimensions = ["cpu"] }, { code = "prod-b" }]"#),
     ("aws", "mode", r#""meter_usage""#),
     ("aws", "register_usage", "true"),
     ("aws", "public_key_version", "2"),

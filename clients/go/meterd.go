@@ -41,6 +41,7 @@ const (
 	CodePermissionDenied = "permission_denied"
 	CodeIDConflict       = "id_conflict"
 	CodeRecordTooLarge   = "record_too_large"
+	CodeUnknownProduct   = "unknown_product"
 )
 
 const (
@@ -54,7 +55,10 @@ type Event struct {
 	CustomerAWSAccountID string
 	CustomerIdentifier   string
 	LicenseARN           string
-	Dimension            string
+	// ProductCode names the event's product; required when meterd serves several products
+	// (aws.products), optional with one.
+	ProductCode string
+	Dimension   string
 	// Quantity must be 0..2147483647; meterd refuses anything else with invalid_field.
 	Quantity int64
 	// Timestamp is when the usage happened; zero means when meterd receives the event.
@@ -76,12 +80,13 @@ func (e Event) MarshalJSON() ([]byte, error) {
 		CustomerAWSAccountID string            `json:"customer_aws_account_id,omitempty"`
 		CustomerIdentifier   string            `json:"customer_identifier,omitempty"`
 		LicenseARN           string            `json:"license_arn,omitempty"`
+		ProductCode          string            `json:"product_code,omitempty"`
 		Dimension            string            `json:"dimension,omitempty"`
 		Quantity             int64             `json:"quantity"`
 		Timestamp            *int64            `json:"timestamp,omitempty"`
 		Tags                 map[string]string `json:"tags,omitempty"`
 		ID                   string            `json:"id,omitempty"`
-	}{e.CustomerAWSAccountID, e.CustomerIdentifier, e.LicenseARN, e.Dimension, e.Quantity, timestamp, e.Tags, e.ID})
+	}{e.CustomerAWSAccountID, e.CustomerIdentifier, e.LicenseARN, e.ProductCode, e.Dimension, e.Quantity, timestamp, e.Tags, e.ID})
 }
 
 // Ack says meterd stored the event durably; Duplicate: it had stored this ID before.

@@ -164,3 +164,32 @@ func TestSendReturnsATypedErrorWithTheWireCode(t *testing.T) {
 		t.Fatalf("%+v", refusal)
 	}
 }
+
+func TestEventsNameTheirProduct(t *testing.T) {
+	dir := workdir(t)
+	d := startMeterd(t, dir, startEmulator(t, dir), 0)
+	client := meterd.New(d.socket)
+	defer client.Close()
+	ctx := context.Background()
+
+	named := usage("p-1")
+	named.ProductCode = product
+	if ack, err := client.Send(ctx, named); ack != (meterd.Ack{ID: "p-1"}) || err != nil {
+		t.Fatalf("%+v %v", ack, err)
+	}
+	// The same usage without the field is the same event of the one configured product.
+	if ack, err := client.Send(ctx, usage("p-1")); ack != (meterd.Ack{ID: "p-1", Duplicate: true}) || err != nil {
+		t.Fatalf("%+v %v", ack, err)
+	}
+	other := usage("p-2")
+	other.ProductCode = "prod-other"
+	_, err := client.Send(ctx, other)
+	var refused *meterd.Error
+	if !errors.As(err, &refused) || refused.Code != meterd.CodeUnknownProduct || refused.ID != "p-2" || refused.Temporary() {
+		t.Fatalf("%v", err)
+	}
+	want := "`product_code` \"prod-other\" is not a configured product (configured: \"prod-clients\")"
+	if refused.Message != want {
+		t.Fatalf("message %q", refused.Message)
+	}
+}

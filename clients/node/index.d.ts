@@ -3,6 +3,8 @@ export interface Event {
   customer_aws_account_id?: string;
   customer_identifier?: string;
   license_arn?: string;
+  /** The event's product; required when meterd serves several products (aws.products). */
+  product_code?: string;
   dimension: string;
   /** 0..2147483647 */
   quantity: number;
@@ -33,7 +35,8 @@ export type WireCode =
   | "storage_error"
   | "permission_denied"
   | "id_conflict"
-  | "record_too_large";
+  | "record_too_large"
+  | "unknown_product";
 
 export const DEFAULT_SOCKET: string;
 export const DEFAULT_TIMEOUT_MS: number;

@@ -37,8 +37,11 @@ pub enum Request {
     },
     /// Seals a customer's open hours now, the current one included, so they are submitted at
     /// once (an unsubscribe window). `None`: every open hour, which only the sandbox allows.
+    /// `product_code`: that product's records only (and the customer's license records).
     Flush {
         customer: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        product_code: Option<String>,
     },
 }
 

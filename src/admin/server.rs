@@ -134,19 +134,19 @@ impl AdminServer {
             }
             Request::DlqRetry { selection } => self.change(selection, true).await,
             Request::DlqDrop { selection } => self.change(selection, false).await,
-            Request::Flush { customer } => self.flush(customer).await,
+            Request::Flush { customer, product_code } => self.flush(customer, product_code).await,
         }
     }
 
     /// Seals the matching open hours now; answers how many records were sealed.
-    async fn flush(&self, customer: Option<String>) -> Vec<Line> {
+    async fn flush(&self, customer: Option<String>, product: Option<String>) -> Vec<Line> {
         if customer.is_none() && !self.sandbox {
             return vec![Line::error(
                 "flushing every open hour closes the current hour early for every customer; only the sandbox allows it (name one: meterd flush --customer ID)",
             )];
         }
         let (reply, answer) = oneshot::channel();
-        if self.commands.send(Command::Flush { customer, every_hour: false, reply }).await.is_err() {
+        if self.commands.send(Command::Flush { customer, product, every_hour: false, reply }).await.is_err() {
             return vec![Line::error("meterd is stopping")];
         }
         match answer.await {

@@ -222,6 +222,9 @@ pub struct StatusReport {
     /// Fleet mode: this host's id (running only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet_host_id: Option<String>,
+    /// Pending records by product code ([`Scope::product_label`]).
+    #[serde(default)]
+    pub pending_by_product: BTreeMap<String, u64>,
 }
 
 /// The oldest sealed record not yet settled.
@@ -248,9 +251,13 @@ impl StatusReport {
         let mut dead: BTreeMap<String, u64> =
             DeadReason::ALL.iter().map(|r| (r.as_str().to_string(), 0)).collect();
         let mut oldest: Option<RecordKey> = None;
+        let mut pending_by_product = BTreeMap::new();
         for stored in records {
             let state = match &stored.state {
                 RecordState::Pending => {
+                    *pending_by_product
+                        .entry(stored.record.key.scope.product_label().to_string())
+                        .or_default() += 1;
                     if oldest.as_ref().is_none_or(|o| stored.record.key.hour < o.hour) {
                         oldest = Some(stored.record.key.clone());
                     }
@@ -284,6 +291,7 @@ impl StatusReport {
             archive_bytes: 0,
             registration: None,
             fleet_host_id: None,
+            pending_by_product,
         }
     }
 
@@ -316,6 +324,11 @@ impl StatusReport {
         out.push_str(&format!("records: {}\n", records.join(", ")));
         let dead: Vec<String> = self.dead_letters.iter().map(|(r, n)| format!("{r} {n}")).collect();
         out.push_str(&format!("dead letters: {}\n", dead.join(", ")));
+        if !self.pending_by_product.is_empty() {
+            let pending: Vec<String> =
+                self.pending_by_product.iter().map(|(p, n)| format!("{p} {n}")).collect();
+            out.push_str(&format!("pending by product: {}\n", pending.join(", ")));
+        }
         match &self.oldest_unsubmitted {
             Some(o) => out.push_str(&format!(
                 "oldest unsubmitted: {} (hour {}), deadline in {}\n",

@@ -282,10 +282,10 @@ pub fn dlq_change(target: &Target, selection: Selection, retry: bool) -> ExitCod
     }
 }
 
-/// `meterd flush --customer ID` (or `--all`, sandbox only): needs the running daemon, which owns
-/// the open hours.
-pub fn flush(target: &Target, customer: Option<String>) -> ExitCode {
-    match target.ask(&Request::Flush { customer }) {
+/// `meterd flush --customer ID [--product-code P]` (or `--all`, sandbox only): needs the running
+/// daemon, which owns the open hours.
+pub fn flush(target: &Target, customer: Option<String>, product_code: Option<String>) -> ExitCode {
+    match target.ask(&Request::Flush { customer, product_code }) {
         Ok(Some(lines)) => match lines.into_iter().last() {
             Some(Line::Count { count, .. }) => {
                 println!("sealed {count} record(s); they are submitted now");
@@ -395,7 +395,13 @@ pub fn check_config(file: Option<&Path>, sandbox: bool) -> ExitCode {
         Ok(config) => {
             let source = file.map_or("built-in defaults".to_string(), |f| f.display().to_string());
             println!("configuration OK ({source}, with METERD_* overrides)");
-            println!("  product code: {:?}", config.aws.product_code);
+            for product in config.aws.products() {
+                let dimensions = match product.dimensions.as_slice() {
+                    [] => "any".to_string(),
+                    listed => listed.join(", "),
+                };
+                println!("  product code: {:?} (dimensions: {dimensions})", product.code);
+            }
             println!("  ingest socket: {}", config.ingest.socket.display());
             println!("  admin socket: {}", config.admin.socket.display());
             println!("  data dir: {}", config.storage.data_dir.display());
@@ -460,13 +466,13 @@ pub fn check_aws(config: &Config, dimension: Option<String>) -> ExitCode {
         return ExitCode::from(super::EXIT_CONFIG);
     }
     let Some(dimension) = dimension
-        .or_else(|| config.aws.dimensions.first().cloned())
+        .or_else(|| config.aws.products().swap_remove(0).dimensions.first().cloned())
         .or_else(|| config.submit.heartbeat_dimensions.first().cloned())
     else {
         eprintln!("meterd: name a dimension with --dimension (aws.dimensions is empty)");
         return ExitCode::from(super::EXIT_CONFIG);
     };
-    let product = config.aws.product_code.clone();
+    let product = config.aws.single_product().unwrap_or_default();
     let now = crate::clock::Clock::default().now();
     let result =
         match with_api(config, |api| async move { api.meter_usage_dry_run(&product, &dimension, now).await })
@@ -475,7 +481,7 @@ pub fn check_aws(config: &Config, dimension: Option<String>) -> ExitCode {
             Err(code) => return code,
         };
     let region = &config.aws.region;
-    let product = &config.aws.product_code;
+    let product = &config.aws.single_product().unwrap_or_default();
     let Err(failure) = result else {
         println!(
             "ok: these credentials may call aws-marketplace:MeterUsage for product {product} in {region} \

@@ -14,6 +14,7 @@ pub struct EventFlags {
     pub customer_aws_account_id: Option<String>,
     pub customer_identifier: Option<String>,
     pub license_arn: Option<String>,
+    pub product_code: Option<String>,
     pub dimension: Option<String>,
     /// As typed: a JSON number when it reads as one, else a string (meterd refuses either form
     /// it does not take, with its own error code).
@@ -42,6 +43,7 @@ impl EventFlags {
         put("customer_aws_account_id", self.customer_aws_account_id.clone().map(Value::String));
         put("customer_identifier", self.customer_identifier.clone().map(Value::String));
         put("license_arn", self.license_arn.clone().map(Value::String));
+        put("product_code", self.product_code.clone().map(Value::String));
         put("dimension", self.dimension.clone().map(Value::String));
         put("quantity", self.quantity.as_deref().map(number_or_string));
         put(

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::{Admission, AdmitError, Aggregator, Heartbeat, Rules};
 use crate::context::Context;
-use crate::model::{Customer, Event};
+use crate::model::{Customer, Event, Scope};
 use crate::outbox::{LogEncoder, Outbox, OutboxError, Recovered, StoredRecord};
 pub use inline::{Intake, Shared, run};
 pub use outcome::{AckId, Outcome};
@@ -60,9 +60,12 @@ pub enum Command {
     Reconfigure(Rules),
     /// Seal the open hours of this customer (`None`: all) now, checkpoint, and answer how many
     /// records were sealed. Hours that have begun only, unless `every_hour` (a stopping fleet
-    /// host: its partials of an hour still to come are summed when that hour closes).
+    /// host: its partials of an hour still to come are summed when that hour closes). With
+    /// `product`, only that product's records and the customer's license records (a record
+    /// names its license, not the license's product).
     Flush {
         customer: Option<String>,
+        product: Option<String>,
         every_hour: bool,
         reply: oneshot::Sender<usize>,
     },
@@ -305,9 +308,9 @@ impl Committer {
                 }
                 Command::Tick => tick = true,
                 Command::Reconfigure(rules) => self.aggregator.set_rules(rules),
-                Command::Flush { customer, every_hour, reply } => {
-                    let sealed = self.flush(customer.as_deref(), every_hour);
-                    tracing::info!(customer = ?customer, records = sealed, every_hour, "open hours flushed: sealed now and submitted next");
+                Command::Flush { customer, product, every_hour, reply } => {
+                    let sealed = self.flush(customer.as_deref(), product.as_deref(), every_hour);
+                    tracing::info!(customer = ?customer, product = ?product, records = sealed, every_hour, "open hours flushed: sealed now and submitted next");
                     self.flushed.push((reply, sealed));
                     tick = true;
                 }
@@ -325,10 +328,14 @@ impl Committer {
 
     /// Seals the open records of `customer` (`None`: every customer) now: those of hours that
     /// have begun (a record for a future hour cannot be sent yet), or of every hour.
-    fn flush(&mut self, customer: Option<&str>, every_hour: bool) -> usize {
+    fn flush(&mut self, customer: Option<&str>, product: Option<&str>, every_hour: bool) -> usize {
         let current = crate::clock::hour_of(self.ctx.clock.now());
         self.aggregator.seal_now(|key| {
             (every_hour || key.hour <= current)
+                && match (product, &key.scope) {
+                    (Some(want), Scope::ProductCode(code)) => want == code,
+                    (None, _) | (_, Scope::LicenseArn(_)) => true,
+                }
                 && match (customer, &key.customer) {
                     (None, _) => true,
                     (Some(want), Customer::AwsAccountId(id) | Customer::Identifier(id)) => want == id,

@@ -73,7 +73,12 @@ fn a_flush_seals_the_events_queued_before_it_and_a_reload_applies_after_them() {
     let dir = tempfile::tempdir().unwrap();
     let (before, counted) = submit(vec![event("111111111111", 5)]);
     let (flushed, sealed) = oneshot::channel();
-    let flush = Command::Flush { customer: Some("111111111111".into()), every_hour: false, reply: flushed };
+    let flush = Command::Flush {
+        customer: Some("111111111111".into()),
+        product: None,
+        every_hour: false,
+        reply: flushed,
+    };
     // A reload that takes away every second of future tolerance: the event before it, stamped a
     // minute ahead, was sent under the old rules and must be counted under them.
     let ahead = Event { timestamp: Some(Clock::default().now() + 60), ..event("222222222222", 7) };

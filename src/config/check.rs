@@ -10,6 +10,7 @@ impl Config {
     /// Every problem of this configuration.
     pub(super) fn problems(&self) -> Vec<String> {
         let mut out = self.aws_problems();
+        out.extend(self.product_problems());
         out.extend(self.mode_problems());
         out.extend(self.socket_problems());
         out.extend(self.connection_problems());
@@ -47,7 +48,7 @@ impl Config {
     /// operator's commands read a configuration without billing anything): an empty
     /// `aws.product_code` bills only events that name a `license_arn`, so it must be declared.
     pub fn check_billing(self) -> Result<Self, super::ConfigError> {
-        if !self.aws.product_code.is_empty() || self.aws.license_only {
+        if !self.aws.product_code.is_empty() || !self.aws.products.is_empty() || self.aws.license_only {
             return Ok(self);
         }
         let problems = vec![
@@ -110,9 +111,9 @@ impl Config {
                 model::PRODUCT_CODE_PATTERN
             ));
         }
-        if aws.license_only && !aws.product_code.is_empty() {
+        if aws.license_only && !(aws.product_code.is_empty() && aws.products.is_empty()) {
             out.push(
-                "aws.license_only = true needs an empty aws.product_code (every event names its license_arn)"
+                "aws.license_only = true needs an empty aws.product_code and no aws.products (every event names its license_arn)"
                     .into(),
             );
         }
@@ -126,6 +127,45 @@ impl Config {
         for dimension in &aws.dimensions {
             if dimension.is_empty() || model::service_len(dimension) > model::MAX_NAME_CHARS {
                 out.push(format!("aws.dimensions: {dimension:?} must be 1 to 255 characters"));
+            }
+        }
+        out
+    }
+
+    /// `aws.products`: each product's code and dimensions, checked as the shorthand's are, and
+    /// not both forms at once.
+    fn product_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let aws = &self.aws;
+        if aws.products.is_empty() {
+            return out;
+        }
+        if !aws.product_code.is_empty() || !aws.dimensions.is_empty() {
+            out.push(
+                "aws.products and aws.product_code/aws.dimensions are both set: aws.product_code with \
+                 aws.dimensions is the one-product form of aws.products; set one form only (each entry \
+                 of aws.products has its own code and dimensions)"
+                    .into(),
+            );
+        }
+        for (index, product) in aws.products.iter().enumerate() {
+            let code = &product.code;
+            if code.is_empty() {
+                out.push(format!("aws.products[{index}].code must not be empty"));
+            } else if model::service_len(code) > model::MAX_NAME_CHARS || !model::is_product_code(code) {
+                out.push(format!(
+                    "aws.products[{index}].code {code:?} does not match {} (at most 255 characters)",
+                    model::PRODUCT_CODE_PATTERN
+                ));
+            } else if aws.products[..index].iter().any(|earlier| earlier.code == *code) {
+                out.push(format!("aws.products[{index}].code {code:?} is listed twice"));
+            }
+            for dimension in &product.dimensions {
+                if dimension.is_empty() || model::service_len(dimension) > model::MAX_NAME_CHARS {
+                    out.push(format!(
+                        "aws.products[{index}].dimensions: {dimension:?} must be 1 to 255 characters"
+                    ));
+                }
             }
         }
         out
@@ -312,13 +352,25 @@ impl Config {
         let mut out = Vec::new();
         let aws = &self.aws;
         let metered = aws.mode == Mode::MeterUsage;
-        if metered && aws.product_code.is_empty() {
+        let single = aws.single_product();
+        let several = aws.products.len();
+        if metered && single.is_none() {
+            out.push(format!(
+                "aws.mode = \"meter_usage\" bills one product (MeterUsage names the product of this instance, \
+                 task or pod), but aws.products lists {several}: run one meterd per product"
+            ));
+        } else if metered && single.as_deref() == Some("") {
             out.push(
                 "aws.product_code is required when aws.mode = \"meter_usage\" (MeterUsage names the product)"
                     .into(),
             );
         }
-        if aws.register_usage && aws.product_code.is_empty() {
+        if aws.register_usage && single.is_none() {
+            out.push(format!(
+                "aws.register_usage = true needs one product (RegisterUsage names one product code), but \
+                 aws.products lists {several}"
+            ));
+        } else if aws.register_usage && single.as_deref() == Some("") {
             out.push("aws.product_code is required when aws.register_usage = true".into());
         }
         if aws.public_key_version < 1 {
@@ -328,6 +380,7 @@ impl Config {
             out.push("aws.nonce must be at most 255 characters".into());
         }
         let heartbeat = &self.submit.heartbeat_dimensions;
+        let allowed = aws.products().swap_remove(0).dimensions;
         if !heartbeat.is_empty() && !metered {
             out.push(
                 "submit.heartbeat_dimensions needs aws.mode = \"meter_usage\": in batch mode a 0-quantity record would take the hour's only slot for a customer".into(),
@@ -336,7 +389,7 @@ impl Config {
         for dimension in heartbeat {
             if dimension.is_empty() || model::service_len(dimension) > model::MAX_NAME_CHARS {
                 out.push(format!("submit.heartbeat_dimensions: {dimension:?} must be 1 to 255 characters"));
-            } else if !aws.dimensions.is_empty() && !aws.dimensions.contains(dimension) {
+            } else if !allowed.is_empty() && !allowed.contains(dimension) {
                 out.push(format!("submit.heartbeat_dimensions: {dimension:?} is not in aws.dimensions"));
             }
         }

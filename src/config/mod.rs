@@ -28,6 +28,37 @@ pub enum LogFormat {
     Json,
 }
 
+/// One product of `aws.products`: its code and the dimensions its events may name (empty: any).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Product {
+    pub code: String,
+    #[serde(default)]
+    pub dimensions: Vec<String>,
+}
+
+impl AwsConfig {
+    /// The products meterd bills: `aws.products`, or the one product of the shorthand
+    /// (`aws.product_code`, empty under `license_only`, with `aws.dimensions`). Never empty.
+    pub fn products(&self) -> Vec<Product> {
+        if self.products.is_empty() {
+            vec![Product { code: self.product_code.clone(), dimensions: self.dimensions.clone() }]
+        } else {
+            self.products.clone()
+        }
+    }
+
+    /// The product code of a one-product configuration (empty under `license_only`), which
+    /// MeterUsage, RegisterUsage and the heartbeat name; `None` with several products.
+    pub fn single_product(&self) -> Option<String> {
+        match self.products.as_slice() {
+            [] => Some(self.product_code.clone()),
+            [one] => Some(one.code.clone()),
+            _ => None,
+        }
+    }
+}
+
 /// One key of the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Setting {
@@ -157,6 +188,9 @@ settings! {
         endpoint_url: String = String::new(), value, restart;
         /// Dimensions events may name; empty = any.
         dimensions: Vec<String> = Vec::new(), value, reload;
+        /// Several products, each with its code and its dimensions; empty = the one product of
+        /// `product_code` and `dimensions` (the shorthand), which must then be unset.
+        products: Vec<Product> = Vec::new(), value, reload;
         mode: Mode = Mode::Batch, value, restart;
         /// Call RegisterUsage at start (paid container products); meterd is not ready until it
         /// succeeds.
@@ -326,6 +360,12 @@ impl Config {
         if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
     }
 
+    /// Every problem of this configuration, as a load reports them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError { problems }) }
+    }
+
     /// Names (`section.key`) of the keys whose values differ from `other`'s.
     pub fn changed_keys(&self, other: &Config) -> Vec<&'static str> {
         differing(self, other)
@@ -456,6 +496,72 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.aws.mode, Mode::MeterUsage);
+    }
+
+    #[test]
+    fn several_products_each_with_its_dimensions() {
+        let config = load_toml(
+            "[aws]\nproducts = [{ code = \"prod-a\", dimensions = [\"requests\"] }, { code = \"prod-b\" }]",
+        )
+        .unwrap()
+        .check_billing()
+        .unwrap();
+        let products = config.aws.products();
+        assert_eq!(
+            products,
+            [
+                Product { code: "prod-a".into(), dimensions: vec!["requests".into()] },
+                Product { code: "prod-b".into(), dimensions: vec![] },
+            ]
+        );
+        assert_eq!(config.aws.single_product(), None);
+        let shorthand = load_toml("[aws]\nproduct_code = \"p\"\ndimensions = [\"gb\"]").unwrap();
+        assert_eq!(shorthand.aws.products(), [Product { code: "p".into(), dimensions: vec!["gb".into()] }]);
+        assert_eq!(shorthand.aws.single_product().as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn products_are_checked_one_by_one_and_never_beside_the_shorthand() {
+        let err = load_toml(
+            "[aws]\nproduct_code = \"p\"\nproducts = [{ code = \"\" }, { code = \"bad code!\" }, \
+             { code = \"a\", dimensions = [\"\"] }, { code = \"a\" }]",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.problems,
+            [
+                "aws.products and aws.product_code/aws.dimensions are both set: aws.product_code with aws.dimensions is the one-product form of aws.products; set one form only (each entry of aws.products has its own code and dimensions)",
+                "aws.products[0].code must not be empty",
+                "aws.products[1].code \"bad code!\" does not match ^[-a-zA-Z0-9/=:_.@]*$ (at most 255 characters)",
+                "aws.products[2].dimensions: \"\" must be 1 to 255 characters",
+                "aws.products[3].code \"a\" is listed twice",
+            ]
+        );
+        let err = load_toml("[aws]\nproducts = [{ code = \"a\", dimension = [\"x\"] }]").unwrap_err();
+        assert!(err.problems[0].contains("unknown field: found `dimension`"), "{:?}", err.problems);
+    }
+
+    #[test]
+    fn meter_usage_and_register_usage_keep_one_product() {
+        let two = "products = [{ code = \"a\" }, { code = \"b\" }]";
+        let err =
+            load_toml(&format!("[aws]\nmode = \"meter_usage\"\nregister_usage = true\n{two}")).unwrap_err();
+        assert_eq!(
+            err.problems,
+            [
+                "aws.mode = \"meter_usage\" bills one product (MeterUsage names the product of this instance, task or pod), but aws.products lists 2: run one meterd per product",
+                "aws.register_usage = true needs one product (RegisterUsage names one product code), but aws.products lists 2",
+            ]
+        );
+        let one = load_toml("[aws]\nmode = \"meter_usage\"\nproducts = [{ code = \"a\" }]").unwrap();
+        assert_eq!(one.aws.single_product().as_deref(), Some("a"));
+        let err = load_toml(&format!("[aws]\nlicense_only = true\n{two}")).unwrap_err();
+        assert_eq!(
+            err.problems,
+            [
+                "aws.license_only = true needs an empty aws.product_code and no aws.products (every event names its license_arn)"
+            ]
+        );
     }
 
     #[test]

@@ -109,7 +109,7 @@ pub(super) async fn drain_submissions(ctx: &Context, within: Duration) {
 /// and a record of an hour to come cannot be sent yet.
 pub(super) async fn flush_open_hours(commands: mpsc::Sender<commit::Command>, every_hour: bool) {
     let (reply, sealed) = oneshot::channel();
-    let flush = commit::Command::Flush { customer: None, every_hour, reply };
+    let flush = commit::Command::Flush { customer: None, product: None, every_hour, reply };
     if commands.send(flush).await.is_ok()
         && let Ok(count) = sealed.await
     {

@@ -104,14 +104,23 @@ fn settings(config: &Config) -> Settings {
         pause: config.submit.pause,
         subscription_recheck: config.submit.subscription_recheck,
         retention: secs(config.storage.retention),
+        call_per_license: config.aws.single_product().is_none(),
     }
+}
+
+/// The event parser of the configured products.
+fn parser(config: &Config) -> EventParser {
+    let products = config.aws.products();
+    let rules: Vec<(&str, &[String])> =
+        products.iter().map(|p| (p.code.as_str(), p.dimensions.as_slice())).collect();
+    EventParser::with_products(&rules, config.aws.mode)
 }
 
 /// The heartbeat of `submit.heartbeat_dimensions`.
 fn heartbeat(config: &Config) -> Option<Heartbeat> {
     let dimensions = &config.submit.heartbeat_dimensions;
     (config.aws.mode == Mode::MeterUsage && !dimensions.is_empty()).then(|| Heartbeat {
-        scope: Scope::ProductCode(config.aws.product_code.clone()),
+        scope: Scope::ProductCode(config.aws.single_product().expect("meter_usage mode has one product")),
         dimensions: dimensions.clone(),
     })
 }
@@ -119,7 +128,7 @@ fn heartbeat(config: &Config) -> Option<Heartbeat> {
 /// RegisterUsage's arguments when `aws.register_usage` is on.
 fn registration(config: &Config) -> Option<RegisterRequest> {
     config.aws.register_usage.then(|| RegisterRequest {
-        product_code: config.aws.product_code.clone(),
+        product_code: config.aws.single_product().expect("register_usage has one product"),
         public_key_version: config.aws.public_key_version,
         nonce: (!config.aws.nonce.is_empty()).then(|| config.aws.nonce.clone()),
         backoff_base: config.submit.backoff_base,
@@ -185,6 +194,7 @@ pub async fn start<A: MeteringApi + Clone + 'static>(
 ) -> anyhow::Result<Running<A>> {
     let Host { activated_socket, notifier, reload, sandbox } = host;
     let ctx = Context::new(clock);
+    ctx.metrics.export_products(config.aws.products().iter().map(|p| p.code.as_str()));
     let fds = crate::listen::reserve_fds(config.connection_caps() as u64).map_err(anyhow::Error::msg)?;
     tracing::debug!(fds, "open-file limit");
     if let Some(request) = registration(&config) {
@@ -320,11 +330,7 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
     fn spawn_front(&mut self, pipeline: Pipeline, front: Front) {
         let (ctx, config, intake) = (&self.ctx, &self.config, &self.stops.intake);
         let Pipeline { commands, submissions, controls } = pipeline;
-        let parser: SharedParser = Arc::new(RwLock::new(Arc::new(EventParser::new(
-            &config.aws.product_code,
-            &config.aws.dimensions,
-            config.aws.mode,
-        ))));
+        let parser: SharedParser = Arc::new(RwLock::new(Arc::new(parser(config))));
         let server = IngestServer {
             parser: parser.clone(),
             intake: submissions,

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Reloader, rules, settings};
+use super::{Reloader, parser, rules, settings};
 use crate::commit::Command;
 use crate::config::Config;
-use crate::ingest::{EventParser, SharedParser};
+use crate::ingest::SharedParser;
 use crate::submit::Control;
 use crate::telemetry::metrics::Metrics;
 
@@ -50,12 +50,23 @@ impl Live {
     /// Takes the reloadable keys of `file` and hands every stage its settings anew. Every other
     /// key keeps its running value, so what runs and the next reload's comparison agree.
     async fn apply(&mut self, file: Config) {
-        let applied = self.config.apply_reloadable(&file);
+        // The file is valid; what would run (its reloadable keys over the running others) must
+        // be too: `aws.products` in the file while `aws.product_code` runs, or the file's
+        // `aws.product_code` (which waits for a restart) in place of the running `aws.products`.
+        let mut next = self.config.clone();
+        let applied = next.apply_reloadable(&file);
+        if let Err(err) = next.validate().and_then(|()| next.clone().check_billing().map(drop)) {
+            self.metrics.config_reloads.with_label_values(&["invalid"]).inc();
+            tracing::error!(
+                "reload refused, the running settings stay: the keys a reload applies do not fit the ones that need a restart: {err}"
+            );
+            return;
+        }
+        self.config = next;
         let restart = self.config.changed_keys(&file);
         if !applied.is_empty() {
             let new = &self.config;
-            let parser = EventParser::new(&new.aws.product_code, &new.aws.dimensions, new.aws.mode);
-            *self.parser.write().expect("parser lock") = Arc::new(parser);
+            *self.parser.write().expect("parser lock") = Arc::new(parser(new));
             let _ = self.commands.send(Command::Reconfigure(rules(new))).await;
             let _ = self.controls.send(Control::Reconfigure(settings(new))).await;
             crate::telemetry::set_level(&new.log.level);

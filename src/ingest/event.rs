@@ -1,9 +1,11 @@
 //! One line of the socket protocol: parsing and checking an event, and writing its reply.
 //!
 //! The checks here are the stateless ones: JSON shape, field types, the service model's patterns
-//! and limits, and the dimension allowlist. Time, idempotency and overflow depend on what was
-//! already accepted and are checked by the aggregator.
+//! and limits, the event's product among the configured ones, and that product's dimension
+//! allowlist. Time, idempotency and overflow depend on what was already accepted and are checked
+//! by the aggregator.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -51,6 +53,8 @@ struct RawEvent<'a> {
     #[serde(borrow)]
     license_arn: Option<&'a RawValue>,
     #[serde(borrow)]
+    product_code: Option<&'a RawValue>,
+    #[serde(borrow)]
     dimension: Option<&'a RawValue>,
     #[serde(borrow)]
     quantity: Option<&'a RawValue>,
@@ -62,12 +66,31 @@ struct RawEvent<'a> {
     id: Option<&'a RawValue>,
 }
 
-/// Turns lines into [`Event`]s under the configured product code and dimension allowlist.
+/// Turns lines into [`Event`]s under the configured products and their dimension allowlists.
 #[derive(Debug, Clone)]
 pub struct EventParser {
-    product_code: Option<String>,
-    dimensions: Option<HashSet<String>>,
+    /// One or more; one product's events may leave out `product_code`.
+    products: Vec<ProductRules>,
     mode: Mode,
+}
+
+/// One configured product as its events are checked.
+#[derive(Debug, Clone)]
+struct ProductRules {
+    /// `Scope::ProductCode` of its code, built once and cloned per event; `None` without a
+    /// product code (`aws.license_only`): its events must name a license ARN.
+    scope: Option<Scope>,
+    /// The dimensions its events may name; `None`: any.
+    dimensions: Option<HashSet<String>>,
+}
+
+impl ProductRules {
+    fn code(&self) -> Option<&str> {
+        match &self.scope {
+            Some(Scope::ProductCode(code)) => Some(code),
+            _ => None,
+        }
+    }
 }
 
 fn invalid(message: impl Into<String>) -> Rejection {
@@ -194,15 +217,57 @@ fn tags(raw: &RawValue) -> Result<TagSet, Rejection> {
     Ok(out)
 }
 
+/// A product code as sent: borrowed from the line unless it was written with escapes.
+fn product_text(raw: &RawValue) -> Result<Cow<'_, str>, Rejection> {
+    match serde_json::from_str::<&str>(raw.get()) {
+        Ok(text) => Ok(Cow::Borrowed(text)),
+        Err(_) => string(raw, "product_code").map(Cow::Owned),
+    }
+}
+
 impl EventParser {
-    /// `product_code` empty means events must name a license ARN; `dimensions` empty means any.
-    /// In `meter_usage` mode events name no customer and no license: the caller is billed.
+    /// One product: `product_code` empty means events must name a license ARN; `dimensions`
+    /// empty means any. In `meter_usage` mode events name no customer and no license: the
+    /// caller is billed.
     pub fn new(product_code: &str, dimensions: &[String], mode: Mode) -> Self {
-        Self {
-            product_code: (!product_code.is_empty()).then(|| product_code.to_string()),
-            dimensions: (!dimensions.is_empty()).then(|| dimensions.iter().cloned().collect()),
-            mode,
-        }
+        Self::with_products(&[(product_code, dimensions)], mode)
+    }
+
+    /// Each product as (code, dimensions), as [`EventParser::new`] takes one; with more than
+    /// one, every event names its `product_code`.
+    pub fn with_products(products: &[(&str, &[String])], mode: Mode) -> Self {
+        assert!(!products.is_empty(), "a parser serves at least one product");
+        let products = products
+            .iter()
+            .map(|(code, dimensions)| ProductRules {
+                scope: (!code.is_empty()).then(|| Scope::ProductCode(code.to_string())),
+                dimensions: (!dimensions.is_empty()).then(|| dimensions.iter().cloned().collect()),
+            })
+            .collect();
+        Self { products, mode }
+    }
+
+    /// The event's product: the one it names, or the only one configured.
+    fn product(&self, raw: &RawEvent) -> Result<&ProductRules, Rejection> {
+        let Some(named) = present(raw.product_code) else {
+            return match self.products.as_slice() {
+                [one] => Ok(one),
+                _ => Err(Rejection::new(
+                    ErrorCode::MissingField,
+                    "`product_code` is required: several products are configured (aws.products)",
+                )),
+            };
+        };
+        let code = product_text(named)?;
+        self.products.iter().find(|product| product.code() == Some(&*code)).ok_or_else(|| {
+            let configured: Vec<String> =
+                self.products.iter().filter_map(ProductRules::code).map(|c| format!("{c:?}")).collect();
+            let configured = if configured.is_empty() { "none".to_string() } else { configured.join(", ") };
+            Rejection::new(
+                ErrorCode::UnknownProduct,
+                format!("`product_code` {code:?} is not a configured product (configured: {configured})"),
+            )
+        })
     }
 
     /// The customer of a `meter_usage` event: the caller, and no field may say otherwise.
@@ -278,6 +343,7 @@ impl EventParser {
             }
             (None, Some(identifier)) => Customer::Identifier(name(identifier, "customer_identifier")?),
         };
+        let product = self.product(raw)?;
         let scope = match present(raw.license_arn) {
             Some(_) if matches!(customer, Customer::Identifier(_)) => {
                 return Err(invalid(
@@ -291,8 +357,8 @@ impl EventParser {
                 }
                 Scope::LicenseArn(arn)
             }
-            None => match &self.product_code {
-                Some(code) => Scope::ProductCode(code.clone()),
+            None => match &product.scope {
+                Some(scope) => scope.clone(),
                 None => {
                     return Err(Rejection::new(
                         ErrorCode::MissingField,
@@ -302,13 +368,18 @@ impl EventParser {
             },
         };
         let dimension = name(present(raw.dimension).ok_or_else(|| missing("dimension"))?, "dimension")?;
-        if let Some(allowed) = &self.dimensions
+        if let Some(allowed) = &product.dimensions
             && !allowed.contains(&dimension)
         {
-            return Err(Rejection::new(
-                ErrorCode::UnknownDimension,
-                format!("dimension {dimension:?} is not in aws.dimensions"),
-            ));
+            let message = match product.code() {
+                Some(code) if self.products.len() > 1 => {
+                    format!(
+                        "dimension {dimension:?} is not in the dimensions of product {code:?} (aws.products)"
+                    )
+                }
+                _ => format!("dimension {dimension:?} is not in aws.dimensions"),
+            };
+            return Err(Rejection::new(ErrorCode::UnknownDimension, message));
         }
         let quantity = quantity(present(raw.quantity).ok_or_else(|| missing("quantity"))?)?;
         let timestamp = present(raw.timestamp).map(timestamp).transpose()?;
@@ -510,6 +581,99 @@ mod tests {
         let err = parser.parse(br#"{"customer_identifier":"c","dimension":"x","quantity":1}"#).unwrap_err();
         assert_eq!(err.rejection.code, ErrorCode::MissingField);
         assert!(err.rejection.message.contains("license_arn"));
+    }
+
+    fn two_products() -> EventParser {
+        let (a, b) = (["requests".to_string()], ["requests".to_string(), "gb".to_string()]);
+        EventParser::with_products(&[("prod-a", &a), ("prod-b", &b)], Mode::Batch)
+    }
+
+    #[test]
+    fn with_several_products_each_event_names_a_configured_one() {
+        let parser = two_products();
+        let line = |product: &str, dimension: &str| {
+            format!(
+                r#"{{"customer_aws_account_id":"1",{product}"dimension":"{dimension}","quantity":1,"id":"i"}}"#
+            )
+        };
+        let event = parser.parse(line(r#""product_code":"prod-b","#, "gb").as_bytes()).unwrap();
+        assert_eq!(event.scope, Scope::ProductCode("prod-b".into()));
+        let escaped = parser.parse(line(r#""product_code":"prod-a","#, "requests").as_bytes()).unwrap();
+        assert_eq!(escaped.scope, Scope::ProductCode("prod-a".into()));
+        let refusal = |line: String| parser.parse(line.as_bytes()).unwrap_err();
+        let missing = refusal(line("", "requests"));
+        assert_eq!(missing.id.as_deref(), Some("i"));
+        assert_eq!(
+            missing.rejection,
+            Rejection::new(
+                ErrorCode::MissingField,
+                "`product_code` is required: several products are configured (aws.products)"
+            )
+        );
+        assert_eq!(
+            refusal(line(r#""product_code":"prod-c","#, "requests")).rejection,
+            Rejection::new(
+                ErrorCode::UnknownProduct,
+                r#"`product_code` "prod-c" is not a configured product (configured: "prod-a", "prod-b")"#
+            )
+        );
+        assert_eq!(
+            refusal(line(r#""product_code":"prod-a","#, "gb")).rejection,
+            Rejection::new(
+                ErrorCode::UnknownDimension,
+                r#"dimension "gb" is not in the dimensions of product "prod-a" (aws.products)"#
+            )
+        );
+        assert_eq!(
+            refusal(line(r#""product_code":7,"#, "gb")).rejection.message,
+            "`product_code` must be a string"
+        );
+    }
+
+    #[test]
+    fn a_license_event_names_its_product_among_the_configured_ones() {
+        let arn = "arn:aws:license-manager::1:license:l-1";
+        let line = |product: &str| {
+            format!(
+                r#"{{"customer_aws_account_id":"1","license_arn":"{arn}",{product}"dimension":"gb","quantity":1}}"#
+            )
+        };
+        let event = two_products().parse(line(r#""product_code":"prod-b","#).as_bytes()).unwrap();
+        assert_eq!(event.scope, Scope::LicenseArn(arn.into()));
+        let err = two_products().parse(line("").as_bytes()).unwrap_err();
+        assert_eq!(err.rejection.code, ErrorCode::MissingField);
+        let err = two_products().parse(line(r#""product_code":"prod-x","#).as_bytes()).unwrap_err();
+        assert_eq!(err.rejection.code, ErrorCode::UnknownProduct);
+        // One product: the field may be left out; if given it must be that product.
+        let single = EventParser::new("prod-1", &[], Mode::Batch);
+        assert!(single.parse(line("").as_bytes()).is_ok());
+        assert!(single.parse(line(r#""product_code":"prod-1","#).as_bytes()).is_ok());
+        let err = single.parse(line(r#""product_code":"prod-b","#).as_bytes()).unwrap_err();
+        assert_eq!(
+            err.rejection.message,
+            r#"`product_code` "prod-b" is not a configured product (configured: "prod-1")"#
+        );
+        let license_only = EventParser::new("", &[], Mode::Batch);
+        let err = license_only.parse(line(r#""product_code":"prod-1","#).as_bytes()).unwrap_err();
+        assert_eq!(
+            err.rejection,
+            Rejection::new(
+                ErrorCode::UnknownProduct,
+                r#"`product_code` "prod-1" is not a configured product (configured: none)"#
+            )
+        );
+    }
+
+    #[test]
+    fn one_product_events_may_name_it_and_bill_the_same_record() {
+        let plain =
+            parser().parse(br#"{"customer_identifier":"c","dimension":"requests","quantity":1}"#).unwrap();
+        let named = parser()
+            .parse(
+                br#"{"customer_identifier":"c","product_code":"prod-1","dimension":"requests","quantity":1}"#,
+            )
+            .unwrap();
+        assert_eq!(plain, named);
     }
 
     #[test]

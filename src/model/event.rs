@@ -50,10 +50,12 @@ pub enum ErrorCode {
     IdConflict,
     /// The event would grow its record past what one request can carry.
     RecordTooLarge,
+    /// The event's `product_code` is not one of the configured products.
+    UnknownProduct,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidJson,
         ErrorCode::MissingField,
         ErrorCode::InvalidField,
@@ -67,6 +69,7 @@ impl ErrorCode {
         ErrorCode::PermissionDenied,
         ErrorCode::IdConflict,
         ErrorCode::RecordTooLarge,
+        ErrorCode::UnknownProduct,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -84,6 +87,7 @@ impl ErrorCode {
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::IdConflict => "id_conflict",
             ErrorCode::RecordTooLarge => "record_too_large",
+            ErrorCode::UnknownProduct => "unknown_product",
         }
     }
 }

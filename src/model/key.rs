@@ -13,6 +13,18 @@ pub enum Scope {
     LicenseArn(String),
 }
 
+impl Scope {
+    /// The product as `meterd status` and metrics name it: its code, or `(license)` for a record
+    /// billed by license ARN, whose product the key does not hold (no product code has
+    /// parentheses, so the two cannot meet).
+    pub fn product_label(&self) -> &str {
+        match self {
+            Scope::ProductCode(code) => code,
+            Scope::LicenseArn(_) => "(license)",
+        }
+    }
+}
+
 /// Who is billed: the customer's AWS account id, the legacy customer identifier, or (MeterUsage)
 /// the buyer whose instance, task or pod credentials make the call.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -36,21 +36,28 @@ pub(super) struct Refusal {
     message: String,
 }
 
+/// Which records may share a call with `entry`'s: those of its product code, or of license ARNs
+/// (of its own license when `per_license`).
+fn call_group(entry: &Entry, per_license: bool) -> (bool, Option<&str>) {
+    match &entry.stored.record.key.scope {
+        Scope::ProductCode(code) => (false, Some(code)),
+        Scope::LicenseArn(arn) => (true, per_license.then_some(arn.as_str())),
+    }
+}
+
 impl<A: MeteringApi> Submitter<A> {
     /// Due records of the first due record's scope, up to 25 and with a request under the size
     /// limit (each record's own size was checked when it was queued); a MeterUsage record goes
-    /// alone.
+    /// alone. A call is for one product: records of one product code, or of license ARNs (of
+    /// one license when several products are configured, see [`super::Settings`]).
     pub(super) fn next_batch(&self, now: Instant) -> Vec<QueueKey> {
         let mut due = self.queue.iter().filter(|(_, e)| e.next_at <= now);
         let Some((first_key, first)) = due.next() else { return Vec::new() };
         if first.stored.record.key.customer == Customer::Caller {
             return vec![first_key.clone()];
         }
-        let scope_of = |e: &Entry| match &e.stored.record.key.scope {
-            Scope::ProductCode(code) => Some(code.clone()),
-            Scope::LicenseArn(_) => None,
-        };
-        let scope = scope_of(first);
+        let per_license = self.settings.call_per_license;
+        let scope = call_group(first, per_license);
         let envelope = envelope_bytes(&first.stored.record);
         let mut size = first.bytes;
         let mut batch = vec![first_key.clone()];
@@ -58,7 +65,7 @@ impl<A: MeteringApi> Submitter<A> {
             if batch.len() == MAX_BATCH_RECORDS {
                 break;
             }
-            if scope_of(entry) != scope {
+            if call_group(entry, per_license) != scope {
                 continue;
             }
             // A record's own size is its request's: the envelope (the same in one scope), the
@@ -274,6 +281,7 @@ impl<A: MeteringApi> Submitter<A> {
     fn settle_outcomes(&mut self, keys: &[QueueKey], outcomes: Vec<RecordOutcome>) {
         let now = self.ctx.clock.now();
         for (key, outcome) in keys.iter().zip(outcomes) {
+            let product = self.queue[key].stored.record.key.scope.product_label().to_string();
             let status = match outcome {
                 RecordOutcome::Accepted { metering_record_id } => {
                     let mut entry = self.take(key).expect("a sent record is queued");
@@ -307,6 +315,7 @@ impl<A: MeteringApi> Submitter<A> {
                 }
             };
             self.ctx.metrics.records_submitted.with_label_values(&[status]).inc();
+            self.ctx.metrics.records_submitted_by_product.with_label_values(&[&product, status]).inc();
         }
         self.barrier();
     }

@@ -53,6 +53,9 @@ pub struct Settings {
     pub subscription_recheck: Duration,
     /// Seconds receipts and dead letters are kept after they settled.
     pub retention: i64,
+    /// Several products are configured: records of different license ARNs never share a call,
+    /// since meterd does not know which product a license belongs to (one license, one product).
+    pub call_per_license: bool,
 }
 
 /// Requests to the submit loop from the admin socket and the reload handler. The loop owns the

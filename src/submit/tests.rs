@@ -32,13 +32,20 @@ fn settings() -> Settings {
         pause: 300 * SECOND,
         subscription_recheck: 600 * SECOND,
         retention: 35 * 86_400,
+        call_per_license: false,
     }
 }
 
-/// A pending record of `customer` for the hour before [`NOW`].
+/// A pending record of `customer` for the hour before [`NOW`], of prod-test; `customer@product`
+/// names another product, `customer#license` a license ARN.
 fn pending(customer: &str) -> StoredRecord {
+    let (customer, scope) = match (customer.split_once('@'), customer.split_once('#')) {
+        (Some((customer, product)), _) => (customer, Scope::ProductCode(product.into())),
+        (_, Some((customer, license))) => (customer, Scope::LicenseArn(license.into())),
+        _ => (customer, Scope::ProductCode("prod-test".into())),
+    };
     let key = RecordKey {
-        scope: Scope::ProductCode("prod-test".into()),
+        scope,
         customer: Customer::AwsAccountId(customer.into()),
         dimension: "requests".into(),
         hour: NOW - 3600,
@@ -63,12 +70,16 @@ struct Loop {
 
 impl Loop {
     fn start(api: ScriptedApi, records: &[&str]) -> Loop {
+        Self::start_with(api, records, settings())
+    }
+
+    fn start_with(api: ScriptedApi, records: &[&str], settings: Settings) -> Loop {
         let ctx = Context::new(Clock::driven(NOW));
         let store = Arc::new(MemoryStore::default());
         let records: Vec<StoredRecord> = records.iter().map(|c| pending(c)).collect();
         // The store holds them, pending, as the outbox does when the loop starts.
         records.iter().for_each(|r| super::Store::settle(&*store, r).unwrap());
-        let submitter = Submitter::new(ctx, api.clone(), store.clone(), records, settings());
+        let submitter = Submitter::new(ctx, api.clone(), store.clone(), records, settings);
         let (sealed, sealed_rx) = mpsc::unbounded_channel();
         let (controls, controls_rx) = mpsc::channel(8);
         let cancel = CancellationToken::new();
@@ -147,6 +158,33 @@ async fn rests_after_the_sealed_channel_closed() {
     tokio::time::timeout(Duration::from_secs(3600), &mut run.task).await.expect("the loop ends").unwrap();
     assert_eq!(run.calls(), [(0, customers(&["a"])), (600, customers(&["a"]))]);
     assert_eq!(untimed(run.states()), [accepted("mr-2-0")]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_holds_one_product_and_with_several_products_one_license() {
+    let records = ["a", "b@prod-b", "c#l-1", "d", "e#l-2", "f@prod-b", "g#l-1"];
+    let calls = |per_license| async move {
+        let run = Loop::start_with(
+            ScriptedApi::new([]),
+            &records,
+            Settings { call_per_license: per_license, ..settings() },
+        );
+        tokio::time::sleep(10 * SECOND).await;
+        let mut calls: Vec<Vec<String>> = run.calls().into_iter().map(|(_, c)| c).collect();
+        calls.sort();
+        run.stop().await;
+        calls
+    };
+    // One product: its records share a call, and so do license records (all of that product).
+    assert_eq!(
+        calls(false).await,
+        [customers(&["a", "d"]), customers(&["b", "f"]), customers(&["c", "g", "e"])]
+    );
+    // Several: a license's product is not known, so each license has calls of its own.
+    assert_eq!(
+        calls(true).await,
+        [customers(&["a", "d"]), customers(&["b", "f"]), customers(&["c", "g"]), customers(&["e"])]
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -49,6 +49,7 @@ pub struct Metrics {
     pub records: IntGaugeVec,
     pub oldest_unsubmitted_age: IntGauge,
     pub records_submitted: IntCounterVec,
+    pub records_submitted_by_product: IntCounterVec,
     pub api_requests: IntCounterVec,
     pub api_duration: HistogramVec,
     pub dead_letters: IntGaugeVec,
@@ -80,6 +81,12 @@ const API_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 /// room in the commit queue (`ingest.overload_timeout`).
 const HTTP_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 10.0];
 
+/// The per-record statuses of `meterd_records_submitted_total`.
+const SUBMIT_STATUSES: [&str; 4] = ["success", "customer_not_subscribed", "duplicate_record", "unprocessed"];
+
+/// The `product` of records billed by license ARN (`Scope::product_label`).
+const LICENSE_PRODUCT: &str = "(license)";
+
 /// Registers collectors in one registry.
 struct Registrar(Registry);
 
@@ -103,6 +110,22 @@ impl Registrar {
             self.gauge(
                 "meterd_id_files_bytes",
                 "The remembered ids' files on disk (not counted against storage.max_bytes).",
+            ),
+        )
+    }
+
+    /// Per-record results of the service, in all and by product.
+    fn submitted(&self) -> (IntCounterVec, IntCounterVec) {
+        (
+            self.counter_vec(
+                "meterd_records_submitted_total",
+                "Per-record results of BatchMeterUsage and MeterUsage.",
+                &["status"],
+            ),
+            self.counter_vec(
+                "meterd_records_submitted_by_product_total",
+                "Per-record results of BatchMeterUsage and MeterUsage, by product code ((license) for records billed by license ARN).",
+                &["product", "status"],
             ),
         )
     }
@@ -210,6 +233,7 @@ impl Metrics {
         let (http_requests, http_request_duration) = r.http();
         let (connections, connections_over_limit, accept_errors) = r.listeners();
         let (outbox_bytes, receipts_archive_bytes, remembered_ids, id_files_bytes) = r.storage();
+        let (records_submitted, records_submitted_by_product) = r.submitted();
         let metrics = Self {
             events_accepted: r.counter("meterd_events_accepted_total", "Events durably accepted and counted."),
             events_rejected: r.counter_vec("meterd_events_rejected_total", "Lines refused, by error code.", &["reason"]),
@@ -228,11 +252,8 @@ impl Metrics {
                 "meterd_oldest_unsubmitted_record_age_seconds",
                 "Seconds since the hour start of the oldest sealed record not yet settled (0 if none).",
             ),
-            records_submitted: r.counter_vec(
-                "meterd_records_submitted_total",
-                "Per-record results of BatchMeterUsage and MeterUsage.",
-                &["status"],
-            ),
+            records_submitted,
+            records_submitted_by_product,
             api_requests: r.counter_vec("meterd_api_requests_total", "Metering Service calls.", &["operation", "outcome"]),
             api_duration: r.histogram_vec(
                 "meterd_api_request_duration_seconds",
@@ -311,9 +332,10 @@ impl Metrics {
         for result in ["ok", "invalid"] {
             self.config_reloads.with_label_values(&[result]);
         }
-        for status in ["success", "customer_not_subscribed", "duplicate_record", "unprocessed"] {
+        for status in SUBMIT_STATUSES {
             self.records_submitted.with_label_values(&[status]);
         }
+        self.export_products([LICENSE_PRODUCT]);
         for operation in OPERATIONS {
             for outcome in
                 ["success", "throttled", "server_error", "client_error", "timeout", "connection", "local"]
@@ -325,6 +347,17 @@ impl Metrics {
     }
 
     /// The text exposition format.
+    /// Exports (as 0) the per-product series of these configured product codes, so that a
+    /// product's series exist before its first record is submitted; the label stays bounded by
+    /// the configuration.
+    pub fn export_products<'a>(&self, codes: impl IntoIterator<Item = &'a str>) {
+        for code in codes.into_iter().filter(|code| !code.is_empty()) {
+            for status in SUBMIT_STATUSES {
+                self.records_submitted_by_product.with_label_values(&[code, status]);
+            }
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("encoding metrics to a Vec");

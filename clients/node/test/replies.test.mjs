@@ -100,3 +100,19 @@ test("send rejects with a typed error carrying the wire code", async (t) => {
   assert.deepEqual(error.event, usage({ dimension: "cpu", id: error.id }));
   assert.equal(error.retryable, false);
 });
+
+test("events name their product", async (t) => {
+  const meterd = await daemon(t);
+  const client = new Client(meterd.socket, { timeout: 10_000 });
+  t.after(() => client.close());
+  assert.deepEqual(await client.send(usage({ id: "p-1", product_code: "prod-clients" })), { id: "p-1", duplicate: false });
+  // The same usage without the field is the same event of the one configured product.
+  assert.deepEqual(await client.send(usage({ id: "p-1" })), { id: "p-1", duplicate: true });
+  const refused = await client.send(usage({ id: "p-2", product_code: "prod-other" })).catch((e) => e);
+  assert.deepEqual(outcome(refused), [
+    "unknown_product",
+    '`product_code` "prod-other" is not a configured product (configured: "prod-clients")',
+    "p-2",
+  ]);
+  assert.equal(refused.retryable, false);
+});

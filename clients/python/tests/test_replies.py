@@ -102,3 +102,16 @@ def test_send_raises_a_typed_error_with_the_wire_code(meterd):
     assert re.fullmatch(r"[0-9a-f]{32}", error.id)
     assert error.event == event(dimension="cpu", id=error.id)
     assert error.retryable is False
+
+
+def test_events_name_their_product(meterd):
+    daemon = meterd()
+    with Client(daemon.socket, timeout=10) as client:
+        assert client.send(event(id="p-1", product_code="prod-clients")) == Ack("p-1", False)
+        # The same usage without the field is the same event of the one configured product.
+        assert client.send(event(id="p-1")) == Ack("p-1", True)
+        with pytest.raises(RefusedError) as refused:
+            client.send(event(id="p-2", product_code="prod-other"))
+    message = '`product_code` "prod-other" is not a configured product (configured: "prod-clients")'
+    assert outcome(refused.value) == ("unknown_product", message, "p-2")
+    assert refused.value.retryable is False

@@ -134,6 +134,7 @@ impl Service {
             records: sent.records,
             bytes: sent.bytes,
             client_token: sent.client_token,
+            product_code: sent.product_code,
             statuses: request_log::statuses(body),
         });
     }

@@ -29,6 +29,9 @@ pub struct RequestLog {
     /// A MeterUsage request's `ClientToken`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_token: Option<String>,
+    /// The request's `ProductCode` (every record of a BatchMeterUsage call is of one product).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product_code: Option<String>,
     /// Per-record statuses of a BatchMeterUsage call, plus `Unprocessed`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub statuses: BTreeMap<&'static str, usize>,
@@ -40,6 +43,7 @@ pub struct Sent {
     pub records: usize,
     pub bytes: usize,
     pub client_token: Option<String>,
+    pub product_code: Option<String>,
 }
 
 impl Sent {
@@ -54,6 +58,7 @@ impl Sent {
             records: body.get("UsageRecords").and_then(Value::as_array).map_or(0, Vec::len),
             bytes,
             client_token: body.get("ClientToken").and_then(Value::as_str).map(str::to_string),
+            product_code: body.get("ProductCode").and_then(Value::as_str).map(str::to_string),
         }
     }
 }
@@ -129,6 +134,7 @@ mod tests {
             records: 0,
             bytes: 0,
             client_token: None,
+            product_code: None,
             statuses: BTreeMap::new(),
         }
     }
