@@ -165,7 +165,19 @@ fn two_products_with_shared_customers_and_dimensions_are_billed_in_calls_of_thei
     );
     assert_eq!((code, stdout.as_str()), (0, "sealed 2 record(s); they are submitted now\n"), "{stderr}");
     assert_eq!(emu.wait_records(2, Duration::from_secs(20)).len(), 2);
-    assert_eq!(meterd.metric("meterd_records{state=\"open\"}"), 7.0);
+    meterd.wait_metric("meterd_records{state=\"open\"}", 7.0, Duration::from_secs(10));
+    // A product that is not configured is refused, not answered "sealed 0".
+    let (code, _, stderr) = Meterd::cli(
+        &launch(dir.path(), &emu),
+        &["flush", "--customer", "111111111111", "--product-code", "prod-c"],
+    );
+    assert_eq!(
+        (code, stderr.as_str()),
+        (
+            1,
+            "meterd: --product-code \"prod-c\" is not a configured product (configured: \"prod-a\", \"prod-b\")\n"
+        )
+    );
 
     assert_eq!(flush_all(&launch(dir.path(), &emu)), 7);
     let records = emu.wait_records(9, Duration::from_secs(20));

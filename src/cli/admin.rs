@@ -285,6 +285,16 @@ pub fn dlq_change(target: &Target, selection: Selection, retry: bool) -> ExitCod
 /// `meterd flush --customer ID [--product-code P]` (or `--all`, sandbox only): needs the running
 /// daemon, which owns the open hours.
 pub fn flush(target: &Target, customer: Option<String>, product_code: Option<String>) -> ExitCode {
+    let products = target.config.aws.products();
+    if let Some(code) = &product_code
+        && !products.iter().any(|p| &p.code == code)
+    {
+        let configured: Vec<String> = products.iter().map(|p| format!("{:?}", p.code)).collect();
+        return fail(format!(
+            "--product-code {code:?} is not a configured product (configured: {})",
+            configured.join(", ")
+        ));
+    }
     match target.ask(&Request::Flush { customer, product_code }) {
         Ok(Some(lines)) => match lines.into_iter().last() {
             Some(Line::Count { count, .. }) => {
