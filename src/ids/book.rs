@@ -65,7 +65,7 @@ pub struct IdBook {
     writing: Vec<Arc<Segment>>,
     /// Oldest first.
     runs: Vec<Run>,
-    /// Their filters, side by side, in the same order.
+    /// Their filters, bit by bit, in the same order.
     filters: Filters,
     next: u64,
     expired: Vec<u64>,
@@ -133,7 +133,9 @@ impl IdBook {
                 return Ok(seen(found));
             }
         }
-        for run in self.filters.candidates(hash).rev().map(|r| &self.runs[r]).filter(|r| alive(r.last_at)) {
+        for run in
+            self.filters.candidates_newest_first(hash).map(|r| &self.runs[r]).filter(|r| alive(r.last_at))
+        {
             if let Some(found) = run.find(hash)? {
                 return Ok(seen(found));
             }
@@ -190,7 +192,7 @@ impl IdBook {
         let expired = &mut self.expired;
         let keep: Vec<bool> = self.runs.iter().map(|run| run.last_at + ttl > now).collect();
         if keep.contains(&false) {
-            self.filters = self.filters.rebuild(&keep, &[]);
+            self.filters = std::mem::take(&mut self.filters).rebuild(&keep, &[]);
             let mut kept = keep.iter();
             self.runs.retain(|run| {
                 let keep = *kept.next().expect("one flag a run");
@@ -246,7 +248,7 @@ impl IdBook {
         }
         if !added.is_empty() {
             let keep = vec![true; self.runs.len() - added.len()];
-            self.filters = self.filters.rebuild(&keep, &added);
+            self.filters = std::mem::take(&mut self.filters).rebuild(&keep, &added);
             self.release_old_files();
         }
     }

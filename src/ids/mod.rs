@@ -7,8 +7,8 @@
 //! A segment holds at most [`SEGMENT_IDS`] ids and one UTC hour of them; then it is frozen and
 //! the next checkpoint writes it as a run: sorted, 12 bytes an id on disk, with a slot directory
 //! and a Bloom filter (`filter.rs`) kept in memory, about 1.5 bytes an id of a full run
-//! (`run.rs`); the filters of all runs share one geometry and sit side by side, so a lookup asks
-//! them all in one stretch of memory. A lookup asks the open and frozen segments, then the
+//! (`run.rs`); the filters of all runs share one geometry and are kept bit by bit, every run's
+//! bit of a position together, so a lookup asks them all in five reads. A lookup asks the open and frozen segments, then the
 //! filters; only a filter hit reads a run.
 //! A run expires whole once its last id is 25 hours old: its file is removed, so expiry costs
 //! nothing per id, and an id is remembered 25 hours at least and 26 at most.
