@@ -215,6 +215,7 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
                     record,
                     sealed_at: now,
                     state: RecordState::Pending,
+                    generation: 0,
                 });
                 running.hand(&[hour], stored.collect());
             }

@@ -239,7 +239,7 @@ pub async fn dead_letters(target: &Target) -> Result<Vec<StoredRecord>, DbError>
         let (host, quantity, at): (String, i64, i64) = (row.get(1), row.get(2), row.get(3));
         let message = format!("late_partial: host {host} shipped {quantity} after the fleet closed the hour");
         let state = RecordState::DeadLetter { reason: DeadReason::LatePartial, message, at };
-        out.push(StoredRecord { record, sealed_at: at, state });
+        out.push(StoredRecord { record, sealed_at: at, state, generation: 0 });
     }
     Ok(out)
 }
@@ -261,5 +261,5 @@ fn stored_of(row: &tokio_postgres::Row) -> Option<StoredRecord> {
         }
         _ => RecordState::Pending,
     };
-    Some(StoredRecord { record, sealed_at: row.get(5), state })
+    Some(StoredRecord { record, sealed_at: row.get(5), state, generation: 0 })
 }
