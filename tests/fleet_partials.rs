@@ -110,6 +110,7 @@ fn a_database_written_before_partials_had_generations_is_migrated_and_its_partia
     pg.query(
         "ALTER TABLE meterd.partials DROP COLUMN generation;
          ALTER TABLE meterd.late_partials DROP COLUMN generation;
+         DROP TABLE meterd.dead_letter_actions;
          DELETE FROM meterd.migrations WHERE version > 1;
          INSERT INTO meterd.partials (host_id, partial_id, tags, scope_kind, scope, customer_kind, customer,
            dimension, hour, quantity, digest)
@@ -123,7 +124,7 @@ fn a_database_written_before_partials_had_generations_is_migrated_and_its_partia
     wait_until("the lease held", Duration::from_secs(30), || lease_held(&meterd));
     sent(&meterd, &round(1, 0, &mut expected));
     assert!(meterd.signal("TERM").success());
-    assert_eq!(pg.query("SELECT version FROM meterd.migrations ORDER BY 1"), [["1"], ["2"]]);
+    assert_eq!(pg.query("SELECT version FROM meterd.migrations ORDER BY 1"), [["1"], ["2"], ["3"]]);
     let generations =
         pg.query("SELECT host_id, generation, count(*) FROM meterd.partials GROUP BY 1, 2 ORDER BY 1, 2");
     assert_eq!(generations, [["host-a", "0", "6"], ["host-a", "1", "6"], ["host-old", "0", "6"]]);

@@ -17,6 +17,7 @@
 //! | `late_partials` | partial that arrived after its hour closed: carried (to which hour) or a dead letter | ship stage |
 //! | `records` | fleet record (sum of an hour's partials): the postcard bytes sent, its state and receipt | the lease holder |
 //! | `lease` | `submitter`: holder, fencing epoch, expiry | every host (conditional UPDATE) |
+//! | `dead_letter_actions` | retry or drop of a fleet dead letter: what, by which host and uid, when, under which lease epoch (`dlq.rs`) | the host the operator's command ran on |
 //!
 //! Times are epoch seconds by the hosts' clocks (the same clock that decides hours and deadlines).
 
@@ -37,6 +38,7 @@ use crate::model::{Customer, RecordKey, Scope};
 /// |---|---|
 /// | 1 | every table |
 /// | 2 | `generation` of `partials` and `late_partials`: a host's later partials of a key and hour it sealed early |
+/// | 3 | `dead_letter_actions`: operators' retries and drops of fleet dead letters |
 const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE hosts (
@@ -111,6 +113,30 @@ INSERT INTO lease VALUES ('submitter', '', 0, 0);
     r#"
 ALTER TABLE partials ADD COLUMN generation integer NOT NULL DEFAULT 0;
 ALTER TABLE late_partials ADD COLUMN generation integer NOT NULL DEFAULT 0;
+"#,
+    r#"
+CREATE TABLE dead_letter_actions (
+    id bigserial PRIMARY KEY,
+    action text NOT NULL,
+    kind text NOT NULL,
+    scope_kind text NOT NULL,
+    scope text NOT NULL,
+    customer_kind text NOT NULL,
+    customer text NOT NULL,
+    dimension text NOT NULL,
+    hour bigint NOT NULL,
+    quantity bigint NOT NULL,
+    reason text NOT NULL,
+    message text,
+    record bytea NOT NULL,
+    partial_host text,
+    partial_id text,
+    carried_to bigint,
+    by_host text NOT NULL,
+    by_uid bigint,
+    at bigint NOT NULL,
+    epoch bigint NOT NULL
+);
 "#,
 ];
 

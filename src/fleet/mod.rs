@@ -18,6 +18,7 @@
 
 pub mod close;
 pub mod db;
+pub mod dlq;
 pub mod holder;
 pub mod host;
 pub mod lease;
