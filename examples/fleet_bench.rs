@@ -42,7 +42,8 @@ fn host_partials(host: usize, partials: usize, hour: i64) -> BTreeMap<(i64, Stri
                 hour,
             };
             let record = SealedRecord { key, quantity: 1 + host as u32, allocations: Vec::new() };
-            let stored = StoredRecord { record, sealed_at: hour + 3900, state: RecordState::Pending };
+            let stored =
+                StoredRecord { record, sealed_at: hour + 3900, state: RecordState::Pending, generation: 0 };
             ((hour, format!("{i:08}")), stored)
         })
         .collect()

@@ -42,6 +42,7 @@ fn receipt(n: u64, hour: i64) -> StoredRecord {
             metering_record_id: uuid::Uuid::new_v4().hyphenated().to_string(),
             at: hour + 3 * 3600 + 70 + (n / 25) as i64,
         },
+        generation: 0,
     }
 }
 

@@ -139,7 +139,12 @@ fn a_record_too_large_to_send_is_dead_lettered_unsent_and_holds_back_no_one() {
         records.extend((1..30).map(|i| plain(i, hour)));
         for record in records {
             outbox
-                .settle(&StoredRecord { record, sealed_at: now_secs(), state: RecordState::Pending })
+                .settle(&StoredRecord {
+                    record,
+                    sealed_at: now_secs(),
+                    state: RecordState::Pending,
+                    generation: 0,
+                })
                 .unwrap();
         }
         outbox.barrier().unwrap();

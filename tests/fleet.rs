@@ -3,66 +3,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::daemon::{Emu, Launch, Meterd, event};
+use common::fleet::{Billing, H, billed, events_now, fleet, lease_held, usage, wait_until};
 use common::hour_start;
 use common::pg::Pg;
 use serde_json::{Value, json};
-
-const H: i64 = 3600;
-
-fn fleet<'a>(dir: &'a std::path::Path, emu: &Emu, pg: &Pg, host: &str) -> Launch<'a> {
-    Launch::new(dir, emu)
-        .env("METERD_FLEET__DATABASE_URL", &pg.url())
-        .env("METERD_FLEET__HOST_ID", host)
-        .env("METERD_FLEET__LEASE_TTL", "3s")
-        .env("METERD_FLEET__HOST_TIMEOUT", "6s")
-        .env("METERD_FLEET__CLOSE_AFTER", "30m")
-}
-
-/// Event `n` of `customer`, `dimension`, in the hour `hours_ago`, with a tag and an id.
-fn usage(customer: &str, dimension: &str, quantity: u64, hours_ago: i64, id: &str, team: &str) -> Value {
-    let mut e = event(customer, dimension, quantity);
-    e["timestamp"] = json!(hour_start(hours_ago) + 60);
-    e["id"] = json!(id);
-    e["tags"] = json!({ "team": team });
-    e
-}
-
-fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < within, "{what} within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// (customer, dimension, hour) → (quantity, tag → quantity), as billed by the emulator.
-/// Per (customer, dimension, hour): the quantity, and the quantity per `team` tag.
-type Billing = BTreeMap<(String, String, i64), (u64, BTreeMap<String, u64>)>;
-
-fn billed(emu: &Emu) -> Billing {
-    let mut out = BTreeMap::new();
-    for r in emu.records() {
-        let key = (
-            r["customer_aws_account_id"].as_str().unwrap().to_string(),
-            r["dimension"].as_str().unwrap().to_string(),
-            r["hour"].as_i64().unwrap(),
-        );
-        let mut tags = BTreeMap::new();
-        for a in r["allocations"].as_array().cloned().unwrap_or_default() {
-            let team = a["tags"]["team"].as_str().unwrap_or_else(|| panic!("{a}")).to_string();
-            tags.insert(team, a["quantity"].as_u64().unwrap());
-        }
-        assert!(
-            out.insert(key.clone(), (r["quantity"].as_u64().unwrap(), tags)).is_none(),
-            "one record per key: {key:?}"
-        );
-    }
-    out
-}
 
 #[test]
 fn three_hosts_bill_the_sum_once_through_kills_and_a_database_restart() {
@@ -161,21 +108,6 @@ fn three_hosts_bill_the_sum_once_through_kills_and_a_database_restart() {
         status["hosts"].as_array().unwrap().iter().map(|h| h["host_id"].as_str().unwrap()).collect();
     assert_eq!(listed, hosts);
     assert_ne!(status["lease_holder"], holder.as_str());
-}
-
-fn lease_held(meterd: &Meterd) -> bool {
-    meterd.metric("meterd_fleet_lease_held") == 1.0
-}
-
-/// Three events of `customer` without a timestamp: they count in the host's current hour.
-fn events_now(customer: &str, quantity: u64, ids: &str) -> Vec<Value> {
-    (0..3)
-        .map(|i| {
-            let mut e = event(customer, "requests", quantity);
-            e["id"] = json!(format!("{ids}-{i}"));
-            e
-        })
-        .collect()
 }
 
 /// Five hours back by the host's clock, `events` go into its current hour; at SIGTERM a fleet

@@ -11,7 +11,9 @@ mod server;
 mod view;
 
 pub use server::{AdminServer, serve};
-pub use view::{RecordView, Selection, StatusReport, offline_status, record_id, select, time_text};
+pub use view::{
+    RecordView, Selection, StatusReport, offline_status, record_id, select, select_by, time_text,
+};
 
 use serde::{Deserialize, Serialize};
 

@@ -11,7 +11,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::view::{RecordView, StatusReport, select, time_text};
+use super::view::{RecordView, StatusReport, select, select_by, time_text};
 use super::{Line, Request};
 use crate::commit::Command;
 use crate::context::Context;
@@ -91,6 +91,8 @@ pub async fn serve(server: AdminServer, mut listener: Watched, cancel: Cancellat
 
 impl AdminServer {
     async fn connection(self: Arc<Self>, stream: UnixStream, _slot: listen::Slot) {
+        // Who asks: a fleet dead letter's change is recorded with it.
+        let uid = stream.peer_cred().ok().map(|cred| cred.uid());
         let (read, mut write) = stream.into_split();
         let mut line = String::new();
         let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES);
@@ -101,7 +103,7 @@ impl AdminServer {
                     let _ = write.shutdown().await;
                     return;
                 }
-                Ok(request) => self.answer(request).await,
+                Ok(request) => self.answer(request, uid).await,
                 Err(err) => vec![Line::error(format!("invalid request: {err}"))],
             },
             Ok(Err(err)) => vec![Line::error(format!("unreadable request: {err}"))],
@@ -115,7 +117,7 @@ impl AdminServer {
         let _ = write.shutdown().await;
     }
 
-    async fn answer(self: &Arc<Self>, request: Request) -> Vec<Line> {
+    async fn answer(self: &Arc<Self>, request: Request, uid: Option<u32>) -> Vec<Line> {
         match request {
             Request::Status => match self.scan().await {
                 Ok(records) => vec![Line::Status { ok: true, status: Box::new(self.status(records)) }],
@@ -132,8 +134,8 @@ impl AdminServer {
             Request::Receipts { since, until } => {
                 vec![Line::error(format!("receipts {since}..{until} are streamed, not listed"))]
             }
-            Request::DlqRetry { selection } => self.change(selection, true).await,
-            Request::DlqDrop { selection } => self.change(selection, false).await,
+            Request::DlqRetry { selection } => self.change(selection, true, uid).await,
+            Request::DlqDrop { selection } => self.change(selection, false, uid).await,
             Request::Flush { customer, product_code } => self.flush(customer, product_code).await,
         }
     }
@@ -199,9 +201,11 @@ impl AdminServer {
     async fn list(&self, request: &Request) -> Vec<Line> {
         match self.scan().await {
             Ok(mut records) => {
-                if let (Request::DlqList, Some((_, target))) = (request, &self.fleet) {
-                    match crate::fleet::store::dead_letters(target).await {
-                        Ok(fleet) => records.extend(fleet),
+                if let (Request::DlqList | Request::DlqShow { .. }, Some((_, target))) =
+                    (request, &self.fleet)
+                {
+                    match crate::fleet::dlq::dead_letters(target).await {
+                        Ok(fleet) => records.extend(fleet.into_iter().map(|dead| dead.stored)),
                         Err(err) => {
                             return vec![Line::error(format!("cannot read the fleet's dead letters: {err}"))];
                         }
@@ -219,7 +223,10 @@ impl AdminServer {
         }
     }
 
-    async fn change(&self, selection: super::Selection, retry: bool) -> Vec<Line> {
+    async fn change(&self, selection: super::Selection, retry: bool, uid: Option<u32>) -> Vec<Line> {
+        if let Some((host, target)) = &self.fleet {
+            return self.change_fleet(selection, host, target, retry, uid).await;
+        }
         let records = match self.scan().await {
             Ok(records) => records,
             Err(err) => return vec![Line::error(err.to_string())],
@@ -237,6 +244,38 @@ impl AdminServer {
         match answer.await {
             Ok(count) => vec![Line::Count { ok: true, count }],
             Err(_) => vec![Line::error("meterd is stopping")],
+        }
+    }
+
+    /// Fleet mode: the fleet's dead letters change, in PostgreSQL, whichever host this is; this
+    /// host's own (a partial the database holds another of) are only listed.
+    async fn change_fleet(
+        &self,
+        selection: super::Selection,
+        host: &str,
+        target: &crate::fleet::db::Target,
+        retry: bool,
+        uid: Option<u32>,
+    ) -> Vec<Line> {
+        use crate::fleet::dlq;
+        let listed = match dlq::dead_letters(target).await {
+            Ok(listed) => listed,
+            Err(err) => return vec![Line::error(format!("cannot read the fleet's dead letters: {err}"))],
+        };
+        let chosen = match select_by(listed.into_iter(), |dead| &dead.stored, &selection) {
+            Ok(chosen) => chosen,
+            Err(err) => return vec![Line::error(err)],
+        };
+        let change = dlq::Change {
+            retry,
+            by_host: host.to_string(),
+            by_uid: uid,
+            now: self.ctx.clock.now(),
+            deadline: self.deadline,
+        };
+        match dlq::apply(target, &chosen, &change).await {
+            Ok(count) => vec![Line::Count { ok: true, count }],
+            Err(err) => vec![Line::error(format!("fleet dead letters unchanged: {err}"))],
         }
     }
 

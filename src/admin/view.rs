@@ -161,6 +161,15 @@ pub fn select(
     records: impl Iterator<Item = StoredRecord>,
     selection: &Selection,
 ) -> Result<Vec<StoredRecord>, String> {
+    select_by(records, |stored| stored, selection)
+}
+
+/// [`select`] over any items that hold a record (`stored` finds it).
+pub fn select_by<T>(
+    items: impl Iterator<Item = T>,
+    stored: impl Fn(&T) -> &StoredRecord,
+    selection: &Selection,
+) -> Result<Vec<T>, String> {
     if selection.all != selection.ids.is_empty() {
         return Err("name dead letters by id, or use --all (not both)".into());
     }
@@ -172,15 +181,15 @@ pub fn select(
     }
     let wanted: BTreeSet<&str> = selection.ids.iter().map(String::as_str).collect();
     let mut found = BTreeSet::new();
-    let chosen: Vec<StoredRecord> = records
-        .filter(|stored| match &stored.state {
+    let chosen: Vec<T> = items
+        .filter(|item| match &stored(item).state {
             RecordState::DeadLetter { reason, .. } => {
                 selection.reason.as_deref().is_none_or(|r| r == reason.as_str())
             }
             _ => false,
         })
-        .filter(|stored| {
-            let id = record_id(&stored.record.key);
+        .filter(|item| {
+            let id = record_id(&stored(item).record.key);
             let hit = selection.all || wanted.contains(id.as_str());
             if hit {
                 found.insert(id);

@@ -66,8 +66,13 @@ fn fingerprint(key: &RecordKey) -> u64 {
 impl Frozen {
     /// Whether a record for `key` was sealed.
     pub fn contains(&self, key: &RecordKey) -> bool {
-        self.horizon.is_some_and(|horizon| key.hour < horizon)
+        self.forgotten(key.hour)
             || self.sealed.get(&key.hour).is_some_and(|hour| hour.contains(&fingerprint(key)))
+    }
+
+    /// Whether `hour` was forgotten: every key of it counts as sealed.
+    pub fn forgotten(&self, hour: i64) -> bool {
+        self.horizon.is_some_and(|horizon| hour < horizon)
     }
 
     /// Remembers a sealed record's key.

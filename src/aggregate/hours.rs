@@ -12,6 +12,10 @@
 //! | no record was sealed for its key and hour | counted in its own hour, even one past its seal point (sealed at the next checkpoint) |
 //! | one was (the key's hour is frozen) | `late_events`: refused (`HourSealed`), or carried into the open hour — the first hour from now on whose record for the key is not sealed, in the same billing month (`CarryAcrossMonth` otherwise) |
 //!
+//! In fleet mode a key's hour is frozen once this host sealed the hour as a whole (the fleet may
+//! have closed it). A key sealed earlier (a flush, a stopping host) is not: its later events are
+//! counted in their own hour again and sealed as another partial of it, which the fleet sums.
+//!
 //! A sealed record is never written again, whatever the clock does: after the clock steps back,
 //! an event for a sealed key and hour is late like any other.
 //!
@@ -39,6 +43,9 @@ pub struct Rules {
     pub late_events: LateEvents,
     /// Fleet mode: an hour this host sealed may already be closed fleet-wide, so every key of
     /// an hour up to `sealed_through` counts as sealed (late at ingest, never a late partial).
+    /// A key sealed before its hour was (a flush, a stopping host) is not frozen: the fleet sums
+    /// partials, so its later events are counted in their own hour again and sealed as the
+    /// key's next partial (`StoredRecord::generation` in the outbox).
     pub sealed_hours_are_frozen: bool,
 }
 
@@ -125,6 +132,9 @@ pub struct Delta {
     pub sealed_through: Option<i64>,
     /// Whether `sealed_through` moved since the last delta.
     pub sealed_through_advanced: bool,
+    /// Whether a key may be sealed more than once in its hour (fleet mode): each record sealed
+    /// for a key sealed before is stored as the key's next generation.
+    pub generations: bool,
 }
 
 impl Delta {
@@ -243,8 +253,11 @@ impl Aggregator {
 
     /// Whether `key`'s record may no longer be counted into (see [`Rules`]).
     fn is_frozen(&self, key: &RecordKey) -> bool {
-        self.frozen.contains(key)
-            || (self.rules.sealed_hours_are_frozen && self.sealed_through.is_some_and(|t| key.hour <= t))
+        if self.rules.sealed_hours_are_frozen {
+            self.sealed_through.is_some_and(|t| key.hour <= t) || self.frozen.forgotten(key.hour)
+        } else {
+            self.frozen.contains(key)
+        }
     }
 
     /// Whether an hour is due for sealing as a whole.
@@ -511,6 +524,7 @@ impl Aggregator {
             ids: self.ids.take_changes(),
             sealed_through: self.sealed_through,
             sealed_through_advanced: std::mem::take(&mut self.sealed_through_changed),
+            generations: self.rules.sealed_hours_are_frozen,
         }
     }
 }
@@ -785,5 +799,37 @@ mod tests {
         let sealed: Vec<(String, i64)> =
             aggregator.take_delta().sealed.into_iter().map(|r| (r.key.dimension, r.key.hour)).collect();
         assert_eq!(sealed, [("gpu".to_string(), hour_of(back))], "no sealed key is sealed again");
+    }
+
+    #[test]
+    fn in_a_fleet_a_key_sealed_early_takes_its_later_events_in_its_own_hour_until_the_hour_is_sealed() {
+        let fleet = Rules { sealed_hours_are_frozen: true, ..rules() };
+        let now = NOV_30_22H - 20 * H + 600;
+        let hour = hour_of(now);
+        let mut aggregator = Aggregator::new(fleet);
+        aggregator.seal_due(now);
+        assert_eq!(at(&mut aggregator, "cpu", now, now), Ok(hour));
+        // A flush (or a stopping host): the key is sealed within its hour.
+        assert_eq!(aggregator.seal_now(|_| true), 1);
+        assert_eq!(at(&mut aggregator, "cpu", now + 5, now + 5), Ok(hour), "the same hour, not the next");
+        assert_eq!(aggregator.late_carried, 0);
+        assert_eq!(aggregator.seal_now(|_| true), 1, "another partial of the same key and hour");
+        assert_eq!(at(&mut aggregator, "cpu", now + 9, now + 9), Ok(hour));
+        let delta = aggregator.take_delta();
+        assert!(delta.generations);
+        assert_eq!(delta.sealed.iter().map(|r| (r.key.hour, r.quantity)).collect::<Vec<_>>(), [(hour, 1); 2]);
+        // Once the hour is sealed as a whole, the fleet may have closed it: its events are late.
+        let later = hour + H + 300;
+        aggregator.seal_due(later);
+        assert_eq!(aggregator.take_delta().sealed.len(), 1, "the third partial, at the seal point");
+        assert_eq!(at(&mut aggregator, "cpu", now, later), Ok(hour + H), "carried");
+        assert_eq!(aggregator.late_carried, 1);
+        // A single host keeps a key sealed early frozen: the service takes one record per key.
+        let mut single = Aggregator::new(rules());
+        single.seal_due(now);
+        at(&mut single, "cpu", now, now).unwrap();
+        single.seal_now(|_| true);
+        assert_eq!(at(&mut single, "cpu", now, now), Ok(hour + H));
+        assert!(!single.take_delta().generations);
     }
 }

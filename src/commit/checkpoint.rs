@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use super::Committer;
 use crate::aggregate::Delta;
 use crate::ids::Run;
-use crate::outbox::{Chunker, OpenFile, OpenWrite, Outbox, OutboxError, RecordState, StoredRecord};
+use crate::outbox::{Checkpointed, Chunker, OpenFile, OpenWrite, Outbox, OutboxError, StoredRecord};
 
 /// Chunks (each at most 64 KiB) encoded ahead of the checkpoint thread's writes.
 const CHUNKS_IN_FLIGHT: usize = 16;
@@ -60,9 +60,9 @@ impl Job {
         }
     }
 
-    /// Syncs the open-hours file and writes the checkpoint naming it; returns the delta and the
-    /// id runs written.
-    fn finish(self) -> Result<(Delta, Vec<Run>), OutboxError> {
+    /// Syncs the open-hours file and writes the checkpoint naming it; returns what it wrote: the
+    /// id runs and the sealed records, each under its generation.
+    fn finish(self) -> Result<Checkpointed, OutboxError> {
         let open = match self.open {
             Some(OpenOut { file, generation, full, failed }) => {
                 let path = file.path().to_path_buf();
@@ -78,8 +78,7 @@ impl Job {
             }
             None => OpenWrite::default(),
         };
-        let runs = self.outbox.checkpoint(self.seq, &self.delta, open, self.now, self.durable)?;
-        Ok((self.delta, runs))
+        self.outbox.checkpoint(self.seq, &self.delta, open, self.now, self.durable)
     }
 }
 
@@ -136,23 +135,19 @@ impl Committer {
             Err(err) => return Err(self.failed_checkpoint(err)),
         };
         let sealed_through = delta.sealed_through;
+        let advanced = delta.sealed_through_advanced;
         let job = Job { outbox: self.outbox.clone(), seq: self.seq, delta, open, now, durable: sealing };
-        let delta = if wait || sealing || job.delta.sealed_through_advanced {
+        let sealed = if wait || sealing || advanced {
             self.write_here(job, full).map_err(|err| self.failed_checkpoint(err))?
         } else {
             self.write_beside(job, full).map_err(|err| self.failed_checkpoint(err))?;
-            Delta::default()
+            Vec::new()
         };
         self.checkpointed_seq = self.seq;
         self.ctx.metrics.records.with_label_values(&["open"]).set(self.aggregator.open_records() as i64);
         if sealing {
-            tracing::info!(records = delta.sealed.len(), "sealed hourly records");
-            let stored = delta
-                .sealed
-                .into_iter()
-                .map(|record| StoredRecord { record, sealed_at: now, state: RecordState::Pending })
-                .collect();
-            let _ = self.sealed_tx.send(stored);
+            tracing::info!(records = sealed.len(), "sealed hourly records");
+            let _ = self.sealed_tx.send(sealed);
         }
         // After the records: whoever sees this hour also finds its records in the channel. Told
         // only when it moves (the ship stage wakes for it).
@@ -161,12 +156,12 @@ impl Committer {
         Ok(())
     }
 
-    /// Writes `job` on this thread.
-    fn write_here(&mut self, mut job: Job, full: bool) -> Result<Delta, OutboxError> {
+    /// Writes `job` on this thread; returns the sealed records written.
+    fn write_here(&mut self, mut job: Job, full: bool) -> Result<Vec<StoredRecord>, OutboxError> {
         self.visit_open(full, |chunk| job.chunk(&chunk));
-        let (delta, runs) = job.finish()?;
+        let Checkpointed { runs, sealed } = job.finish()?;
         self.aggregator.install_id_runs(runs);
-        Ok(delta)
+        Ok(sealed)
     }
 
     /// Starts `job` on a thread of its own and feeds it the open records' chunks; written here
@@ -176,7 +171,7 @@ impl Committer {
         let started = std::thread::Builder::new().name("meterd-checkpoint".into()).spawn(move || {
             let (mut job, chunks) = job_rx.recv().expect("the commit thread sends the job once started");
             chunks.iter().for_each(|chunk| job.chunk(&chunk));
-            let written = job.finish().map(|(_, runs)| runs);
+            let written = job.finish().map(|written| written.runs);
             if let Err(err) = &written {
                 // The commit thread stops meterd at its next turn (`settle`), between two groups
                 // as for a checkpoint of its own. Until then the journal is intact and groups are

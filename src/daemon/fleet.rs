@@ -53,7 +53,7 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
         let pending = records
             .into_iter()
             .filter(|stored| stored.state == RecordState::Pending)
-            .map(|stored| ((stored.record.key.hour, crate::model::record_id(&stored.record.key)), stored))
+            .map(|stored| ((stored.record.key.hour, crate::fleet::local_partial_id(&stored)), stored))
             .collect();
         let shipper = Shipper {
             ctx: self.ctx.clone(),

@@ -106,6 +106,16 @@ fn record(key: RecordKey, tags: Vec<(TagSet, i64)>) -> (SealedRecord, Option<i64
     (record, (total > i64::from(MAX_QUANTITY)).then_some(total))
 }
 
+/// Whether a dead letter's message is one closing wrote for a record it could not make
+/// sendable: its stored bytes are not the fleet's sum, so it must never be sent.
+pub fn unsendable(message: &str) -> bool {
+    message.starts_with(UNREADABLE) || message.starts_with(OVER_MAXIMUM)
+}
+
+/// How closing's dead letters begin (see [`decide`]).
+const UNREADABLE: &str = "unreadable tags ";
+const OVER_MAXIMUM: &str = "the fleet's sum ";
+
 /// A partial's tag set as stored (JSON), or why it cannot be read.
 fn tag_set(text: &str) -> Result<TagSet, String> {
     serde_json::from_str(text).map_err(|err| format!("unreadable tags {text:?} in a partial: {err}"))
@@ -234,6 +244,9 @@ mod tests {
         let max = i64::from(MAX_QUANTITY);
         let (_, over) = super::record(key(), vec![(Vec::new(), max), (Vec::new(), 2)]);
         assert_eq!(over, Some(max + 2));
+        let Err(dead) = decide(key(), vec![(Ok(Vec::new()), max), (Ok(Vec::new()), 2)]) else { panic!() };
+        assert!(unsendable(&dead.message), "{}", dead.message);
+        assert!(!unsendable("DuplicateRecord: a different quantity was billed"));
     }
 
     #[test]
@@ -247,6 +260,7 @@ mod tests {
             dead.message.ends_with("; the fleet's sum 12 for this customer, dimension and hour is not sent")
         );
         assert_eq!(dead.record.quantity, 12);
+        assert!(unsendable(&dead.message), "never retried as it is");
         let Ok(sent) = decide(key(), vec![(tag_set("[]"), 3), (tag_set(r#"[["team","a"]]"#), 4)]) else {
             panic!("readable tags are sent")
         };

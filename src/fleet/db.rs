@@ -13,10 +13,11 @@
 //! | `migrations` | applied schema version | whoever starts first (under an advisory lock) |
 //! | `hosts` | fleet host: first seen, heartbeat, highest hour sealed and shipped, deregistered | each host |
 //! | `hours` | hour that has partials: `open`, then `closed` with the closing epoch | hosts insert, the lease holder closes |
-//! | `partials` | (host, partial id, tag set): a host's sealed hourly usage, with the partial's digest | each host's ship stage |
+//! | `partials` | (host, partial id, tag set): a host's sealed hourly usage, with the partial's digest and generation (0, or the host's n-th later partial of a key it sealed early in the hour) | each host's ship stage |
 //! | `late_partials` | partial that arrived after its hour closed: carried (to which hour) or a dead letter | ship stage |
 //! | `records` | fleet record (sum of an hour's partials): the postcard bytes sent, its state and receipt | the lease holder |
 //! | `lease` | `submitter`: holder, fencing epoch, expiry | every host (conditional UPDATE) |
+//! | `dead_letter_actions` | retry or drop of a fleet dead letter: what, by which host and uid, when, under which lease epoch (`dlq.rs`) | the host the operator's command ran on |
 //!
 //! Times are epoch seconds by the hosts' clocks (the same clock that decides hours and deadlines).
 
@@ -29,8 +30,17 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::model::{Customer, RecordKey, Scope};
 
-/// The schema versions, in order; each runs once, in one transaction.
-const MIGRATIONS: &[&str] = &[r#"
+/// The schema versions, in order; each runs once, in one transaction. A migration only adds
+/// (columns with defaults, tables), so that a host still running the meterd before it keeps
+/// working beside the hosts that applied it (a rolling upgrade): it applies none it does not know.
+///
+/// | version | adds |
+/// |---|---|
+/// | 1 | every table |
+/// | 2 | `generation` of `partials` and `late_partials`: a host's later partials of a key and hour it sealed early |
+/// | 3 | `dead_letter_actions`: operators' retries and drops of fleet dead letters |
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE hosts (
     host_id text PRIMARY KEY,
     first_seen bigint NOT NULL,
@@ -99,7 +109,36 @@ CREATE TABLE lease (
     expires_at bigint NOT NULL
 );
 INSERT INTO lease VALUES ('submitter', '', 0, 0);
-"#];
+"#,
+    r#"
+ALTER TABLE partials ADD COLUMN generation integer NOT NULL DEFAULT 0;
+ALTER TABLE late_partials ADD COLUMN generation integer NOT NULL DEFAULT 0;
+"#,
+    r#"
+CREATE TABLE dead_letter_actions (
+    id bigserial PRIMARY KEY,
+    action text NOT NULL,
+    kind text NOT NULL,
+    scope_kind text NOT NULL,
+    scope text NOT NULL,
+    customer_kind text NOT NULL,
+    customer text NOT NULL,
+    dimension text NOT NULL,
+    hour bigint NOT NULL,
+    quantity bigint NOT NULL,
+    reason text NOT NULL,
+    message text,
+    record bytea NOT NULL,
+    partial_host text,
+    partial_id text,
+    carried_to bigint,
+    by_host text NOT NULL,
+    by_uid bigint,
+    at bigint NOT NULL,
+    epoch bigint NOT NULL
+);
+"#,
+];
 
 /// Fleet database failures.
 #[derive(Debug, thiserror::Error)]

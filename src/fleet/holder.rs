@@ -9,6 +9,7 @@
 //! | `lease_ttl / 3` | takes or renews the lease; as holder, (re)starts the submit loop for its epoch and hands it the pending records it was never given |
 //! | second, as holder | closes the hours that are due, so an hour closes a second or two after the last host shipped it, and hands their records to the submit loop |
 //! | turn after an error | learns the true state from PostgreSQL before anything else: a close whose reply was lost (committed, but the holder heard an error) is submitted all the same |
+//! | second, as holder | hands the submit loop the dead letters an operator retried on any host (`dlq.rs`) |
 //!
 //! So no closed, unsubmitted record waits longer than about `lease_ttl / 3` while a holder lives,
 //! whatever failed before.
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::FleetSettings;
 use super::close;
 use super::db::{DbError, Target};
+use super::dlq;
 use super::lease::{self, Held};
 use super::store::{self, FleetStore};
 use crate::context::Context;
@@ -44,6 +46,8 @@ struct Running {
     records: mpsc::UnboundedSender<Vec<StoredRecord>>,
     /// The hours whose pending records this loop was given (and that still have some).
     handed: BTreeSet<i64>,
+    /// The last operator's change of a fleet dead letter this loop knows of ([`dlq::last_action`]).
+    actions_seen: i64,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -160,6 +164,7 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
             self.hand_over_missed(db, running).await?;
             *unsure = false;
         }
+        hand_over_retried(db, running).await?;
         self.close_due(db, held.epoch, running, now).await
     }
 
@@ -215,6 +220,7 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
                     record,
                     sealed_at: now,
                     state: RecordState::Pending,
+                    generation: 0,
                 });
                 running.hand(&[hour], stored.collect());
             }
@@ -254,6 +260,8 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
             write_timeout,
         )
         .await?;
+        // Read before the pending records: a retry after it is handed over at the next turn.
+        let actions_seen = dlq::last_action(db).await?;
         let pending = store::pending(db).await?;
         tracing::info!(records = pending.len(), epoch, "submitting the fleet's records");
         let handed = pending.iter().map(|stored| stored.record.key.hour).collect();
@@ -265,8 +273,21 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
         let stop = CancellationToken::new();
         // Fleet mode is batch mode: no RegisterUsage to wait for.
         let task = tokio::spawn(submitter.run(records_rx, control_rx, std::future::ready(()), stop.clone()));
-        Ok(Running { records, handed, stop, task })
+        Ok(Running { records, handed, actions_seen, stop, task })
     }
+}
+
+/// Hands the submit loop the fleet records an operator retried since it last looked (`meterd dlq
+/// retry` on any host made them pending again).
+async fn hand_over_retried(db: &Client, running: &mut Running) -> Result<(), DbError> {
+    let (last, retried) = dlq::retried_since(db, running.actions_seen).await?;
+    running.actions_seen = last;
+    if !retried.is_empty() {
+        tracing::info!(records = retried.len(), "submitting fleet dead letters an operator retried");
+        let hours: Vec<i64> = retried.iter().map(|stored| stored.record.key.hour).collect();
+        running.hand(&hours, retried);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

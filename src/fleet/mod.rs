@@ -18,6 +18,7 @@
 
 pub mod close;
 pub mod db;
+pub mod dlq;
 pub mod holder;
 pub mod host;
 pub mod lease;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use crate::aggregate::SealedRecord;
 use crate::config::Config;
 use crate::model::LateEvents;
+use crate::outbox::StoredRecord;
 
 /// What the fleet stages are configured with, in seconds where times.
 #[derive(Debug, Clone)]
@@ -72,6 +74,17 @@ impl FleetSettings {
     /// last host shipped it.
     pub fn close_every(&self) -> Duration {
         self.lease_every().min(Duration::from_secs(1))
+    }
+}
+
+/// This host's id of a local record (a partial) among its unshipped ones and in its partial id:
+/// the record's id, and its generation after the first (`StoredRecord::generation`: the key was
+/// sealed again within its hour, after a flush or a restart).
+pub fn local_partial_id(stored: &StoredRecord) -> String {
+    let id = crate::model::record_id(&stored.record.key);
+    match stored.generation {
+        0 => id,
+        generation => format!("{id}:{generation}"),
     }
 }
 

@@ -1,8 +1,9 @@
 //! The ship stage (every fleet host): sealed hourly records are this host's *partials*; they go
 //! to PostgreSQL instead of to the Metering Service.
 //!
-//! A partial's id is this outbox's instance id and the record's id, so a resend is a no-op and a
-//! data dir started afresh never reuses one. One transaction per batch: the hours it names are
+//! A partial's id is this outbox's instance id and the record's id (with its generation after the
+//! first: a key sealed early, by a flush or a stop, and sealed again within its hour), so a
+//! resend is a no-op and a data dir started afresh never reuses one. One transaction per batch: the hours it names are
 //! locked `FOR SHARE` (the lease holder closes an hour `FOR UPDATE`, so a partial is either in the
 //! sum or late, never lost between); a partial already there with the same digest is done, with
 //! another digest it is an ERROR and the stored one stays; a partial of an open hour is inserted;
@@ -141,9 +142,13 @@ impl Shipper {
     /// Deletes shipped partials (and local dead letters) older than `storage.retention`.
     fn compact(&self) {
         let before = self.ctx.clock.now() - self.settings.retention;
-        // Shipped partials leave sled for the receipts archive, which expires by whole days. All
-        // of them: in fleet mode every hour up to the last sealed one is frozen without them.
-        let archived = self.outbox.archive_settled(i64::MAX).and_then(|_| self.outbox.expire_archive(before));
+        // Shipped partials leave sled for the receipts archive, which expires by whole days: those
+        // of the hours sealed as a whole, which are frozen without them. A later hour's stay, so
+        // that a key sealed early and again takes the next generation, never an id it shipped.
+        let sealed = *self.sealed_through.borrow();
+        let hours_before = sealed.map_or(i64::MIN, |through| through + 3600);
+        let archived =
+            self.outbox.archive_settled(hours_before).and_then(|_| self.outbox.expire_archive(before));
         if let Err(err) = archived {
             tracing::error!(%err, "failed to move shipped partials to the receipts archive; stopping");
             self.ctx.fail();
@@ -162,7 +167,7 @@ impl Shipper {
 
     fn add(&mut self, records: Vec<StoredRecord>) {
         for stored in records {
-            let id = crate::model::record_id(&stored.record.key);
+            let id = super::local_partial_id(&stored);
             self.pending.insert((stored.record.key.hour, id), stored);
         }
         self.ctx.metrics.fleet.backlog.set(self.pending.len() as i64);
@@ -260,7 +265,7 @@ impl Shipper {
                     continue;
                 }
                 None if states.get(hour).is_some_and(|s| s == "open") => {
-                    rows.add(partial_id, &stored.record, digest)
+                    rows.add(partial_id, &stored.record, stored.generation, digest)
                 }
                 None => {
                     self.ship_late(&tx, &mut rows, Partial { id: partial_id, stored, digest }, &states, now)
@@ -301,16 +306,16 @@ impl Shipper {
             Late::Carried { to } => {
                 let mut moved = record.clone();
                 moved.key.hour = to;
-                rows.add(&format!("late:{partial_id}"), &moved, digest);
+                rows.add(&format!("late:{partial_id}"), &moved, stored.generation, digest);
                 (Some(to), None, "carried")
             }
             Late::DeadLetter => (None, Some("late_partial"), "dead_letter"),
         };
         let bytes = postcard::to_allocvec(record).expect("a record always encodes");
         tx.execute(
-            "INSERT INTO late_partials (host_id, partial_id, hour, quantity, digest, carried_to, reason, noted_at, record)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-            &[&self.settings.host_id, &partial_id, &record.key.hour, &i64::from(record.quantity), &digest, &carried_to, &reason, &now, &bytes],
+            "INSERT INTO late_partials (host_id, partial_id, hour, quantity, digest, carried_to, reason, noted_at, record, generation)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+            &[&self.settings.host_id, &partial_id, &record.key.hour, &i64::from(record.quantity), &digest, &carried_to, &reason, &now, &bytes, &(stored.generation as i32)],
         )
         .await?;
         self.ctx.metrics.fleet.late_partials.with_label_values(&[label]).inc();
@@ -418,7 +423,7 @@ async fn known_partials(
 
 /// Partial rows to insert, one per tag set, as column arrays (one statement per batch).
 #[derive(Default)]
-struct Rows {
+pub(super) struct Rows {
     partial_id: Vec<String>,
     tags: Vec<String>,
     scope_kind: Vec<&'static str>,
@@ -429,10 +434,17 @@ struct Rows {
     hour: Vec<i64>,
     quantity: Vec<i64>,
     digest: Vec<i64>,
+    generation: Vec<i32>,
 }
 
 impl Rows {
-    fn add(&mut self, partial_id: &str, record: &crate::aggregate::SealedRecord, digest: i64) {
+    pub(super) fn add(
+        &mut self,
+        partial_id: &str,
+        record: &crate::aggregate::SealedRecord,
+        generation: u32,
+        digest: i64,
+    ) {
         let (scope_kind, scope, customer_kind, customer) = key_columns(&record.key);
         let allocations: Vec<(String, i64)> = if record.allocations.is_empty() {
             vec![("[]".into(), i64::from(record.quantity))]
@@ -454,18 +466,23 @@ impl Rows {
             self.hour.push(record.key.hour);
             self.quantity.push(quantity);
             self.digest.push(digest);
+            self.generation.push(generation as i32);
         }
     }
 
-    async fn insert(self, tx: &tokio_postgres::Transaction<'_>, host: &str) -> Result<(), DbError> {
+    pub(super) async fn insert(
+        self,
+        tx: &tokio_postgres::Transaction<'_>,
+        host: &str,
+    ) -> Result<(), DbError> {
         if self.partial_id.is_empty() {
             return Ok(());
         }
         tx.execute(
-            "INSERT INTO partials (host_id, partial_id, tags, scope_kind, scope, customer_kind, customer, dimension, hour, quantity, digest)
-             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[])
+            "INSERT INTO partials (host_id, partial_id, tags, scope_kind, scope, customer_kind, customer, dimension, hour, quantity, digest, generation)
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::int[])
              ON CONFLICT DO NOTHING",
-            &[&host, &self.partial_id, &self.tags, &self.scope_kind, &self.scope, &self.customer_kind, &self.customer, &self.dimension, &self.hour, &self.quantity, &self.digest],
+            &[&host, &self.partial_id, &self.tags, &self.scope_kind, &self.scope, &self.customer_kind, &self.customer, &self.dimension, &self.hour, &self.quantity, &self.digest, &self.generation],
         )
         .await?;
         Ok(())

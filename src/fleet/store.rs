@@ -76,7 +76,8 @@ impl FleetStore {
 }
 
 /// The columns [`stored_of`] reads, in its order.
-const COLUMNS: &str = "record, state, metering_record_id, dead_reason, message, sealed_at, settled_at";
+pub(super) const COLUMNS: &str =
+    "record, state, metering_record_id, dead_reason, message, sealed_at, settled_at";
 
 /// The lease condition every write carries (`$1` host, `$2` epoch).
 const FENCED: &str = "EXISTS (SELECT 1 FROM lease WHERE name = 'submitter' AND holder = $1 AND epoch = $2)";
@@ -220,32 +221,8 @@ pub async fn pending_in(client: &Client, hours: &[i64]) -> Result<Vec<StoredReco
     Ok(rows.iter().filter_map(stored_of).collect())
 }
 
-/// The fleet's dead letters, for `meterd dlq list` on any host: records the holder dead-lettered,
-/// and partials that arrived after their hour closed and could not be carried.
-pub async fn dead_letters(target: &Target) -> Result<Vec<StoredRecord>, DbError> {
-    let client = target.connect().await?;
-    let rows = client
-        .query(&format!("SELECT {COLUMNS} FROM records WHERE state = 'dead_letter' ORDER BY hour"), &[])
-        .await?;
-    let mut out: Vec<StoredRecord> = rows.iter().filter_map(stored_of).collect();
-    let late = client
-        .query(
-            "SELECT record, host_id, quantity, noted_at FROM late_partials WHERE carried_to IS NULL ORDER BY hour, host_id",
-            &[],
-        )
-        .await?;
-    for row in &late {
-        let Ok(record) = postcard::from_bytes::<SealedRecord>(row.get::<_, &[u8]>(0)) else { continue };
-        let (host, quantity, at): (String, i64, i64) = (row.get(1), row.get(2), row.get(3));
-        let message = format!("late_partial: host {host} shipped {quantity} after the fleet closed the hour");
-        let state = RecordState::DeadLetter { reason: DeadReason::LatePartial, message, at };
-        out.push(StoredRecord { record, sealed_at: at, state });
-    }
-    Ok(out)
-}
-
 /// A `records` row as the submit loop knows it; `None` for bytes this meterd cannot read.
-fn stored_of(row: &tokio_postgres::Row) -> Option<StoredRecord> {
+pub(super) fn stored_of(row: &tokio_postgres::Row) -> Option<StoredRecord> {
     let record: SealedRecord = postcard::from_bytes(row.get::<_, &[u8]>(0)).ok()?;
     let at: Option<i64> = row.get(6);
     let state = match row.get::<_, &str>(1) {
@@ -261,5 +238,5 @@ fn stored_of(row: &tokio_postgres::Row) -> Option<StoredRecord> {
         }
         _ => RecordState::Pending,
     };
-    Some(StoredRecord { record, sealed_at: row.get(5), state })
+    Some(StoredRecord { record, sealed_at: row.get(5), state, generation: 0 })
 }

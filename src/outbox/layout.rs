@@ -77,6 +77,29 @@ pub fn record_key(key: &RecordKey) -> Vec<u8> {
     postcard::to_extend(key, out).expect("a record key always encodes")
 }
 
+/// The `r` key of a record's `generation` (see `StoredRecord::generation`): generation 0 is
+/// [`record_key`] itself, a later one adds the generation as a u32be suffix. A postcard record
+/// key is self-delimiting, so the suffix can never be read as part of another key, and a key's
+/// generations sort together.
+pub fn generation_key(key: &RecordKey, generation: u32) -> Vec<u8> {
+    let mut out = record_key(key);
+    if generation > 0 {
+        out.extend_from_slice(&generation.to_be_bytes());
+    }
+    out
+}
+
+/// The generation an `r` key names; `None` for a key that is not [`generation_key`]'s.
+pub fn key_generation(key: &[u8]) -> Option<u32> {
+    let encoded = key.get(9..).filter(|_| key[0] == RECORD)?;
+    let (_, rest) = postcard::take_from_bytes::<RecordKey>(encoded).ok()?;
+    match rest.len() {
+        0 => Some(0),
+        4 => Some(u32::from_be_bytes(rest.try_into().ok()?)).filter(|g| *g > 0),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +110,28 @@ mod tests {
         assert!(keys.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(log_seq(&log_key(258, 3)), Some(258));
         assert_eq!(log_seq(b"l123"), None);
+    }
+
+    #[test]
+    fn a_records_generations_follow_its_key_and_read_back() {
+        use crate::model::{Customer, Scope};
+        let key = |customer: &str| RecordKey {
+            scope: Scope::ProductCode("p".into()),
+            customer: Customer::AwsAccountId(customer.into()),
+            dimension: "d".into(),
+            hour: 7200,
+        };
+        assert_eq!(generation_key(&key("1"), 0), record_key(&key("1")));
+        let keys = [generation_key(&key("1"), 0), generation_key(&key("1"), 1), generation_key(&key("1"), 2)];
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        assert!(keys.iter().all(|k| k.starts_with(&record_key(&key("1")))));
+        assert!(!generation_key(&key("2"), 0).starts_with(&record_key(&key("1"))));
+        for (generation, k) in keys.iter().enumerate() {
+            assert_eq!(key_generation(k), Some(generation as u32));
+        }
+        let mut torn = record_key(&key("1"));
+        torn.push(1);
+        assert_eq!(key_generation(&torn), None);
+        assert_eq!(key_generation(&record_key(&key("1"))[..5]), None);
     }
 }

@@ -10,7 +10,7 @@
 //! | `m` `checkpoint` | [`Meta`]: last group sequence folded into the checkpoint, last sealed hour, the live open-hours files (`open_files.rs`) | commit stage, at each checkpoint |
 //! | `m` `archived` | [`archive::Mark`]: the receipts archive's last move and committed file lengths | the task that settles records, at each move |
 //! | `j` peer uid:u32be, client id | [`IdEntry`]: expiry and the event's digest | commit stage, at each checkpoint |
-//! | `r` hour:u64be postcard(RecordKey) | [`StoredRecord`]: a sealed record and its state; never written twice by the commit stage | commit stage seals, submit stage settles |
+//! | `r` hour:u64be postcard(RecordKey) [generation:u32be] | [`StoredRecord`]: a sealed record and its state; never written twice by the commit stage. The generation suffix only on a fleet host's second and later partials of a key and hour (`StoredRecord::generation`) | commit stage seals, submit stage (ship stage) settles |
 //! | `l` seq:u64be chunk:u16be | legacy (0.1.0 logged events in sled): `Vec<Admitted>`; replayed, deleted by the next checkpoint | — |
 //! | `o` postcard(RecordKey) | legacy (0.1.0 checkpointed one key per open record): totals; read, replaced by the next (full) checkpoint | — |
 //! | `i` client id | legacy (written before ids were scoped and digested): expiry; read, then deleted when it expires | — |
@@ -61,6 +61,7 @@ mod legacy;
 mod lock;
 mod offline;
 mod open_files;
+mod records;
 mod recovered;
 mod settled;
 mod watermark;
@@ -84,6 +85,7 @@ pub use layout::{FORMAT_VERSION, LOG_FORMAT_VERSION, MAX_CHUNK_BYTES, SEGMENT_SI
 use lock::lock;
 use offline::PrivateCopy;
 pub use open_files::OpenFile;
+pub use records::Checkpointed;
 pub use recovered::Recovered;
 pub use settled::Moved;
 use watermark::{Marks, WATERMARK_FILE, open_watermark};
@@ -158,6 +160,12 @@ pub struct StoredRecord {
     pub record: SealedRecord,
     pub sealed_at: i64,
     pub state: RecordState,
+    /// Which of its key's records this is: 0, but for a fleet host that sealed the key before
+    /// its hour was sealed (a flush, a stopping host) and sealed it again. Each later seal of the
+    /// same key and hour is the next generation: another partial, summed with the others when
+    /// the fleet closes the hour. Not part of the value: it is the `r` key's suffix.
+    #[serde(skip)]
+    pub generation: u32,
 }
 
 impl StoredRecord {
@@ -375,7 +383,8 @@ impl Outbox {
     /// synced); deletes 0.1.0's log up to `log_seq`. With `durable` (needed before sealed records
     /// are submitted), or when journal segments or replaced open-hours files can go, waits for the
     /// barrier first, and then removes them. The ids go to their own files first
-    /// (`crate::ids::IdFiles`); returns the id runs written.
+    /// (`crate::ids::IdFiles`); returns the id runs and the sealed records written, each
+    /// under the first free generation of its key where `delta.generations` allows more than one.
     pub fn checkpoint(
         &self,
         log_seq: u64,
@@ -383,25 +392,12 @@ impl Outbox {
         open: OpenWrite,
         now: i64,
         durable: bool,
-    ) -> Result<Vec<Run>, OutboxError> {
+    ) -> Result<Checkpointed, OutboxError> {
         let mut batch = sled::Batch::default();
         let mut state = self.open_state.lock().expect("open state lock");
         let old_base = state.base;
         self.note_open(&mut batch, &mut state, &open)?;
-        for record in &delta.sealed {
-            let key = layout::record_key(&record.key);
-            // The aggregator never seals a key twice; should it ever, the first record stands.
-            if self.db.contains_key(&key)? {
-                tracing::error!(
-                    hour = record.key.hour,
-                    quantity = record.quantity,
-                    "a record for this key and hour was sealed before; keeping the first, never rewriting it"
-                );
-                continue;
-            }
-            let stored = StoredRecord { record: record.clone(), sealed_at: now, state: RecordState::Pending };
-            batch.insert(key, encode(&stored));
-        }
+        let sealed = self.stage_sealed(&mut batch, delta, now)?;
         // The id files first: this checkpoint lets the journal that holds their events go.
         let runs = match &self.ids {
             Some(ids) => ids.write(&delta.ids.files)?,
@@ -446,7 +442,7 @@ impl Outbox {
         if let Some(ids) = &self.ids {
             ids.remove_settled(&delta.ids.files)?;
         }
-        Ok(runs)
+        Ok(Checkpointed { runs, sealed })
     }
 
     /// Whether the next checkpoint should write every open hour ([`OpenWrite::full`]).
@@ -495,45 +491,6 @@ impl Outbox {
         Ok((file, generation))
     }
 
-    /// Every sealed record, oldest hour first.
-    pub fn records(&self) -> impl Iterator<Item = Result<StoredRecord, OutboxError>> + '_ {
-        self.db.scan_prefix([layout::RECORD]).map(|item| {
-            let (key, value) = item?;
-            decode(&key, &value)
-        })
-    }
-
-    /// One sealed record.
-    pub fn record(&self, key: &RecordKey) -> Result<Option<StoredRecord>, OutboxError> {
-        let db_key = layout::record_key(key);
-        self.db.get(&db_key)?.map(|value| decode(&db_key, &value)).transpose()
-    }
-
-    /// Removes a sealed record; durable after the next [`Outbox::barrier`].
-    pub fn remove_record(&self, key: &RecordKey) -> Result<(), OutboxError> {
-        self.db.remove(layout::record_key(key))?;
-        Ok(())
-    }
-
-    /// Removes receipts and dead letters settled before `before` (epoch seconds) and returns them;
-    /// durable after the next [`Outbox::barrier`]. Pending records are never removed.
-    pub fn compact(&self, before: i64) -> Result<Vec<StoredRecord>, OutboxError> {
-        let mut removed = Vec::new();
-        let mut batch = sled::Batch::default();
-        for item in self.db.scan_prefix([layout::RECORD]) {
-            let (key, value) = item?;
-            let stored: StoredRecord = decode(&key, &value)?;
-            if stored.settled_at().is_some_and(|at| at < before) {
-                batch.remove(key);
-                removed.push(stored);
-            }
-        }
-        if !removed.is_empty() {
-            self.db.apply_batch(batch)?;
-        }
-        Ok(removed)
-    }
-
     /// Bytes the outbox's files take on disk, without the receipts archive: what
     /// `storage.max_bytes` bounds.
     pub fn size_on_disk(&self) -> Result<u64, OutboxError> {
@@ -552,12 +509,6 @@ impl Outbox {
             free_bytes: disk::free_bytes(&self.dir)?,
             min_free_bytes: self.min_free_bytes,
         })
-    }
-
-    /// Records a sealed record's new state; durable after the next [`Outbox::barrier`].
-    pub fn settle(&self, stored: &StoredRecord) -> Result<(), OutboxError> {
-        self.db.insert(layout::record_key(&stored.record.key), encode(stored))?;
-        Ok(())
     }
 
     /// `flush` then `fdatasync`: after this, everything written before it survives a power cut.

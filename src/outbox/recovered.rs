@@ -75,7 +75,7 @@ impl Recovered {
                     layout::parse_scoped_id_key(key).ok_or_else(|| corrupt("an id key names its peer"))?;
                 self.ids.push((id_key, decode(key, value)?));
             }
-            Some(layout::RECORD) => self.records.push(decode(key, value)?),
+            Some(layout::RECORD) => self.records.push(super::records::decode_record(key, value)?),
             _ => return Err(corrupt("not a key meterd writes")),
         }
         Ok(())

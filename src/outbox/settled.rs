@@ -148,6 +148,7 @@ mod tests {
             record: SealedRecord { key, quantity: 3, allocations: Vec::new() },
             sealed_at: HOUR + 3660,
             state,
+            generation: 0,
         }
     }
 

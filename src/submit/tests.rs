@@ -54,6 +54,7 @@ fn pending(customer: &str) -> StoredRecord {
         record: SealedRecord { key, quantity: 1, allocations: Vec::new() },
         sealed_at: NOW,
         state: RecordState::Pending,
+        generation: 0,
     }
 }
 

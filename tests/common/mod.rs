@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub mod daemon;
+pub mod fleet;
 pub mod pg;
 pub mod proxy;
 

@@ -125,7 +125,7 @@ impl Entry {
             Receipt::Text(metering_record_id) => RecordState::Accepted { metering_record_id, at },
             Receipt::Shipped => RecordState::Shipped { at },
         };
-        StoredRecord { record: self.record, sealed_at, state }
+        StoredRecord { record: self.record, sealed_at, state, generation: 0 }
     }
 }
 

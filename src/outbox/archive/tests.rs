@@ -22,6 +22,7 @@ fn receipt(customer: u32, dimension: &str, hour: i64, id: &str) -> StoredRecord 
         },
         sealed_at: hour + 3600 + 65,
         state: RecordState::Accepted { metering_record_id: id.into(), at: hour + 3600 + 71 },
+        generation: 0,
     }
 }
 
