@@ -75,6 +75,25 @@ start_meterd() {
     cat "$dir/$name.log" >&2
     exit 1
 }
+# restart_meterd NAME PORT [VAR=VALUE...]: starts meterd again on NAME's data dir and waits for
+# /readyz 200; sets $pid, $started (just before the start) and $ready.
+restart_meterd() {
+    local name=$1 port=$2
+    shift 2
+    started=$(date +%s.%N)
+    env $(meterd_env "$name" "$port") "$@" "$meterd" run 2>>"$dir/$name.log" &
+    pid=$!
+    pids+=("$pid")
+    until env $(meterd_env "$name" "$port") "$meterd" probe ready >/dev/null 2>&1; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "meterd $name did not restart:" >&2
+            tail -n 20 "$dir/$name.log" >&2
+            exit 1
+        fi
+        sleep 0.01
+    done
+    ready=$(date +%s.%N)
+}
 results="$out/results.txt"
 [ -n "$only" ] && results="$out/results-$only.txt"
 : >"$results"
@@ -190,19 +209,7 @@ ids_section() {
     loaded_rss=$(kib VmRSS "$pid") loaded_hwm=$(kib VmHWM "$pid")
     kill -9 "$pid"
     wait "$pid" 2>/dev/null || true
-    started=$(date +%s.%N)
-    env $(meterd_env ids "$port") "$meterd" run 2>>"$dir/ids.log" &
-    pid=$!
-    pids+=("$pid")
-    until env $(meterd_env ids "$port") "$meterd" probe ready >/dev/null 2>&1; do
-        if ! hwm=$(kib VmHWM "$pid" 2>/dev/null) || [ -z "$hwm" ]; then
-            echo "meterd ids did not restart:" >&2
-            tail -n 20 "$dir/ids.log" >&2
-            exit 1
-        fi
-        sleep 0.01
-    done
-    ready=$(date +%s.%N)
+    restart_meterd ids "$port"
     hwm=$(kib VmHWM "$pid")
     sleep 3
     l=$("$loadgen" --socket "$sock" --connections 1 --depth 64 "${mix[@]}" --resend --id-base 0 --events 1000 --seconds 60)
@@ -233,19 +240,7 @@ replay_section() {
         kill -9 "$pid"
         wait "$pid" 2>/dev/null || true
         : >"$dir/replay.log"
-        started=$(date +%s.%N)
-        env $(meterd_env replay "$port") METERD_STORAGE__CHECKPOINT_INTERVAL=$interval "$meterd" run 2>>"$dir/replay.log" &
-        pid=$!
-        pids+=("$pid")
-        until env $(meterd_env replay "$port") "$meterd" probe ready >/dev/null 2>&1; do
-            if ! kill -0 "$pid" 2>/dev/null; then
-                echo "meterd replay did not restart:" >&2
-                tail -n 20 "$dir/replay.log" >&2
-                exit 1
-            fi
-            sleep 0.01
-        done
-        ready=$(date +%s.%N)
+        restart_meterd replay "$port" METERD_STORAGE__CHECKPOINT_INTERVAL=$interval
         hwm=$(kib VmHWM "$pid")
         sleep 3
         replayed=$(grep -o '"replayed_events":[0-9]*' "$dir/replay.log" | tail -1 | grep -o '[0-9]*$')

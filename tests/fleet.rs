@@ -6,7 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::daemon::{Emu, Launch, Meterd, event};
-use common::fleet::{Billing, H, billed, events_now, fleet, lease_held, usage, wait_until};
+use common::fleet::{
+    Billing, H, billed, events_now, fleet, lease_held, send_killing_host_b, usage, wait_until,
+};
 use common::hour_start;
 use common::pg::Pg;
 use serde_json::{Value, json};
@@ -44,22 +46,8 @@ fn three_hosts_bill_the_sum_once_through_kills_and_a_database_restart() {
         *entry.1.entry(team.to_string()).or_default() += n + 1;
         sent[host].push(e);
     }
-    for (host, events) in sent.iter().enumerate() {
-        let (first, second) = events.split_at(events.len() / 2);
-        let replies = meterds[host].as_ref().unwrap().send(first);
-        assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
-        if host == 1 {
-            // host-b is killed mid-stream, restarted, and its client resends everything by id.
-            meterds[1].take().unwrap().kill9();
-            meterds[1] = Some(start(1, 0));
-            let replies = meterds[1].as_ref().unwrap().send(events);
-            assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
-            assert_eq!(replies.iter().filter(|r| r["duplicate"] == true).count(), first.len());
-        } else {
-            let replies = meterds[host].as_ref().unwrap().send(second);
-            assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
-        }
-    }
+    // host-b is killed mid-stream, restarted, and its client resends everything by id.
+    send_killing_host_b(&mut meterds, &sent, || start(1, 0));
 
     // The database goes away while the hosts stop: each seals its hours now, cannot ship them,
     // and keeps them in its outbox.

@@ -5,34 +5,24 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::daemon::{Emu, Launch, Meterd};
+use common::fleet::{H, fleet, send_killing_host_b, wait_until};
 use common::hour_start;
 use common::pg::Pg;
 use serde_json::{Value, json};
 
-const H: i64 = 3600;
 const PRODUCTS: &str = r#"[{ code = "prod-a", dimensions = ["requests", "gb"] }, { code = "prod-b", dimensions = ["requests"] }]"#;
 const HOSTS: [&str; 3] = ["host-a", "host-b", "host-c"];
 
-fn fleet<'a>(dir: &'a std::path::Path, emu: &Emu, pg: &Pg, host: &str) -> Launch<'a> {
-    Launch::new(dir, emu)
+/// A fleet host billing both products, waiting for every host (hours close once all shipped).
+fn host<'a>(dir: &'a std::path::Path, emu: &Emu, pg: &Pg, host: &str) -> Launch<'a> {
+    fleet(dir, emu, pg, host)
         .env("METERD_AWS__PRODUCT_CODE", "")
         .env("METERD_AWS__PRODUCTS", PRODUCTS)
-        .env("METERD_FLEET__DATABASE_URL", &pg.url())
-        .env("METERD_FLEET__HOST_ID", host)
-        .env("METERD_FLEET__LEASE_TTL", "3s")
         .env("METERD_FLEET__HOST_TIMEOUT", "6h")
         .env("METERD_FLEET__CLOSE_AFTER", "6h")
-}
-
-fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < within, "{what} within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// (product, customer, dimension, hour) → quantity.
@@ -61,7 +51,7 @@ fn three_hosts_sum_each_product_apart_and_bill_it_in_its_own_calls() {
     let emu =
         Emu::start(|config| config.catalogue.product_codes = Some(vec!["prod-a".into(), "prod-b".into()]));
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let start = |i: usize, offset: i64| fleet(dirs[i].path(), &emu, &pg, HOSTS[i]).offset(offset).start();
+    let start = |i: usize, offset: i64| host(dirs[i].path(), &emu, &pg, HOSTS[i]).offset(offset).start();
     let mut meterds: Vec<Option<Meterd>> = (0..3).map(|i| Some(start(i, 0))).collect();
 
     // The same customers, dimension names and hours under both products, on every host.
@@ -79,22 +69,8 @@ fn three_hosts_sum_each_product_apart_and_bill_it_in_its_own_calls() {
             n + 1;
         sent[(n % 3) as usize].push(event);
     }
-    for (host, events) in sent.iter().enumerate() {
-        let (first, second) = events.split_at(events.len() / 2);
-        let replies = meterds[host].as_ref().unwrap().send(first);
-        assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
-        if host == 1 {
-            // host-b is killed mid-stream, restarted, and its client resends everything by id.
-            meterds[1].take().unwrap().kill9();
-            meterds[1] = Some(start(1, 0));
-            let replies = meterds[1].as_ref().unwrap().send(events);
-            assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
-            assert_eq!(replies.iter().filter(|r| r["duplicate"] == true).count(), first.len());
-        } else {
-            let replies = meterds[host].as_ref().unwrap().send(second);
-            assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
-        }
-    }
+    // host-b is killed mid-stream, restarted, and its client resends everything by id.
+    send_killing_host_b(&mut meterds, &sent, || start(1, 0));
     let refused = meterds[0].as_ref().unwrap().send(&[json!({ "customer_aws_account_id": "100000000000",
         "dimension": "requests", "quantity": 1, "id": "x" })]);
     assert_eq!(refused[0]["error"], "missing_field", "{refused:?}");

@@ -23,7 +23,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::daemon::{Emu, Launch, Meterd, event, find};
+use common::daemon::{Emu, Launch, Meterd, allocations, event, find};
 use serde_json::{Value, json};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/outbox-0.1.0.tar.gz");
@@ -115,14 +115,7 @@ fn an_outbox_written_before_the_journal_is_replayed_and_billed_once() {
     assert_eq!(records.len(), 3, "{records:?}");
     let b = find(&records, "100000000002", "requests", hour).unwrap();
     assert_eq!(b["quantity"], 12);
-    let mut allocations: Vec<(String, u64)> = b["allocations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["tags"].to_string(), a["quantity"].as_u64().unwrap()))
-        .collect();
-    allocations.sort();
-    assert_eq!(allocations, [(r#"{"team":"x"}"#.to_string(), 5), (r#"{"team":"y"}"#.to_string(), 7)]);
+    assert_eq!(allocations(b), [(r#"{"team":"x"}"#.to_string(), 5), (r#"{"team":"y"}"#.to_string(), 7)]);
     assert_eq!(find(&records, "100000000003", "requests", hour).unwrap()["quantity"], 24);
     assert_eq!(emu.statuses().get("DuplicateRecord"), None, "nothing billed twice");
     drop(meterd);

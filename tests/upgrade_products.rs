@@ -18,7 +18,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::daemon::{Emu, Launch, Meterd, event, find};
+use common::daemon::{Emu, Launch, Meterd, allocations, event, find};
 use serde_json::{Value, json};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/outbox-52de32e.tar.gz");
@@ -142,14 +142,7 @@ fn replays(products: Option<&str>, named: bool) {
     let hour = then - then.rem_euclid(3600);
     let b = find(&records, "300000000002", "requests", hour).unwrap();
     assert_eq!((&b["quantity"], &b["product_code"]), (&json!(12), &json!("prod-test")));
-    let mut allocations: Vec<(String, u64)> = b["allocations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["tags"].to_string(), a["quantity"].as_u64().unwrap()))
-        .collect();
-    allocations.sort();
-    assert_eq!(allocations, [(r#"{"team":"x"}"#.to_string(), 5), (r#"{"team":"y"}"#.to_string(), 7)]);
+    assert_eq!(allocations(b), [(r#"{"team":"x"}"#.to_string(), 5), (r#"{"team":"y"}"#.to_string(), 7)]);
     let c = find(&records, "300000000003", "requests", hour).unwrap();
     assert_eq!((&c["quantity"], &c["product_code"]), (&json!(24), &json!("prod-test")));
     let d = find(&records, "300000000004", "requests", hour).unwrap();

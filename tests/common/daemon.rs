@@ -451,3 +451,15 @@ pub fn find<'r>(records: &'r [Value], customer: &str, dimension: &str, hour: i64
         r["customer_aws_account_id"] == customer && r["dimension"] == dimension && r["hour"] == hour
     })
 }
+
+/// A billed record's allocations as (tags as JSON, quantity), sorted.
+pub fn allocations(record: &Value) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = record["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["tags"].to_string(), a["quantity"].as_u64().unwrap()))
+        .collect();
+    out.sort();
+    out
+}

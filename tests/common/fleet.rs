@@ -2,13 +2,14 @@
 //! billed per key.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use super::daemon::{Emu, Launch, Meterd, event};
 use super::hour_start;
 use super::pg::Pg;
+#[allow(unused_imports)]
+pub use super::wait_until;
 
 /// An hour, in seconds.
 pub const H: i64 = 3600;
@@ -32,12 +33,28 @@ pub fn usage(customer: &str, dimension: &str, quantity: u64, hours_ago: i64, id:
     e
 }
 
-/// Waits until `done`, at most `within`.
-pub fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < within, "{what} within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
+/// Sends each host its events, half at a time. Host-b (index 1) is killed with SIGKILL after its
+/// first half and started again by `restart`; its client then resends all of its events by id,
+/// and the first half must come back `duplicate`.
+pub fn send_killing_host_b(
+    meterds: &mut [Option<Meterd>],
+    sent: &[Vec<Value>],
+    restart: impl Fn() -> Meterd,
+) {
+    for (host, events) in sent.iter().enumerate() {
+        let (first, second) = events.split_at(events.len() / 2);
+        let replies = meterds[host].as_ref().unwrap().send(first);
+        assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
+        if host == 1 {
+            meterds[1].take().unwrap().kill9();
+            meterds[1] = Some(restart());
+            let replies = meterds[1].as_ref().unwrap().send(events);
+            assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
+            assert_eq!(replies.iter().filter(|r| r["duplicate"] == true).count(), first.len());
+        } else {
+            let replies = meterds[host].as_ref().unwrap().send(second);
+            assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
+        }
     }
 }
 
