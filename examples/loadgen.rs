@@ -5,7 +5,8 @@
 //! The same event stream goes either to meterd's socket (`--socket`) or, as
 //! `HINCRBY usage:<customer>:<dimension>:<hour> <tagset> <quantity>`, to a Redis server running
 //! with `appendfsync always` (`--redis HOST:PORT`). Events cycle through C customers × K dimensions
-//! × T tag sets (`--customers`, `--dimensions`, `--tag-sets`).
+//! × T tag sets (`--customers`, `--dimensions`, `--tag-sets`), and with `--products N` each names
+//! one of N products (`prod-bench-0`…).
 //!
 //! `--ids` puts an idempotency id on every event, as the client libraries (clients/python, go,
 //! node) add one when the application gives none: 16 bytes as 32 lowercase hex digits. Ids are
@@ -67,6 +68,7 @@ fn main() {
         customers: args.number("--customers", 1000),
         dimensions: args.number("--dimensions", 4),
         tag_sets: args.number("--tag-sets", 8),
+        products: args.number("--products", 0),
     };
     let pid = args.value("--pid", "");
     let resend = args.0.iter().any(|a| a == "--resend");
@@ -176,27 +178,34 @@ fn main() {
     }
 }
 
-/// The event stream: customer, dimension and tag set cycle independently.
+/// The event stream: customer, dimension, tag set and product cycle independently.
 struct Mix {
     customers: u64,
     dimensions: u64,
     tag_sets: u64,
+    /// With N > 0, each event names `product_code` `prod-bench-0` … `prod-bench-{N-1}`.
+    products: u64,
 }
 
 impl Mix {
     /// Up to 2^20 distinct request lines, ready to write.
     fn lines(&self, target: &Target) -> Vec<Vec<u8>> {
         let hour = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() / 3600 * 3600;
-        let distinct = (self.customers * self.dimensions * self.tag_sets).clamp(1, 1 << 20);
+        let combos = self.customers * self.dimensions * self.tag_sets;
+        let distinct = (combos * self.products.max(1)).clamp(1, 1 << 20);
         (0..distinct)
             .map(|i| {
                 let customer = 100_000_000_000 + i % self.customers;
                 let dimension = format!("dim{}", i / self.customers % self.dimensions);
                 let tags = format!("t{}", i / (self.customers * self.dimensions) % self.tag_sets);
                 let quantity = 1 + i % 3;
+                let product = match self.products {
+                    0 => String::new(),
+                    n => format!("\"product_code\":\"prod-bench-{}\",", i / combos % n),
+                };
                 match target {
                     Target::Meterd(_) => format!(
-                        "{{\"customer_aws_account_id\":\"{customer}\",\"dimension\":\"{dimension}\",\"quantity\":{quantity},\"tags\":{{\"set\":\"{tags}\"}}}}\n"
+                        "{{{product}\"customer_aws_account_id\":\"{customer}\",\"dimension\":\"{dimension}\",\"quantity\":{quantity},\"tags\":{{\"set\":\"{tags}\"}}}}\n"
                     )
                     .into_bytes(),
                     Target::Redis(_) => {

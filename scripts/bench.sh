@@ -26,6 +26,8 @@
 #   BENCH_ONLY=restart                only the restart section: two kill -9 restarts at 1,000,000
 #                                     open keys (checkpoint_interval 1s and 60s); its lines go to
 #                                     target/bench/results-restart.txt
+#   BENCH_ONLY=products               only the products section: one product against two, and
+#                                     against BENCH_BASELINE (another meterd build) when set
 #   BENCH_METERD                      the meterd binary to measure (default target/release/meterd,
 #                                     built first): another build, to compare two in turn
 #   BENCH_IDS (default 10000000)      unique ids sent in the id section's ladder
@@ -38,7 +40,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${BENCH_SECONDS:-10}
 only=${BENCH_ONLY:-}
-case "$only" in "" | ids | restart) ;; *) echo "BENCH_ONLY must be ids, restart or unset" >&2; exit 2 ;; esac
+case "$only" in "" | ids | restart | products) ;; *) echo "BENCH_ONLY must be ids, restart, products or unset" >&2; exit 2 ;; esac
 out=target/bench
 mkdir -p "$out" docs/img
 cargo build --release --locked --bin meterd --example loadgen
@@ -107,6 +109,7 @@ kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$2/status"; }
 data_kib() { { du -sk "$1" 2>/dev/null || true; } | cut -f1; }
 # The mean of numbers on stdin, separated by spaces.
 mean() { tr ' ' '\n' | awk 'NF { s += $1; n++ } END { printf "%.0f", s / n }'; }
+rate() { sed -E 's/.*events_per_sec=([0-9]+).*/\1/' <<<"$1"; }
 field() { sed -nE "s/(^|.* )$1=([^ ]+).*/\2/p" <<<"$2"; }
 # settle PID: 3 s, then until the process used under 10 % of a core for half a second (the
 # checkpoints that store the last run's ids are done), for at most 2 minutes.
@@ -255,9 +258,63 @@ replay_section() {
     done
 }
 
+# Several products: the running build with one product and with two, and (BENCH_BASELINE naming
+# another meterd build) that build with one, in turn over three rounds: ingest at 32 x 64 (1,000
+# customers x 4 dimensions x 8 tag sets) and at 8 x 64 with 1,000,000 open keys (split over the
+# products), with the RSS after.
+products_section() {
+    local round variant port k rate open rss saved=$meterd
+    local two='[{ code = "prod-bench-0" }, { code = "prod-bench-1" }]'
+    declare -A prod_rates
+    for round in 1 2 3; do
+        for variant in one two ${BENCH_BASELINE:+baseline}; do
+            local settings=() products=()
+            meterd=$saved
+            case $variant in
+                two) settings=(METERD_AWS__PRODUCT_CODE= "METERD_AWS__PRODUCTS=$two") products=(--products 2) ;;
+                baseline) meterd=$BENCH_BASELINE ;;
+            esac
+            port=$(free_port)
+            rm -rf "$dir/products"
+            start_meterd products "$port" "${settings[@]}"
+            k=$("$loadgen" --socket "$dir/products/meterd.sock" --connections 32 --depth 64 --seconds "$seconds" \
+                --pid "$pid" "${products[@]}")
+            rate=$(rate "$k")
+            prod_rates[$variant-32x64]+=" $rate"
+            echo "products round=$round variant=$variant level=32x64 events_per_sec=$rate" | tee -a "$results"
+            kill -TERM "$pid"
+            wait "$pid" || true
+            port=$(free_port)
+            rm -rf "$dir/products"
+            start_meterd products "$port" "${settings[@]}"
+            k=$("$loadgen" --socket "$dir/products/meterd.sock" --connections 8 --depth 64 \
+                --customers $((250000 / ${products[1]:-1})) --dimensions 4 --tag-sets 1 --events 2000000 \
+                --seconds 120 --pid "$pid" "${products[@]}")
+            sleep 3
+            open=$(curl -s "127.0.0.1:$port/metrics" | awk '/^meterd_records\{state="open"\}/ { print $2 }')
+            rate=$(rate "$k") rss=$(rss_mib "$pid")
+            prod_rates[$variant-keys]+=" $rate"
+            echo "products round=$round variant=$variant level=1000000keys keys_open=$open events_per_sec=$rate rss_mib=$rss" \
+                | tee -a "$results"
+            kill -TERM "$pid"
+            wait "$pid" || true
+        done
+    done
+    meterd=$saved
+    for variant in one two ${BENCH_BASELINE:+baseline}; do
+        echo "products variant=$variant mean_32x64=$(mean <<<"${prod_rates[$variant-32x64]}") mean_1000000keys=$(mean <<<"${prod_rates[$variant-keys]}")" \
+            | tee -a "$results"
+    done
+}
+
 echo "== machine"
 echo "$(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -r), $(date -u +%F)"
 "$loadgen" --fsync-probe "$dir" --seconds 3 | tee -a "$results"
+if [ "$only" = products ]; then
+    products_section
+    echo "results in $results"
+    exit 0
+fi
 if [ "$only" = restart ]; then
     replay_section
     echo "results in $results"
@@ -283,7 +340,6 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir/redis" --appendon
 redis=$!
 pids+=("$redis")
 for _ in $(seq 200); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.025; done
-rate() { sed -E 's/.*events_per_sec=([0-9]+).*/\1/' <<<"$1"; }
 # 1 x 1 is bound by the device's flush latency, which drifts from minute to minute on a virtual
 # disk: the raw probe, meterd and Redis take turns in five short rounds, and each figure is the
 # mean of its rounds (every round's line is in target/bench/rounds.txt).
