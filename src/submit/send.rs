@@ -178,18 +178,19 @@ impl<A: MeteringApi> Submitter<A> {
         let code = failure.code().unwrap_or("error").to_string();
         let halves = |keys: &mut Vec<QueueKey>| keys.split_off(keys.len() / 2);
         match disposition {
+            // Paused first, then said: whoever reads the log line finds readiness saying so too.
             Disposition::Pause => {
+                self.pause(failure.to_string());
                 tracing::error!(
                     error = %failure,
                     pause_secs = self.settings.pause.as_secs(),
                     "submission paused: the service refuses meterd's configuration or credentials; records are kept"
                 );
-                self.pause(failure.to_string());
                 return Next::Paused;
             }
             Disposition::Isolate if self.systemic.as_deref() == Some(code.as_str()) => {
-                tracing::error!(%code, records = keys.len(), "the batch is still refused with {code}; submission stays paused");
                 self.pause(format!("every record of a batch is refused alone with {code}: {failure}"));
+                tracing::error!(%code, records = keys.len(), "the batch is still refused with {code}; submission stays paused");
                 return Next::Paused;
             }
             _ => self.resume(),
@@ -242,6 +243,12 @@ impl<A: MeteringApi> Submitter<A> {
         let Some(first) = refused.first() else { return };
         if batch > 1 && refused.len() == batch && refused.iter().all(|r| r.code == first.code) {
             let code = first.code.clone();
+            for refusal in &refused {
+                if let Some(entry) = self.queue.get_mut(&refusal.key) {
+                    entry.last_error = Some(refusal.message.clone());
+                }
+            }
+            self.pause(format!("every record of a batch is refused alone with {code}: {}", first.message));
             tracing::error!(
                 %code,
                 records = batch,
@@ -250,12 +257,6 @@ impl<A: MeteringApi> Submitter<A> {
                 "every record of a batch was refused alone with the same error: a configuration problem \
                  (clock skew, a dimension missing from the listing), not the records'; submission paused, records are kept"
             );
-            for refusal in &refused {
-                if let Some(entry) = self.queue.get_mut(&refusal.key) {
-                    entry.last_error = Some(refusal.message.clone());
-                }
-            }
-            self.pause(format!("every record of a batch is refused alone with {code}: {}", first.message));
             self.systemic = Some(code);
             return;
         }
