@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 pub mod daemon;
 pub mod pg;
 pub mod proxy;
+pub mod sqs;
 
 pub const REGION: &str = "us-east-1";
 pub const SECRET: &str = "emulator-test-secret";
