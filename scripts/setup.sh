@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need when it is missing, on Debian or Ubuntu: the Python venv (boto3,
-# pytest) and the Debian packages the suites use. Called by scripts/test.sh (`tests`) and
+# pytest, moto's SQS server) and the Debian packages the suites use. Called by scripts/test.sh (`tests`) and
 # .ci/run (`ci`: also what scripts/package-check.sh needs). As root it installs with apt-get;
 # otherwise it names the missing packages and the command that installs them, and fails.
 #
@@ -17,8 +17,8 @@ case "$what" in tests | ci) ;; *) echo "usage: scripts/setup.sh [tests|ci]" >&2;
 root=false
 [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null && root=true
 
-if ! .venv/bin/python -c "import boto3, pytest" 2>/dev/null; then
-    echo "== creating .venv with boto3 and pytest"
+if ! .venv/bin/python -c "import boto3, pytest, moto.server" 2>/dev/null; then
+    echo "== creating .venv with boto3, pytest and moto"
     if ! python3 -m venv .venv; then
         # Debian's python3 makes venvs only with python3-venv.
         if ! $root; then

@@ -26,6 +26,7 @@ pub mod ingest;
 pub mod journal;
 pub mod listen;
 pub mod model;
+pub mod notifications;
 pub mod outbox;
 pub mod submit;
 pub mod systemd;

@@ -70,6 +70,17 @@ enum Command {
         #[arg(long, conflicts_with = "customer")]
         all: bool,
     },
+    /// One customer: its subscription lifecycle as notifications reported it, its open hours and
+    /// its sealed records by state.
+    Customer {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The customer's AWS account id or customer identifier.
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fleet mode: the hosts, the submitter lease, hours waiting and for whom, records by state
     /// and late partials, read from the fleet's PostgreSQL.
     Fleet {
@@ -277,6 +288,7 @@ fn main() -> ExitCode {
         Command::Flush { target, customer, product_code, all: _ } => {
             with_target(target, |t| admin::flush(t, customer, product_code))
         }
+        Command::Customer { target, id, json } => with_target(target, |t| admin::customer(t, &id, json)),
         Command::CheckConfig { config, sandbox } => admin::check_config(config.as_deref(), sandbox),
         Command::ResolveCustomer { token, config, json } => {
             with_config(config, |config| admin::resolve_customer(config, &token, json))

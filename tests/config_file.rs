@@ -69,6 +69,12 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ("fleet", "close_after", r#""15m""#),
     ("fleet", "host_timeout", r#""3m""#),
     ("fleet", "lease_ttl", r#""20s""#),
+    ("notifications", "queue_url", r#""https://sqs.us-east-1.amazonaws.com/123456789012/meterd""#),
+    ("notifications", "region", r#""eu-west-1""#),
+    ("notifications", "endpoint_url", r#""https://sqs.vpce.example""#),
+    ("notifications", "wait_time", r#""5s""#),
+    ("notifications", "batch_size", "5"),
+    ("notifications", "visibility_timeout", r#""2m""#),
     ("shutdown", "grace", r#""3s""#),
 ];
 

@@ -7,9 +7,11 @@
 //! through the submit loop, which owns their states; a flush goes to the commit stage, which owns
 //! the open hours; reads scan the outbox.
 
+mod customer;
 mod server;
 mod view;
 
+pub use customer::{CustomerView, OpenView};
 pub use server::{AdminServer, serve};
 pub use view::{
     RecordView, Selection, StatusReport, offline_status, record_id, select, select_by, time_text,
@@ -45,6 +47,10 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         product_code: Option<String>,
     },
+    /// One customer's lifecycle, open hours and sealed records (`meterd customer`).
+    Customer {
+        id: String,
+    },
 }
 
 impl Request {
@@ -61,9 +67,11 @@ impl Request {
                 matches!(stored.state, RecordState::Accepted { .. })
                     && (*since..*until).contains(&stored.record.key.hour)
             }
-            Request::Status | Request::DlqRetry { .. } | Request::DlqDrop { .. } | Request::Flush { .. } => {
-                false
-            }
+            Request::Status
+            | Request::DlqRetry { .. }
+            | Request::DlqDrop { .. }
+            | Request::Flush { .. }
+            | Request::Customer { .. } => false,
         }
     }
 }
@@ -74,6 +82,7 @@ impl Request {
 pub enum Line {
     Record { record: Box<RecordView> },
     Status { ok: bool, status: Box<StatusReport> },
+    Customer { ok: bool, customer: Box<CustomerView> },
     Count { ok: bool, count: usize },
     Error { ok: bool, error: String },
 }

@@ -45,6 +45,8 @@ pub struct AdminServer {
     pub max_connections: usize,
     /// Fleet mode: this host's id, and the database whose dead letters `dlq list` adds.
     pub fleet: Option<(String, crate::fleet::db::Target)>,
+    /// The notification consumer's state and ledger, when it is on.
+    pub notifications: Option<Arc<crate::notifications::Shared>>,
 }
 
 /// Answers admin connections until `cancel`, then removes the socket file if it is still the one
@@ -137,7 +139,25 @@ impl AdminServer {
             Request::DlqRetry { selection } => self.change(selection, true, uid).await,
             Request::DlqDrop { selection } => self.change(selection, false, uid).await,
             Request::Flush { customer, product_code } => self.flush(customer, product_code).await,
+            Request::Customer { id } => self.customer(id).await,
         }
+    }
+
+    /// One customer: its lifecycle, its open records (asked of the commit stage) and its sealed
+    /// records by state.
+    async fn customer(&self, id: String) -> Vec<Line> {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Open { customer: id.clone(), reply }).await.is_err() {
+            return vec![Line::error("meterd is stopping")];
+        }
+        let Ok(open) = answer.await else { return vec![Line::error("meterd is stopping")] };
+        let sealed = match self.scan().await {
+            Ok(records) => records,
+            Err(err) => return vec![Line::error(err.to_string())],
+        };
+        let lifecycle = self.notifications.as_ref().map(|n| n.customer(&id));
+        let view = super::CustomerView::new(&id, lifecycle, open, &sealed);
+        vec![Line::Customer { ok: true, customer: Box::new(view) }]
     }
 
     /// Seals the matching open hours now; answers how many records were sealed.
@@ -295,6 +315,7 @@ impl AdminServer {
         report.not_ready = snapshot.not_ready;
         report.registration = snapshot.registration;
         report.outbox_bytes = self.outbox.size_on_disk().unwrap_or(0);
+        report.notifications = self.notifications.as_ref().map(|n| n.report(&self.ctx));
         report.add_archive(self.outbox.archive_totals());
         report
     }

@@ -234,6 +234,9 @@ pub struct StatusReport {
     /// Pending records by product code ([`Scope::product_label`]).
     #[serde(default)]
     pub pending_by_product: BTreeMap<String, u64>,
+    /// The notification consumer, when it is on (running only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<crate::notifications::ConsumerReport>,
 }
 
 /// The oldest sealed record not yet settled.
@@ -301,6 +304,7 @@ impl StatusReport {
             registration: None,
             fleet_host_id: None,
             pending_by_product,
+            notifications: None,
         }
     }
 
@@ -351,6 +355,9 @@ impl StatusReport {
             Some((outcome, at)) => out.push_str(&format!("last submission: {outcome} at {at}\n")),
             None if self.running => out.push_str("last submission: none since start\n"),
             None => {}
+        }
+        if let Some(n) = &self.notifications {
+            out.push_str(&notifications_text(n));
         }
         if self.running {
             match &self.paused {
@@ -415,4 +422,32 @@ pub fn offline_status(
     report.outbox_bytes = outbox_bytes;
     report.add_archive(archive);
     Ok(report)
+}
+
+/// The notification consumer's lines of `meterd status`.
+fn notifications_text(n: &crate::notifications::ConsumerReport) -> String {
+    let mut out = match (n.state.as_str(), &n.last_error) {
+        ("failing", Some(error)) => format!(
+            "notifications: FAILING ({}): {error}
+",
+            n.queue_url
+        ),
+        (state, _) => format!(
+            "notifications: {state} ({})
+",
+            n.queue_url
+        ),
+    };
+    let last = match (&n.last_message, n.lag_secs) {
+        (Some(at), Some(lag)) => format!("{at} (lag {lag}s)"),
+        _ => "none since start".into(),
+    };
+    let counts: Vec<String> = n.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    out.push_str(&format!("  last message: {last}; {}\n", counts.join(", ")));
+    if let Some((id, why)) = &n.last_invalid {
+        out.push_str(&format!("  last message not acted on: {id}: {why}\n"));
+    }
+    let customers: Vec<String> = n.customers.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    out.push_str(&format!("  customers: {}\n", customers.join(", ")));
+    out
 }

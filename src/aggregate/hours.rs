@@ -481,6 +481,12 @@ impl Aggregator {
         self.frozen.forget_before(hour_of(now - self.rules.deadline) - 3600);
     }
 
+    /// The open records `matches` picks, as they stand (`meterd customer`).
+    pub fn open_records_of(&self, matches: impl Fn(&RecordKey) -> bool) -> Vec<SealedRecord> {
+        let chosen = self.open.select(|k| matches(&self.open.record_key(k)));
+        chosen.iter().filter_map(|k| self.open.buckets.get(k).map(|b| self.open.totals(k, b))).collect()
+    }
+
     /// Seals the open records `matches` picks now, whatever their hour (`meterd flush`). Their
     /// keys' hours are frozen like any sealed one: later events for them are late.
     pub fn seal_now(&mut self, matches: impl Fn(&RecordKey) -> bool) -> usize {

@@ -287,7 +287,7 @@ pub struct Prepared {
 /// The open records.
 #[derive(Debug, Default)]
 pub struct OpenHours {
-    buckets: KeyTable<OpenKey, Bucket, foldhash::fast::RandomState, CacheLine>,
+    pub(super) buckets: KeyTable<OpenKey, Bucket, foldhash::fast::RandomState, CacheLine>,
     interned: Interned,
     changed: Changed,
     /// Records closed so far: a key prepared before a record closed may name numbers freed
@@ -521,7 +521,7 @@ impl OpenHours {
     }
 
     /// The record `open` holds so far, allocations sorted by tag set.
-    fn totals(&self, open: &OpenKey, bucket: &Bucket) -> SealedRecord {
+    pub(super) fn totals(&self, open: &OpenKey, bucket: &Bucket) -> SealedRecord {
         let mut allocations: Vec<Allocation> = bucket
             .each_tag_set(&self.interned.lists)
             .filter(|(id, _)| *id != u32::MAX)

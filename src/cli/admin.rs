@@ -312,6 +312,31 @@ pub fn flush(target: &Target, customer: Option<String>, product_code: Option<Str
     }
 }
 
+/// `meterd customer ID [--json]`: needs the running daemon, which holds the open hours and the
+/// notification consumer's ledger.
+pub fn customer(target: &Target, id: &str, json: bool) -> ExitCode {
+    match target.ask(&Request::Customer { id: id.to_string() }) {
+        Ok(Some(lines)) => match lines.into_iter().last() {
+            Some(Line::Customer { customer, .. }) => {
+                let text = if json {
+                    serde_json::to_string_pretty(&customer).expect("a view encodes") + "\n"
+                } else {
+                    customer.text()
+                };
+                let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                ExitCode::SUCCESS
+            }
+            Some(Line::Error { error, .. }) => fail(error),
+            _ => fail("meterd gave no answer"),
+        },
+        Ok(None) => fail(format!(
+            "meterd is not running (no admin socket at {}); only a running meterd holds open hours",
+            target.socket.display()
+        )),
+        Err(err) => fail(err),
+    }
+}
+
 /// `meterd receipts export --since … --until …`: accepted records whose hour starts in the range,
 /// printed as they arrive (from the daemon, or read from the archive and sled of a stopped one).
 pub fn receipts_export(target: &Target, since: i64, until: i64, format: Format) -> ExitCode {

@@ -69,6 +69,11 @@ pub enum Command {
         every_hour: bool,
         reply: oneshot::Sender<usize>,
     },
+    /// The open records of this customer (any product), as they stand (`meterd customer`).
+    Open {
+        customer: String,
+        reply: oneshot::Sender<Vec<crate::aggregate::SealedRecord>>,
+    },
 }
 
 /// How many ids ahead of the one being checked the commit thread reads where the id store will
@@ -313,6 +318,12 @@ impl Committer {
                     tracing::info!(customer = ?customer, product = ?product, records = sealed, every_hour, "open hours flushed: sealed now and submitted next");
                     self.flushed.push((reply, sealed));
                     tick = true;
+                }
+                Command::Open { customer, reply } => {
+                    let _ = reply.send(self.aggregator.open_records_of(|key| match &key.customer {
+                        Customer::AwsAccountId(id) | Customer::Identifier(id) => *id == customer,
+                        Customer::Caller => false,
+                    }));
                 }
                 Command::Submit(submission) => {
                     events += submission.events.len();

@@ -18,6 +18,7 @@ impl Config {
         out.extend(self.submit_problems());
         out.extend(self.other_problems());
         out.extend(self.fleet_problems());
+        out.extend(self.notification_problems());
         out.extend(self.whole_second_problems());
         out
     }
@@ -33,6 +34,8 @@ impl Config {
             ("fleet.close_after", Some(self.fleet.close_after)),
             ("fleet.host_timeout", Some(self.fleet.host_timeout)),
             ("fleet.lease_ttl", Some(self.fleet.lease_ttl)),
+            ("notifications.wait_time", Some(self.notifications.wait_time)),
+            ("notifications.visibility_timeout", Some(self.notifications.visibility_timeout)),
         ];
         let fractional = counted_in_seconds.into_iter().filter_map(|(key, value)| Some((key, value?)));
         fractional
@@ -58,6 +61,42 @@ impl Config {
                 .into(),
         ];
         Err(super::ConfigError { problems })
+    }
+
+    /// `[notifications]`, when the consumer is on: SQS's own limits, and the modes it serves.
+    fn notification_problems(&self) -> Vec<String> {
+        let n = &self.notifications;
+        let mut out = Vec::new();
+        if !self.notifications() {
+            return out;
+        }
+        if !(n.queue_url.starts_with("https://") || n.queue_url.starts_with("http://")) {
+            out.push(format!("notifications.queue_url {:?} must be the queue's URL (https://sqs.<region>.amazonaws.com/<account>/<name>)", n.queue_url));
+        }
+        if n.wait_time > Duration::from_secs(20) {
+            out.push(format!(
+                "notifications.wait_time ({}) must be at most 20s (SQS's longest poll)",
+                crate::duration::format(n.wait_time)
+            ));
+        }
+        if !(1..=10).contains(&n.batch_size) {
+            out.push(format!("notifications.batch_size {} must be 1 to 10 (SQS's limit)", n.batch_size));
+        }
+        if n.visibility_timeout < Duration::from_secs(10)
+            || n.visibility_timeout > Duration::from_secs(12 * 3600)
+        {
+            out.push(format!(
+                "notifications.visibility_timeout ({}) must be 10s to 12h: long enough to seal and make a flush durable, and within SQS's limit",
+                crate::duration::format(n.visibility_timeout)
+            ));
+        }
+        if self.aws.mode == Mode::MeterUsage {
+            out.push("notifications.queue_url needs aws.mode = \"batch\": subscription notifications are about SaaS customers, billed with BatchMeterUsage".into());
+        }
+        if self.fleet() {
+            out.push("notifications.queue_url is not supported in fleet mode yet: a notification must act on every host's partials (set it on single-host meterd only)".into());
+        }
+        out
     }
 
     /// `[fleet]`, when fleet mode is on.

@@ -321,6 +321,25 @@ settings! {
         #[serde(with = "crate::duration::serde")]
         lease_ttl: Duration = Duration::from_secs(30), duration, restart;
     }
+    [notifications] NotificationsConfig {
+        /// The SQS queue that receives AWS Marketplace's subscription and agreement notifications
+        /// (the SNS topics subscribed to it, or an EventBridge rule targeting it); the consumer is
+        /// on when it is set. docs/notifications.md.
+        queue_url: String = String::new(), value, restart;
+        /// The queue's region; empty = `aws.region`.
+        region: String = String::new(), value, restart;
+        /// Endpoint override for SQS (a VPC endpoint, tests); empty = the SDK's default endpoint.
+        endpoint_url: String = String::new(), value, restart;
+        /// How long one ReceiveMessage long-polls (0 to 20 seconds).
+        #[serde(with = "crate::duration::serde")]
+        wait_time: Duration = Duration::from_secs(20), duration, restart;
+        /// Messages asked for per ReceiveMessage (1 to 10).
+        batch_size: i32 = 10, value, restart;
+        /// How long a received message stays hidden from other consumers while meterd applies
+        /// it; one not deleted by then (its effect failed, or meterd stopped) is delivered again.
+        #[serde(with = "crate::duration::serde")]
+        visibility_timeout: Duration = Duration::from_secs(60), duration, restart;
+    }
     [shutdown] ShutdownConfig {
         #[serde(with = "crate::duration::serde")]
         grace: Duration = Duration::from_secs(10), duration, restart;
@@ -389,6 +408,11 @@ impl Config {
     /// `submit.deadline`, or the operation's own window when it is unset.
     pub fn deadline(&self) -> Duration {
         self.submit.deadline.unwrap_or_else(|| self.max_deadline())
+    }
+
+    /// Whether the notification consumer is on (`notifications.queue_url` set).
+    pub fn notifications(&self) -> bool {
+        !self.notifications.queue_url.is_empty()
     }
 
     /// Whether fleet mode is on.
@@ -586,6 +610,31 @@ mod tests {
                 "fleet.host_timeout (2s500ms) must be a whole number of seconds: meterd counts it in seconds",
             ]
         );
+    }
+
+    #[test]
+    fn notifications_are_checked_against_sqs_limits_and_the_modes_they_serve() {
+        let config =
+            load_toml("[notifications]\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/1/q\"").unwrap();
+        assert!(config.notifications());
+        assert_eq!(config.notifications.wait_time, Duration::from_secs(20));
+        let err = load_toml(
+            "[aws]\nmode = \"meter_usage\"\nproduct_code = \"p\"\n[fleet]\ndatabase_url = \"postgres://h/db\"\n\
+             [notifications]\nqueue_url = \"q\"\nwait_time = \"30s\"\nbatch_size = 11\nvisibility_timeout = \"1500ms\"",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for expected in [
+            "notifications.queue_url \"q\" must be the queue's URL",
+            "notifications.wait_time (30s) must be at most 20s",
+            "notifications.batch_size 11 must be 1 to 10",
+            "notifications.visibility_timeout (1s500ms) must be 10s to 12h",
+            "notifications.queue_url needs aws.mode = \"batch\"",
+            "notifications.queue_url is not supported in fleet mode yet",
+            "notifications.visibility_timeout (1s500ms) must be a whole number of seconds",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! change while running (`reload.rs`).
 
 mod fleet;
+mod notifications;
 mod reload;
 mod supervise;
 mod watchdog;
@@ -163,6 +164,8 @@ pub struct Running<A> {
     /// Where the shutdown sends a flush of every open hour (fleet mode: partials are summed, so a
     /// host that stops seals its hours now and ships them).
     flush_on_stop: Option<mpsc::Sender<commit::Command>>,
+    /// The notification consumer's ledger and state, when `notifications.queue_url` is set.
+    notifications: Option<Arc<crate::notifications::Shared>>,
 }
 
 /// Completes once `registered` turns true; never if it cannot any more.
@@ -230,6 +233,7 @@ pub async fn start<A: MeteringApi + Clone + 'static>(
         registered,
         fleet,
         flush_on_stop: None,
+        notifications: None,
     };
     let (metrics, health) = (running.ctx.metrics.clone(), running.ctx.health.clone());
     let limits = metrics::HttpLimits {
@@ -313,7 +317,10 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
                 self.stops.submit.clone(),
             );
             self.supervisor.spawn_unit("submit", submit);
-            if config.aws.mode == Mode::MeterUsage {
+            if self.config.notifications() {
+                self.spawn_notifications(commands.clone(), controls.clone())?;
+            }
+            if self.config.aws.mode == Mode::MeterUsage {
                 // Each instance, task or pod is its own customer: a stopping one reports its
                 // current hour now instead of losing it at scale-in.
                 self.flush_on_stop = Some(commands.clone());
@@ -364,6 +371,7 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
             deadline: secs(config.deadline()),
             max_connections: config.admin.max_connections,
             fleet: self.fleet.as_ref().map(|f| (f.settings.host_id.clone(), f.target.clone())),
+            notifications: self.notifications.clone(),
         };
         self.supervisor.spawn_unit("admin", admin::serve(admin, front.admin_listener, intake.clone()));
         if let Some(reload) = front.reload {
@@ -533,7 +541,9 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
         let drained = tokio::time::timeout(grace, async {
             self.stops.intake.cancel();
             trouble.extend(
-                self.supervisor.wait_for(&["ingest", "http", "admin", "reload", "watchdog", "ticker"]).await,
+                self.supervisor
+                    .wait_for(&["ingest", "http", "admin", "reload", "watchdog", "ticker", "notifications"])
+                    .await,
             );
             if let Some(commands) = self.flush_on_stop.take() {
                 flush_open_hours(commands, self.fleet.is_some()).await;

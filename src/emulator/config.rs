@@ -81,6 +81,11 @@ pub struct Catalogue {
     /// Customers (AWS account ids or legacy customer identifiers) with an active subscription;
     /// records for anyone else get `CustomerNotSubscribed`.
     pub subscribed_customers: Option<Vec<String>>,
+    /// Subscriptions over time, per customer: the instants (epoch seconds, the emulator's clock)
+    /// its subscription starts or ends. A record sent at an instant is taken when the customer's
+    /// last change at or before it is a start; before its first change, `subscribed_customers`
+    /// decides. `POST /_emulator/subscriptions` adds one.
+    pub subscription_changes: BTreeMap<String, Vec<SubscriptionChange>>,
     /// Access key ids allowed to call the API at all (IAM); others get `AccessDeniedException`,
     /// or `UnauthorizedException` for a MeterUsage `DryRun`.
     pub authorized_callers: Option<Vec<String>>,
@@ -109,6 +114,7 @@ impl Default for Catalogue {
             licenses: None,
             dimensions: None,
             subscribed_customers: None,
+            subscription_changes: BTreeMap::new(),
             authorized_callers: None,
             entitled_callers: None,
             disabled_operations: Vec::new(),
@@ -118,6 +124,27 @@ impl Default for Catalogue {
             register_regions: None,
             registration_tokens: BTreeMap::new(),
         }
+    }
+}
+
+/// A customer's subscription starting (`subscribed: true`) or ending at `at`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionChange {
+    pub at: i64,
+    pub subscribed: bool,
+}
+
+impl Catalogue {
+    /// Whether `customer` is subscribed at `now`: its last change at or before `now`, else
+    /// `subscribed_customers`.
+    pub fn subscribed(&self, customer: &str, now: i64) -> bool {
+        let last = self.subscription_changes.get(customer).and_then(|changes| {
+            changes.iter().filter(|c| c.at <= now).max_by_key(|c| c.at).map(|c| c.subscribed)
+        });
+        last.unwrap_or_else(|| {
+            self.subscribed_customers.as_ref().is_none_or(|list| list.iter().any(|c| c == customer))
+        })
     }
 }
 
@@ -184,5 +211,25 @@ impl EmulatorConfig {
             problems.push("catalogue.public_key_version must be at least 1".to_string());
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems.join("; "))) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscription_ends_and_starts_again_at_given_instants() {
+        let mut catalogue =
+            Catalogue { subscribed_customers: Some(vec!["a".into()]), ..Catalogue::default() };
+        let change = |at, subscribed| SubscriptionChange { at, subscribed };
+        catalogue.subscription_changes.insert("a".into(), vec![change(100, false), change(200, true)]);
+        catalogue.subscription_changes.insert("b".into(), vec![change(50, true)]);
+        assert!(catalogue.subscribed("a", 99));
+        assert!(!catalogue.subscribed("a", 100) && !catalogue.subscribed("a", 199));
+        assert!(catalogue.subscribed("a", 200));
+        assert!(!catalogue.subscribed("b", 49), "before its first change, subscribed_customers decides");
+        assert!(catalogue.subscribed("b", 50));
+        assert!(!catalogue.subscribed("c", 1000));
     }
 }

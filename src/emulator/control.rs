@@ -5,7 +5,7 @@ use hyper::{Method, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::config::Catalogue;
+use super::config::{Catalogue, SubscriptionChange};
 use super::faults::FaultsUpdate;
 use super::service::Service;
 use super::{Body, json_response};
@@ -17,6 +17,7 @@ const ENDPOINTS: &[&str] = &[
     "GET|PUT /_emulator/catalogue",
     "GET|POST|DELETE /_emulator/faults",
     "GET|POST /_emulator/clock",
+    "GET|POST /_emulator/subscriptions",
 ];
 
 #[derive(Deserialize)]
@@ -24,6 +25,16 @@ const ENDPOINTS: &[&str] = &[
 struct ClockUpdate {
     offset_seconds: Option<i64>,
     now: Option<i64>,
+}
+
+/// `POST /_emulator/subscriptions`: a customer's subscription starts or ends at `at` (the
+/// emulator's clock; absent: now).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriptionUpdate {
+    customer: String,
+    subscribed: bool,
+    at: Option<i64>,
 }
 
 /// A refused control call: its status and JSON body.
@@ -70,6 +81,16 @@ fn route(service: &Service, method: &Method, path: &str, body: &[u8]) -> Result<
         (&Method::DELETE, "/_emulator/faults") => {
             service.clear_faults();
             Ok(json!(service.faults()))
+        }
+        (&Method::GET, "/_emulator/subscriptions") => Ok(json!(service.catalogue().subscription_changes)),
+        (&Method::POST, "/_emulator/subscriptions") => {
+            let update = parse::<SubscriptionUpdate>(body)?;
+            let now = service.now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+            let change = SubscriptionChange { at: update.at.unwrap_or(now), subscribed: update.subscribed };
+            let mut catalogue = service.catalogue();
+            catalogue.subscription_changes.entry(update.customer).or_default().push(change);
+            service.set_catalogue(catalogue);
+            Ok(json!(service.catalogue().subscription_changes))
         }
         (&Method::GET, "/_emulator/clock") => Ok(clock(service)),
         (&Method::POST, "/_emulator/clock") => {

@@ -45,7 +45,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-pub use config::{Catalogue, ConfigError, Credential, EmulatorConfig, RegistrationToken};
+pub use config::{Catalogue, ConfigError, Credential, EmulatorConfig, RegistrationToken, SubscriptionChange};
 pub use faults::{Faults, InjectedError};
 pub use service::{AcceptedRecord, RequestLog};
 

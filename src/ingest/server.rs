@@ -342,7 +342,7 @@ impl IngestServer {
 fn submitted(command: Command) -> Vec<Event> {
     match command {
         Command::Submit(submission) => submission.events,
-        Command::Tick | Command::Reconfigure(_) | Command::Flush { .. } => Vec::new(),
+        Command::Tick | Command::Reconfigure(_) | Command::Flush { .. } | Command::Open { .. } => Vec::new(),
     }
 }
 

@@ -7,8 +7,10 @@ mod event;
 mod fields;
 mod key;
 mod modes;
+mod subscriber;
 
 pub use event::{ErrorCode, Event, IdPrint};
 pub use fields::*;
 pub use key::{Customer, MAX_QUANTITY, RecordKey, Scope, TagSet, record_id};
 pub use modes::{DeadReason, LateEvents, Mode};
+pub use subscriber::{Subscriber, license_id};

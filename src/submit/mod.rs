@@ -2,6 +2,7 @@
 //! RegisterUsage at start.
 
 pub mod api;
+mod lifecycle;
 pub mod register;
 #[cfg(test)]
 mod scripted;
@@ -16,6 +17,7 @@ pub use api::{
     ApiFailure, Disposition, MeteringApi, RecordOutcome, Registration, ResolvedCustomer, SdkMeteringApi,
     StripEmptyFields, classify,
 };
+pub use lifecycle::Lifecycle;
 pub use register::{RegisterRequest, RegistrationRefused, register};
 pub use size::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
 pub use store::{Store, StoreError};

@@ -51,8 +51,13 @@ impl<A: MeteringApi> Submitter<A> {
     /// alone. A call is for one product: records of one product code, or of license ARNs (of
     /// one license when several products are configured, see [`super::Settings`]).
     pub(super) fn next_batch(&self, now: Instant) -> Vec<QueueKey> {
-        let mut due = self.queue.iter().filter(|(_, e)| e.next_at <= now);
-        let Some((first_key, first)) = due.next() else { return Vec::new() };
+        let due = || self.queue.iter().filter(move |(_, e)| e.next_at <= now);
+        // Records of an ending subscription go first, and fill the batch first: they have an
+        // hour left. Without one, the queue's order alone (no scan for them).
+        let urgent_on = !self.hastened.is_empty();
+        let urgent = |entry: &Entry| urgent_on && self.hastened(entry);
+        let first = if urgent_on { due().find(|(_, e)| urgent(e)) } else { None };
+        let Some((first_key, first)) = first.or_else(|| due().next()) else { return Vec::new() };
         if first.stored.record.key.customer == Customer::Caller {
             return vec![first_key.clone()];
         }
@@ -61,11 +66,12 @@ impl<A: MeteringApi> Submitter<A> {
         let envelope = envelope_bytes(&first.stored.record);
         let mut size = first.bytes;
         let mut batch = vec![first_key.clone()];
-        for (key, entry) in due {
+        let rest = due().filter(|(_, e)| urgent(e)).chain(due().filter(|(_, e)| !urgent(e)));
+        for (key, entry) in rest {
             if batch.len() == MAX_BATCH_RECORDS {
                 break;
             }
-            if call_group(entry, per_license) != scope {
+            if key == first_key || call_group(entry, per_license) != scope {
                 continue;
             }
             // A record's own size is its request's: the envelope (the same in one scope), the
@@ -212,6 +218,7 @@ impl<A: MeteringApi> Submitter<A> {
             Disposition::Recheck(reason) => {
                 keys.iter()
                     .for_each(|k| self.await_subscription(k, reason, format!("{code}: {}", failure.message)));
+                self.barrier();
             }
             Disposition::Isolate | Disposition::DeadLetter(_) if keys.len() > 1 => {
                 tracing::warn!(records = keys.len(), error = %failure, "batch refused as a whole; splitting it to find the bad records");
@@ -322,7 +329,12 @@ impl<A: MeteringApi> Submitter<A> {
     }
 
     /// The customer is not subscribed (yet): ask again after `submit.subscription_recheck`.
+    /// A customer whose subscription ended (a notification said so): a dead letter at once.
     fn await_subscription(&mut self, key: &QueueKey, reason: DeadReason, answer: String) {
+        if let Some(note) = self.ended_note(key) {
+            self.ctx.metrics.customer.ended_dead_letters.inc();
+            return self.dead_letter(key, reason, format!("{answer}; {note}"));
+        }
         let recheck = self.settings.subscription_recheck;
         let Some(entry) = self.queue.get_mut(key) else { return };
         if entry.awaiting.is_none() {

@@ -34,7 +34,7 @@ use super::store::Store;
 use crate::aggregate::SealedRecord;
 use crate::clock::deadline;
 use crate::context::Context;
-use crate::model::{DeadReason, RecordKey};
+use crate::model::{DeadReason, RecordKey, Subscriber};
 use crate::outbox::{RecordState, StoredRecord};
 
 /// How often settled records older than `storage.retention` are compacted away.
@@ -68,6 +68,8 @@ pub enum Control {
     Drop { keys: Vec<RecordKey>, reply: oneshot::Sender<usize> },
     /// New settings after a reload.
     Reconfigure(Settings),
+    /// A customer's subscription changed (the notification consumer).
+    Lifecycle(super::lifecycle::Lifecycle),
 }
 
 /// A pending record and what the loop knows about it.
@@ -110,6 +112,10 @@ pub struct Submitter<A> {
     /// The hour (of meterd's clock) of the last move to the receipts archive; `None` before the
     /// first, which runs at start.
     archived_hour: Option<i64>,
+    /// Ending subscriptions, whose records go first, each until its instant (`lifecycle.rs`).
+    pub(super) hastened: Vec<(Subscriber, i64)>,
+    /// Ended subscriptions and the note their refused records' dead letters name.
+    pub(super) ended: Vec<(Subscriber, String)>,
 }
 
 impl<A: MeteringApi> Submitter<A> {
@@ -135,6 +141,8 @@ impl<A: MeteringApi> Submitter<A> {
             systemic: None,
             next_compaction: Instant::now(),
             archived_hour: None,
+            hastened: Vec::new(),
+            ended: Vec::new(),
         };
         this.accepted = i64::try_from(this.store.archived_receipts()).expect("receipts fit in i64");
         for stored in records {
@@ -324,6 +332,7 @@ impl<A: MeteringApi> Submitter<A> {
                 let _ = reply.send(dropped);
             }
             Control::Reconfigure(settings) => self.settings = settings,
+            Control::Lifecycle(change) => self.lifecycle(change),
         }
     }
 

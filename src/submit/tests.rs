@@ -63,7 +63,7 @@ struct Loop {
     api: ScriptedApi,
     store: Arc<MemoryStore>,
     sealed: Option<mpsc::UnboundedSender<Vec<StoredRecord>>>,
-    _controls: mpsc::Sender<super::Control>,
+    controls: mpsc::Sender<super::Control>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     start: Instant,
@@ -86,7 +86,7 @@ impl Loop {
         let cancel = CancellationToken::new();
         let task =
             tokio::spawn(submitter.run(sealed_rx, controls_rx, std::future::ready(()), cancel.clone()));
-        Loop { api, store, sealed: Some(sealed), _controls: controls, cancel, task, start: Instant::now() }
+        Loop { api, store, sealed: Some(sealed), controls, cancel, task, start: Instant::now() }
     }
 
     /// The calls so far: seconds after the start (whole), and the customers of each.
@@ -306,5 +306,83 @@ async fn a_customer_not_subscribed_yet_is_checked_again_at_each_recheck_alone_un
         ]
     );
     assert_eq!(untimed(run.states()), [accepted("mr-1"), accepted("mr-1"), accepted("mr-1")]);
+    run.stop().await;
+}
+
+fn subscriber(customer: &str) -> crate::model::Subscriber {
+    crate::model::Subscriber {
+        customers: customers(&[customer]),
+        product: Some("prod-test".into()),
+        license: None,
+    }
+}
+
+impl Loop {
+    /// Sends a lifecycle change and waits for its answer.
+    async fn lifecycle<T>(
+        &self,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> super::Lifecycle,
+    ) -> T {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.controls.send(super::Control::Lifecycle(make(reply))).await.unwrap();
+        answer.await.unwrap()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ending_subscriptions_records_go_ahead_of_the_backlog() {
+    let backlog: Vec<String> = (0..30).map(|n| format!("b{n:02}")).collect();
+    let mut names: Vec<&str> = backlog.iter().map(String::as_str).collect();
+    names.push("zz");
+    let run = Loop::start(ScriptedApi::new([]), &names);
+    let until = NOW + 3600;
+    run.lifecycle(|reply| super::Lifecycle::Hasten { subscriber: subscriber("zz"), until, reply }).await;
+    tokio::time::sleep(10 * SECOND).await;
+    let calls = run.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].1[0], "zz", "the ending customer's record leads the first call: {calls:?}");
+    assert_eq!(calls[0].1.len(), 25);
+    run.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ended_subscriptions_refused_records_are_dead_letters_at_once() {
+    let not_subscribed = || Answer::Each(Box::new(|_| RecordOutcome::CustomerNotSubscribed));
+    let mut run = Loop::start(ScriptedApi::new([not_subscribed(), not_subscribed()]), &["a"]);
+    tokio::time::sleep(SECOND).await;
+    assert_eq!(run.store.states().len(), 1);
+    let note = "the subscription ended (unsubscribe-success notification sns:1)".to_string();
+    let dead =
+        run.lifecycle(|reply| super::Lifecycle::Ended { subscriber: subscriber("a"), note, reply }).await;
+    assert_eq!(dead, 1);
+    // A record sealed later for the same customer is refused once, and is a dead letter at once.
+    let mut later = pending("a");
+    later.record.key.hour = NOW;
+    run.sealed.as_ref().unwrap().send(vec![later]).unwrap();
+    tokio::time::sleep(10 * SECOND).await;
+    assert_eq!(run.calls(), [(0, customers(&["a"])), (1, customers(&["a"]))]);
+    let message = "CustomerNotSubscribed: the customer has no subscription to the product; the subscription ended (unsubscribe-success notification sns:1)";
+    let dead_letter =
+        RecordState::DeadLetter { reason: DeadReason::CustomerNotSubscribed, message: message.into(), at: 0 };
+    assert_eq!(untimed(run.states()), [dead_letter.clone(), dead_letter]);
+    drop(run.sealed.take());
+    tokio::time::timeout(SECOND, &mut run.task).await.expect("nothing is left to re-check").unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscribed_customers_waiting_records_are_sent_now() {
+    let not_subscribed = || Answer::Each(Box::new(|_| RecordOutcome::CustomerNotSubscribed));
+    let run = Loop::start(ScriptedApi::new([not_subscribed(), not_subscribed()]), &["a", "b@prod-b"]);
+    tokio::time::sleep(5 * SECOND).await;
+    let offered =
+        run.lifecycle(|reply| super::Lifecycle::Subscribed { subscriber: subscriber("a"), reply }).await;
+    assert_eq!(offered, 1, "only the waiting record of that customer and product");
+    tokio::time::sleep(SECOND).await;
+    let calls = run.calls();
+    assert_eq!(
+        calls[calls.len() - 1],
+        (5, customers(&["a"])),
+        "sent at once, not after the 600 s re-check: {calls:?}"
+    );
     run.stop().await;
 }

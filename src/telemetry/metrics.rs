@@ -69,6 +69,8 @@ pub struct Metrics {
     pub submission_paused: IntGauge,
     pub records_awaiting_subscription: IntGauge,
     pub fleet: FleetMetrics,
+    pub notifications: NotificationMetrics,
+    pub customer: CustomerMetrics,
 }
 
 /// `meterd_ack_latency_seconds` buckets: a group commit is one device flush, so sub-millisecond.
@@ -227,6 +229,87 @@ impl FleetMetrics {
     }
 }
 
+/// Values of `meterd_notifications_messages_total{outcome}`.
+pub const NOTIFICATION_OUTCOMES: [&str; 4] = ["applied", "duplicate", "ignored", "invalid"];
+/// Values of `meterd_notifications_effects_total{effect}` and `meterd_customer_lifecycle{state}`.
+pub const LIFECYCLE_STATES: [&str; 3] = ["subscribed", "ending", "ended"];
+/// Values of `meterd_notifications_errors_total{operation}`.
+pub const NOTIFICATION_ERRORS: [&str; 3] = ["receive", "delete", "effect"];
+
+/// The notification consumer's metrics (`meterd_notifications_*`, docs/notifications.md).
+pub struct NotificationMetrics {
+    pub messages: IntCounterVec,
+    pub effects: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub enabled: IntGauge,
+    pub receiving: IntGauge,
+    pub last_message: IntGauge,
+    pub lag: IntGauge,
+}
+
+/// Customers' subscription lifecycles as notifications report them (`meterd_customer_*`); counts
+/// only, never a customer id.
+pub struct CustomerMetrics {
+    pub lifecycle: IntGaugeVec,
+    pub final_records: IntCounter,
+    pub ended_dead_letters: IntCounter,
+}
+
+impl NotificationMetrics {
+    fn new(r: &Registrar) -> Self {
+        Self {
+            messages: r.counter_vec(
+                "meterd_notifications_messages_total",
+                "Subscription and agreement notifications read from SQS, by outcome (applied, duplicate, ignored, invalid).",
+                &["outcome"],
+            ),
+            effects: r.counter_vec(
+                "meterd_notifications_effects_total",
+                "Lifecycle changes notifications made, by the state they led to (subscribed, ending, ended).",
+                &["effect"],
+            ),
+            errors: r.counter_vec(
+                "meterd_notifications_errors_total",
+                "Failed SQS calls and effects of the notification consumer, by operation (receive, delete, effect).",
+                &["operation"],
+            ),
+            enabled: r.gauge("meterd_notifications_enabled", "1 when notifications.queue_url is set."),
+            receiving: r.gauge(
+                "meterd_notifications_receiving",
+                "1 while the consumer's last ReceiveMessage succeeded; 0 while SQS is unreachable or refuses it (or the consumer is off).",
+            ),
+            last_message: r.gauge(
+                "meterd_notifications_last_message_timestamp_seconds",
+                "When the consumer last received a message (epoch seconds; 0: none since start).",
+            ),
+            lag: r.gauge(
+                "meterd_notifications_lag_seconds",
+                "For the last message received: seconds from SQS taking it (SentTimestamp) to meterd receiving it.",
+            ),
+        }
+    }
+}
+
+impl CustomerMetrics {
+    fn new(r: &Registrar) -> Self {
+        Self {
+            lifecycle: r.gauge_vec(
+                "meterd_customer_lifecycle",
+                "Subscriptions meterd was told about, by state (subscribed, ending, ended).",
+                &["state"],
+            ),
+            final_records: r.counter(
+                "meterd_customer_final_records_sealed_total",
+                "Records sealed before their hour ended because their customer's subscription is ending.",
+            ),
+            ended_dead_letters: r.counter(
+                "meterd_customer_ended_dead_letters_total",
+                "Records refused CustomerNotSubscribed that became dead letters at once because their subscription ended.",
+            ),
+        }
+    }
+}
+
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let r = Registrar(Registry::new());
@@ -298,6 +381,8 @@ impl Metrics {
                 "Pending records whose customer was not subscribed at the last answer; offered again every submit.subscription_recheck until their deadline.",
             ),
             fleet: FleetMetrics::new(&r),
+            notifications: NotificationMetrics::new(&r),
+            customer: CustomerMetrics::new(&r),
             registry: r.0,
         };
         metrics.prime();
@@ -331,6 +416,16 @@ impl Metrics {
         }
         for result in ["ok", "invalid"] {
             self.config_reloads.with_label_values(&[result]);
+        }
+        for outcome in NOTIFICATION_OUTCOMES {
+            self.notifications.messages.with_label_values(&[outcome]);
+        }
+        for state in LIFECYCLE_STATES {
+            self.notifications.effects.with_label_values(&[state]);
+            self.customer.lifecycle.with_label_values(&[state]).set(0);
+        }
+        for operation in NOTIFICATION_ERRORS {
+            self.notifications.errors.with_label_values(&[operation]);
         }
         for status in SUBMIT_STATUSES {
             self.records_submitted.with_label_values(&[status]);

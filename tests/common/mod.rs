@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod fleet;
 pub mod pg;
 pub mod proxy;
+pub mod sqs;
 
 pub const REGION: &str = "us-east-1";
 pub const SECRET: &str = "emulator-test-secret";

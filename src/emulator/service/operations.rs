@@ -237,7 +237,7 @@ impl State {
                 continue;
             }
             let customer = record.customer().unwrap_or_default();
-            if !contains(&self.catalogue.subscribed_customers, customer) {
+            if !self.catalogue.subscribed(customer, now) {
                 results.push(json!({"UsageRecord": record.raw, "Status": "CustomerNotSubscribed"}));
                 continue;
             }
