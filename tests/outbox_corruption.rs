@@ -273,3 +273,32 @@ fn a_lost_checkpoint_whose_journal_was_removed_is_refused() {
     )];
     run(cases, db_file, 1250);
 }
+
+/// An open-hours chunk whose checksum holds but whose content does not decode (written by a
+/// meterd with another format, say) stops the start, naming it: a start that went on would
+/// checkpoint the open hours without that chunk's records, and they would be gone. Once the
+/// file is fixed (here: put back), everything acknowledged is billed.
+#[test]
+fn an_open_hours_chunk_that_does_not_decode_stops_the_start() {
+    let emu = Emu::start(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let expected = acknowledged_with(dir.path(), &emu, 0);
+    // A clean stop after the kill's replay writes the open hours to their files.
+    let meterd = Launch::new(dir.path(), &emu).start();
+    assert!(meterd.signal("TERM").success());
+    let open_dir = dir.path().join("data/open");
+    let file = std::fs::read_dir(&open_dir).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+    let good = std::fs::read(&file).unwrap();
+    let len = u32::from_le_bytes(good[..4].try_into().unwrap()) as usize;
+    let mut bad = good.clone();
+    bad[8..8 + len].fill(0xff);
+    let crc = crc32c::crc32c(&bad[8..8 + len]);
+    bad[4..8].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&file, &bad).unwrap();
+    let Outcome::Refused(logs) = restart(dir.path(), &emu) else {
+        panic!("started on a chunk it cannot read")
+    };
+    assert!(logs.contains("the open hours cannot be restored"), "{logs}");
+    std::fs::write(&file, &good).unwrap();
+    check("the chunk put back", restart(dir.path(), &emu), &expected, Expect::Recovered, dir.path(), &emu);
+}

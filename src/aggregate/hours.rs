@@ -487,8 +487,10 @@ impl Aggregator {
         chosen.iter().filter_map(|k| self.open.buckets.get(k).map(|b| self.open.totals(k, b))).collect()
     }
 
-    /// Seals the open records `matches` picks now, whatever their hour (`meterd flush`). Their
-    /// keys' hours are frozen like any sealed one: later events for them are late.
+    /// Seals the open records `matches` picks now, whatever their hour (`meterd flush`). On one
+    /// host their keys' hours are frozen like any sealed one: later events for them are late. On
+    /// a fleet host a key's hour is frozen only once the whole hour is sealed: later events count
+    /// in its next generation, shipped as another partial of the same hour.
     pub fn seal_now(&mut self, matches: impl Fn(&RecordKey) -> bool) -> usize {
         let chosen = self.open.select(|k| matches(&self.open.record_key(k)));
         for key in &chosen {

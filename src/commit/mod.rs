@@ -132,49 +132,53 @@ fn stop_after_storage_failure(failed: &AtomicBool, ctx: &Context) {
 }
 
 /// The aggregator as the checkpoint left it, with the log after it replayed, and the number of
-/// events replayed. Unreadable ids stop meterd (what can be restored is, so that the stop is
-/// orderly); a log that cannot be read is an error.
+/// events replayed. Anything that cannot be restored (the remembered ids, an open-hours chunk,
+/// the log) is an error, and meterd does not start: a start that went on would checkpoint what
+/// it has, and the rest would be gone.
 fn restore_aggregator(
-    ctx: &Context,
     recovered: &mut Recovered,
     settings: &CommitSettings,
 ) -> Result<(Aggregator, u64), OutboxError> {
-    let restored = Aggregator::restore(
+    let unrestorable =
+        |what| move |err: std::io::Error| OutboxError::Unrestorable { what, reason: err.to_string() };
+    let mut aggregator = Aggregator::restore(
         settings.rules,
         std::mem::take(&mut recovered.ids),
         std::mem::take(&mut recovered.id_files),
         recovered.meta.sealed_through,
-    );
-    let mut aggregator = restored.unwrap_or_else(|err| {
-        tracing::error!(%err, "the remembered ids are unreadable; stopping");
-        ctx.fail();
-        Aggregator::new(settings.rules)
-    });
+    )
+    .map_err(unrestorable("remembered ids"))?;
     for totals in std::mem::take(&mut recovered.legacy_open) {
         aggregator.restore_open(&totals);
     }
     // One chunk at a time, read from its file, so that a million open records are never held
     // or decoded all at once.
+    let mut undecodable = None;
     std::mem::take(&mut recovered.open_chunks).for_each(|chunk| {
         match crate::outbox::decode_open_chunk(chunk) {
             Ok(totals) => totals.iter().for_each(|t| aggregator.restore_open(t)),
             Err(err) => {
-                tracing::error!(%err, "an open-hours checkpoint chunk is unreadable; stopping");
-                ctx.fail();
+                undecodable.get_or_insert(err);
             }
         }
     })?;
+    if let Some(err) = undecodable {
+        return Err(OutboxError::Unrestorable { what: "open hours", reason: err.to_string() });
+    }
     aggregator.set_heartbeat(settings.heartbeat.clone());
     aggregator.remember_sealed(recovered.records.iter().map(|stored| &stored.record.key));
     // The log streams from the journal's files: never held whole, however long it grew.
+    let mut unreadable = None;
     let replayed = recovered.replay(|admitted| match aggregator.apply(admitted) {
         Ok(()) => true,
         Err(err) => {
-            tracing::error!(%err, "the remembered ids are unreadable; stopping");
-            ctx.fail();
+            unreadable = Some(err);
             false
         }
     })?;
+    if let Some(err) = unreadable {
+        return Err(unrestorable("remembered ids")(err));
+    }
     recovered.legacy_log = Vec::new();
     Ok((aggregator, replayed))
 }
@@ -188,7 +192,7 @@ impl Committer {
         settings: CommitSettings,
         sealed_tx: mpsc::UnboundedSender<Vec<StoredRecord>>,
     ) -> Result<Self, OutboxError> {
-        let (aggregator, replayed) = restore_aggregator(&ctx, recovered, &settings)?;
+        let (aggregator, replayed) = restore_aggregator(recovered, &settings)?;
         tracing::info!(
             open_records = aggregator.open_records(),
             replayed_events = replayed,

@@ -67,6 +67,7 @@ impl Live {
         if !applied.is_empty() {
             let new = &self.config;
             *self.parser.write().expect("parser lock") = Arc::new(parser(new));
+            self.metrics.export_products(new.aws.products().iter().map(|p| p.code.as_str()));
             let _ = self.commands.send(Command::Reconfigure(rules(new))).await;
             let _ = self.controls.send(Control::Reconfigure(settings(new))).await;
             crate::telemetry::set_level(&new.log.level);

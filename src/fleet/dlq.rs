@@ -100,6 +100,9 @@ pub async fn dead_letters(target: &Target) -> Result<Vec<FleetDeadLetter>, DbErr
     Ok(out)
 }
 
+/// The advisory lock that makes dead-letter changes take turns ("meterdlq").
+const DLQ_LOCK: i64 = 0x6d65_7465_7264_6c71;
+
 /// Retries or drops `chosen`, all in one transaction; returns how many were changed (a dead
 /// letter settled meanwhile by someone else is skipped).
 pub async fn apply(
@@ -109,6 +112,10 @@ pub async fn apply(
 ) -> Result<usize, ChangeError> {
     let mut client = target.connect().await?;
     let tx = client.transaction().await?;
+    // One change at a time across the fleet: action ids are handed out at insert and commit in
+    // that order, so the holder, which reads the actions after the highest id it has seen,
+    // never passes over one that commits late.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DLQ_LOCK]).await?;
     let epoch: i64 =
         tx.query_one("SELECT epoch FROM lease WHERE name = 'submitter' FOR SHARE", &[]).await?.get(0);
     let mut changed = 0;

@@ -81,8 +81,11 @@ impl Shipper {
         let every = self.settings.heartbeat_every();
         let mut next_compaction = Instant::now();
         self.ctx.metrics.fleet.backlog.set(self.pending.len() as i64);
+        // The first turn ships (and registers the host again) at once: a host back from a
+        // restart is waited for from its start, not from its first heartbeat, so an hour that
+        // closes meanwhile does not turn its later events into late partials.
+        let mut wait = Duration::ZERO;
         loop {
-            let wait = if failures == 0 { every } else { backoff(failures) };
             tokio::select! {
                 received = sealed.recv() => match received {
                     Some(records) => self.add(records),
@@ -125,6 +128,7 @@ impl Shipper {
                     }
                 }
             }
+            wait = if failures == 0 { every } else { backoff(failures) };
         }
         let through = *self.sealed_through.borrow();
         while let Ok(records) = sealed.try_recv() {

@@ -598,7 +598,7 @@ mod tests {
         };
         let event = parser.parse(line(r#""product_code":"prod-b","#, "gb").as_bytes()).unwrap();
         assert_eq!(event.scope, Scope::ProductCode("prod-b".into()));
-        let escaped = parser.parse(line(r#""product_code":"prod-a","#, "requests").as_bytes()).unwrap();
+        let escaped = parser.parse(line(r#""product_code":"prod\u002da","#, "requests").as_bytes()).unwrap();
         assert_eq!(escaped.scope, Scope::ProductCode("prod-a".into()));
         let refusal = |line: String| parser.parse(line.as_bytes()).unwrap_err();
         let missing = refusal(line("", "requests"));

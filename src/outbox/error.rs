@@ -73,6 +73,11 @@ pub enum OutboxError {
          docs/operations.md"
     )]
     OpenFile { path: PathBuf, reason: String },
+    #[error(
+        "the {what} cannot be restored ({reason}). meterd will not start without them, so that \
+         nothing acknowledged is lost or billed twice; see \"A damaged outbox\" in docs/operations.md"
+    )]
+    Unrestorable { what: &'static str, reason: String },
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error(transparent)]

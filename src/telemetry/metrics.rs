@@ -441,7 +441,6 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format.
     /// Exports (as 0) the per-product series of these configured product codes, so that a
     /// product's series exist before its first record is submitted; the label stays bounded by
     /// the configuration.
@@ -453,6 +452,7 @@ impl Metrics {
         }
     }
 
+    /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("encoding metrics to a Vec");
