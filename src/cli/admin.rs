@@ -262,24 +262,37 @@ pub fn dlq_export(target: &Target, format: Format) -> ExitCode {
     }
 }
 
+/// Asks the running daemon `request` and hands its answer's last line to `answer` (an error
+/// line fails); `needs` says why the daemon must run, for when it does not.
+fn ask_running(
+    target: &Target,
+    request: &Request,
+    needs: &str,
+    answer: impl FnOnce(Line) -> ExitCode,
+) -> ExitCode {
+    match target.ask(request) {
+        Ok(Some(lines)) => match lines.into_iter().last() {
+            Some(Line::Error { error, .. }) => fail(error),
+            Some(line) => answer(line),
+            None => fail("meterd gave no answer"),
+        },
+        Ok(None) => {
+            fail(format!("meterd is not running (no admin socket at {}); {needs}", target.socket.display()))
+        }
+        Err(err) => fail(err),
+    }
+}
+
 /// `meterd dlq retry|drop`: needs the running daemon, which owns the records' states.
 pub fn dlq_change(target: &Target, selection: Selection, retry: bool) -> ExitCode {
     let request = if retry { Request::DlqRetry { selection } } else { Request::DlqDrop { selection } };
-    match target.ask(&request) {
-        Ok(Some(lines)) => match lines.into_iter().last() {
-            Some(Line::Count { count, .. }) => {
-                println!("{} {count} dead letter(s)", if retry { "retried" } else { "dropped" });
-                ExitCode::SUCCESS
-            }
-            Some(Line::Error { error, .. }) => fail(error),
-            _ => fail("meterd gave no answer"),
-        },
-        Ok(None) => fail(format!(
-            "meterd is not running (no admin socket at {}); start it to retry or drop dead letters",
-            target.socket.display()
-        )),
-        Err(err) => fail(err),
-    }
+    ask_running(target, &request, "start it to retry or drop dead letters", |line| match line {
+        Line::Count { count, .. } => {
+            println!("{} {count} dead letter(s)", if retry { "retried" } else { "dropped" });
+            ExitCode::SUCCESS
+        }
+        _ => fail("meterd gave no answer"),
+    })
 }
 
 /// `meterd flush --customer ID [--product-code P]` (or `--all`, sandbox only): needs the running
@@ -295,46 +308,32 @@ pub fn flush(target: &Target, customer: Option<String>, product_code: Option<Str
             configured.join(", ")
         ));
     }
-    match target.ask(&Request::Flush { customer, product_code }) {
-        Ok(Some(lines)) => match lines.into_iter().last() {
-            Some(Line::Count { count, .. }) => {
-                println!("sealed {count} record(s); they are submitted now");
-                ExitCode::SUCCESS
-            }
-            Some(Line::Error { error, .. }) => fail(error),
-            _ => fail("meterd gave no answer"),
-        },
-        Ok(None) => fail(format!(
-            "meterd is not running (no admin socket at {}); only a running meterd holds open hours",
-            target.socket.display()
-        )),
-        Err(err) => fail(err),
-    }
+    let request = Request::Flush { customer, product_code };
+    ask_running(target, &request, "only a running meterd holds open hours", |line| match line {
+        Line::Count { count, .. } => {
+            println!("sealed {count} record(s); they are submitted now");
+            ExitCode::SUCCESS
+        }
+        _ => fail("meterd gave no answer"),
+    })
 }
 
 /// `meterd customer ID [--json]`: needs the running daemon, which holds the open hours and the
 /// notification consumer's ledger.
 pub fn customer(target: &Target, id: &str, json: bool) -> ExitCode {
-    match target.ask(&Request::Customer { id: id.to_string() }) {
-        Ok(Some(lines)) => match lines.into_iter().last() {
-            Some(Line::Customer { customer, .. }) => {
-                let text = if json {
-                    serde_json::to_string_pretty(&customer).expect("a view encodes") + "\n"
-                } else {
-                    customer.text()
-                };
-                let _ = std::io::stdout().lock().write_all(text.as_bytes());
-                ExitCode::SUCCESS
-            }
-            Some(Line::Error { error, .. }) => fail(error),
-            _ => fail("meterd gave no answer"),
-        },
-        Ok(None) => fail(format!(
-            "meterd is not running (no admin socket at {}); only a running meterd holds open hours",
-            target.socket.display()
-        )),
-        Err(err) => fail(err),
-    }
+    let request = Request::Customer { id: id.to_string() };
+    ask_running(target, &request, "only a running meterd holds open hours", |line| match line {
+        Line::Customer { customer, .. } => {
+            let text = if json {
+                serde_json::to_string_pretty(&customer).expect("a view encodes") + "\n"
+            } else {
+                customer.text()
+            };
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
+        _ => fail("meterd gave no answer"),
+    })
 }
 
 /// `meterd receipts export --since … --until …`: accepted records whose hour starts in the range,
