@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::daemon::{Emu, Launch, Meterd, event};
 use common::fleet::{
@@ -152,9 +152,20 @@ fn one_host_submits_at_a_time_and_another_takes_over_when_the_holder_stops() {
     let paused =
         std::process::Command::new("kill").args(["-STOP", &holder.pid().to_string()]).status().unwrap();
     assert!(paused.success());
-    let stopped = Instant::now();
-    wait_until("the other host takes over", Duration::from_secs(3 + 5), || lease_held(other));
-    assert!(stopped.elapsed() < Duration::from_secs(3 + 5), "takeover within lease_ttl and a margin");
+    let lease = || pg.query("SELECT holder, epoch, expires_at FROM meterd.lease").remove(0);
+    let before = lease();
+    assert_ne!(before[2], "0", "not given up: a paused holder cannot give its lease up");
+    wait_until("the other host takes over", Duration::from_secs(60), || lease_held(other));
+    // Taken while the holder was still paused, so that it could not have given the lease up: the
+    // takeover came from the lease running out (the only other way `lease::acquire` takes it).
+    assert_eq!(process_state(holder.pid()), 'T', "the old holder is still stopped");
+    let after = lease();
+    assert_ne!(after[0], before[0], "another holder");
+    assert_eq!(
+        after[1].parse::<i64>().unwrap(),
+        before[1].parse::<i64>().unwrap() + 1,
+        "one take, a new epoch"
+    );
     emu.clear_faults();
     wait_until("the record billed", Duration::from_secs(30), || {
         pg.query("SELECT count(*) FROM meterd.records WHERE state = 'accepted'")[0][0] == "1"
@@ -174,6 +185,13 @@ fn one_host_submits_at_a_time_and_another_takes_over_when_the_holder_stops() {
     assert_eq!(billed.len(), 1);
     assert_eq!(billed.values().next().unwrap().0, 3 * 2 + 3 * 5);
     assert!(!emu.statuses().contains_key("DuplicateRecord"));
+}
+
+/// The state letter of process `pid` in `/proc/<pid>/stat` (`T`: stopped by a signal).
+fn process_state(pid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, rest) = stat.rsplit_once(')').unwrap();
+    rest.trim_start().chars().next().unwrap()
 }
 
 #[test]
@@ -340,23 +358,41 @@ fn an_hour_closes_as_soon_as_the_last_host_has_shipped_it() {
     let pg = Pg::start();
     let emu = Emu::start(|_| {});
     let dir = tempfile::tempdir().unwrap();
-    // Heartbeats every 30 s and lease renewals every 20 s: neither may decide when the hour
-    // closes. The host's clock starts 2 s into an hour and seals the hour before at 45 s.
+    // Heartbeats every 30 s and lease renewals every 20 s; the host is waited for 10 minutes and
+    // the hour closes without it only after 6 hours. The host's clock starts 2 s into an hour and
+    // seals the hour before at 45 s.
     let (offset, hour) = near_the_end_of_the_hour(-2);
     let meterd = fleet(dir.path(), &emu, &pg, "host-a")
         .env("METERD_FLEET__LEASE_TTL", "60s")
         .env("METERD_FLEET__HOST_TIMEOUT", "10m")
+        .env("METERD_FLEET__CLOSE_AFTER", "6h")
         .env("METERD_SUBMIT__SEAL_DELAY", "45s")
         .offset(offset)
         .start();
     let replies = meterd.send(&[stamped("300000000008", 4, hour + 60, "s")]);
     assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
     wait_until("the lease held", Duration::from_secs(30), || lease_held(&meterd));
-    let state = || pg.query(&format!("SELECT state FROM meterd.hours WHERE hour = {hour}"));
-    wait_until("the partial shipped", Duration::from_secs(60), || !state().is_empty());
-    let shipped = Instant::now();
-    wait_until("the hour closed", Duration::from_secs(60), || state() == [["closed"]]);
-    assert!(shipped.elapsed() < Duration::from_secs(8), "closed {:?} after the partial", shipped.elapsed());
+    // One statement, one snapshot: the hour's partials, how far the host says it shipped, and
+    // the hour's state.
+    let snapshot = || {
+        pg.query(&format!(
+            "SELECT (SELECT count(*) FROM meterd.partials WHERE hour = {hour}),
+                    (SELECT coalesce(shipped_through, 0) >= {hour} FROM meterd.hosts WHERE host_id = 'host-a'),
+                    (SELECT coalesce(max(state), '') FROM meterd.hours WHERE hour = {hour})"
+        ))
+        .remove(0)
+    };
+    let mut first = Vec::new();
+    wait_until("the partial shipped", Duration::from_secs(120), || {
+        first = snapshot();
+        first[0] != "0"
+    });
+    // The host's shipped-through hour came with the partial, in its transaction: the holder may
+    // close the hour at its next look, not after the next heartbeat.
+    assert_eq!(first[1], "t", "shipped through the hour with its partial: {first:?}");
+    // Not `close_after` (6 h), not a host timed out (10 min): only the shipped partial makes the
+    // hour due.
+    wait_until("the hour closed", Duration::from_secs(120), || snapshot()[2] == "closed");
     drop(meterd);
 }
 

@@ -72,7 +72,8 @@ impl<A: MeteringApi + Clone + 'static> Running<A> {
             api: self.api.clone(),
             submit: settings(&self.config),
         };
-        self.supervisor.spawn_unit("fleet", holder.run(self.stops.submit.clone()));
+        let stop = self.stops.submit.clone();
+        self.supervisor.spawn("fleet", async move { Ok(holder.run(stop).await?) });
     }
 }
 

@@ -13,11 +13,24 @@
 //!
 //! So no closed, unsubmitted record waits longer than about `lease_ttl / 3` while a holder lives,
 //! whatever failed before.
+//!
+//! The submit loop starts and stops with the lease, so the supervisor (which spawns the lease
+//! loop, task `fleet`) does not spawn it; it runs in a scope of the lease loop's own
+//! ([`SubmitScope`]) that cannot outlive it, and the lease loop watches it between turns:
+//!
+//! | the submit loop | the lease loop |
+//! |---|---|
+//! | stops because the lease loop told it (lease lost, new epoch, shutdown) | nothing more |
+//! | stops because its store is fenced (the lease moved on, or a database error retired it) | starts another at the next renewal while it holds the lease |
+//! | returns otherwise | ends with [`HolderError::SubmitLoopReturned`]: meterd stops, as for any task |
+//! | panics | raises the panic again: meterd stops, as for any task |
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +43,16 @@ use super::lease::{self, Held};
 use super::store::{self, FleetStore};
 use crate::context::Context;
 use crate::outbox::{RecordState, StoredRecord};
-use crate::submit::{MeteringApi, Settings, Submitter};
+use crate::submit::{MeteringApi, Settings, Store, Submitter};
+
+/// What stops the lease loop, and with it meterd.
+#[derive(Debug, thiserror::Error)]
+pub enum HolderError {
+    #[error(
+        "the fleet submit loop of epoch {epoch} returned while this host held the lease and had not stopped it"
+    )]
+    SubmitLoopReturned { epoch: i64 },
+}
 
 /// The lease loop's state.
 pub struct Holder<A> {
@@ -48,8 +70,8 @@ struct Running {
     handed: BTreeSet<i64>,
     /// The last operator's change of a fleet dead letter this loop knows of ([`dlq::last_action`]).
     actions_seen: i64,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    epoch: i64,
+    scope: SubmitScope,
 }
 
 impl Running {
@@ -60,19 +82,85 @@ impl Running {
     }
 
     async fn end(self) {
-        self.stop.cancel();
-        surface_panic(self.task.await);
+        self.scope.end().await;
     }
 }
 
-/// The submit loop is spawned by the holder, not by the supervisor (it starts and stops with the
-/// lease): a panic in it is raised again in the holder, a supervised task, so that it stops
-/// meterd as any task's panic does instead of being taken for a database error.
-fn surface_panic(joined: Result<(), tokio::task::JoinError>) {
-    if let Err(err) = joined
-        && err.is_panic()
+/// How the submit loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The lease loop stopped it.
+    Stopped,
+    /// Its store was fenced: the lease moved on, or a database error retired the store.
+    Fenced,
+    /// Neither: a defect, which stops meterd.
+    Returned,
+}
+
+/// The submit loop's scope: the loop is a task of it, aborted when the scope is dropped (the
+/// lease loop's task ended or was aborted by the supervisor), so that no submit loop runs on
+/// without the lease loop that watches it.
+struct SubmitScope {
+    task: JoinSet<Ended>,
+    stop: CancellationToken,
+}
+
+impl SubmitScope {
+    /// Runs `submit_loop` (which ends on `stop`), telling afterwards whether it was stopped, its
+    /// store `fenced`, or neither.
+    fn spawn<F>(submit_loop: F, stop: CancellationToken, fenced: impl Fn() -> bool + Send + 'static) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
     {
-        std::panic::resume_unwind(err.into_panic());
+        let mut task = JoinSet::new();
+        let stopped = stop.clone();
+        task.spawn(async move {
+            submit_loop.await;
+            if stopped.is_cancelled() {
+                Ended::Stopped
+            } else if fenced() {
+                Ended::Fenced
+            } else {
+                Ended::Returned
+            }
+        });
+        Self { task, stop }
+    }
+
+    /// Waits until the loop ends, and says how; a panic of the loop is raised again here.
+    /// Pending forever once it has been told.
+    async fn ended(&mut self) -> Ended {
+        match self.task.join_next().await {
+            Some(joined) => surface_panic(joined).unwrap_or(Ended::Stopped),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops the loop and waits for it.
+    async fn end(mut self) {
+        self.stop.cancel();
+        if !self.task.is_empty() {
+            self.ended().await;
+        }
+    }
+}
+
+/// A panic of the submit loop is raised again in the lease loop, a supervised task, so that it
+/// stops meterd as any task's panic does instead of being taken for a database error. `None`: the
+/// task was aborted.
+fn surface_panic<T>(joined: Result<T, tokio::task::JoinError>) -> Option<T> {
+    match joined {
+        Ok(value) => Some(value),
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => None,
+    }
+}
+
+/// Waits until the submit loop in `running` ends (pending forever while none runs).
+async fn submit_loop_ended(running: &mut Option<Running>) -> (i64, Ended) {
+    match running {
+        Some(run) => (run.epoch, run.scope.ended().await),
+        None => std::future::pending().await,
     }
 }
 
@@ -90,9 +178,11 @@ struct Lease {
 
 impl<A: MeteringApi + Clone + 'static> Holder<A> {
     /// Tries for the lease every `lease_ttl / 3` and, as holder, closes due hours every second,
-    /// until `cancel`; gives the lease up at the end.
-    pub async fn run(self, cancel: CancellationToken) {
+    /// until `cancel`; gives the lease up at the end. Fails when the submit loop returns without
+    /// a reason (see the module's table).
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), HolderError> {
         let mut lease = Lease::default();
+        let mut failed = None;
         loop {
             let renew = lease.tried.is_none_or(|at| at.elapsed() >= self.settings.lease_every());
             // A database that stopped answering must not hold the shutdown up: a turn cut short
@@ -105,6 +195,20 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.settings.close_every()) => {}
+                (epoch, ended) = submit_loop_ended(&mut lease.running) => {
+                    lease.running = None;
+                    match ended {
+                        Ended::Stopped => {}
+                        Ended::Fenced => tracing::warn!(
+                            epoch,
+                            "the fleet submit loop stopped: the lease moved on, or a database error; it starts again while this host holds the lease"
+                        ),
+                        Ended::Returned => {
+                            failed = Some(HolderError::SubmitLoopReturned { epoch });
+                            break;
+                        }
+                    }
+                }
                 _ = cancel.cancelled() => break,
             }
         }
@@ -117,6 +221,7 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
             let _ = tokio::time::timeout(self.settings.close_every(), release).await;
         }
         self.ctx.metrics.fleet.lease_held.set(0);
+        failed.map_or(Ok(()), Err)
     }
 
     /// One turn, and what follows from its outcome: a lease not renewed in time is lost, and
@@ -177,22 +282,16 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
         held: Held,
     ) -> Result<(), DbError> {
         let same_epoch = before.map(|h| h.epoch) == Some(held.epoch);
-        let ended = running.as_ref().is_some_and(|run| run.task.is_finished());
-        if same_epoch && ended {
-            // A loop that panicked ends the holder the same way (the supervisor stops meterd);
-            // one whose store was retired by a database error starts again on a new connection.
-            if let Some(run) = running.take() {
-                surface_panic(run.task.await);
-            }
-            tracing::warn!(
-                epoch = held.epoch,
-                "the fleet submit loop stopped on a database error; starting it again"
-            );
-        }
-        if same_epoch && !ended && running.is_some() {
+        if same_epoch && running.is_some() {
             return Ok(());
         }
-        tracing::info!(epoch = held.epoch, "this host holds the submitter lease");
+        if same_epoch {
+            // Its store was fenced by a database error (the lease loop saw it end), or starting
+            // it failed: again, on a new connection.
+            tracing::warn!(epoch = held.epoch, "the fleet submit loop is not running; starting it again");
+        } else {
+            tracing::info!(epoch = held.epoch, "this host holds the submitter lease");
+        }
         if let Some(run) = running.take() {
             run.end().await;
         }
@@ -252,28 +351,31 @@ impl<A: MeteringApi + Clone + 'static> Holder<A> {
     /// The submit loop over the fleet's pending records, fenced by `epoch`.
     async fn start_submitting(&self, db: &Client, epoch: i64) -> Result<Running, DbError> {
         let write_timeout = std::time::Duration::from_secs(self.settings.lease_ttl.max(1) as u64);
-        let store = FleetStore::new(
-            self.target.clone(),
-            self.ctx.clock,
-            self.settings.host_id.clone(),
-            epoch,
-            write_timeout,
-        )
-        .await?;
+        let store = Arc::new(
+            FleetStore::new(
+                self.target.clone(),
+                self.ctx.clock,
+                self.settings.host_id.clone(),
+                epoch,
+                write_timeout,
+            )
+            .await?,
+        );
         // Read before the pending records: a retry after it is handed over at the next turn.
         let actions_seen = dlq::last_action(db).await?;
         let pending = store::pending(db).await?;
         tracing::info!(records = pending.len(), epoch, "submitting the fleet's records");
         let handed = pending.iter().map(|stored| stored.record.key.hour).collect();
-        let submitter =
-            Submitter::new(self.ctx.clone(), self.api.clone(), Arc::new(store), pending, self.submit);
+        let fenced = store.clone();
+        let submitter = Submitter::new(self.ctx.clone(), self.api.clone(), store, pending, self.submit);
         let (records, records_rx) = mpsc::unbounded_channel();
         // Operators' dead-letter retries go to a host's own loop; the fleet loop takes none.
         let (_controls, control_rx) = mpsc::channel(1);
         let stop = CancellationToken::new();
         // Fleet mode is batch mode: no RegisterUsage to wait for.
-        let task = tokio::spawn(submitter.run(records_rx, control_rx, std::future::ready(()), stop.clone()));
-        Ok(Running { records, handed, actions_seen, stop, task })
+        let submit_loop = submitter.run(records_rx, control_rx, std::future::ready(()), stop.clone());
+        let scope = SubmitScope::spawn(submit_loop, stop, move || fenced.fenced());
+        Ok(Running { records, handed, actions_seen, epoch, scope })
     }
 }
 
@@ -293,6 +395,73 @@ async fn hand_over_retried(db: &Client, running: &mut Running) -> Result<(), DbE
 #[cfg(test)]
 mod tests {
     use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::{Ended, SubmitScope};
+
+    /// A submit loop that returns at once, or runs until `stop`.
+    fn scope(returns: bool, fenced: bool) -> (SubmitScope, CancellationToken) {
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let submit_loop = async move {
+            if !returns {
+                stopped.cancelled().await;
+            }
+        };
+        (SubmitScope::spawn(submit_loop, stop.clone(), move || fenced), stop)
+    }
+
+    #[tokio::test]
+    async fn the_submit_loop_ended_by_the_holder_by_its_fence_or_for_no_reason() {
+        let (mut unasked, _) = scope(true, false);
+        assert_eq!(unasked.ended().await, Ended::Returned, "a defect: the holder stops meterd");
+        let (mut fenced, _) = scope(true, true);
+        assert_eq!(fenced.ended().await, Ended::Fenced, "lease moved on or database error: started again");
+        let (mut stopped, stop) = scope(false, false);
+        stop.cancel();
+        assert_eq!(stopped.ended().await, Ended::Stopped);
+        let (running, _) = scope(false, false);
+        running.end().await;
+    }
+
+    #[tokio::test]
+    async fn the_submit_loop_does_not_outlive_its_scope() {
+        struct Flag(Arc<AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = Flag(dropped.clone());
+        let submit_loop = async move {
+            let _flag = flag;
+            std::future::pending::<()>().await;
+        };
+        let scope = SubmitScope::spawn(submit_loop, CancellationToken::new(), || false);
+        tokio::task::yield_now().await;
+        assert!(!dropped.load(Ordering::SeqCst));
+        // The lease loop's task ends or is aborted without stopping the loop first.
+        drop(scope);
+        for _ in 0..100 {
+            if dropped.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the submit loop ran on after its scope was dropped");
+    }
+
+    #[tokio::test]
+    async fn a_panic_of_the_submit_loop_is_raised_in_the_holders_watch() {
+        let submit_loop = async { panic!("the submit loop panicked") };
+        let mut scope = SubmitScope::spawn(submit_loop, CancellationToken::new(), || false);
+        let watched = tokio::spawn(async move { scope.ended().await }).await;
+        assert!(watched.unwrap_err().is_panic());
+    }
 
     #[tokio::test]
     async fn a_panic_of_the_submit_loop_is_raised_again_in_the_holder() {

@@ -56,6 +56,12 @@ impl Pg {
         (pg, ca)
     }
 
+    /// A cluster whose commits are durable against a crash of the server (`synchronous_commit`
+    /// on; the OS is trusted, `fsync` stays off): for tests that kill it while hosts write.
+    pub fn start_durable() -> Pg {
+        Self::start_with(|_| "-c synchronous_commit=on".to_string())
+    }
+
     fn start_with(options: impl FnOnce(&Path) -> String) -> Pg {
         let dir = tempfile::Builder::new().prefix("meterd-pg").tempdir().unwrap();
         let options = options(dir.path());
@@ -136,6 +142,36 @@ impl Pg {
     /// Starts it again after [`Pg::kill`].
     pub fn restart(&self) {
         self.pg_ctl_start();
+    }
+
+    /// Stops every process of the server (SIGSTOP): connections stay open and nothing answers,
+    /// as with a frozen VM.
+    pub fn pause(&self) {
+        self.signal_all("STOP");
+    }
+
+    /// Lets the server go on after [`Pg::pause`].
+    pub fn resume(&self) {
+        self.signal_all("CONT");
+    }
+
+    /// Sends `signal` to the postmaster and every process it started.
+    fn signal_all(&self, signal: &str) {
+        let pidfile = std::fs::read_to_string(self.data().join("postmaster.pid")).unwrap();
+        let postmaster: i32 = pidfile.lines().next().unwrap().trim().parse().unwrap();
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            // `pid (comm) state ppid …`: the name may hold spaces and parentheses.
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            if ppid.and_then(|p| p.parse::<i32>().ok()) == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        let pids: Vec<String> = pids.iter().map(i32::to_string).collect();
+        // A backend that exited in between is no error.
+        let _ = Command::new("kill").arg(format!("-{signal}")).args(&pids).status();
     }
 
     /// Runs `sql` and returns every row, each column as text.

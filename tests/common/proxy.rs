@@ -3,11 +3,14 @@
 //! forwarded to the server, the server's reply read and thrown away, and both sides closed. The
 //! transaction is committed; the client only hears that its connection went away. It can also
 //! blackhole: every connection, open or new, stays open and nothing more passes either way (a
-//! database that stopped answering). Every other byte passes unchanged.
+//! database that stopped answering) until healed, which closes the connections it held (their
+//! bytes in between are gone, as after a partition). It can close every open connection at once
+//! (a reset). Every other byte passes unchanged.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A simple-query message `COMMIT` (tokio-postgres commits a transaction with one).
@@ -26,6 +29,9 @@ struct Shared {
     lost: AtomicUsize,
     /// Nothing passes any more.
     blackholed: AtomicBool,
+    /// The open connections (both ends), by number, so that they can be closed from outside.
+    open: Mutex<HashMap<u64, (TcpStream, TcpStream)>>,
+    next: AtomicU64,
 }
 
 impl Proxy {
@@ -59,6 +65,27 @@ impl Proxy {
         self.shared.blackholed.store(true, Ordering::SeqCst);
     }
 
+    /// Things pass again; the connections that were open are closed (what they sent meanwhile
+    /// is gone, so they could not go on).
+    pub fn heal(&self) {
+        self.shared.blackholed.store(false, Ordering::SeqCst);
+        self.reset();
+    }
+
+    /// Closes every open connection, both ways, at once; new ones are accepted as before.
+    pub fn reset(&self) {
+        let open: Vec<_> = self.shared.open.lock().unwrap().drain().collect();
+        for (_, (client, server)) in open {
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = server.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Forgets a [`Proxy::lose_commit_reply_after`] that has not fired yet.
+    pub fn disarm(&self) {
+        *self.shared.armed.lock().unwrap() = None;
+    }
+
     /// How many COMMIT replies were lost.
     pub fn lost(&self) -> usize {
         self.shared.lost.load(Ordering::SeqCst)
@@ -71,6 +98,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// Two threads, one per direction.
 fn forward(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
+    let number = shared.next.fetch_add(1, Ordering::SeqCst);
+    if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
+        shared.open.lock().unwrap().insert(number, (c, s));
+    }
     let lose_reply = Arc::new(AtomicBool::new(false));
     let (mut from_client, mut to_server) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     let (mut from_server, mut to_client) = (server, client);
@@ -129,5 +160,6 @@ fn forward(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
             }
         }
         let _ = to_client.shutdown(Shutdown::Both);
+        shared.open.lock().unwrap().remove(&number);
     });
 }
