@@ -180,6 +180,9 @@ impl Shipper {
     /// Ships what is pending (in batches) and beats the host's heart.
     async fn ship(&mut self, client: &mut Option<Client>, through: Option<i64>) -> Result<(), DbError> {
         if client.is_none() {
+            // The schema as this meterd knows it, whether or not a lease loop got to it first: a
+            // host stopped right after its first start still ships, and registers, what it took.
+            self.target.migrate().await?;
             *client = Some(self.target.connect().await?);
         }
         let client = client.as_mut().expect("just connected");
