@@ -59,7 +59,7 @@ test("sendMany answers every event in order", async (t) => {
   const lead = new RegExp(`^timestamp ${ahead} is (\\d+)s ahead of meterd's clock$`).exec(future.message);
   assert.ok(lead && Number(lead[1]) >= 3590 && Number(lead[1]) <= 3600, future.message);
   const fields =
-    "`customer_aws_account_id`, `customer_identifier`, `license_arn`, `dimension`, `quantity`, `timestamp`, `tags`, `id`";
+    "`customer_aws_account_id`, `customer_identifier`, `license_arn`, `product_code`, `dimension`, `quantity`, `timestamp`, `tags`, `id`";
   assert.deepEqual(
     results.filter((_, i) => i !== 6).map(outcome),
     [

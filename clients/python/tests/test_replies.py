@@ -62,7 +62,7 @@ def test_send_many_answers_every_event_in_order(meterd):
     assert (future.code, future.id) == ("future_timestamp", "g")
     lead = re.fullmatch(rf"timestamp {ahead} is (\d+)s ahead of meterd's clock", future.message)
     assert lead and 3590 <= int(lead.group(1)) <= 3600, future.message
-    fields = "`customer_aws_account_id`, `customer_identifier`, `license_arn`, `dimension`, `quantity`, `timestamp`, `tags`, `id`"
+    fields = "`customer_aws_account_id`, `customer_identifier`, `license_arn`, `product_code`, `dimension`, `quantity`, `timestamp`, `tags`, `id`"
     assert [outcome(r) for i, r in enumerate(results) if i != 6] == [
         Ack("a", False),
         ("invalid_field", "`customer_aws_account_id` must be digits only", "b"),
