@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::daemon::{Emu, Meterd};
-use common::fleet::{H, fleet, wait_until};
+use common::fleet::{H, fleet, one_record_per_key, wait_until};
 use common::pg::Pg;
 use common::proxy::Proxy;
 use serde_json::{Value, json};
@@ -612,19 +612,13 @@ fn fresh(fleet: &mut Fleet, slot: usize, rng: &mut fastrand::Rng) {
 
 /// What the emulator billed, one record per key.
 fn billed(emu: &Emu) -> Bill {
-    let mut out = Bill::new();
-    for r in emu.records() {
-        let key = (
+    one_record_per_key(emu, |r| {
+        (
             r["customer_aws_account_id"].as_str().unwrap().to_string(),
             r["dimension"].as_str().unwrap().to_string(),
             r["hour"].as_i64().unwrap(),
-        );
-        assert!(
-            out.insert(key.clone(), r["quantity"].as_u64().unwrap()).is_none(),
-            "one record per key: {key:?}"
-        );
-    }
-    out
+        )
+    })
 }
 
 /// Fails naming every key billed otherwise than acknowledged: lost, doubled, or moved (short in

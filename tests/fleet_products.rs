@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::daemon::{Emu, Launch, Meterd};
-use common::fleet::{H, fleet, send_killing_host_b, wait_until};
+use common::fleet::{H, fleet, one_record_per_key, send_killing_host_b, wait_until};
 use common::hour_start;
 use common::pg::Pg;
 use serde_json::{Value, json};
@@ -29,20 +29,14 @@ fn host<'a>(dir: &'a std::path::Path, emu: &Emu, pg: &Pg, host: &str) -> Launch<
 type Billing = BTreeMap<(String, String, String, i64), u64>;
 
 fn billed(emu: &Emu) -> Billing {
-    let mut out = Billing::new();
-    for r in emu.records() {
-        let key = (
+    one_record_per_key(emu, |r| {
+        (
             r["product_code"].as_str().unwrap().to_string(),
             r["customer_aws_account_id"].as_str().unwrap().to_string(),
             r["dimension"].as_str().unwrap().to_string(),
             r["hour"].as_i64().unwrap(),
-        );
-        assert!(
-            out.insert(key.clone(), r["quantity"].as_u64().unwrap()).is_none(),
-            "one record per key: {key:?}"
-        );
-    }
-    out
+        )
+    })
 }
 
 #[test]

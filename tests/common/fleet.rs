@@ -99,3 +99,20 @@ pub fn events_now(customer: &str, quantity: u64, ids: &str) -> Vec<Value> {
         })
         .collect()
 }
+
+/// The quantity the emulator billed per key, as `key` reads it from a record; fails when two
+/// records share a key (the service keeps one per customer, dimension and hour).
+pub fn one_record_per_key<K: Ord + Clone + std::fmt::Debug>(
+    emu: &Emu,
+    key: impl Fn(&Value) -> K,
+) -> BTreeMap<K, u64> {
+    let mut out = BTreeMap::new();
+    for r in emu.records() {
+        let key = key(&r);
+        assert!(
+            out.insert(key.clone(), r["quantity"].as_u64().unwrap()).is_none(),
+            "one record per key: {key:?}"
+        );
+    }
+    out
+}
